@@ -1,0 +1,18 @@
+"""clipeval: ONNX-accelerated benchmarking of CLIP-style image-text models."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "run_task"]
+
+
+def run_task(task_cfg=None, **kwargs):
+    """Run an evalscope-style ``task_cfg`` (dict, JSON/YAML path) and return the result objects.
+
+    Accepts the RAGEval / ``clip_benchmark`` configuration shape unchanged; see
+    :mod:`clipeval.engine.config`.
+    """
+    from clipeval.engine.runner import run_task as _run_task
+
+    return _run_task(task_cfg, **kwargs)

@@ -1,0 +1,48 @@
+"""Typed errors. Library code raises these; the CLI turns them into one line and exit status 2."""
+
+from __future__ import annotations
+
+
+class ClipevalError(Exception):
+    """Base class of every error that is the user's to fix.
+
+    ``remedy`` says what to do; it is appended to the message shown to the user.
+    """
+
+    def __init__(self, message: str, remedy: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+
+    def __str__(self) -> str:
+        if self.remedy:
+            return f"{self.message}\n  -> {self.remedy}"
+        return self.message
+
+
+class ConfigError(ClipevalError):
+    """A configuration key, value or flag is wrong."""
+
+
+class DatasetError(ClipevalError):
+    """A dataset file or row is missing or malformed."""
+
+
+class ImageError(ClipevalError):
+    """An image could not be read or decoded."""
+
+
+class BundleError(ClipevalError):
+    """A model bundle is missing a file, is corrupt or is of an unknown format."""
+
+
+class ProviderError(ClipevalError):
+    """An onnxruntime execution provider could not be used."""
+
+
+class MetricError(ClipevalError):
+    """A metric cannot be computed as asked (e.g. k larger than the gallery)."""
+
+
+class ExportError(ClipevalError):
+    """A checkpoint could not be exported or failed validation."""
