@@ -14,5 +14,6 @@ def run_task(task_cfg=None, **kwargs):
     :mod:`clipeval.engine.config`.
     """
     from clipeval.engine.runner import run_task as _run_task
+    from clipeval.export.resolve import resolve_model
 
-    return _run_task(task_cfg, **kwargs)
+    return _run_task(task_cfg, resolve=kwargs.pop("resolve", resolve_model), **kwargs)

@@ -1,0 +1,3 @@
+"""Tasks: the registry of task names."""
+
+TASKS = ("zeroshot_retrieval",)

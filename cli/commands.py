@@ -1,0 +1,99 @@
+"""Commands of the ``clipeval`` CLI."""
+
+from __future__ import annotations
+
+import click
+
+from .main import (
+    batch_option,
+    cli,
+    emit,
+    output_option,
+    provider_option,
+    setup_logging,
+    threads_option,
+    verbosity_option,
+)
+
+
+def _run_config(cfg) -> None:
+    from clipeval.engine.runner import iter_results
+    from clipeval.export.resolve import resolve_model
+
+    for result in iter_results(cfg, resolve_model):
+        emit(result)
+
+
+@cli.command("eval")
+@click.option("--model", "models", multiple=True, metavar="BUNDLE|CHECKPOINT|demo",
+              help="Model bundle directory, checkpoint directory or hub id (repeatable). Default: the embedded demo model.")
+@click.option("--dataset", "datasets", multiple=True, metavar="NAME",
+              help="Dataset name (repeatable). Default: custom.")
+@click.option("--data-dir", default=None, help="Dataset folder (for custom: the folder holding image_queries.jsonl).")
+@click.option("--split", default="test", show_default=True, help="Dataset split.")
+@click.option("--task", default=None, help="Task (default: the dataset's own).")
+@output_option
+@batch_option
+@click.option("--num-workers", type=click.IntRange(min=0), default=None,
+              help="Image decode workers (default: all cores; 0 decodes inline).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use exactly the first N gallery images.")
+@click.option("--recall-k", "recall_k", type=click.IntRange(min=1), multiple=True,
+              help="k for recall@k (repeatable). Default: 1, 5, 10 (those larger than the gallery are left out).")
+@click.option("--skip-existing", is_flag=True, help="Skip pairs whose result file already holds this result.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="What to do with missing or undecodable images.")
+@provider_option
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Bundle variant to run (default: the bundle's own).")
+@click.option("--fast-decode", is_flag=True,
+              help="Decode JPEGs with DCT scaling (faster, not bit-exact; see README).")
+@threads_option
+@verbosity_option
+def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, num_workers, limit, recall_k,
+             skip_existing, on_error, provider, precision, fast_decode, num_threads, quiet):
+    """Evaluate models on datasets; prints one JSON line per result on stdout."""
+    from clipeval.engine.config import make_eval_config
+
+    setup_logging(not quiet)
+    block = {
+        "models": [{"model_name": m} for m in models],
+        "dataset_name": list(datasets) or ["custom"],
+        "data_dir": data_dir, "split": split, "task": task, "output_dir": output_dir,
+        "batch_size": batch_size, "num_workers": num_workers, "limit": limit,
+        "recall_k": list(recall_k) or None, "skip_existing": skip_existing, "on_error": on_error,
+        "provider": provider, "precision": precision, "fast_decode": fast_decode,
+        "num_threads": num_threads, "verbose": not quiet,
+    }
+    _run_config(make_eval_config(block, "the command line"))
+
+
+@cli.command("run")
+@click.argument("config", type=click.Path(dir_okay=False))
+@verbosity_option
+def run_cmd(config, quiet):
+    """Run a JSON or YAML config (the evalscope task_cfg shape, or its eval block)."""
+    from clipeval.engine.config import parse_task_cfg
+
+    cfg = parse_task_cfg(config)
+    if quiet:
+        cfg.verbose = False
+    setup_logging(cfg.verbose)
+    _run_config(cfg)
+
+
+@cli.command("export")
+@click.argument("source")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Bundle directory to create.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "both"]), default="fp32", show_default=True)
+@click.option("--opset", type=click.IntRange(min=14), default=17, show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists and is not empty.")
+@click.option("--no-validate", is_flag=True, help="Skip the PyTorch vs onnxruntime parity check.")
+@verbosity_option
+def export_cmd(source, out_dir, precision, opset, force, no_validate, quiet):
+    """Export a checkpoint (CLIP family) to a verified ONNX model bundle."""
+    from clipeval.export import export_checkpoint
+
+    setup_logging(not quiet)
+    path = export_checkpoint(source, out_dir, precision=precision, opset=opset, force=force, validate=not no_validate)
+    emit({"bundle": str(path)})

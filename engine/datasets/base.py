@@ -1,0 +1,85 @@
+"""Dataset records shared by the readers and the tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BadItem:
+    """A row, image or sample that could not be used: where it is and why."""
+
+    where: str
+    reason: str
+    line: int = 0
+    source: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"where": self.where, "reason": self.reason}
+
+
+@dataclass
+class RetrievalDataset:
+    """An image gallery and its texts; each text has exactly one positive image.
+
+    ``images`` are decodable sources (paths, or anything :func:`clipeval.engine.images.load_image`
+    accepts), in dataset order; ``text_to_image[t]`` is the index of text ``t``'s image.
+    """
+
+    name: str
+    images: list
+    texts: list[str]
+    text_to_image: list[int]
+    image_where: list[str] = field(default_factory=list)
+    skipped: list[BadItem] = field(default_factory=list)
+    merged_rows: int = 0
+    limited_from: int | None = None
+
+    def __post_init__(self):
+        self.text_to_image = np.asarray(self.text_to_image, dtype=np.int64)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_texts(self) -> int:
+        return len(self.texts)
+
+    def limit(self, n: int | None) -> "RetrievalDataset":
+        """Exactly the first ``n`` gallery images in dataset order, with their texts."""
+        if n is None or n >= len(self.images):
+            return self
+        keep = self.text_to_image < n
+        return RetrievalDataset(
+            name=self.name,
+            images=self.images[:n],
+            texts=[t for t, k in zip(self.texts, keep) if k],
+            text_to_image=self.text_to_image[keep],
+            image_where=self.image_where[:n],
+            skipped=self.skipped,
+            merged_rows=self.merged_rows,
+            limited_from=len(self.images),
+        )
+
+    def drop_images(self, bad: set[int]) -> tuple["RetrievalDataset", int]:
+        """Remove the images at the indices ``bad`` (and their texts); returns (dataset, texts dropped)."""
+        if not bad:
+            return self, 0
+        keep_img = np.ones(len(self.images), dtype=bool)
+        keep_img[list(bad)] = False
+        new_index = np.cumsum(keep_img) - 1
+        keep_txt = keep_img[self.text_to_image]
+        ds = RetrievalDataset(
+            name=self.name,
+            images=[s for s, k in zip(self.images, keep_img) if k],
+            texts=[t for t, k in zip(self.texts, keep_txt) if k],
+            text_to_image=new_index[self.text_to_image[keep_txt]],
+            image_where=[w for w, k in zip(self.image_where, keep_img) if k] if self.image_where else [],
+            skipped=self.skipped,
+            merged_rows=self.merged_rows,
+            limited_from=self.limited_from,
+        )
+        return ds, int((~keep_txt).sum())

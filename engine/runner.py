@@ -1,0 +1,132 @@
+"""Run an evaluation config: every (model, dataset) pair, one result file and one JSON line each."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .. import __version__
+from .bundle import Bundle, is_bundle_dir, load_bundle
+from .config import EvalConfig, parse_task_cfg
+from .datasets import default_task, read_dataset
+from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME
+from .errors import BundleError, ConfigError, DatasetError
+from .results import existing_result, params_key, result_path, write_result
+from .session import default_threads
+from .tasks import TASKS
+from .tasks.context import ModelContext, load_model
+from .tasks.retrieval import TaskParams, run_retrieval
+
+log = logging.getLogger(__name__)
+
+ModelResolver = Callable[[dict[str, Any], EvalConfig], Bundle]
+
+
+def is_demo(model: dict[str, Any]) -> bool:
+    return model.get("model_name") in (None, DEMO_NAME)
+
+
+def resolve_bundle(model: dict[str, Any], cfg: EvalConfig) -> Bundle:
+    """Engine-only model resolution: the embedded demo or a bundle directory."""
+    name = model.get("model_name")
+    if is_demo(model):
+        return load_bundle(DEMO_MODEL_DIR)
+    path = Path(os.path.expanduser(str(name)))
+    if is_bundle_dir(path):
+        return load_bundle(path)
+    if (path / "config.json").is_file():
+        raise BundleError(
+            f"{path} is a checkpoint, not a model bundle",
+            f"export it first: clipeval export {path} -o BUNDLE_DIR (needs pip install 'clipeval[export]')",
+        )
+    raise BundleError(
+        f"model {name!r} is neither a model bundle directory nor a checkpoint directory",
+        "pass a folder made by `clipeval export`, or `demo` for the embedded model",
+    )
+
+
+def _data_dir(cfg: EvalConfig, model: dict[str, Any], dataset: str) -> str:
+    if cfg.data_dir:
+        return cfg.data_dir
+    if dataset == "custom" and is_demo(model):
+        return str(DEMO_DATA_DIR)
+    raise DatasetError(f"dataset {dataset!r} needs a data folder", "pass --data-dir (config key data_dir)")
+
+
+def _versions() -> dict[str, str]:
+    import numba
+    import numpy
+    import onnxruntime
+
+    return {"clipeval": __version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
+            "numba": numba.__version__, "python": platform.python_version()}
+
+
+def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> Iterator[dict[str, Any]]:
+    """Yield one result object per (model, dataset) pair, writing each result file as it completes."""
+    models = cfg.models or [{"model_name": DEMO_NAME}]
+    tasks = {}
+    for dataset in cfg.dataset_name:
+        task = cfg.task or default_task(dataset)
+        if task not in TASKS:
+            raise ConfigError(f"unknown task {task!r}", f"available tasks: {', '.join(TASKS)}")
+        tasks[dataset] = task
+    workers = cfg.num_workers if cfg.num_workers is not None else default_threads()
+    for model in models:
+        bundle = resolve(model, cfg)
+        precision = model.get("precision") or cfg.precision
+        context: ModelContext | None = None
+        model_name = bundle.name
+        for dataset_name in cfg.dataset_name:
+            task = tasks[dataset_name]
+            data_dir = _data_dir(cfg, model, dataset_name)
+            params = {"dataset": dataset_name, "task": task, "data_dir": os.path.abspath(data_dir),
+                      "split": cfg.split, "limit": cfg.limit, "recall_k": cfg.recall_k, "on_error": cfg.on_error,
+                      "precision": precision or bundle.manifest["precision"], "fast_decode": cfg.fast_decode}
+            key = params_key(params)
+            out = result_path(cfg.output_dir, model_name, dataset_name, task)
+            if cfg.skip_existing:
+                previous = existing_result(out, bundle.identity, key)
+                if previous is not None:
+                    log.info("skip_existing: %s already holds this result", out)
+                    yield previous
+                    continue
+            t_start = time.perf_counter()
+            dataset = read_dataset(dataset_name, data_dir, cfg.split, cfg.on_error).limit(cfg.limit)
+            if context is None:
+                context = load_model(bundle, provider=cfg.provider, precision=precision, threads=cfg.num_threads)
+            task_params = TaskParams(batch_size=cfg.batch_size, num_workers=workers, recall_k=cfg.recall_k,
+                                     on_error=cfg.on_error, fast_decode=cfg.fast_decode,
+                                     num_threads=cfg.num_threads, progress=cfg.verbose)
+            metrics, meta = run_retrieval(context, dataset, task_params)
+            meta["timings"] = {"model_load_s": context.load_s, **meta["timings"],
+                               "total_s": time.perf_counter() - t_start}
+            meta.update({
+                "bundle": context.describe(),
+                "provider": context.provider,
+                "precision": context.precision,
+                "batch_size": cfg.batch_size,
+                "num_workers": workers,
+                "split": cfg.split,
+                "limit": cfg.limit,
+                "data_dir": params["data_dir"],
+                "params_key": key,
+                "versions": _versions(),
+            })
+            if context.warnings:
+                meta["warnings"] = context.warnings
+            meta["result_file"] = str(out)
+            result = {"dataset": dataset_name, "model": model_name, "task": task, "metrics": metrics, "meta": meta}
+            write_result(out, result)
+            log.info("wrote %s", out)
+            yield result
+
+
+def run_task(task_cfg=None, resolve: ModelResolver | None = None) -> list[dict[str, Any]]:
+    """Run a config (evalscope ``task_cfg`` dict, its ``eval`` block, or a JSON/YAML path)."""
+    cfg = parse_task_cfg(task_cfg if task_cfg is not None else {})
+    return list(iter_results(cfg, resolve or resolve_bundle))

@@ -1,0 +1,79 @@
+"""Task ``zeroshot_retrieval``: embed the gallery and its texts, rank both ways, score (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from ..datasets.base import RetrievalDataset
+from ..embed import embed_images, embed_texts
+from ..errors import DatasetError, ImageError
+from ..metrics import retrieval_metrics
+from ..kernels.rank import positive_ranks
+from .context import ModelContext
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED = 50
+
+
+@dataclass
+class TaskParams:
+    batch_size: int
+    num_workers: int
+    recall_k: list[int] | None
+    on_error: str
+    fast_decode: bool
+    num_threads: int | None
+    progress: bool
+
+
+def _listing(items) -> str:
+    lines = [f"{it.where}: {it.reason}" for it in items[:MAX_LISTED]]
+    if len(items) > MAX_LISTED:
+        lines.append(f"... and {len(items) - MAX_LISTED} more")
+    return "\n    ".join(lines)
+
+
+def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskParams) -> tuple[dict, dict]:
+    """Returns ``(metrics, meta)``."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    images = embed_images(model.vision, model.preprocessor, dataset.images, batch_size=params.batch_size,
+                          num_workers=params.num_workers, fast_decode=params.fast_decode,
+                          where=dataset.image_where or None, progress=params.progress)
+    timings["images_s"] = time.perf_counter() - t0
+    if images.failures and params.on_error != "skip":
+        raise ImageError(
+            f"{len(images.failures)} image(s) could not be used:\n    {_listing(images.failures)}",
+            "replace or remove these images, or pass --on-error skip to leave them out",
+        )
+    failed = set(range(dataset.num_images)) - set(images.indices.tolist())
+    dataset, dropped_texts = dataset.drop_images(failed)
+    if dataset.num_images == 0 or dataset.num_texts == 0:
+        raise DatasetError(f"no usable {'images' if dataset.num_images == 0 else 'texts'} left in dataset {dataset.name}",
+                           "check the skipped items listed above")
+    t0 = time.perf_counter()
+    texts = embed_texts(model.text, model.tokenizer, dataset.texts, batch_size=params.batch_size,
+                        progress=params.progress)
+    timings["texts_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    t2i, i2t = positive_ranks(texts.embeds, images.embeds, dataset.text_to_image, num_threads=params.num_threads)
+    metrics, notes = retrieval_metrics(t2i, i2t, params.recall_k, k_explicit=params.recall_k is not None)
+    timings["ranking_s"] = time.perf_counter() - t0
+    skipped = [it.to_dict() for it in dataset.skipped] + [it.to_dict() for it in images.failures]
+    meta = {
+        "num_images": dataset.num_images,
+        "num_texts": dataset.num_texts,
+        "num_skipped_images": len(skipped),
+        "skipped": skipped,
+        "dropped_texts": dropped_texts,
+        "merged_rows": dataset.merged_rows,
+        "truncated_texts": texts.truncated,
+        "timings": timings,
+        **notes,
+    }
+    if dataset.limited_from is not None:
+        meta["limited_from_images"] = dataset.limited_from
+    return metrics, meta

@@ -1,0 +1,64 @@
+"""Model resolution with export on first use.
+
+A bundle directory (or ``demo``) is used as it is. A checkpoint directory is exported once into
+the model cache (``$CLIPEVAL_CACHE_DIR/models`` or ``~/.cache/clipeval/models``) and reused after,
+keyed by source, revision, precision and the checkpoint files' sizes and modification times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from clipeval.engine.bundle import Bundle, is_bundle_dir, load_bundle
+from clipeval.engine.runner import is_demo, resolve_bundle
+
+log = logging.getLogger(__name__)
+
+
+def cache_root(override: str | os.PathLike | None = None) -> Path:
+    if override:
+        return Path(override)
+    env = os.environ.get("CLIPEVAL_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clipeval"
+
+
+def _fingerprint(checkpoint: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(checkpoint.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(checkpoint).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cached_bundle_dir(source: str, revision: str | None, precision: str, root: Path) -> Path:
+    local = Path(os.path.expanduser(source))
+    ident = f"{local.resolve()}|{_fingerprint(local)}" if local.is_dir() else source
+    digest = hashlib.sha256(f"{ident}|{revision}|{precision}".encode()).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(source.rstrip("/")))
+    return root / "models" / f"{name}-{precision}-{digest}"
+
+
+def resolve_model(model: dict[str, Any], cfg) -> Bundle:
+    name = str(model.get("model_name") or "")
+    path = Path(os.path.expanduser(name))
+    if is_demo(model) or is_bundle_dir(path) or not (path / "config.json").is_file():
+        return resolve_bundle(model, cfg)  # the demo, a bundle, or an error that says what was expected
+    precision = model.get("precision") or getattr(cfg, "precision", None) or "fp32"
+    target = cached_bundle_dir(name, model.get("revision"), precision, cache_root(getattr(cfg, "cache_dir", None)))
+    if is_bundle_dir(target):
+        log.info("using cached export %s", target)
+        return load_bundle(target)
+    from . import export_checkpoint
+
+    log.info("exporting %s into the model cache at %s (once)", name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    export_checkpoint(name, target, precision=precision, force=False)
+    return load_bundle(target)
