@@ -1,0 +1,113 @@
+"""Export validation: PyTorch vs onnxruntime on fixed inputs; every output is measured, then one
+:class:`ExportError` lists all that are out of tolerance (the way optimum's
+``validate_model_outputs`` reports)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipeval.engine.errors import ExportError
+
+PROVIDER = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs: float
+    min_cosine: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"max_abs_diff": self.max_abs, "min_cosine": self.min_cosine}
+
+
+TOLERANCES = {"fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999)}
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    if precision not in TOLERANCES:
+        raise ExportError(
+            f"no validation tolerance for precision {precision!r}",
+            f"known: {', '.join(TOLERANCES)}",
+        )
+    return TOLERANCES[precision]
+
+
+def run_onnx(path: str | Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of the ONNX graph at ``path`` on onnxruntime's CPU provider, by name."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=[PROVIDER])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, dict(feeds))))
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """Max absolute difference and smallest row-wise cosine of two ``[B, D]`` arrays."""
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape:
+        return {"shape": list(cand.shape), "expected_shape": list(ref.shape),
+                "max_abs_diff": float("inf"), "min_cosine": float("-inf")}
+    ref2 = ref.reshape(ref.shape[0], -1) if ref.ndim > 1 else ref.reshape(1, -1)
+    cand2 = cand.reshape(ref2.shape)
+    norms = np.linalg.norm(ref2, axis=1) * np.linalg.norm(cand2, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosines = np.sum(ref2 * cand2, axis=1) / norms
+    return {
+        "shape": list(ref.shape),
+        "max_abs_diff": float(np.max(np.abs(ref - cand))) if ref.size else 0.0,
+        "min_cosine": float(np.min(cosines)) if cosines.size else 1.0,
+    }
+
+
+def within(figures: Mapping[str, Any], tol: Tolerance) -> bool:
+    # Written so that NaN fails.
+    return bool(figures["max_abs_diff"] <= tol.max_abs and figures["min_cosine"] >= tol.min_cosine)
+
+
+def check_outputs(
+    reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], precision: str
+) -> dict[str, Any]:
+    """Compare every reference output with the candidate's; return the manifest's ``validation``
+    block, or raise one ExportError that lists every output and its difference when any fails."""
+    tol = tolerance_for(precision)
+    outputs: dict[str, Any] = {}
+    for name, ref in reference.items():
+        if name not in candidate:
+            outputs[name] = {"missing": True, "max_abs_diff": float("inf"), "min_cosine": float("-inf")}
+        else:
+            outputs[name] = compare(ref, candidate[name])
+    failed = [name for name, fig in outputs.items() if not within(fig, tol)]
+    if failed:
+        lines = [
+            f"{name}: max abs diff {fig['max_abs_diff']:.3g} (tolerance {tol.max_abs:g}), "
+            f"min cosine {fig['min_cosine']:.8f} (tolerance {tol.min_cosine:g})"
+            + ("  <- FAILED" if name in failed else "")
+            + (f", shape {fig['shape']} != {fig['expected_shape']}" if "expected_shape" in fig else "")
+            + (", missing from the ONNX outputs" if fig.get("missing") else "")
+            for name, fig in outputs.items()
+        ]
+        raise ExportError(
+            f"ONNX outputs differ from PyTorch beyond the {precision} tolerance "
+            f"({len(failed)} of {len(outputs)} failed):\n    " + "\n    ".join(lines),
+            "report the checkpoint and versions; `--no-validate` skips this check at your own risk",
+        )
+    return {"provider": PROVIDER, "precision": precision, "tolerance": tol.as_dict(), "outputs": outputs}
+
+
+def run_torch(module, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of a tower wrapper (``input_names`` / ``output_names`` attributes) on numpy feeds."""
+    import torch
+
+    args = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in module.input_names]
+    with torch.no_grad():
+        out = module(*args)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return {name: t.detach().cpu().numpy() for name, t in zip(module.output_names, outs)}
