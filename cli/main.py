@@ -84,7 +84,7 @@ def verbosity_option(f):
     return click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs on stderr.")(f)
 
 
-from . import commands  # noqa: E402,F401  (registers the commands on `cli`)
+from . import commands, export_cmd  # noqa: E402,F401  (registers the commands on `cli`)
 
 
 def main() -> None:
