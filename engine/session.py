@@ -8,7 +8,10 @@ session runs on CPU; the provider actually used is what the result reports.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import importlib.util
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -39,10 +42,16 @@ def cuda_problem() -> str | None:
             f"this onnxruntime build ({ort.__version__}) has no CUDA provider; "
             "install onnxruntime-gpu on a machine with an NVIDIA GPU"
         )
-    try:  # where CUDA/cuDNN came from pip wheels, onnxruntime can preload them
-        ort.preload_dlls(directory="")
-    except Exception:  # noqa: BLE001 - optional helper, absent in older versions
-        pass
+    if importlib.util.find_spec("nvidia") is not None:
+        # CUDA/cuDNN from pip wheels (nvidia-*): onnxruntime can preload them. It reports what it
+        # cannot find with print(); keep that off stdout, which carries results only.
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(captured):
+                ort.preload_dlls(directory="")
+        except Exception:  # noqa: BLE001 - optional helper, absent in older versions
+            pass
+        log.debug("preload_dlls: %s", captured.getvalue().strip())
     capi = Path(ort.__file__).parent / "capi"
     try:
         ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
