@@ -1,0 +1,167 @@
+"""Reading images: any source (path, bytes, PIL image) to an 8-bit RGB ``PIL.Image``.
+
+Mode conversion (:func:`to_rgb`) follows transformers' ``convert_rgb`` (what the reference
+tool's preprocessing does) where that is well defined, and scales high-bit-depth grey properly
+where it is not:
+
+* an image with transparency (a band ``A``/``a``, or a ``transparency`` entry, as palette and
+  ``tRNS`` PNGs have) is converted to RGBA and composited onto opaque **white**, exactly as
+  transformers does (the alpha is not simply dropped);
+* ``I;16`` (16-bit grey; how Pillow opens 16-bit PNG and TIFF) maps 0..65535 linearly onto
+  0..255 (``round(v * 255 / 65535)``); Pillow's own ``convert("RGB")`` would clip everything
+  above 255 to white;
+* ``I`` (32-bit integer; how Pillow opens 16-bit PGM/PPM) is read as 16-bit data the same way,
+  values outside 0..65535 clipped;
+* ``F`` (32-bit float) follows Pillow's conversion (0..255 scale, clipped), which is what the
+  reference tool gets;
+* ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV`` use Pillow's ``convert("RGB")``;
+  a mode Pillow cannot convert raises :class:`ImageError`.
+
+EXIF orientation is not applied, as in the reference tool, so pixels match it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+from .errors import ImageError
+
+# Images with more pixels than this are refused before their pixels are decoded
+# (decompression-bomb guard; the same figure as Pillow's warning threshold).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def describe(source: object) -> str:
+    """A short human name for ``source`` to put in messages."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes of image data>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.mode} {source.size[0]}x{source.size[1]}>"
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else repr(source)
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    bands = img.getbands()
+    return "A" in bands or "a" in bands or img.info.get("transparency") is not None
+
+
+def _grey16_to_rgb(values: np.ndarray) -> Image.Image:
+    v = np.clip(values.astype(np.int64), 0, 65535)
+    grey = ((v * 255 + 32767) // 65535).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert ``img`` to 8-bit RGB by the rules in the module docstring."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT or img.mode == "I":
+        return _grey16_to_rgb(np.asarray(img))
+    if _has_alpha(img):
+        if img.mode == "La":  # premultiplied grey: Pillow converts it to LA only
+            img = img.convert("LA")
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise ImageError(f"image mode {img.mode} cannot be converted to RGB ({exc})",
+                         "convert the image to RGB, PNG or JPEG first") from None
+
+
+def _open(source: ImageSource, what: str) -> Image.Image:
+    """Open (header only) without decoding pixels; raises ImageError for unreadable sources."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError(f"{what}: the image data is empty", "pass the bytes of an image file")
+        return Image.open(io.BytesIO(bytes(source)))
+    path = os.fspath(source)
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise ImageError(
+            f"image file {path} does not exist",
+            f"check the path (relative paths are resolved from {os.getcwd()})",
+        ) from None
+    except OSError as exc:
+        raise ImageError(f"image file {path} cannot be read ({exc.strerror or exc})", "check the path and its permissions") from None
+    if os.path.isdir(path):
+        raise ImageError(f"image path {path} is a directory", "point at an image file")
+    if size == 0:
+        raise ImageError(f"image file {path} is empty (0 bytes)", "replace or remove the file, or skip bad images")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ImageError(f"image file {path} cannot be read ({exc.strerror or exc})", "check its permissions") from None
+    return Image.open(io.BytesIO(data))
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    fast_decode_size: tuple[int, int] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Read ``source`` (path, bytes or PIL image) into a decoded 8-bit RGB ``PIL.Image``.
+
+    ``fast_decode_size=(w, h)``: a JPEG is decoded with DCT scaling (``Image.draft``) at the
+    smallest scale (1/2, 1/4, 1/8) that keeps it at least ``w`` × ``h``; pass the resize target
+    (``PreprocessSpec.draft_size``). Faster, not bit-exact; other formats decode normally.
+
+    ``max_pixels``: images declaring more pixels are refused before decoding (``None``: no limit).
+
+    Every failure (missing, empty, not an image, truncated, too large) raises :class:`ImageError`
+    naming the source and what to do.
+    """
+    what = describe(source)
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+            raise ImageError(
+                f"cannot read an image from a {type(source).__name__}",
+                "pass a path, the bytes of an image file, or a PIL image",
+            )
+        try:
+            img = _open(source, what)
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{what}: {exc}", "resize the image, or skip bad images") from None
+        except Image.UnidentifiedImageError:
+            raise ImageError(
+                f"{what} is not an image Pillow can read",
+                "convert it to JPEG or PNG, or remove it (or skip bad images)",
+            ) from None
+        except Exception as exc:  # Pillow's plugins raise many types on corrupt headers
+            raise ImageError(f"{what} cannot be opened ({type(exc).__name__}: {exc})", "replace the file, or skip bad images") from None
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(
+            f"{what} declares {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} "
+            "(decompression-bomb guard)",
+            "downscale the image, or raise max_pixels if you trust it",
+        )
+    try:
+        if fast_decode_size is not None and img is not source and img.format == "JPEG":
+            img.draft("RGB", tuple(fast_decode_size))
+        img.load()
+        return to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(
+            f"{what} could not be decoded ({type(exc).__name__}: {exc}); the file is truncated or corrupt",
+            "re-download or replace it, or skip bad images",
+        ) from None

@@ -1,0 +1,169 @@
+"""The streaming decode pipeline: ``(index, source)`` items in, batches of pixels out.
+
+Decoding runs on a pool of threads: Pillow releases the GIL while it decodes and resizes, and
+the per-channel table lookup in :class:`~clipeval.engine.preprocess.Preprocessor` is a numpy
+``take`` that releases it too, so threads scale over cores without copying pixels between
+processes. Only the header parse and the PIL-to-numpy copy hold the GIL (2-5% of an image's
+time for 640x480/1024x768 JPEGs, so two threads are bounded at about x1.9).
+``benchmarks/bench_decode.py`` measures the alternatives: on 2 cores a process pool that
+pickles batches back spent 22-57% more CPU per image than inline decoding, a shared-memory
+pool 4-16% more, threads 4-15% more.
+
+Each item is one task that writes its pixels straight into its batch's buffer; batches come
+out in input order. At most ``prefetch_batches + num_workers`` batches, the one the consumer
+holds included, are pulled from the input and held, however long the input is, so the
+consumer can run inference on one batch while the next ones decode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .errors import ConfigError, ImageError
+from .images import ImageSource, load_image
+from .preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("fail", "skip")
+
+
+@dataclass
+class Batch:
+    """Decoded images of one batch, in input order.
+
+    ``indices`` (int64 [b]) are the items that decoded, ``pixels`` (float32 [b, 3, H, W]) their
+    pixels; ``failures`` lists ``(index, source, reason)`` of the items that did not (only with
+    ``on_error="skip"``).
+    """
+
+    indices: np.ndarray
+    pixels: np.ndarray
+    failures: list[tuple[int, Any, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class _Pending:
+    """A batch being decoded: its items, the shared output buffer and one result per item."""
+
+    __slots__ = ("items", "pixels", "results")
+
+    def __init__(self, items: list[tuple[int, Any]], shape: tuple[int, int]):
+        self.items = items
+        self.pixels = np.empty((len(items), 3, *shape), dtype=np.float32)
+        self.results: list[Future | ImageError | None] = []
+
+    def finish(self, on_error: str) -> Batch:
+        ok = []
+        failures = []
+        for slot, ((index, source), result) in enumerate(zip(self.items, self.results)):
+            error = result.result() if isinstance(result, Future) else result
+            if error is None:
+                ok.append(slot)
+            elif on_error == "fail":
+                raise ImageError(f"image #{index}: {error.message}", error.remedy)
+            else:
+                log.warning("skipping image #%d: %s", index, error.message)
+                failures.append((index, source, error.message))
+        indices = np.array([self.items[s][0] for s in ok], dtype=np.int64)
+        pixels = self.pixels if len(ok) == len(self.items) else self.pixels[ok]
+        return Batch(indices=indices, pixels=pixels, failures=failures)
+
+    def cancel(self) -> None:
+        for result in self.results:
+            if isinstance(result, Future):
+                result.cancel()
+
+
+def _decode_into(source: ImageSource, preprocessor: Preprocessor, out: np.ndarray, draft) -> ImageError | None:
+    """Decode one image into ``out``; the error when it is unreadable, else None."""
+    try:
+        preprocessor(load_image(source, fast_decode_size=draft), out=out)
+    except ImageError as exc:
+        return exc.with_traceback(None)
+    return None
+
+
+def _check(batch_size: int, num_workers: int, prefetch_batches: int, on_error: str) -> None:
+    for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                             ("prefetch_batches", prefetch_batches, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low} (got {value!r})", f"set {name} to {low} or more")
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)} (got {on_error!r})")
+
+
+def iter_pixel_batches(
+    items: Iterable[tuple[int, ImageSource]],
+    preprocessor: Preprocessor,
+    *,
+    batch_size: int,
+    num_workers: int,
+    prefetch_batches: int = 2,
+    on_error: str = "fail",
+    fast_decode: bool = False,
+) -> Iterator[Batch]:
+    """Decode and preprocess ``items`` (an iterable of ``(index, source)``) into :class:`Batch` es.
+
+    Batches hold up to ``batch_size`` items each, in input order. ``num_workers`` threads decode
+    (0: decode inline, in the consumer's thread). ``on_error="fail"`` raises
+    :class:`ImageError` at the first unreadable image in input order (after the batches before
+    it were yielded); ``"skip"`` leaves it out and reports it in ``Batch.failures``.
+    ``fast_decode`` decodes JPEGs with DCT scaling (see :func:`load_image`).
+
+    Closing the generator (``break`` out of the loop) cancels pending work and joins the
+    threads.
+    """
+    _check(batch_size, num_workers, prefetch_batches, on_error)
+    draft = preprocessor.spec.draft_size if fast_decode else None
+    shape = preprocessor.output_size
+    return _iterate(iter(items), preprocessor, batch_size, num_workers, prefetch_batches, on_error, draft, shape)
+
+
+def _iterate(items, preprocessor, batch_size, num_workers, prefetch_batches, on_error, draft, shape) -> Iterator[Batch]:
+    if num_workers == 0:
+        while chunk := list(islice(items, batch_size)):
+            pending = _Pending(chunk, shape)
+            pending.results = [_decode_into(src, preprocessor, pending.pixels[i], draft) for i, (_, src) in enumerate(chunk)]
+            yield pending.finish(on_error)
+        return
+
+    ahead = prefetch_batches + num_workers
+    queue: deque[_Pending] = deque()
+    pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="clipeval-decode")
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(queue) < ahead:
+                chunk = list(islice(items, batch_size))
+                if not chunk:
+                    exhausted = True
+                    break
+                pending = _Pending(chunk, shape)
+                pending.results = [
+                    pool.submit(_decode_into, src, preprocessor, pending.pixels[i], draft)
+                    for i, (_, src) in enumerate(chunk)
+                ]
+                queue.append(pending)
+            if not queue:
+                return
+            head = queue.popleft()
+            try:
+                batch = head.finish(on_error)
+            except BaseException:
+                head.cancel()
+                raise
+            yield batch
+    finally:
+        for pending in queue:
+            pending.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
