@@ -12,14 +12,13 @@ from typing import Any, Callable, Iterator
 from .. import __version__
 from .bundle import Bundle, is_bundle_dir, load_bundle
 from .config import EvalConfig, parse_task_cfg
-from .datasets import default_task, read_dataset
+from .datasets import default_task
 from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME
 from .errors import BundleError, ConfigError, DatasetError
 from .results import existing_result, params_key, result_path, write_result
 from .session import default_threads
-from .tasks import TASKS
+from .tasks import TASKS, TaskParams
 from .tasks.context import ModelContext, load_model
-from .tasks.retrieval import TaskParams, run_retrieval
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +95,13 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
                     yield previous
                     continue
             t_start = time.perf_counter()
-            dataset = read_dataset(dataset_name, data_dir, cfg.split, cfg.on_error).limit(cfg.limit)
             if context is None:
                 context = load_model(bundle, provider=cfg.provider, precision=precision, threads=cfg.num_threads)
             task_params = TaskParams(batch_size=cfg.batch_size, num_workers=workers, recall_k=cfg.recall_k,
                                      on_error=cfg.on_error, fast_decode=cfg.fast_decode,
-                                     num_threads=cfg.num_threads, progress=cfg.verbose)
-            metrics, meta = run_retrieval(context, dataset, task_params)
+                                     num_threads=cfg.num_threads, progress=cfg.verbose,
+                                     split=cfg.split, limit=cfg.limit)
+            metrics, meta = TASKS[task](context, dataset_name, data_dir, task_params)
             meta["timings"] = {"model_load_s": context.load_s, **meta["timings"],
                                "total_s": time.perf_counter() - t_start}
             meta.update({

@@ -1,3 +1,12 @@
-"""Tasks: the registry of task names."""
+"""Tasks: the registry of task names.
 
-TASKS = ("zeroshot_retrieval",)
+Each entry is ``fn(model: ModelContext, dataset_name, data_dir, params: TaskParams) -> (metrics, meta)``.
+"""
+
+from .retrieval import TaskParams, retrieval_task
+
+TASKS = {
+    "zeroshot_retrieval": retrieval_task,
+}
+
+__all__ = ["TASKS", "TaskParams"]

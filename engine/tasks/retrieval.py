@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from ..datasets import read_dataset
 from ..datasets.base import RetrievalDataset
 from ..embed import embed_images, embed_texts
 from ..errors import DatasetError, ImageError
@@ -20,6 +21,8 @@ MAX_LISTED = 50
 
 @dataclass
 class TaskParams:
+    """What every task takes besides the model: the (checked) config values it needs."""
+
     batch_size: int
     num_workers: int
     recall_k: list[int] | None
@@ -27,6 +30,9 @@ class TaskParams:
     fast_decode: bool
     num_threads: int | None
     progress: bool
+    split: str = "test"
+    limit: int | None = None
+    language: str | None = None
 
 
 def _listing(items) -> str:
@@ -77,3 +83,9 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
     if dataset.limited_from is not None:
         meta["limited_from_images"] = dataset.limited_from
     return metrics, meta
+
+
+def retrieval_task(model: ModelContext, dataset_name: str, data_dir: str, params: TaskParams) -> tuple[dict, dict]:
+    """The registered entry of ``zeroshot_retrieval``: read the dataset, then :func:`run_retrieval`."""
+    dataset = read_dataset(dataset_name, data_dir, params.split, params.on_error).limit(params.limit)
+    return run_retrieval(model, dataset, params)
