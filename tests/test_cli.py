@@ -217,3 +217,15 @@ def test_run_task_with_the_evalscope_task_cfg(tiny_bundle, tmp_path):
     # @10 is larger than the 4-image gallery: left out of the default list, and said so.
     assert "image_retrieval_recall@10" not in result["metrics"]
     assert "image_retrieval_recall@1" in result["metrics"]
+
+
+def test_eval_with_no_arguments_runs_the_embedded_demo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run("eval", "--quiet")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["model"] == "clipeval-demo-shapes" and result["dataset"] == "custom"
+    assert result["metrics"]["image_retrieval_recall@5"] >= 0.9
+    assert result["metrics"]["text_retrieval_recall@5"] >= 0.9
+    assert result["meta"]["num_images"] == 300
+    assert (tmp_path / "outputs" / "clipeval-demo-shapes" / "custom_zeroshot_retrieval.json").is_file()
