@@ -13,13 +13,22 @@ from .main import cli, emit, setup_logging, verbosity_option
               help="Bundle directory to create.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "both"]), default="fp32", show_default=True)
 @click.option("--opset", type=click.IntRange(min=14), default=17, show_default=True)
+@click.option("--hub", type=click.Choice(["hf", "modelscope"]), default="hf", show_default=True,
+              help="Where a SOURCE that is not a local directory is downloaded from.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists and is not empty.")
 @click.option("--no-validate", is_flag=True, help="Skip the PyTorch vs onnxruntime parity check.")
 @verbosity_option
-def export_cmd(source, out_dir, precision, opset, force, no_validate, quiet):
-    """Export a checkpoint (CLIP family) to a verified ONNX model bundle."""
+def export_cmd(source, out_dir, precision, opset, hub, revision, force, no_validate, quiet):
+    """Export a checkpoint to a verified ONNX model bundle.
+
+    SOURCE is a directory written by save_pretrained or a hub id. Families: CLIPModel,
+    ChineseCLIPModel, SiglipModel. --precision fp16 / int8 add that variant beside fp32 and make it
+    the default; both = fp32 + fp16 (default fp32). See docs/export.md.
+    """
     from clipeval.export import export_checkpoint
 
     setup_logging(not quiet)
-    path = export_checkpoint(source, out_dir, precision=precision, opset=opset, force=force, validate=not no_validate)
+    path = export_checkpoint(source, out_dir, precision=precision, opset=opset, force=force,
+                             validate=not no_validate, hub=hub, revision=revision)
     emit({"bundle": str(path)})

@@ -5,6 +5,6 @@ Importing this package does not import torch; :func:`export_checkpoint` does, wh
 
 from __future__ import annotations
 
-from .convert import FAMILIES, export_checkpoint
+from .convert import EXPORT_PRECISIONS, FAMILIES, export_checkpoint
 
-__all__ = ["FAMILIES", "export_checkpoint"]
+__all__ = ["EXPORT_PRECISIONS", "FAMILIES", "export_checkpoint"]

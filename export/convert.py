@@ -1,12 +1,20 @@
 """Checkpoint -> model bundle (DESIGN.md §2).
 
-:func:`export_checkpoint` takes a local directory written by ``save_pretrained`` (model, tokenizer
-and image processor), exports the two towers to ONNX, writes ``tokenizer.json``,
-``preprocess.json`` and the manifest, checks onnxruntime against PyTorch, and only then makes the
-bundle visible at ``out_dir`` (it is built in a hidden directory beside it and renamed).
+:func:`export_checkpoint` takes a directory written by ``save_pretrained`` (model, tokenizer and
+image processor) or a hub id (:mod:`.hub`), exports the two towers to ONNX with eager attention,
+fuses them with onnxruntime's transformer optimizer (:mod:`.optimize`), writes the precision
+variants (fp32; fp16 from the fused graph; int8 by dynamic quantisation), ``tokenizer.json``,
+``preprocess.json`` and the manifest, checks every variant on onnxruntime against PyTorch, and
+only then makes the bundle visible at ``out_dir`` (it is built in a hidden directory beside it
+and renamed).
 
-Families are a registry keyed on ``config.json``'s ``model_type`` (:data:`FAMILIES`); torch,
+Families are a registry keyed on ``config.json``'s ``model_type`` (:mod:`.families`); torch,
 transformers and onnx are imported only once an export really starts.
+
+Manifest blocks written here beyond the bundle contract: ``validation`` (per variant: tolerance,
+per output ``max_abs_diff``/``min_cosine``/``passed``; plus ``inputs``), ``fused_ops`` (per tower:
+fused operator counts, layer count, ``attention_fused``), ``graph_ops`` (per variant and tower:
+node and ``Cast`` counts, whether the graph is the fused one), ``hub``, ``exported_with``.
 """
 
 from __future__ import annotations
@@ -19,8 +27,6 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +37,36 @@ from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, write_manifest
 from clipeval.engine.errors import ExportError
 
 from . import validate as _validate
+from .families import FAMILIES, Family, ModelFacts, family_for
+from .hub import check_hub, local_checkpoint
 from .preprocess_config import preprocess_from_checkpoint
-from .tokenizer_export import (
-    TEXT_INPUTS,
-    check_pooling,
-    encode_padded,
-    export_tokenizer,
-    pooling_rule,
-    tokenizer_rule,
-)
+from .tokenizer_export import check_pooling, encode_padded, export_tokenizer, tokenizer_rule
 
 log = logging.getLogger(__name__)
 
-EXPORT_PRECISIONS = ("fp32",)
+__all__ = ["EXPORT_PRECISIONS", "FAMILIES", "Family", "ModelFacts", "export_checkpoint", "family_for",
+           "variants_for"]
+
+# --precision -> (variants written, the bundle's default). fp32 is always written: it is the
+# reference the others are made from, and it runs everywhere.
+EXPORT_PRECISIONS = {
+    "fp32": (("fp32",), "fp32"),
+    "fp16": (("fp32", "fp16"), "fp16"),
+    "int8": (("fp32", "int8"), "int8"),
+    "both": (("fp32", "fp16"), "fp32"),
+}
 MIN_OPSET = 14
-VISION_FILE, TEXT_FILE = "vision.onnx", "text.onnx"
+TOWER_FILES = {
+    "fp32": {"vision": "vision.onnx", "text": "text.onnx"},
+    "fp16": {"vision": "vision.fp16.onnx", "text": "text.fp16.onnx"},
+    "int8": {"vision": "vision.int8.onnx", "text": "text.int8.onnx"},
+}
+VISION_FILE, TEXT_FILE = TOWER_FILES["fp32"]["vision"], TOWER_FILES["fp32"]["text"]
+# Whether vision.onnx / text.onnx are the fused graphs. Measured on 2 CPU cores (benchmarks/
+# bench_export.py, ViT-B/32 shape): the fused fp32 graph is no faster than the raw export under
+# onnxruntime's own session optimisations, so fp32 stays the plain export; fp16 is always built
+# from the fused graph (fusion is what makes fp16 fast on CUDA).
+FUSE_FP32 = False
 
 # Fixed validation inputs: several lengths, one longer than any context (it is truncated).
 VALIDATION_TEXTS = (
@@ -59,60 +80,17 @@ TRACE_TEXTS = 2  # the graph is traced on fewer, shorter texts than it is valida
 TRACE_IMAGES = 2
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the exporter needs to know about a loaded model."""
-
-    embed_dim: int
-    context_length: int
-    image_size: int
-    pooling: str  # see tokenizer_export: "first_eos" | "max_id"
-    pool_eos_id: int | None  # the id the text tower looks for under "first_eos"
-
-
-@dataclass(frozen=True)
-class Family:
-    """How to export one kind of checkpoint."""
-
-    name: str  # the manifest's ``family``
-    model_class: str  # transformers class to load
-    facts: Callable[[Any], ModelFacts]  # transformers config -> facts
-    padding: str = "longest"
-    text_inputs: tuple[str, ...] = TEXT_INPUTS
-
-
-def _clip_facts(config: Any) -> ModelFacts:
-    eos = config.text_config.eos_token_id
-    return ModelFacts(
-        embed_dim=int(config.projection_dim),
-        context_length=int(config.text_config.max_position_embeddings),
-        image_size=int(config.vision_config.image_size),
-        pooling=pooling_rule(eos),
-        pool_eos_id=None if eos is None else int(eos),
-    )
-
-
-FAMILIES: dict[str, Family] = {
-    "clip": Family(name="clip", model_class="CLIPModel", facts=_clip_facts),
-}
-
-
-def family_for(model_type: str | None, where: str = "") -> Family:
-    if model_type not in FAMILIES:
+def variants_for(precision: str) -> tuple[tuple[str, ...], str]:
+    """``(variants written, default precision)`` for a ``--precision`` value."""
+    if precision not in EXPORT_PRECISIONS:
         raise ExportError(
-            f"model_type {model_type!r}{where} is not supported",
-            f"supported model types: {', '.join(sorted(FAMILIES))}",
+            f"precision {precision!r} cannot be exported",
+            f"supported precisions: {', '.join(EXPORT_PRECISIONS)}",
         )
-    return FAMILIES[model_type]
+    return EXPORT_PRECISIONS[precision]
 
 
-def _read_source(source: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    src = Path(source)
-    if not src.is_dir():
-        raise ExportError(
-            f"checkpoint {source} is not a local directory",
-            "pass a directory written by `model.save_pretrained(dir)` (hub ids are not supported yet)",
-        )
+def _read_config(src: Path) -> dict[str, Any]:
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
         raise ExportError(
@@ -125,15 +103,11 @@ def _read_source(source: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         raise ExportError(f"cannot read {cfg_path}: {exc}", "save the model again") from None
     if not isinstance(config, dict):
         raise ExportError(f"{cfg_path} is not a JSON object", "save the model again")
-    return src, config
+    return config
 
 
 def _check_options(precision: str, opset: int) -> None:
-    if precision not in EXPORT_PRECISIONS:
-        raise ExportError(
-            f"precision {precision!r} cannot be exported yet",
-            f"supported precisions: {', '.join(EXPORT_PRECISIONS)}",
-        )
+    variants_for(precision)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ExportError(f"opset {opset!r} is not supported", f"use an integer opset >= {MIN_OPSET} (default 17)")
 
@@ -172,7 +146,7 @@ def _require_export_deps() -> None:
 
 def _versions() -> dict[str, str]:
     out = {}
-    for name in ("torch", "transformers", "onnx", "onnxruntime"):
+    for name in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
         try:
             out[name] = importlib.import_module(name).__version__
         except ImportError:
@@ -188,25 +162,35 @@ def export_checkpoint(
     opset: int = 17,
     force: bool = False,
     validate: bool = True,
+    hub: str = "hf",
+    revision: str | None = None,
 ) -> Path:
-    """Export the checkpoint directory ``source`` to a model bundle at ``out_dir``; return its path.
+    """Export the checkpoint ``source`` to a model bundle at ``out_dir``; return its path.
+
+    ``source`` is a directory written by ``save_pretrained`` or a hub id (``hub`` ``"hf"`` or
+    ``"modelscope"``, at ``revision``). ``precision`` is ``fp32``, ``fp16`` (fp32 + fp16,
+    default fp16), ``int8`` (fp32 + int8, default int8) or ``both`` (fp32 + fp16, default fp32).
 
     Raises :class:`ExportError` for a source that is not a supported checkpoint, a non-empty
     ``out_dir`` without ``force`` (``force`` replaces only an existing bundle), missing export
-    dependencies, or onnxruntime outputs that differ from PyTorch beyond tolerance (``validate``).
-    Nothing appears at ``out_dir`` unless the whole export succeeds.
+    dependencies, or onnxruntime outputs that differ from PyTorch beyond tolerance (``validate``;
+    one error lists every output of every variant). Nothing appears at ``out_dir`` unless the
+    whole export succeeds.
     """
-    src, config = _read_source(source)
-    family = family_for(config.get("model_type"), f" in {src / 'config.json'}")
+    check_hub(hub)
     _check_options(precision, opset)
     out = Path(out_dir)
     _check_out_dir(out, force)
+    src = local_checkpoint(source, hub=hub, revision=revision)
+    family = family_for(_read_config(src).get("model_type"), f" in {src / 'config.json'}")
     _require_export_deps()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        manifest = _build(family, src, str(source), stage, precision=precision, opset=opset, validate=validate)
+        manifest = _build(family, src, stage, precision=precision, opset=opset, validate=validate)
+        manifest.update({"source": str(source), "revision": revision,
+                         "hub": None if Path(os.path.expanduser(str(source))).is_dir() else hub})
         write_manifest(stage, manifest)
         _check_out_dir(out, force)  # again: the export took a while
         _publish(stage, out)
@@ -237,31 +221,49 @@ def validation_images(image_size: int, count: int = VALIDATION_IMAGES, seed: int
     return np.random.default_rng(seed).standard_normal((count, 3, image_size, image_size)).astype(np.float32)
 
 
-def _build(family: Family, src: Path, source: str, stage: Path, *, precision: str, opset: int,
+def _text_feeds(family: Family, tokenizer: Path, texts, facts: ModelFacts, pad_id: int) -> dict[str, np.ndarray]:
+    length = facts.context_length if family.padding == "max_length" else None
+    feeds = encode_padded(tokenizer, texts, facts.context_length, pad_id, length=length)
+    return {name: feeds[name] for name in family.text_inputs}
+
+
+def _build(family: Family, src: Path, stage: Path, *, precision: str, opset: int,
            validate: bool) -> dict[str, Any]:
     """Write the bundle's files into ``stage`` and return its manifest (without ``files``)."""
     from . import towers
 
+    variants, default = variants_for(precision)
     t0 = time.perf_counter()
     model = towers.load_model(src, family.model_class)
     facts = family.facts(model.config)
 
-    info = export_tokenizer(src, stage / "tokenizer.json")
+    info = export_tokenizer(src, stage / "tokenizer.json", family.tokenizer)
     pool_eos = info.eos_id if facts.pooling == "max_id" else facts.pool_eos_id
     texts = list(VALIDATION_TEXTS)
-    text_feeds = encode_padded(stage / "tokenizer.json", texts, facts.context_length, info.pad_id)
-    check_pooling(text_feeds, texts, facts.pooling, pool_eos, info.eos_id, facts.context_length, info.pad_id)
+    full = encode_padded(stage / "tokenizer.json", texts, facts.context_length, info.pad_id)
+    check_pooling(full, texts, facts.pooling, pool_eos, info.eos_id, facts.context_length, info.pad_id)
+    text_feeds = _text_feeds(family, stage / "tokenizer.json", texts, facts, info.pad_id)
 
     preprocess = preprocess_from_checkpoint(src, image_size=facts.image_size)
     (stage / "preprocess.json").write_text(json.dumps(preprocess, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     images = validation_images(facts.image_size)
-    trace_text = encode_padded(stage / "tokenizer.json", texts[:TRACE_TEXTS], facts.context_length, info.pad_id)
-    vision, text = _export_towers(model, stage, images[:TRACE_IMAGES], trace_text, opset)
+    trace_text = _text_feeds(family, stage / "tokenizer.json", texts[:TRACE_TEXTS], facts, info.pad_id)
+    work = stage / ".work"
+    work.mkdir()
+    vision, text = _export_towers(model, family, work, images[:TRACE_IMAGES], trace_text, opset)
+    fused_ops, op_stats = _write_variants(family, facts, work, stage, variants, opset)
+    shutil.rmtree(work)
     t_export = time.perf_counter() - t0
 
     if validate:
-        validation = _validation(vision, text, stage, {"pixel_values": images}, text_feeds, precision)
+        validation = _validation(vision, text, stage, variants, {"pixel_values": images}, text_feeds)
+        validation["inputs"] = {
+            "images": list(images.shape),
+            "texts": len(texts),
+            "text_lengths": [int(n) for n in full["attention_mask"].sum(axis=1)],
+            "text_shape": list(text_feeds["input_ids"].shape),
+        }
     else:
         validation = {"skipped": True}
     log.info("export %.1f s, validation %.1f s", t_export, time.perf_counter() - t0 - t_export)
@@ -269,58 +271,99 @@ def _build(family: Family, src: Path, source: str, stage: Path, *, precision: st
     return {
         "format": FORMAT_VERSION,
         "family": family.name,
-        "source": source,
-        "revision": None,
         "embed_dim": facts.embed_dim,
         "context_length": facts.context_length,
-        "precision": precision,
+        "precision": default,
         "opset": opset,
-        "variants": {precision: {"vision": VISION_FILE, "text": TEXT_FILE}},
+        "variants": {v: dict(TOWER_FILES[v]) for v in variants},
         "tokenizer": tokenizer_rule(info, facts.pooling, family.padding, family.text_inputs),
         "validation": validation,
+        "fused_ops": fused_ops,
+        "graph_ops": op_stats,
         "exported_with": _versions(),
         "created_by": f"clipeval {__version__}",
     }
 
 
-def _export_towers(model: Any, stage: Path, images: np.ndarray, text_feeds: dict[str, np.ndarray], opset: int):
-    """Trace both towers on the given inputs and write them into ``stage``; return the wrappers."""
+def _export_towers(model: Any, family: Family, work: Path, images: np.ndarray,
+                   text_feeds: dict[str, np.ndarray], opset: int):
+    """Trace both towers (eager attention) into ``work/vision.onnx`` and ``work/text.onnx``;
+    return the PyTorch wrappers."""
     import torch
 
     from . import towers
 
-    vision, text = towers.VisionTower(model).eval(), towers.TextTower(model).eval()
+    vision = towers.VisionTower(model).eval()
+    text = towers.TextTower(model, family.text_inputs).eval()
     towers.export_onnx(
         vision,
         (torch.from_numpy(images),),
-        stage / VISION_FILE,
+        work / "vision.onnx",
         dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
         opset=opset,
     )
+    # SigLIP pads every text to the context length: its sequence axis stays fixed.
+    text_axes = {0: "batch"} if family.padding == "max_length" else {0: "batch", 1: "sequence"}
     towers.export_onnx(
         text,
         tuple(torch.from_numpy(text_feeds[name]) for name in text.input_names),
-        stage / TEXT_FILE,
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"},
-            "text_embeds": {0: "batch"},
-        },
+        work / "text.onnx",
+        dynamic_axes={**{name: text_axes for name in text.input_names}, "text_embeds": {0: "batch"}},
         opset=opset,
     )
     return vision, text
 
 
-def _validation(vision, text, stage: Path, vision_feeds: dict[str, np.ndarray],
-                text_feeds: dict[str, np.ndarray], precision: str) -> dict[str, Any]:
-    """PyTorch vs onnxruntime on the validation inputs; the manifest's ``validation`` block."""
-    reference = {**_validate.run_torch(vision, vision_feeds), **_validate.run_torch(text, text_feeds)}
-    candidate = {**_validate.run_onnx(stage / VISION_FILE, vision_feeds),
-                 **_validate.run_onnx(stage / TEXT_FILE, text_feeds)}
-    block = _validate.check_outputs(reference, candidate, precision)
-    block["inputs"] = {
-        "images": list(vision_feeds["pixel_values"].shape),
-        "texts": int(text_feeds["input_ids"].shape[0]),
-        "text_lengths": [int(n) for n in text_feeds["attention_mask"].sum(axis=1)],
+def _write_variants(family: Family, facts: ModelFacts, work: Path, stage: Path, variants, opset: int):
+    """Fuse both towers, then write each variant's files into ``stage``.
+
+    Returns ``(fused_ops, graph_ops)``: the fusion record per tower, and per variant and tower the
+    node count and ``Cast`` count of the written graph."""
+    from . import optimize
+
+    fused_ops: dict[str, Any] = {}
+    graph_ops: dict[str, Any] = {}
+    shapes = {
+        "vision": (facts.vision_layers, facts.vision_heads, facts.vision_hidden, family.optimizer_types[0]),
+        "text": (facts.text_layers, facts.text_heads, facts.text_hidden, family.optimizer_types[1]),
     }
-    return block
+    for tower, (layers, heads, hidden, kind) in shapes.items():
+        raw, fused = work / f"{tower}.onnx", work / f"{tower}.fused.onnx"
+        counts = optimize.fuse(raw, fused, model_type=kind, num_heads=heads, hidden_size=hidden, opset=opset)
+        fused_ops[tower] = optimize.fusion_summary(counts, layers, kind)
+        for variant in variants:
+            dst = stage / TOWER_FILES[variant][tower]
+            if variant == "fp32":
+                shutil.copyfile(fused if FUSE_FP32 else raw, dst)
+                written = optimize.op_counts(_load(dst))
+            elif variant == "fp16":
+                written = optimize.to_fp16(fused, dst, opset=opset)
+            else:
+                written = optimize.quantize_int8(raw, dst, opset=opset)
+            graph_ops.setdefault(variant, {})[tower] = {
+                "nodes": sum(written.values()),
+                "cast": written.get("Cast", 0),
+                "fused": variant == "fp16" or (variant == "fp32" and FUSE_FP32),
+            }
+    return fused_ops, graph_ops
+
+
+def _load(path: Path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _validation(vision, text, stage: Path, variants, vision_feeds: dict[str, np.ndarray],
+                text_feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    """PyTorch vs onnxruntime (CPU) for every variant; the manifest's ``validation`` block. One
+    :class:`ExportError` lists every output of every variant when any is out of tolerance."""
+    reference = {**_validate.run_torch(vision, vision_feeds), **_validate.run_torch(text, text_feeds)}
+    blocks: dict[str, Any] = {}
+    for variant in variants:
+        files = TOWER_FILES[variant]
+        candidate = {**_validate.run_onnx(stage / files["vision"], vision_feeds),
+                     **_validate.run_onnx(stage / files["text"], text_feeds)}
+        blocks[variant] = _validate.measure(reference, candidate, variant)
+    _validate.raise_if_failed(blocks)
+    return blocks

@@ -1,8 +1,10 @@
 """Model resolution with export on first use.
 
-A bundle directory (or ``demo``) is used as it is. A checkpoint directory is exported once into
-the model cache (``$CLIPEVAL_CACHE_DIR/models`` or ``~/.cache/clipeval/models``) and reused after,
-keyed by source, revision, precision and the checkpoint files' sizes and modification times.
+A bundle directory (or ``demo``) is used as it is. A checkpoint directory or a hub id is
+exported once into the model cache (``cache_dir`` / ``$CLIPEVAL_CACHE_DIR`` / ``~/.cache/clipeval``,
+then ``models/``) and reused after, keyed by source, hub, revision, precision and, for a local
+directory, the checkpoint files' sizes and modification times. The export is built in a hidden
+directory and renamed into place, so an interrupted export never becomes a cache entry.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from clipeval.engine.bundle import Bundle, is_bundle_dir, load_bundle
 from clipeval.engine.runner import is_demo, resolve_bundle
+
+from .hub import is_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +42,31 @@ def _fingerprint(checkpoint: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_bundle_dir(source: str, revision: str | None, precision: str, root: Path) -> Path:
+def cached_bundle_dir(source: str, revision: str | None, precision: str, root: Path, hub: str = "hf") -> Path:
+    """The cache directory of ``source`` exported at ``precision`` (``root/models/NAME-PRECISION-KEY``)."""
     local = Path(os.path.expanduser(source))
-    ident = f"{local.resolve()}|{_fingerprint(local)}" if local.is_dir() else source
+    ident = f"{local.resolve()}|{_fingerprint(local)}" if local.is_dir() else f"{hub}:{source}"
     digest = hashlib.sha256(f"{ident}|{revision}|{precision}".encode()).hexdigest()[:16]
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(source.rstrip("/")))
     return root / "models" / f"{name}-{precision}-{digest}"
 
 
+def _is_checkpoint(name: str, path: Path) -> bool:
+    if path.is_dir():
+        return (path / "config.json").is_file()
+    return not path.exists() and is_hub_id(name)
+
+
 def resolve_model(model: dict[str, Any], cfg) -> Bundle:
+    """The bundle for one ``models`` entry: the demo or a bundle directory as they are; a
+    checkpoint directory or hub id exported into the cache on first use, reused after."""
     name = str(model.get("model_name") or "")
     path = Path(os.path.expanduser(name))
-    if is_demo(model) or is_bundle_dir(path) or not (path / "config.json").is_file():
+    if is_demo(model) or is_bundle_dir(path) or not _is_checkpoint(name, path):
         return resolve_bundle(model, cfg)  # the demo, a bundle, or an error that says what was expected
     precision = model.get("precision") or getattr(cfg, "precision", None) or "fp32"
-    target = cached_bundle_dir(name, model.get("revision"), precision, cache_root(getattr(cfg, "cache_dir", None)))
+    revision, hub = model.get("revision"), model.get("hub") or "hf"
+    target = cached_bundle_dir(name, revision, precision, cache_root(getattr(cfg, "cache_dir", None)), hub)
     if is_bundle_dir(target):
         log.info("using cached export %s", target)
         return load_bundle(target)
@@ -60,5 +74,5 @@ def resolve_model(model: dict[str, Any], cfg) -> Bundle:
 
     log.info("exporting %s into the model cache at %s (once)", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    export_checkpoint(name, target, precision=precision, force=False)
+    export_checkpoint(name, target, precision=precision, force=False, hub=hub, revision=revision)
     return load_bundle(target)

@@ -98,9 +98,22 @@ def pooling_rule(config_eos_token_id: int | None) -> str:
     return "max_id" if config_eos_token_id == LEGACY_EOS_ID else "first_eos"
 
 
-def export_tokenizer(checkpoint: str | Path, out_path: str | Path) -> TokenizerInfo:
-    """Save the checkpoint's fast tokenizer backend as ``out_path`` (padding and truncation off:
-    the engine sets them) and return its special ids."""
+def export_tokenizer(checkpoint: str | Path, out_path: str | Path, kind: str = "fast") -> TokenizerInfo:
+    """Write the checkpoint's tokenizer as ``out_path`` in `tokenizers` format (padding and
+    truncation off: the engine sets them) and return its special ids.
+
+    ``kind`` ``"fast"`` saves the fast tokenizer transformers loads (CLIP's BPE, Chinese-CLIP's
+    BERT WordPiece); ``"siglip_spm"`` converts SigLIP's ``spiece.model`` (see :mod:`.siglip_tokenizer`).
+    A tokenizer without an end token (BERT) uses its separator token as the end.
+    """
+    if kind == "siglip_spm":
+        from .siglip_tokenizer import convert_siglip_tokenizer
+
+        tok, info = convert_siglip_tokenizer(checkpoint)
+        tok.save(str(out_path))
+        return info
+    if kind != "fast":
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
     from transformers import AutoTokenizer
 
     try:
@@ -122,18 +135,19 @@ def export_tokenizer(checkpoint: str | Path, out_path: str | Path) -> TokenizerI
     tok.no_padding()
     tok.no_truncation()
     tok.save(str(out_path))
-    if hf_tok.eos_token_id is None:
+    eos = hf_tok.eos_token_id if hf_tok.eos_token_id is not None else getattr(hf_tok, "sep_token_id", None)
+    if eos is None:
         raise ExportError(
-            f"the tokenizer of {checkpoint} has no end token (eos_token)",
+            f"the tokenizer of {checkpoint} has no end token (eos_token or sep_token)",
             "set eos_token in the checkpoint's tokenizer config",
         )
-    eos_id = int(hf_tok.eos_token_id)
+    eos_id = int(eos)
     pad_id = hf_tok.pad_token_id
     if pad_id is None:
         log.info("tokenizer of %s has no pad token; padding with the end token %d", checkpoint, eos_id)
         pad_id = eos_id
-    bos_id = hf_tok.bos_token_id
-    return TokenizerInfo(int(pad_id), eos_id, None if bos_id is None else int(bos_id))
+    bos = hf_tok.bos_token_id if hf_tok.bos_token_id is not None else getattr(hf_tok, "cls_token_id", None)
+    return TokenizerInfo(int(pad_id), eos_id, None if bos is None else int(bos))
 
 
 def encode_padded(tokenizer_path: str | Path, texts: Sequence[str], context_length: int, pad_id: int,
@@ -157,6 +171,10 @@ def encode_padded(tokenizer_path: str | Path, texts: Sequence[str], context_leng
 
 def pooled_positions(input_ids: np.ndarray, rule: str, eos_id: int) -> np.ndarray:
     """The position transformers pools for each row (see the module docstring)."""
+    if rule == "first":
+        return np.zeros(input_ids.shape[0], dtype=np.int64)
+    if rule == "last":
+        return np.full(input_ids.shape[0], input_ids.shape[1] - 1, dtype=np.int64)
     if rule == "max_id":
         return np.argmax(input_ids, axis=-1)
     if rule == "first_eos":
@@ -167,7 +185,13 @@ def pooled_positions(input_ids: np.ndarray, rule: str, eos_id: int) -> np.ndarra
 def check_pooling(feeds: dict[str, np.ndarray], texts: Sequence[str], rule: str, pool_eos_id: int,
                   eos_id: int, context_length: int, pad_id: int) -> None:
     """Raise ExportError unless, for every text, the pooled position is its end token and stays so
-    when the batch is padded to ``context_length`` (the proof that padding to the longest is exact)."""
+    when the batch is padded to ``context_length`` (the proof that padding to the longest is exact).
+
+    Only CLIP's rules (``"first_eos"``, ``"max_id"``) pool a position that padding could move;
+    ``"first"`` pools the first token of a masked bidirectional tower and ``"last"`` pools a
+    sequence always padded to the context length, so there is nothing to prove for them."""
+    if rule not in POOLING_RULES:
+        return
     ids, mask = feeds["input_ids"], feeds["attention_mask"]
     lengths = mask.sum(axis=1)
     wide = np.full((ids.shape[0], context_length), pad_id, dtype=np.int64)

@@ -3,7 +3,7 @@
 This module imports torch at the top: import it lazily (inside the function that exports).
 
 * :class:`VisionTower` ``pixel_values [B,3,H,W] -> image_embeds [B,D]`` and :class:`TextTower`
-  ``input_ids, attention_mask [B,T] -> text_embeds [B,D]``: the model's projected embedding
+  ``input_ids[, attention_mask] [B,T] -> text_embeds [B,D]``: the model's projected embedding
   (``get_image_features`` / ``get_text_features``), L2-normalised inside the graph.
 * :func:`export_onnx`: ``torch.onnx.export(dynamo=False)`` with dynamic axes, then the ONNX IR
   version pinned to the lowest one the opset needs (onnx >= 1.23 writes IR 14, which
@@ -55,15 +55,17 @@ class VisionTower(nn.Module):
 
 
 class TextTower(nn.Module):
-    input_names = ("input_ids", "attention_mask")
+    """``input_names`` (the family's text inputs, in order) -> ``text_embeds``."""
+
     output_names = ("text_embeds",)
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, input_names: tuple[str, ...] = ("input_ids", "attention_mask")):
         super().__init__()
         self.model = model
+        self.input_names = tuple(input_names)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_text_features(**dict(zip(self.input_names, inputs)))
         return F.normalize(projected(out), p=2.0, dim=-1)
 
 

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from ..datasets import read_dataset
 from ..datasets.base import RetrievalDataset
 from ..embed import embed_images, embed_texts
-from ..errors import DatasetError, ImageError
-from ..metrics import retrieval_metrics
-from ..kernels.rank import positive_ranks
+from ..errors import DatasetError, ImageError, MetricError
+from ..metrics import evaluate_retrieval
 from .context import ModelContext
 
 log = logging.getLogger(__name__)
@@ -33,6 +32,15 @@ class TaskParams:
     split: str = "test"
     limit: int | None = None
     language: str | None = None
+    dataset_url: str | None = None
+    cache_dir: str | None = None
+    classnames_file: str | None = None
+    templates_file: str | None = None
+
+    def dataset_options(self) -> dict:
+        """Options every dataset reader takes (see :func:`clipeval.engine.datasets.read_dataset`)."""
+        return {"language": self.language, "dataset_url": self.dataset_url, "cache_dir": self.cache_dir,
+                "progress": self.progress, "limit": self.limit}
 
 
 def _listing(items) -> str:
@@ -44,6 +52,13 @@ def _listing(items) -> str:
 
 def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskParams) -> tuple[dict, dict]:
     """Returns ``(metrics, meta)``."""
+    too_large = [k for k in (params.recall_k or []) if k > min(dataset.num_images, dataset.num_texts)]
+    if too_large:  # an explicit k the gallery cannot satisfy: say so before any model work
+        raise MetricError(
+            f"recall@{too_large[0]} was asked for, but dataset {dataset.name} has only {dataset.num_images} "
+            f"image(s) and {dataset.num_texts} text(s)",
+            "ask for a smaller --recall-k, or use a larger dataset / --limit",
+        )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     images = embed_images(model.vision, model.preprocessor, dataset.images, batch_size=params.batch_size,
@@ -65,8 +80,8 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
                         progress=params.progress)
     timings["texts_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    t2i, i2t = positive_ranks(texts.embeds, images.embeds, dataset.text_to_image, num_threads=params.num_threads)
-    metrics, notes = retrieval_metrics(t2i, i2t, params.recall_k, k_explicit=params.recall_k is not None)
+    metrics, notes = evaluate_retrieval(texts.embeds, images.embeds, dataset.text_to_image, params.recall_k,
+                                        k_explicit=params.recall_k is not None, num_threads=params.num_threads)
     timings["ranking_s"] = time.perf_counter() - t0
     skipped = [it.to_dict() for it in dataset.skipped] + [it.to_dict() for it in images.failures]
     meta = {
@@ -87,5 +102,6 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
 
 def retrieval_task(model: ModelContext, dataset_name: str, data_dir: str, params: TaskParams) -> tuple[dict, dict]:
     """The registered entry of ``zeroshot_retrieval``: read the dataset, then :func:`run_retrieval`."""
-    dataset = read_dataset(dataset_name, data_dir, params.split, params.on_error).limit(params.limit)
+    dataset = read_dataset(dataset_name, data_dir, params.split, params.on_error,
+                           **params.dataset_options()).limit(params.limit)
     return run_retrieval(model, dataset, params)

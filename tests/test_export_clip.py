@@ -1,4 +1,4 @@
-"""Checkpoint -> bundle export: parity with PyTorch, padding, dynamic shapes, errors, atomicity."""
+"""CLIP checkpoint -> bundle export: parity with PyTorch, padding, dynamic shapes, errors, atomicity."""
 
 from __future__ import annotations
 
@@ -113,8 +113,9 @@ def test_bundle_loads_verified_with_manifest_facts(bundle, ckpt):
     }
     assert m["tokenizer"]["eos_id"] == config["text_config"]["eos_token_id"]
     tol = validate_mod.TOLERANCES["fp32"]
+    assert m["validation"]["fp32"]["passed"] is True
     for name in ("image_embeds", "text_embeds"):
-        fig = m["validation"]["outputs"][name]
+        fig = m["validation"]["fp32"]["outputs"][name]
         assert fig["max_abs_diff"] <= tol.max_abs and fig["min_cosine"] >= tol.min_cosine
 
 
@@ -292,7 +293,7 @@ def test_source_without_config_json(tmp_path):
     (tmp_path / "ckpt").mkdir()
     with pytest.raises(ExportError, match="has no config.json"):
         export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
-    with pytest.raises(ExportError, match="not a local directory"):
+    with pytest.raises(ExportError, match="neither a local directory nor a hub id"):
         export_checkpoint(tmp_path / "nowhere", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -302,12 +303,15 @@ def test_unsupported_model_type_lists_supported(tmp_path):
     with pytest.raises(ExportError) as err:
         export_checkpoint(src, tmp_path / "out")
     assert "'bert'" in str(err.value)
-    assert "supported model types: " + ", ".join(sorted(FAMILIES)) in str(err.value)
+    assert err.value.remedy.startswith("supported model types: ")
+    for name, family in FAMILIES.items():
+        assert f"{name} ({family.model_class})" in err.value.remedy
+    assert set(FAMILIES) == {"clip", "chinese_clip", "siglip"}
 
 
 def test_unsupported_precision_and_opset(ckpt, tmp_path):
-    with pytest.raises(ExportError, match="fp16"):
-        export_checkpoint(ckpt, tmp_path / "out", precision="fp16")
+    with pytest.raises(ExportError, match="bf16"):
+        export_checkpoint(ckpt, tmp_path / "out", precision="bf16")
     with pytest.raises(ExportError, match="opset"):
         export_checkpoint(ckpt, tmp_path / "out", opset=9)
 

@@ -1,0 +1,138 @@
+"""Engine benchmarks: short-text padding, and peak memory of a large custom dataset.
+
+    python benchmarks/bench_engine.py text      # texts/s, padded to the batch's longest vs to 77
+    python benchmarks/bench_engine.py memory    # peak RSS of `clipeval eval` on 20,000 images
+
+`text` exports a random-weight CLIP whose text tower has ViT-B/32's shape (width 512, 12 layers,
+8 heads, 77 positions) and embeds caption-length queries both ways, in one process, one after the
+other. `memory` writes a custom dataset of JPEG files, runs the CLI in a child process and reads
+its peak resident memory from the kernel. Needs the export extra (torch, transformers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _export_text_b32(root: Path) -> Path:
+    from clipeval.export import export_checkpoint
+    from clipeval.export.tokenizer_export import special_ids, train_wordlevel_tokenizer, wrap_fast_tokenizer
+    from clipeval.export.towers import build_clip_config, build_clip_model
+
+    words = [f"w{i}" for i in range(2000)]
+    tok = train_wordlevel_tokenizer([" ".join(words)])
+    ids = special_ids(tok)
+    config = build_clip_config(tok.get_vocab_size(), pad_id=ids.pad_id, bos_id=ids.bos_id, eos_id=ids.eos_id,
+                               hidden_size=512, intermediate_size=2048, num_layers=12, num_heads=8,
+                               image_size=32, patch_size=8, projection_dim=512, context_length=77,
+                               vision_hidden_size=64)
+    ckpt = root / "ckpt"
+    build_clip_model(config, seed=0).save_pretrained(ckpt)
+    wrap_fast_tokenizer(tok, 77).save_pretrained(ckpt)
+    from transformers import CLIPImageProcessor
+
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(ckpt)
+    return export_checkpoint(ckpt, root / "bundle")
+
+
+def bench_text(args) -> None:
+    from clipeval.engine.bundle import load_bundle
+    from clipeval.engine.embed import embed_texts
+    from clipeval.engine.session import open_tower
+    from clipeval.engine.tokenizer import TextTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        bundle = load_bundle(_export_text_b32(Path(tmp)))
+        print(f"export of the B/32-shape text tower: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        tower = open_tower(bundle.tower_path("text"), "cpu", args.threads)
+        tok = TextTokenizer(bundle.path / "tokenizer.json", bundle.tokenizer_rule, bundle.context_length)
+        rng = np.random.default_rng(0)
+        texts = [" ".join(f"w{j}" for j in rng.integers(0, 2000, rng.integers(6, 15))) for _ in range(args.texts)]
+        embed_texts(tower, tok, texts[:64], batch_size=64, progress=False)  # warm-up
+
+        t0 = time.perf_counter()
+        short = embed_texts(tower, tok, texts, batch_size=args.batch_size, progress=False).embeds
+        t_short = time.perf_counter() - t0
+
+        encoded = tok.encode(texts)
+        t0 = time.perf_counter()
+        full = np.concatenate([tower.run(tok.pad(encoded.ids[i:i + args.batch_size], length=77))
+                               for i in range(0, len(texts), args.batch_size)])
+        t_full = time.perf_counter() - t0
+    lengths = encoded.lengths
+    report = {
+        "texts": len(texts), "tokens_median": float(np.median(lengths)), "tokens_max": int(lengths.max()),
+        "padded_to_longest_texts_per_s": len(texts) / t_short, "padded_to_77_texts_per_s": len(texts) / t_full,
+        "speedup": t_full / t_short, "max_abs_diff": float(np.abs(short - full).max()),
+        "threads": args.threads, "cpus": os.cpu_count(),
+    }
+    print(f"short-text padding: {report['padded_to_longest_texts_per_s']:.0f} texts/s vs "
+          f"{report['padded_to_77_texts_per_s']:.0f} texts/s padded to 77 -> x{report['speedup']:.2f} "
+          f"(max abs diff {report['max_abs_diff']:.1e})", file=sys.stderr)
+    print(json.dumps(report))
+
+
+def _write_images(root: Path, n: int, size: tuple[int, int]) -> None:
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    base = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    with open(root / "image_queries.jsonl", "w") as f:
+        for i in range(n):
+            img = Image.fromarray(np.roll(base, i * 7, axis=1))
+            draw = ImageDraw.Draw(img)
+            x, y = int(rng.integers(0, size[0] - 40)), int(rng.integers(0, size[1] - 40))
+            draw.ellipse([x, y, x + 40, y + 40], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+            img.save(root / "images" / f"{i:06d}.jpg", quality=90)
+            f.write(json.dumps({"image_path": f"images/{i:06d}.jpg", "query": [f"image {i}", f"picture {i}"]}) + "\n")
+
+
+def bench_memory(args) -> None:
+    w, h = (int(v) for v in args.size.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ds"
+        t0 = time.perf_counter()
+        _write_images(root, args.images, (w, h))
+        print(f"wrote {args.images} JPEGs {w}x{h} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        cmd = [sys.executable, "-m", "clipeval.cli.main", "eval", "--model", args.model, "--data-dir", str(root),
+               "--output-dir", str(Path(tmp) / "out"), "--quiet"]
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    report = {"images": args.images, "size": args.size, "peak_rss_mb": peak_mb, "wall_s": wall,
+              "images_per_s": args.images / wall, "timings": result["meta"]["timings"], "cpus": os.cpu_count()}
+    print(f"{args.images} images: peak RSS {peak_mb:.0f} MB, wall {wall:.0f} s", file=sys.stderr)
+    print(json.dumps(report))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("text")
+    t.add_argument("--texts", type=int, default=2000)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--threads", type=int, default=None)
+    m = sub.add_parser("memory")
+    m.add_argument("--images", type=int, default=20000)
+    m.add_argument("--size", default="320x240")
+    m.add_argument("--model", default="demo")
+    args = ap.parse_args()
+    {"text": bench_text, "memory": bench_memory}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

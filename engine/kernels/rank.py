@@ -1,0 +1,406 @@
+"""Rank of the positive item in both retrieval directions, without the full score matrix.
+
+Texts ``t`` and gallery images ``i``; text ``t`` has one positive image ``text_to_image[t]``.
+With scores ``S[t, i] = <text_emb[t], image_emb[i]>``:
+
+- text -> image rank of text ``t`` with positive ``p``:
+  ``#{j : S[t, j] > S[t, p]} + #{j < p : S[t, j] == S[t, p]}`` (0-based, ties to the lower index);
+- image -> text rank of image ``i``: the minimum of the same count taken down column ``i`` over
+  the positive texts of ``i``. The minimum belongs to the positive text with the highest score
+  (ties to the lower text index), so only that text is ranked. An image with no text gets -1.
+
+How the scores are computed
+---------------------------
+A float32 GEMM gives a different last bit for the same pair depending on the block shape, the
+row's position in the block and the BLAS thread count (measured with OpenBLAS: a large share of
+the entries of a 2048 x 5000 x 512 product change when the row blocking changes). Counting on
+those values directly would make ranks of near-tied pairs depend on ``block_rows`` and threads.
+
+So the scores that define the ranks are *canonical*: float64 sums, in a fixed order, of the
+float32 products (each product is exact in float64, so the value depends only on the two
+vectors, not on compilation, blocking or threads). The GEMM, run on blocks of text rows, only
+*filters*: a GEMM value differs from the canonical score by at most ``gamma * ||t|| * ||i||``,
+``gamma`` being the worst-case error bound of a float32 dot product of length D whatever order
+the BLAS sums in (true of any IEEE float32 GEMM; a BLAS that rounds float32 inputs to lower
+precision is not covered). A GEMM value clearly above or below the threshold is counted (or
+not) at once; the few within the margin are decided on the canonical score. The thresholds
+(the positives' canonical scores) are known before the first block, so both directions are
+counted in one pass over each GEMM block and nothing is stored per pair. The ranks are thus
+exact for the canonical scores and identical for any block size, thread count or BLAS.
+
+Memory: one float32 block of ``block_rows x n_images`` plus one int64 counter row of
+``n_images`` per thread, and O(n_texts + n_images) small arrays.
+
+Compiled kernels are cached by numba (``cache=True``): next to this module, or in the user
+cache directory when the package folder is read-only, or in ``$NUMBA_CACHE_DIR`` when set.
+When no cache location is writable the kernels are compiled on every start (about two
+seconds) and a warning is logged once at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+__all__ = ["positive_ranks"]
+
+log = logging.getLogger(__name__)
+
+# Below this many (text, image) pairs one thread is faster than waking a pool.
+_SINGLE_THREAD_PAIRS = 1 << 18
+# Target size of one float32 score block, and the fewest rows worth a BLAS call
+# (below that, packing the image matrix costs as much as the product).
+_BLOCK_BYTES = 16 << 20
+_MIN_BLOCK_ROWS = 256
+# Float32 unit roundoff.
+_U32 = 2.0**-24
+
+
+_cache_warned = False
+
+
+def _jit(**options):
+    """``numba.njit`` with ``cache=True``, or without the cache when no location is writable."""
+
+    def decorate(func):
+        global _cache_warned
+        try:
+            return numba.njit(cache=True, **options)(func)
+        except RuntimeError as exc:  # numba found no writable cache location
+            if not _cache_warned:
+                _cache_warned = True
+                log.warning("numba cache unavailable, kernels compile at each start: %s "
+                            "(set NUMBA_CACHE_DIR to a writable folder)", exc)
+            return numba.njit(**options)(func)
+
+    return decorate
+
+
+# --------------------------------------------------------------------------- layer 1: one row
+
+
+@_jit(inline="always")
+def _dot64(a, b):
+    """Canonical score of two float32 vectors, in float64.
+
+    Each product is exact in float64; the sum runs over four interleaved partial sums (index
+    ``k`` goes to sum ``k % 4``), added as ``(s0 + s1) + (s2 + s3)``. The order is fixed here, so
+    the value depends only on the two vectors.
+    """
+    n = a.shape[0]
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    k = 0
+    while k + 4 <= n:
+        s0 += np.float64(a[k]) * np.float64(b[k])
+        s1 += np.float64(a[k + 1]) * np.float64(b[k + 1])
+        s2 += np.float64(a[k + 2]) * np.float64(b[k + 2])
+        s3 += np.float64(a[k + 3]) * np.float64(b[k + 3])
+        k += 4
+    if k < n:
+        s0 += np.float64(a[k]) * np.float64(b[k])
+    if k + 1 < n:
+        s1 += np.float64(a[k + 1]) * np.float64(b[k + 1])
+    if k + 2 < n:
+        s2 += np.float64(a[k + 2]) * np.float64(b[k + 2])
+    return (s0 + s1) + (s2 + s3)
+
+
+@_jit()
+def _count_row(
+    scores, t, text_emb, image_emb, positive, theta, lo, hi,
+    col_theta, col_best, col_lo, col_hi, col_counts,
+):
+    """Count one text row of a GEMM block in both directions.
+
+    Returns the text -> image rank of text ``t``, whose positive image ``positive`` has canonical
+    score ``theta``; a GEMM value above ``hi`` (below ``lo``) is surely above (below) it. Adds 1
+    to ``col_counts[j]`` when text ``t`` outranks image ``j``'s best positive text
+    ``col_best[j]`` (canonical score ``col_theta[j]``, GEMM bounds ``col_lo[j]``, ``col_hi[j]``).
+
+    A first branch-free pass counts the sure cases and how many values fall between the
+    bounds; only when some do (other than the text's own pair), a second pass decides them on
+    the canonical score.
+    """
+    above = 0
+    near = 0
+    col_near = 0
+    for j in range(scores.shape[0]):
+        v = scores[j]
+        above += v > hi
+        near += v >= lo
+        col_above = v > col_hi[j]
+        col_counts[j] += col_above
+        col_near += (v >= col_lo[j]) - col_above
+    # The text's own pair lies between its bounds and is never counted in either direction.
+    v = scores[positive]
+    near -= lo <= v and v <= hi
+    if col_best[positive] == t:
+        col_near -= col_lo[positive] <= v and v <= col_hi[positive]
+    if near > above:
+        above += _resolve_row(scores, t, text_emb, image_emb, positive, theta, lo, hi)
+    if col_near > 0:
+        _resolve_columns(scores, t, text_emb, image_emb, col_theta, col_best, col_lo, col_hi,
+                         col_counts)
+    return above
+
+
+@_jit()
+def _resolve_row(scores, t, text_emb, image_emb, positive, theta, lo, hi):
+    """Images of row ``t`` whose GEMM value is between the bounds and that outrank the positive."""
+    text = text_emb[t]
+    above = 0
+    for j in range(scores.shape[0]):
+        v = scores[j]
+        if lo <= v and v <= hi and j != positive:
+            s = _dot64(text, image_emb[j])
+            if s > theta or (s == theta and j < positive):
+                above += 1
+    return above
+
+
+@_jit()
+def _resolve_columns(scores, t, text_emb, image_emb, col_theta, col_best, col_lo, col_hi,
+                     col_counts):
+    """Add 1 to ``col_counts[j]`` where text ``t`` is between column ``j``'s bounds and outranks
+    its best positive text on the canonical score."""
+    text = text_emb[t]
+    for j in range(scores.shape[0]):
+        v = scores[j]
+        if col_lo[j] <= v and v <= col_hi[j] and col_best[j] != t:
+            s = _dot64(text, image_emb[j])
+            if s > col_theta[j] or (s == col_theta[j] and t < col_best[j]):
+                col_counts[j] += 1
+
+
+# --------------------------------------------------------------------------- layer 2: rows
+
+
+@_jit(parallel=True, nogil=True)
+def _positive_scores(text_emb, image_emb, text_to_image, n_chunks):
+    """Canonical score of every text with its positive image, in parallel over texts."""
+    n_texts = text_emb.shape[0]
+    theta = np.empty(n_texts, dtype=np.float64)
+    step = (n_texts + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        for t in range(c * step, min(n_texts, (c + 1) * step)):
+            theta[t] = _dot64(text_emb[t], image_emb[text_to_image[t]])
+    return theta
+
+
+@_jit(parallel=True, nogil=True)
+def _row_norms(x, n_chunks):
+    """float64 L2 norm of every row, in parallel over rows."""
+    n = x.shape[0]
+    norms = np.empty(n, dtype=np.float64)
+    step = (n + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        for r in range(c * step, min(n, (c + 1) * step)):
+            norms[r] = math.sqrt(_dot64(x[r], x[r]))
+    return norms
+
+
+@_jit(parallel=True, nogil=True)
+def _count_block(
+    block, t0, text_emb, image_emb, text_to_image, theta, lo, hi,
+    col_theta, col_best, col_lo, col_hi, chunk_counts, t2i_out,
+):
+    """Count the GEMM block of text rows ``t0 .. t0 + len(block)`` in both directions.
+
+    Rows are split into one contiguous chunk per entry of ``chunk_counts``; each chunk adds its
+    image -> text counts to its own row of ``chunk_counts`` (no two threads share a counter).
+    """
+    n_rows = block.shape[0]
+    n_chunks = chunk_counts.shape[0]
+    step = (n_rows + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        counts = chunk_counts[c]
+        for r in range(c * step, min(n_rows, (c + 1) * step)):
+            t = t0 + r
+            t2i_out[t] = _count_row(
+                block[r], t, text_emb, image_emb, text_to_image[t], theta[t], lo[t], hi[t],
+                col_theta, col_best, col_lo, col_hi, counts,
+            )
+
+
+# --------------------------------------------------------------------------- layer 3: public
+
+
+def positive_ranks(
+    text_emb: np.ndarray,
+    image_emb: np.ndarray,
+    text_to_image: np.ndarray,
+    *,
+    block_rows: int | None = None,
+    num_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of the positive in both directions (0-based; ties go to the lower index).
+
+    Args:
+        text_emb: ``[T, D]`` text embeddings (L2-normalised for cosine scores; converted to
+            C-contiguous float32 if needed).
+        image_emb: ``[I, D]`` gallery image embeddings, same treatment.
+        text_to_image: ``[T]`` integers, the positive image of each text, in ``[0, I)``.
+        block_rows: text rows per GEMM block; default: about 16 MB of float32 scores, at
+            least 256 rows. Memory is ``O(block_rows * I)``; the result does not depend on it.
+        num_threads: numba threads for the counting kernels (default and most: numba's
+            ``NUMBA_NUM_THREADS``; 1 for tiny inputs). BLAS threads follow the BLAS's own
+            settings (``OPENBLAS_NUM_THREADS`` ...). The result depends on neither.
+
+    Returns:
+        ``(t2i_ranks, i2t_ranks)``: int64 ``[T]``, the rank of each text's positive image among
+        all images; int64 ``[I]``, the best rank of an image's positive texts among all texts,
+        or -1 for an image with no positive text.
+
+    Raises:
+        ValueError: shapes, values or arguments are invalid (message says which).
+        TypeError: an input is not a numeric array.
+    """
+    text_emb = _as_embeddings(text_emb, "text_emb")
+    image_emb = _as_embeddings(image_emb, "image_emb")
+    n_texts, dim = text_emb.shape
+    n_images = image_emb.shape[0]
+    if image_emb.shape[1] != dim:
+        raise ValueError(
+            f"text_emb has dimension {dim} but image_emb has {image_emb.shape[1]}; "
+            "both towers must embed into the same space"
+        )
+    text_to_image = _as_positive_index(text_to_image, n_texts, n_images)
+    block_rows = _pick_block_rows(block_rows, n_texts, n_images)
+    threads = _pick_threads(num_threads, n_texts * n_images)
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        return _rank_all(text_emb, image_emb, text_to_image, block_rows, threads)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _rank_all(text_emb, image_emb, text_to_image, block_rows, threads):
+    n_texts, dim = text_emb.shape
+    n_images = image_emb.shape[0]
+
+    theta = _positive_scores(text_emb, image_emb, text_to_image, threads)
+    # Worst-case error of a float32 dot product summed in any order (with or without FMA),
+    # bounded by Cauchy-Schwarz, plus the float64 canonical sum's own error:
+    # |GEMM value - canonical score| <= gamma * ||t|| * ||i||.
+    gamma = (dim + 2) * _U32 / (1.0 - (dim + 2) * _U32) + 1e-12
+    text_norm = _row_norms(text_emb, threads)
+    image_norm = _row_norms(image_emb, threads)
+    row_margin = gamma * text_norm * image_norm.max() + 1e-30
+    lo, hi = _float32_bounds(theta - row_margin, theta + row_margin)
+
+    col_theta, col_best = _best_positive_per_image(theta, text_to_image, n_images)
+    has_text = col_best >= 0
+    col_margin = gamma * image_norm * text_norm.max() + 1e-30
+    col_lo = np.full(n_images, np.inf, dtype=np.float32)  # no positive: never counted
+    col_hi = np.full(n_images, np.inf, dtype=np.float32)
+    col_lo[has_text], col_hi[has_text] = _float32_bounds(
+        col_theta[has_text] - col_margin[has_text], col_theta[has_text] + col_margin[has_text]
+    )
+
+    t2i = np.empty(n_texts, dtype=np.int64)
+    chunk_counts = np.zeros((threads, n_images), dtype=np.int64)
+    block = np.empty((min(block_rows, n_texts), n_images), dtype=np.float32)
+    image_t = image_emb.T
+    for t0 in range(0, n_texts, block_rows):
+        rows = min(block_rows, n_texts - t0)
+        scores = block[:rows]
+        np.matmul(text_emb[t0 : t0 + rows], image_t, out=scores)
+        _count_block(
+            scores, t0, text_emb, image_emb, text_to_image, theta, lo, hi,
+            col_theta, col_best, col_lo, col_hi, chunk_counts, t2i,
+        )
+    i2t = chunk_counts.sum(axis=0)
+    i2t[~has_text] = -1
+    return t2i, i2t
+
+
+def _best_positive_per_image(theta, text_to_image, n_images):
+    """Per image: highest canonical positive score and its text (lowest index on ties; -1: none)."""
+    col_theta = np.full(n_images, -np.inf, dtype=np.float64)
+    np.maximum.at(col_theta, text_to_image, theta)
+    is_best = theta == col_theta[text_to_image]
+    col_best = np.full(n_images, -1, dtype=np.int64)
+    best_texts = np.flatnonzero(is_best)
+    # Reverse order so the lowest text index is written last.
+    col_best[text_to_image[best_texts[::-1]]] = best_texts[::-1]
+    return col_theta, col_best
+
+
+def _float32_bounds(lo64, hi64):
+    """float32 bounds that contain the float64 interval ``[lo64, hi64]``."""
+    lo = lo64.astype(np.float32)
+    hi = hi64.astype(np.float32)
+    lo = np.where(lo.astype(np.float64) > lo64, np.nextafter(lo, np.float32(-np.inf)), lo)
+    hi = np.where(hi.astype(np.float64) < hi64, np.nextafter(hi, np.float32(np.inf)), hi)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def _as_embeddings(x, name):
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001 - anything unconvertible is a type error here
+            raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"{name} row {bad} contains NaN or infinity")
+    return x
+
+
+def _as_positive_index(text_to_image, n_texts, n_images):
+    index = np.asarray(text_to_image)
+    if index.dtype.kind not in "iu":
+        raise TypeError(f"text_to_image must hold integers, got dtype {index.dtype}")
+    if index.shape != (n_texts,):
+        raise ValueError(
+            f"text_to_image must have shape ({n_texts},) (one image per text), got {index.shape}"
+        )
+    bad = np.flatnonzero((index < 0) | (index >= n_images))
+    if bad.size:
+        raise ValueError(
+            f"text_to_image[{int(bad[0])}] = {int(index[bad[0]])} is not an image index in "
+            f"[0, {n_images}) ({bad.size} such texts)"
+        )
+    return np.ascontiguousarray(index, dtype=np.int64)
+
+
+def _pick_block_rows(block_rows, n_texts, n_images):
+    if block_rows is None:
+        rows = max(_MIN_BLOCK_ROWS, _BLOCK_BYTES // (4 * n_images))
+        return min(rows, n_texts)
+    if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)):
+        raise TypeError(f"block_rows must be an int, got {type(block_rows).__name__}")
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be at least 1, got {block_rows}")
+    return int(min(block_rows, n_texts))
+
+
+def _pick_threads(num_threads, n_pairs):
+    available = numba.config.NUMBA_NUM_THREADS
+    if num_threads is None:
+        return 1 if n_pairs < _SINGLE_THREAD_PAIRS else available
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+    if num_threads > available:
+        log.info("num_threads=%d is more than numba's %d threads (NUMBA_NUM_THREADS); using %d",
+                 num_threads, available, available)
+        return available
+    return int(num_threads)
