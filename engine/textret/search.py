@@ -1,0 +1,303 @@
+"""Exact top-k dense retrieval over a corpus, in blocks, without the query x corpus matrix.
+
+For queries ``q`` and documents ``d`` the score is the dot product (the cosine for
+L2-normalised embeddings). Each query's k best documents are returned best first, ordered by
+score descending, then by a caller-given *tie key* ascending (the text-retrieval task passes
+the rank of each document id in descending id order, which is trec_eval's tie rule, so the
+top k here are exactly the first k of trec_eval's ranking of the whole corpus). Nothing is
+filtered: a document is never dropped because its id equals the query's.
+
+Scores
+------
+As in :mod:`clipeval.engine.kernels.rank`, the scores that decide the ranking are
+*canonical*: float64 sums, in a fixed order, of the exact float32 products, so they depend
+only on the two vectors and never on block sizes, threads or the BLAS. A float32 GEMM over a
+(query block x document block) tile only *filters*: a GEMM value differs from the canonical
+score by at most ``gamma * ||q|| * ||d||`` (``gamma`` the worst-case error bound of a float32
+dot product of length D in any summation order), so a document whose GEMM value is below the
+query's current k-th canonical score minus that margin cannot enter its top k and is skipped;
+every other document is scored canonically and offered to the query's heap. The result is
+identical for any block sizes and thread count.
+
+Memory: one float32 tile of ``block_rows x block_cols`` and three ``[Q, k]`` heaps.
+
+This module imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+__all__ = ["top_k"]
+
+log = logging.getLogger(__name__)
+
+_TILE_BYTES = 16 << 20
+_MAX_BLOCK_COLS = 8192
+_MIN_BLOCK_ROWS = 64
+_SINGLE_THREAD_PAIRS = 1 << 18
+_U32 = 2.0**-24
+
+_cache_warned = False
+
+
+def _jit(**options):
+    """``numba.njit`` with ``cache=True``, or without it when no cache location is writable."""
+
+    def decorate(func):
+        global _cache_warned
+        try:
+            return numba.njit(cache=True, **options)(func)
+        except RuntimeError as exc:
+            if not _cache_warned:
+                _cache_warned = True
+                log.warning("numba cache unavailable, kernels compile at each start: %s", exc)
+            return numba.njit(**options)(func)
+
+    return decorate
+
+
+# --------------------------------------------------------------------------- layer 1: one row
+
+
+@_jit(inline="always")
+def _dot64(a, b):
+    """Canonical score: float64 sum of exact float32 products over four interleaved partial
+    sums (index ``k`` to sum ``k % 4``), added as ``(s0 + s1) + (s2 + s3)``."""
+    n = a.shape[0]
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    k = 0
+    while k + 4 <= n:
+        s0 += np.float64(a[k]) * np.float64(b[k])
+        s1 += np.float64(a[k + 1]) * np.float64(b[k + 1])
+        s2 += np.float64(a[k + 2]) * np.float64(b[k + 2])
+        s3 += np.float64(a[k + 3]) * np.float64(b[k + 3])
+        k += 4
+    if k < n:
+        s0 += np.float64(a[k]) * np.float64(b[k])
+    if k + 1 < n:
+        s1 += np.float64(a[k + 1]) * np.float64(b[k + 1])
+    if k + 2 < n:
+        s2 += np.float64(a[k + 2]) * np.float64(b[k + 2])
+    return (s0 + s1) + (s2 + s3)
+
+
+@_jit(inline="always")
+def _worse(s1, t1, s2, t2):
+    """Whether (score s1, tie key t1) ranks below (s2, t2)."""
+    return s1 < s2 or (s1 == s2 and t1 > t2)
+
+
+@_jit()
+def _sift_down(hs, ht, hi, n, pos):
+    """Restore the heap (root = worst entry) below ``pos``."""
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            return
+        if child + 1 < n and _worse(hs[child + 1], ht[child + 1], hs[child], ht[child]):
+            child += 1
+        if not _worse(hs[child], ht[child], hs[pos], ht[pos]):
+            return
+        hs[pos], hs[child] = hs[child], hs[pos]
+        ht[pos], ht[child] = ht[child], ht[pos]
+        hi[pos], hi[child] = hi[child], hi[pos]
+        pos = child
+
+
+@_jit()
+def _sift_up(hs, ht, hi, pos):
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if not _worse(hs[pos], ht[pos], hs[parent], ht[parent]):
+            return
+        hs[pos], hs[parent] = hs[parent], hs[pos]
+        ht[pos], ht[parent] = ht[parent], ht[pos]
+        hi[pos], hi[parent] = hi[parent], hi[pos]
+        pos = parent
+
+
+@_jit()
+def _scan_row(tile_row, query, col0, doc_emb, tie, margin, hs, ht, hi, filled):
+    """Offer documents ``col0 .. col0 + len(tile_row)`` to one query's heap; return its new size.
+
+    ``tile_row`` holds their GEMM values; a value below the heap's worst canonical score minus
+    ``margin`` is skipped, the others are scored canonically.
+    """
+    k = hs.shape[0]
+    for j in range(tile_row.shape[0]):
+        if filled == k and np.float64(tile_row[j]) < hs[0] - margin:
+            continue
+        d = col0 + j
+        s = _dot64(query, doc_emb[d])
+        t = tie[d]
+        if filled < k:
+            hs[filled] = s
+            ht[filled] = t
+            hi[filled] = d
+            _sift_up(hs, ht, hi, filled)
+            filled += 1
+        elif _worse(hs[0], ht[0], s, t):
+            hs[0] = s
+            ht[0] = t
+            hi[0] = d
+            _sift_down(hs, ht, hi, k, 0)
+    return filled
+
+
+# --------------------------------------------------------------------------- layer 2: rows
+
+
+@_jit(parallel=True, nogil=True)
+def _scan_tile(tile, q0, col0, query_emb, doc_emb, tie, margins, hs, ht, hi, filled, n_chunks):
+    """Offer one GEMM tile (queries ``q0 ..``, documents ``col0 ..``) to the heaps, in parallel
+    over contiguous chunks of query rows (each query's heap belongs to one thread)."""
+    n_rows = tile.shape[0]
+    step = (n_rows + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        for r in range(c * step, min(n_rows, (c + 1) * step)):
+            q = q0 + r
+            filled[q] = _scan_row(tile[r], query_emb[q], col0, doc_emb, tie, margins[q],
+                                  hs[q], ht[q], hi[q], filled[q])
+
+
+@_jit(parallel=True, nogil=True)
+def _row_norms(x, n_chunks):
+    n = x.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    step = (n + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        for r in range(c * step, min(n, (c + 1) * step)):
+            out[r] = math.sqrt(_dot64(x[r], x[r]))
+    return out
+
+
+# --------------------------------------------------------------------------- layer 3: public
+
+
+def top_k(
+    query_emb: np.ndarray,
+    doc_emb: np.ndarray,
+    k: int,
+    *,
+    tie_keys: np.ndarray | None = None,
+    block_rows: int | None = None,
+    block_cols: int | None = None,
+    num_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best documents of every query (exact; see the module docstring).
+
+    Args:
+        query_emb: ``[Q, D]`` query embeddings (converted to C-contiguous float32).
+        doc_emb: ``[N, D]`` document embeddings, same treatment.
+        k: documents per query, ``1 <= k <= N``.
+        tie_keys: int64 ``[N]``; among equal scores the lower key ranks first. Default: the
+            document index (ties to the lower index).
+        block_rows, block_cols: GEMM tile shape (default about 16 MB of float32). The result
+            does not depend on them.
+        num_threads: numba threads (default: numba's; 1 for tiny inputs). The result does not
+            depend on it.
+
+    Returns:
+        ``(indices, scores)``: int64 ``[Q, k]`` document indices and float64 ``[Q, k]`` canonical
+        scores, best first.
+
+    Raises:
+        ValueError / TypeError: invalid shapes, values or arguments (the message says which).
+    """
+    query_emb = _as_embeddings(query_emb, "query_emb")
+    doc_emb = _as_embeddings(doc_emb, "doc_emb")
+    n_q, dim = query_emb.shape
+    n_docs = doc_emb.shape[0]
+    if doc_emb.shape[1] != dim:
+        raise ValueError(f"query_emb has dimension {dim} but doc_emb has {doc_emb.shape[1]}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= n_docs:
+        raise ValueError(f"k must be between 1 and the number of documents ({n_docs}), got {k}")
+    k = int(k)
+    if tie_keys is None:
+        tie = np.arange(n_docs, dtype=np.int64)
+    else:
+        tie = np.ascontiguousarray(tie_keys, dtype=np.int64)
+        if tie.shape != (n_docs,):
+            raise ValueError(f"tie_keys must have shape ({n_docs},), got {tie.shape}")
+    block_cols = _pick_int("block_cols", block_cols, min(n_docs, _MAX_BLOCK_COLS), n_docs)
+    block_rows = _pick_int("block_rows", block_rows,
+                           max(_MIN_BLOCK_ROWS, _TILE_BYTES // (4 * block_cols)), n_q)
+    threads = _pick_threads(num_threads, n_q * n_docs)
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        return _search(query_emb, doc_emb, k, tie, block_rows, block_cols, threads)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _search(query_emb, doc_emb, k, tie, block_rows, block_cols, threads):
+    n_q, dim = query_emb.shape
+    n_docs = doc_emb.shape[0]
+    gamma = (dim + 2) * _U32 / (1.0 - (dim + 2) * _U32) + 1e-12
+    margins = gamma * _row_norms(query_emb, threads) * _row_norms(doc_emb, threads).max() + 1e-30
+    hs = np.full((n_q, k), -np.inf, dtype=np.float64)
+    ht = np.zeros((n_q, k), dtype=np.int64)
+    hi = np.full((n_q, k), -1, dtype=np.int64)
+    filled = np.zeros(n_q, dtype=np.int64)
+    tile = np.empty((block_rows, block_cols), dtype=np.float32)
+    for q0 in range(0, n_q, block_rows):
+        rows = min(block_rows, n_q - q0)
+        for c0 in range(0, n_docs, block_cols):
+            cols = min(block_cols, n_docs - c0)
+            scores = tile[:rows, :cols]
+            np.matmul(query_emb[q0:q0 + rows], doc_emb[c0:c0 + cols].T, out=scores)
+            _scan_tile(scores, q0, c0, query_emb, doc_emb, tie, margins, hs, ht, hi, filled,
+                       min(threads, rows))
+    order = np.lexsort((ht, -hs), axis=-1)
+    return np.take_along_axis(hi, order, axis=1), np.take_along_axis(hs, order, axis=1)
+
+
+def _as_embeddings(x, name):
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001
+            raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} must be 2-D [n >= 1, dim >= 1], got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"{name} row {bad} contains NaN or infinity")
+    return x
+
+
+def _pick_int(name, value, default, upper):
+    if value is None:
+        return int(max(1, min(default, upper)))
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return int(min(value, upper))
+
+
+def _pick_threads(num_threads, n_pairs):
+    available = numba.config.NUMBA_NUM_THREADS
+    if num_threads is None:
+        return 1 if n_pairs < _SINGLE_THREAD_PAIRS else available
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+    return int(min(num_threads, available))

@@ -1,0 +1,318 @@
+"""Sentence-transformers / BERT-style checkpoint -> text bundle (manifest ``family: "text"``).
+
+The bundle holds one ``text.onnx``: ``input_ids`` and ``attention_mask`` int64 ``[B, T]`` (both
+axes dynamic) -> ``text_embeds`` float32 ``[B, D]``. Everything the checkpoint does after the
+transformer is inside the graph, read from its sentence-transformers files:
+
+* pooling from ``1_Pooling/config.json`` (the ``Pooling`` module of ``modules.json``):
+  ``pooling_mode_mean_tokens`` -> the mean of the token states under the attention mask
+  (``sum(h * m) / max(sum(m), 1e-9)``, as sentence-transformers computes it),
+  ``pooling_mode_cls_token`` -> the first token's state. A checkpoint without
+  sentence-transformers files is pooled by mean, sentence-transformers' own default.
+* normalisation: L2 (``F.normalize``) when ``modules.json`` lists a ``Normalize`` module, or
+  when the checkpoint's similarity (``config_sentence_transformers.json``
+  ``similarity_fn_name``, default cosine) is the cosine; a ``dot`` model without
+  ``Normalize`` keeps raw embeddings and is ranked by dot product.
+* ``token_type_ids`` (BERT-style models): all zeros inside the graph, which is what a tokenizer
+  gives for a single text, so callers feed two inputs whatever the architecture.
+* ``context_length``: ``sentence_bert_config.json`` ``max_seq_length``, else the smaller of
+  the tokenizer's ``model_max_length`` and the model's ``max_position_embeddings``.
+
+Other sentence-transformers modules (``Dense``, ``LayerNorm``, ...) and other pooling modes
+are refused with a message naming them. Validation: the ONNX graph on onnxruntime (CPU)
+against the PyTorch module it was traced from, on texts of several lengths (one truncated),
+padded as a batch; max abs difference 1e-4 and cosine 0.99999, every output reported before
+failing. The bundle is built in a hidden directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from clipeval import __version__
+from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, Bundle, is_bundle_dir, load_bundle, write_manifest
+from clipeval.engine.errors import BundleError, ExportError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TEXT_FAMILY", "TextModelSpec", "export_text_model", "is_text_checkpoint", "read_text_spec",
+           "resolve_text_bundle"]
+
+TEXT_FAMILY = "text"
+TEXT_FILE = "text.onnx"
+POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+UNSUPPORTED_POOLING = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
+                       "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
+SIMILARITIES = ("cosine", "dot")
+VALIDATION_TEXTS = (
+    "a",
+    "A red square on a white background.",
+    "Retrieval with dense embeddings: 42 queries, naïve résumé, 東京, emoji \U0001F600.",
+    " ".join(["a very long sentence that keeps going and going"] * 60),
+)
+TRACE_TEXTS = 2
+
+
+class TextModelSpec(dict):
+    """What the checkpoint's sentence-transformers files say (a dict, stored in the manifest)."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read {path}: {exc}", "repair or re-download the checkpoint") from None
+
+
+def is_text_checkpoint(path: str | os.PathLike) -> bool:
+    """A directory with ``config.json`` that is a sentence-transformers model or a text-only
+    transformer (no vision tower)."""
+    root = Path(os.path.expanduser(str(path)))
+    if not (root / "config.json").is_file():
+        return False
+    if (root / "modules.json").is_file():
+        return True
+    try:
+        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "vision_config" not in config and "text_config" not in config
+
+
+def read_text_spec(src: str | os.PathLike) -> TextModelSpec:
+    """Pooling, normalisation, similarity and sequence length of a checkpoint directory."""
+    root = Path(src)
+    modules_path = root / "modules.json"
+    pooling, normalize_module, pooling_dir = "mean", False, None
+    if modules_path.is_file():
+        modules = _read_json(modules_path)
+        if not isinstance(modules, list):
+            raise ExportError(f"{modules_path} is not a list of modules", "repair the checkpoint")
+        unknown = []
+        for m in modules:
+            kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+            if kind == "Pooling":
+                pooling_dir = root / m.get("path", "")
+            elif kind == "Normalize":
+                normalize_module = True
+            elif kind != "Transformer":
+                unknown.append(f"{m.get('type')} ({m.get('path')})")
+        if unknown:
+            raise ExportError(
+                f"{modules_path} lists modules this exporter does not put in the graph: {', '.join(unknown)}",
+                f"supported modules: {', '.join(KNOWN_MODULES)}",
+            )
+    else:
+        log.info("%s has no modules.json; using mean pooling (sentence-transformers' default)", root)
+    if pooling_dir is not None:
+        pooling_cfg = _read_json(pooling_dir / "config.json")
+        on = [key for key, value in pooling_cfg.items() if key.startswith("pooling_mode") and value]
+        bad = [key for key in on if key not in POOLING_MODES]
+        if bad or len(on) != 1:
+            raise ExportError(
+                f"{pooling_dir / 'config.json'} asks for pooling {', '.join(on) or 'none'}",
+                f"supported: exactly one of {', '.join(POOLING_MODES)}",
+            )
+        pooling = POOLING_MODES[on[0]]
+    similarity = "cosine"
+    st_config = root / "config_sentence_transformers.json"
+    if st_config.is_file():
+        similarity = _read_json(st_config).get("similarity_fn_name") or "cosine"
+    if similarity not in SIMILARITIES:
+        raise ExportError(f"{st_config} asks for similarity {similarity!r}",
+                          f"supported similarities: {', '.join(SIMILARITIES)}")
+    max_seq = None
+    sbert = root / "sentence_bert_config.json"
+    if sbert.is_file():
+        max_seq = _read_json(sbert).get("max_seq_length")
+    return TextModelSpec(pooling=pooling, normalize=bool(normalize_module or similarity == "cosine"),
+                         normalize_module=normalize_module, similarity=similarity, max_seq_length=max_seq)
+
+
+def _context_length(spec: TextModelSpec, config: Any, hf_tok: Any) -> int:
+    limits = [getattr(config, "max_position_embeddings", None)]
+    if spec.get("max_seq_length"):
+        return int(min(x for x in (spec["max_seq_length"], limits[0]) if x))
+    model_max = getattr(hf_tok, "model_max_length", None)
+    if model_max and model_max < 100_000:
+        limits.append(model_max)
+    limits = [int(x) for x in limits if x]
+    if not limits:
+        raise ExportError("cannot tell the model's maximum sequence length",
+                          "set max_seq_length in sentence_bert_config.json")
+    return min(limits)
+
+
+def _encoder(model: Any, spec: TextModelSpec, has_token_types: bool):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class SentenceEncoder(nn.Module):
+        input_names = ("input_ids", "attention_mask")
+        output_names = ("text_embeds",)
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            extra = {"token_type_ids": torch.zeros_like(input_ids)} if has_token_types else {}
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            if spec["pooling"] == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / torch.clamp(mask.sum(dim=1), min=1e-9)
+            if spec["normalize"]:
+                pooled = F.normalize(pooled, p=2.0, dim=1)
+            return pooled
+
+    return SentenceEncoder().eval()
+
+
+def _load(src: Path):
+    import transformers
+
+    try:
+        model = transformers.AutoModel.from_pretrained(str(src), attn_implementation="eager")
+        tok = transformers.AutoTokenizer.from_pretrained(str(src))
+    except Exception as exc:  # transformers raises many types for a broken checkpoint
+        raise ExportError(f"cannot load {src} with transformers: {type(exc).__name__}: {exc}",
+                          "check that the directory holds a complete checkpoint") from None
+    return model.eval(), tok
+
+
+def export_text_model(source: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int = 17,
+                      force: bool = False, validate: bool = True) -> Path:
+    """Export the checkpoint directory ``source`` to a text bundle at ``out_dir``; return its path.
+
+    Raises :class:`ExportError` for a directory that is not a supported text checkpoint, an
+    ``out_dir`` that is not empty (``force`` replaces an existing bundle), or ONNX outputs that
+    differ from PyTorch beyond tolerance. Nothing appears at ``out_dir`` unless all succeeds.
+    """
+    src = Path(os.path.expanduser(str(source)))
+    if not (src / "config.json").is_file():
+        raise ExportError(f"{src} is not a checkpoint directory (no config.json)",
+                          "pass a sentence-transformers model directory")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force or not (out / MANIFEST).is_file():
+            raise ExportError(f"output {out} exists and is not empty",
+                              "pick another directory, or pass force=True to replace a bundle there")
+    spec = read_text_spec(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        manifest = _build(src, stage, spec, opset=opset, validate=validate)
+        manifest.update({"source": str(source), "revision": None})
+        write_manifest(stage, manifest)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(stage, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    log.info("exported text model %s -> %s", source, out)
+    return out
+
+
+def _build(src: Path, stage: Path, spec: TextModelSpec, *, opset: int, validate: bool) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from . import validate as _validate
+    from .tokenizer_export import encode_padded, export_tokenizer, tokenizer_rule
+    from .towers import export_onnx
+
+    t0 = time.perf_counter()
+    model, hf_tok = _load(src)
+    config = model.config
+    context_length = _context_length(spec, config, hf_tok)
+    has_token_types = int(getattr(config, "type_vocab_size", 0) or 0) > 0
+    info = export_tokenizer(src, stage / "tokenizer.json", "fast")
+    encoder = _encoder(model, spec, has_token_types)
+
+    feeds = encode_padded(stage / "tokenizer.json", VALIDATION_TEXTS, context_length, info.pad_id)
+    trace = encode_padded(stage / "tokenizer.json", VALIDATION_TEXTS[:TRACE_TEXTS], context_length, info.pad_id)
+    axes = {0: "batch", 1: "sequence"}
+    export_onnx(encoder, tuple(torch.from_numpy(trace[n]) for n in encoder.input_names), stage / TEXT_FILE,
+                dynamic_axes={"input_ids": axes, "attention_mask": axes, "text_embeds": {0: "batch"}},
+                opset=opset)
+    t_export = time.perf_counter() - t0
+    if validate:
+        reference = _validate.run_torch(encoder, feeds)
+        candidate = _validate.run_onnx(stage / TEXT_FILE, feeds)
+        block = _validate.check_outputs(reference, candidate, "fp32")
+        block["inputs"] = {"texts": len(VALIDATION_TEXTS), "text_shape": list(feeds["input_ids"].shape),
+                           "text_lengths": [int(n) for n in np.asarray(feeds["attention_mask"]).sum(axis=1)]}
+        validation: dict[str, Any] = {"fp32": block}
+    else:
+        validation = {"skipped": True}
+    embed_dim = int(getattr(config, "hidden_size"))
+    log.info("text export %.1f s, validation %.1f s", t_export, time.perf_counter() - t0 - t_export)
+    (stage / "preprocess.json").write_text(
+        json.dumps({"format": 1, "modality": "text", "note": "text-only bundle: no image input"}, indent=2) + "\n",
+        encoding="utf-8")
+    return {
+        "format": FORMAT_VERSION,
+        "family": TEXT_FAMILY,
+        "embed_dim": embed_dim,
+        "context_length": context_length,
+        "precision": "fp32",
+        "opset": opset,
+        "variants": {"fp32": {"text": TEXT_FILE}},
+        "tokenizer": tokenizer_rule(info, spec["pooling"], "longest", ("input_ids", "attention_mask")),
+        "text_model": {**spec, "model_type": getattr(config, "model_type", None),
+                       "token_type_ids": "zeros inside the graph" if has_token_types else None},
+        "validation": validation,
+        "exported_with": _versions(),
+        "created_by": f"clipeval {__version__}",
+    }
+
+
+def _versions() -> dict[str, str]:
+    import importlib
+
+    out = {}
+    for name in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            out[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
+    return out
+
+
+def resolve_text_bundle(model: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Bundle:
+    """A text bundle for ``model``: a bundle directory as it is; a checkpoint directory exported
+    once into the model cache (``cache_dir`` / ``$CLIPEVAL_CACHE_DIR`` / ``~/.cache/clipeval``,
+    then ``models/``) and reused after (keyed by the checkpoint's path and file sizes and times)."""
+    from .resolve import cache_root, cached_bundle_dir
+
+    path = Path(os.path.expanduser(str(model)))
+    if is_bundle_dir(path):
+        return load_bundle(path)
+    if not is_text_checkpoint(path):
+        raise BundleError(
+            f"model {str(model)!r} is neither a model bundle nor a text checkpoint directory",
+            "pass a bundle made by `clipeval export`, or a sentence-transformers model directory",
+        )
+    target = cached_bundle_dir(str(path), None, "text-fp32", cache_root(cache_dir))
+    if is_bundle_dir(target):
+        log.info("using cached export %s", target)
+        return load_bundle(target)
+    log.info("exporting %s into the model cache at %s (once)", path, target)
+    export_text_model(path, target)
+    return load_bundle(target)
