@@ -106,7 +106,7 @@ def bench_memory(args) -> None:
         t0 = time.perf_counter()
         _write_images(root, args.images, (w, h))
         print(f"wrote {args.images} JPEGs {w}x{h} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        cmd = [sys.executable, "-m", "clipeval.cli.main", "eval", "--model", args.model, "--data-dir", str(root),
+        cmd = [sys.executable, "-m", "clipeval", "eval", "--model", args.model, "--data-dir", str(root),
                "--output-dir", str(Path(tmp) / "out"), "--quiet"]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)

@@ -24,6 +24,35 @@ def _run_config(cfg) -> None:
         emit(result)
 
 
+def _named_dataset_options(f):
+    """Options of the named datasets (docs/datasets.md); they reach the config as they are named."""
+    options = [
+        click.option("--language", default=None, metavar="en|zh",
+                     help="Language of captions / class names (zh; cn is accepted). Default: en."),
+        click.option("--dataset-url", default=None, metavar="URL",
+                     help="Base URL to download named datasets from ({name} is replaced by the dataset name). "
+                          "Default: $CLIPEVAL_DATASET_URL, else ModelScope clip-benchmark/wds_{name}."),
+        click.option("--cache-dir", default=None, metavar="DIR",
+                     help="Cache root (models/, embeddings/, datasets/). Default: $CLIPEVAL_CACHE_DIR, else ~/.cache/clipeval."),
+        click.option("--classnames-file", default=None, metavar="FILE",
+                     help="Class names for zero-shot classification (one per line, or JSON keyed by dataset)."),
+        click.option("--templates-file", default=None, metavar="FILE",
+                     help="Templates with {c} for zero-shot classification (one per line, or JSON keyed by dataset)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _cache_options(f):
+    """Embedding-cache options (engine/cache.py; ``clipeval cache info|clear`` manages it)."""
+    f = click.option("--verify-cache", is_flag=True,
+                     help="Key cached image embeddings by the sha256 of each file's content instead of its path, "
+                          "size and modification time.")(f)
+    return click.option("--no-cache", is_flag=True,
+                        help="Neither read nor write the embedding cache (CACHE_ROOT/embeddings).")(f)
+
+
 @cli.command("eval")
 @click.option("--model", "models", multiple=True, metavar="BUNDLE|CHECKPOINT|demo",
               help="Model bundle directory, checkpoint directory or hub id (repeatable). Default: the embedded demo model.")
@@ -48,9 +77,12 @@ def _run_config(cfg) -> None:
 @click.option("--fast-decode", is_flag=True,
               help="Decode JPEGs with DCT scaling (faster, not bit-exact; see README).")
 @threads_option
+@_named_dataset_options
+@_cache_options
 @verbosity_option
 def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, num_workers, limit, recall_k,
-             skip_existing, on_error, provider, precision, fast_decode, num_threads, quiet):
+             skip_existing, on_error, provider, precision, fast_decode, num_threads, quiet, no_cache, verify_cache,
+             **named_dataset):
     """Evaluate models on datasets; prints one JSON line per result on stdout."""
     from clipeval.engine.config import make_eval_config
 
@@ -63,6 +95,8 @@ def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, nu
         "recall_k": list(recall_k) or None, "skip_existing": skip_existing, "on_error": on_error,
         "provider": provider, "precision": precision, "fast_decode": fast_decode,
         "num_threads": num_threads, "verbose": not quiet,
+        "no_cache": no_cache, "verify_cache": verify_cache,
+        **named_dataset,
     }
     _run_config(make_eval_config(block, "the command line"))
 

@@ -52,6 +52,29 @@ class EvalConfig:
     precision: str | None = None
     fast_decode: bool = False
     num_threads: int | None = None
+    # Embedding cache (engine/cache.py): off with no_cache; verify_cache keys image files by the
+    # sha256 of their content instead of path, size and mtime; cache_max_bytes bounds its size
+    # (default: env CLIPEVAL_CACHE_MAX_BYTES, else 4 GiB). It lives under cache_dir/embeddings.
+    no_cache: bool = False
+    verify_cache: bool = False
+    cache_max_bytes: int | None = None
+    # Named datasets (docs/datasets.md): download base URL (``{name}`` is replaced by the dataset
+    # name; default: env CLIPEVAL_DATASET_URL, else the reference tool's ModelScope URL), the
+    # language of captions / class names (``en`` or ``zh``; ``cn`` means ``zh``), and custom class
+    # names / templates files (one per line, or JSON keyed by dataset name).
+    dataset_url: str | None = None
+    language: str | None = None
+    classnames_file: str | None = None
+    templates_file: str | None = None
+    # image_caption (OpenAI-compatible API)
+    concurrency: int = 8
+    max_tokens: int | None = 512
+    temperature: float | None = 0.0
+    timeout: float = 120.0
+    max_failures: int = 0
+    max_image_side: int | None = None
+    id_style: str = "int"
+    system_prompt: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -142,6 +165,38 @@ def _k_list(value) -> list[int] | None:
     return sorted(set(ks))
 
 
+def _float(name: str, value, minimum: float, maximum: float | None = None, allow_none: bool = False,
+           exclusive_min: bool = False):
+    if value is None and allow_none:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        value = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if value != value or (value <= minimum if exclusive_min else value < minimum) or (
+            maximum is not None and value > maximum):
+        bound = f"more than {minimum:g}" if exclusive_min else f"at least {minimum:g}"
+        if maximum is not None:
+            bound += f" and at most {maximum:g}"
+        raise ConfigError(f"{name} must be {bound}, got {value:g}")
+    return value
+
+
+def _caption_keys(cfg: EvalConfig) -> None:
+    """The keys of task image_caption."""
+    cfg.concurrency = _int("concurrency", cfg.concurrency)
+    cfg.max_tokens = _int("max_tokens", cfg.max_tokens, allow_none=True)
+    cfg.max_failures = _int("max_failures", cfg.max_failures, minimum=0)
+    cfg.max_image_side = _int("max_image_side", cfg.max_image_side, minimum=16, allow_none=True)
+    cfg.temperature = _float("temperature", cfg.temperature, 0.0, 2.0, allow_none=True)
+    cfg.timeout = _float("timeout", cfg.timeout, 0.0, exclusive_min=True)
+    cfg.id_style = _choice("id_style", cfg.id_style, ("int", "prefixed"))
+    if cfg.system_prompt is not None and not isinstance(cfg.system_prompt, str):
+        raise ConfigError(f"system_prompt must be a string, got {cfg.system_prompt!r}")
+
+
 def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
     """Check an ``eval`` block and return an :class:`EvalConfig`."""
     if not isinstance(block, dict):
@@ -150,7 +205,9 @@ def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
     cfg = EvalConfig()
     for key, value in block.items():
         if value is None and key not in ("data_dir", "task", "limit", "num_workers", "cache_dir",
-                                         "recall_k", "precision", "num_threads"):
+                                         "recall_k", "precision", "num_threads", "dataset_url", "language", "cache_max_bytes",
+                                         "classnames_file", "templates_file",
+                                         "max_tokens", "temperature", "max_image_side", "system_prompt"):
             continue
         setattr(cfg, key, value)
     cfg.models = _models(cfg.models)
@@ -162,12 +219,21 @@ def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
     cfg.verbose = _bool("verbose", cfg.verbose)
     cfg.skip_existing = _bool("skip_existing", cfg.skip_existing)
     cfg.fast_decode = _bool("fast_decode", cfg.fast_decode)
+    cfg.no_cache = _bool("no_cache", cfg.no_cache)
+    cfg.verify_cache = _bool("verify_cache", cfg.verify_cache)
+    cfg.cache_max_bytes = _int("cache_max_bytes", cfg.cache_max_bytes, minimum=0, allow_none=True)
     cfg.on_error = _choice("on_error", cfg.on_error, ON_ERROR)
     cfg.provider = _choice("provider", cfg.provider, PROVIDERS)
     cfg.recall_k = _k_list(cfg.recall_k)
+    _caption_keys(cfg)
     if cfg.precision is not None:
         cfg.precision = _choice("precision", cfg.precision, ("fp32", "fp16", "int8"))
-    for key in ("data_dir", "output_dir", "cache_dir", "split", "task"):
+    if cfg.language is not None:
+        from .datasets.named import normalize_language
+
+        cfg.language = normalize_language(cfg.language)
+    for key in ("data_dir", "output_dir", "cache_dir", "split", "task", "dataset_url", "classnames_file",
+                "templates_file"):
         value = getattr(cfg, key)
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise ConfigError(f"{key} must be a string, got {value!r}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cache import CacheSpace, image_key, text_key
 from .datasets.base import BadItem
 from .pipeline import iter_pixel_batches
 from .progress import Progress
@@ -22,51 +23,88 @@ class ImageEmbeddings:
     embeds: np.ndarray  # [n_ok, D] float32, rows in input order
     indices: np.ndarray  # int64 [n_ok]: input index of each row
     failures: list[BadItem] = field(default_factory=list)
+    cache_hits: int = 0
 
 
 def embed_images(tower: Tower, preprocessor, sources: list, *, batch_size: int, num_workers: int,
                  fast_decode: bool = False, where: list[str] | None = None,
-                 progress: bool = True) -> ImageEmbeddings:
+                 progress: bool = True, cache: CacheSpace | None = None) -> ImageEmbeddings:
     """Decode, preprocess and embed ``sources``; images that fail are returned as failures.
 
     Decoding runs in the pipeline's workers while this thread runs the tower, so the two overlap.
+    With ``cache`` (a space of :class:`~clipeval.engine.cache.EmbeddingCache` for this bundle,
+    precision and decode mode) images found there are neither decoded nor embedded, and each
+    computed batch is stored as soon as it is done (an interrupted run keeps what it finished).
     """
     rows: list[np.ndarray] = []
     idx: list[np.ndarray] = []
     failures: list[BadItem] = []
-    items = enumerate(sources)
+    keys: list = []
+    hits: dict[int, np.ndarray] = {}
+    if cache is not None:
+        keys = [image_key(s, cache.verify) for s in sources]
+        hits = cache.lookup(keys)
+        if hits:
+            order = sorted(hits)
+            rows.append(np.stack([hits[i] for i in order]))
+            idx.append(np.asarray(order, dtype=np.int64))
+    items = ((i, s) for i, s in enumerate(sources) if i not in hits)
     with Progress("images", len(sources), unit="img", enabled=progress) as bar:
+        bar.update(len(hits))
         for batch in iter_pixel_batches(items, preprocessor, batch_size=batch_size, num_workers=num_workers,
                                         on_error="skip", fast_decode=fast_decode):
             for index, source, reason in batch.failures:
                 label = where[index] if where else str(source)
                 failures.append(BadItem(f"{label} ({source})" if where else label, reason, source=str(source)))
             if len(batch.indices):
-                rows.append(tower.run({"pixel_values": batch.pixels}))
+                emb = tower.run({"pixel_values": batch.pixels})
+                rows.append(emb)
                 idx.append(np.asarray(batch.indices, dtype=np.int64))
+                if cache is not None:
+                    cache.store([keys[i] for i in batch.indices], emb)
             bar.update(len(batch.indices) + len(batch.failures))
     if rows:
         embeds = np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
         indices = np.concatenate(idx)
+        if hits and len(rows) > 1:  # cached rows came first: restore input order
+            order = np.argsort(indices, kind="stable")
+            embeds, indices = np.ascontiguousarray(embeds[order]), indices[order]
     else:
         embeds = np.zeros((0, 0), dtype=np.float32)
         indices = np.zeros(0, dtype=np.int64)
-    return ImageEmbeddings(embeds, indices, failures)
+    return ImageEmbeddings(embeds, indices, failures, cache_hits=len(hits))
 
 
 @dataclass
 class TextEmbeddings:
     embeds: np.ndarray  # [T, D] float32 in input order
     truncated: int
+    cache_hits: int = 0
 
 
 def embed_texts(tower: Tower, tokenizer: TextTokenizer, texts: list[str], *, batch_size: int,
-                progress: bool = True) -> TextEmbeddings:
-    """Embed ``texts`` in batches of similar length; rows come back in input order."""
+                progress: bool = True, cache: CacheSpace | None = None) -> TextEmbeddings:
+    """Embed ``texts`` in batches of similar length; rows come back in input order.
+
+    With ``cache`` texts found there are not embedded (they are still tokenized, which is cheap,
+    so ``truncated`` counts every text); the others are stored batch by batch.
+    """
     encoded = tokenizer.encode(texts)
-    order = np.argsort(encoded.lengths, kind="stable")
+    hits: dict[int, np.ndarray] = {}
+    keys: list = []
+    if cache is not None:
+        keys = [text_key(t) for t in texts]
+        hits = cache.lookup(keys)
+    todo = np.array([i for i in range(len(texts)) if i not in hits], dtype=np.int64)
+    order = todo[np.argsort(np.asarray(encoded.lengths)[todo], kind="stable")] if len(todo) else todo
     out: np.ndarray | None = None
+    if hits:
+        first = next(iter(hits.values()))
+        out = np.empty((len(texts), first.shape[0]), dtype=np.float32)
+        for i, vec in hits.items():
+            out[i] = vec
     with Progress("texts", len(texts), unit="text", enabled=progress) as bar:
+        bar.update(len(hits))
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             feeds = tokenizer.pad([encoded.ids[i] for i in chunk])
@@ -74,7 +112,9 @@ def embed_texts(tower: Tower, tokenizer: TextTokenizer, texts: list[str], *, bat
             if out is None:
                 out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
             out[chunk] = emb
+            if cache is not None:
+                cache.store([keys[i] for i in chunk], emb)
             bar.update(len(chunk))
     if out is None:
         out = np.zeros((0, 0), dtype=np.float32)
-    return TextEmbeddings(out, int(encoded.truncated.sum()))
+    return TextEmbeddings(out, int(encoded.truncated.sum()), cache_hits=len(hits))

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 
 from .. import __version__
 from .bundle import Bundle, is_bundle_dir, load_bundle
+from .cache import open_cache
 from .config import EvalConfig, parse_task_cfg
 from .datasets import default_task
 from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME
@@ -48,12 +49,23 @@ def resolve_bundle(model: dict[str, Any], cfg: EvalConfig) -> Bundle:
     )
 
 
-def _data_dir(cfg: EvalConfig, model: dict[str, Any], dataset: str) -> str:
+def _data_dir(cfg: EvalConfig, model: dict[str, Any], dataset: str) -> str | None:
+    """The data folder (or URL) of a pair; ``None`` for a named dataset to download by name."""
     if cfg.data_dir:
         return cfg.data_dir
     if dataset == "custom" and is_demo(model):
         return str(DEMO_DATA_DIR)
+    if dataset != "custom":
+        return None
     raise DatasetError(f"dataset {dataset!r} needs a data folder", "pass --data-dir (config key data_dir)")
+
+
+def _data_key(data_dir: str | None, cfg: EvalConfig) -> str:
+    if data_dir is None:
+        from .datasets.sources import base_url
+
+        return f"url:{base_url('{name}', cfg.dataset_url)}"
+    return data_dir if "://" in data_dir else os.path.abspath(data_dir)
 
 
 def _versions() -> dict[str, str]:
@@ -67,14 +79,29 @@ def _versions() -> dict[str, str]:
 
 def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> Iterator[dict[str, Any]]:
     """Yield one result object per (model, dataset) pair, writing each result file as it completes."""
+    if cfg.task == "image_caption":  # asks an API; no model bundle to resolve
+        from .tasks.caption import caption_results
+
+        yield from caption_results(cfg)
+        return
     models = cfg.models or [{"model_name": DEMO_NAME}]
     tasks = {}
     for dataset in cfg.dataset_name:
         task = cfg.task or default_task(dataset)
         if task not in TASKS:
-            raise ConfigError(f"unknown task {task!r}", f"available tasks: {', '.join(TASKS)}")
+            raise ConfigError(f"unknown task {task!r}", f"available tasks: {', '.join([*TASKS, 'image_caption'])}")
         tasks[dataset] = task
     workers = cfg.num_workers if cfg.num_workers is not None else default_threads()
+    cache = None if cfg.no_cache else open_cache(cfg.cache_dir, max_bytes=cfg.cache_max_bytes,
+                                                 verify=cfg.verify_cache)
+    try:
+        yield from _iter_models(cfg, resolve, models, tasks, workers, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[str, Any]]:
     for model in models:
         bundle = resolve(model, cfg)
         precision = model.get("precision") or cfg.precision
@@ -83,9 +110,12 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
         for dataset_name in cfg.dataset_name:
             task = tasks[dataset_name]
             data_dir = _data_dir(cfg, model, dataset_name)
-            params = {"dataset": dataset_name, "task": task, "data_dir": os.path.abspath(data_dir),
+            params = {"dataset": dataset_name, "task": task, "data_dir": _data_key(data_dir, cfg),
                       "split": cfg.split, "limit": cfg.limit, "recall_k": cfg.recall_k, "on_error": cfg.on_error,
                       "precision": precision or bundle.manifest["precision"], "fast_decode": cfg.fast_decode}
+            for extra in ("language", "classnames_file", "templates_file"):  # in the key only when set,
+                if getattr(cfg, extra):  # so keys of earlier results stay valid
+                    params[extra] = getattr(cfg, extra)
             key = params_key(params)
             out = result_path(cfg.output_dir, model_name, dataset_name, task)
             if cfg.skip_existing:
@@ -96,13 +126,16 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
                     continue
             t_start = time.perf_counter()
             if context is None:
-                context = load_model(bundle, provider=cfg.provider, precision=precision, threads=cfg.num_threads)
+                context = load_model(bundle, provider=cfg.provider, precision=precision, threads=cfg.num_threads,
+                                     cache=cache, lazy=cache is not None)
             task_params = TaskParams(batch_size=cfg.batch_size, num_workers=workers, recall_k=cfg.recall_k,
                                      on_error=cfg.on_error, fast_decode=cfg.fast_decode,
                                      num_threads=cfg.num_threads, progress=cfg.verbose,
-                                     split=cfg.split, limit=cfg.limit)
+                                     split=cfg.split, limit=cfg.limit, language=cfg.language,
+                                     dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir,
+                                     classnames_file=cfg.classnames_file, templates_file=cfg.templates_file)
             metrics, meta = TASKS[task](context, dataset_name, data_dir, task_params)
-            meta["timings"] = {"model_load_s": context.load_s, **meta["timings"],
+            meta["timings"] = {"model_load_s": context.model_load_s, **meta["timings"],
                                "total_s": time.perf_counter() - t_start}
             meta.update({
                 "bundle": context.describe(),
@@ -118,6 +151,7 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
             })
             if context.warnings:
                 meta["warnings"] = context.warnings
+            meta["cache"] = {"path": str(cache.path), **meta.get("cache", {})} if cache is not None else None
             meta["result_file"] = str(out)
             result = {"dataset": dataset_name, "model": model_name, "task": task, "metrics": metrics, "meta": meta}
             write_result(out, result)

@@ -16,21 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from clipeval.engine.bundle import Bundle, is_bundle_dir, load_bundle
+from clipeval.engine.paths import cache_root
 from clipeval.engine.runner import is_demo, resolve_bundle
 
 from .hub import is_hub_id
 
 log = logging.getLogger(__name__)
-
-
-def cache_root(override: str | os.PathLike | None = None) -> Path:
-    if override:
-        return Path(override)
-    env = os.environ.get("CLIPEVAL_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "clipeval"
 
 
 def _fingerprint(checkpoint: Path) -> str:

@@ -1,22 +1,44 @@
-"""Dataset readers and the registry of dataset names (with each one's default task)."""
+"""Dataset readers and the registry of dataset names (with each one's default task).
+
+``DATASETS[name] = (default task, reader)``; a reader is called as
+``reader(data_dir, split, on_error, **options)`` with the options of :func:`read_dataset`.
+The named sets (:mod:`.named`) are read from raw Karpathy files or a webdataset folder in
+``data_dir``, or downloaded into the cache (:mod:`.sources`).
+"""
 
 from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import BadItem, RetrievalDataset
 from .custom import read_custom
+from .named import CLASSIFICATION, RETRIEVAL, read_named_classification, read_named_retrieval
 
-__all__ = ["BadItem", "RetrievalDataset", "DATASETS", "default_task", "read_dataset"]
+__all__ = ["BadItem", "RetrievalDataset", "DATASETS", "default_task", "read_dataset", "read_classification_dataset"]
 
-# name -> (default task, reader(data_dir, split, on_error))
+
+def _custom(data_dir, split, on_error, **_options):
+    return read_custom(data_dir, on_error=on_error)
+
+
+def _named(reader, name):
+    return lambda data_dir, split, on_error, **options: reader(name, data_dir, split, on_error, **options)
+
+
+# name -> (default task, reader(data_dir, split, on_error, **options))
 DATASETS = {
-    "custom": ("zeroshot_retrieval", lambda data_dir, split, on_error: read_custom(data_dir, on_error=on_error)),
+    "custom": ("zeroshot_retrieval", _custom),
+    **{n: ("zeroshot_retrieval", _named(read_named_retrieval, n)) for n in RETRIEVAL},
+    **{n: ("zeroshot_classification", _named(read_named_classification, n)) for n in CLASSIFICATION},
 }
 
 
 def _check(name: str) -> None:
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}", f"available datasets: {', '.join(sorted(DATASETS))}")
+        retrieval = sorted(n for n, (task, _) in DATASETS.items() if task == "zeroshot_retrieval" and n != "custom")
+        classification = sorted(n for n, (task, _) in DATASETS.items() if task == "zeroshot_classification")
+        raise ConfigError(f"unknown dataset {name!r}",
+                          f"available datasets: custom; retrieval: {', '.join(retrieval)}; "
+                          f"classification: {', '.join(classification)}")
 
 
 def default_task(name: str) -> str:
@@ -24,6 +46,24 @@ def default_task(name: str) -> str:
     return DATASETS[name][0]
 
 
-def read_dataset(name: str, data_dir, split: str, on_error: str):
+def read_dataset(name: str, data_dir, split: str, on_error: str, **options):
+    """A retrieval dataset (:class:`RetrievalDataset`). ``options``: ``language``, ``dataset_url``,
+    ``cache_dir``, ``progress``, ``limit`` (readers that can stop early do; the caller still
+    applies ``RetrievalDataset.limit``)."""
     _check(name)
-    return DATASETS[name][1](data_dir, split, on_error)
+    task, reader = DATASETS[name]
+    if task != "zeroshot_retrieval":
+        raise ConfigError(f"dataset {name!r} is a classification set; it has no texts to retrieve",
+                          "use --task zeroshot_classification (its default)")
+    return reader(data_dir, split, on_error, **options)
+
+
+def read_classification_dataset(name: str, data_dir, split: str, on_error: str, **options):
+    """A :class:`~.wds.ClassificationDataset`. ``options`` as :func:`read_dataset`, plus
+    ``classnames_file`` and ``templates_file``."""
+    _check(name)
+    task, reader = DATASETS[name]
+    if task != "zeroshot_classification":
+        raise ConfigError(f"dataset {name!r} is a retrieval set; it has no class labels",
+                          "use --task zeroshot_retrieval (its default)")
+    return reader(data_dir, split, on_error, **options)

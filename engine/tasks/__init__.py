@@ -3,10 +3,12 @@
 Each entry is ``fn(model: ModelContext, dataset_name, data_dir, params: TaskParams) -> (metrics, meta)``.
 """
 
+from .classification import classification_task
 from .retrieval import TaskParams, retrieval_task
 
 TASKS = {
     "zeroshot_retrieval": retrieval_task,
+    "zeroshot_classification": classification_task,
 }
 
 __all__ = ["TASKS", "TaskParams"]

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..bundle import Bundle
+from ..cache import CacheSpace, EmbeddingCache
 from ..preprocess import Preprocessor, PreprocessSpec
 from ..session import Tower, open_tower, short_provider
 from ..tokenizer import TextTokenizer
@@ -14,20 +15,80 @@ from ..tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 
+class LazyTower:
+    """A :class:`Tower` opened on first use, so a run served wholly from the embedding cache never
+    loads a model. Attribute access (``run``, ``provider``, ``session``...) opens it."""
+
+    def __init__(self, path, provider: str, threads: int | None, warnings: list[str]):
+        self._args = (path, provider, threads)
+        self._tower: Tower | None = None
+        self._warnings = warnings
+        self.load_s = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self._tower is not None
+
+    def get(self) -> Tower:
+        if self._tower is None:
+            t0 = time.perf_counter()
+            self._tower = open_tower(*self._args)
+            self.load_s = time.perf_counter() - t0
+            self._warnings.extend(self._tower.warnings)
+        return self._tower
+
+    def run(self, feeds):
+        return self.get().run(feeds)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.get(), name)
+
+
 @dataclass
 class ModelContext:
     bundle: Bundle
     precision: str
-    vision: Tower
-    text: Tower
+    vision: Tower | LazyTower
+    text: Tower | LazyTower
     preprocessor: Preprocessor
     tokenizer: TextTokenizer
     load_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    cache: EmbeddingCache | None = None
+    cache_spaces: dict[str, CacheSpace] = field(default_factory=dict)
+
+    def _loaded(self) -> list[Tower]:
+        return [t.get() if isinstance(t, LazyTower) else t for t in (self.vision, self.text)
+                if not isinstance(t, LazyTower) or t.loaded]
 
     @property
     def provider(self) -> str:
-        return short_provider(self.vision.provider)
+        """The provider the towers ran on; ``"none"`` when every embedding came from the cache."""
+        loaded = self._loaded()
+        return short_provider(loaded[0].provider) if loaded else "none"
+
+    @property
+    def model_load_s(self) -> float:
+        """Seconds spent loading: tokenizer and preprocessor, plus the towers opened so far."""
+        return self.load_s + sum(t.load_s for t in (self.vision, self.text) if isinstance(t, LazyTower))
+
+    def cache_space(self, kind: str) -> CacheSpace | None:
+        """The embedding-cache space of this bundle and precision for ``kind`` (``image``,
+        ``image-fast`` or ``text``), or None when the run has no cache. One per kind, so its
+        hit counts add up over the tasks of a run."""
+        if self.cache is None:
+            return None
+        if kind not in self.cache_spaces:
+            self.cache_spaces[kind] = self.cache.space(self.bundle.identity, self.precision, kind)
+        return self.cache_spaces[kind]
+
+    def image_cache(self, fast_decode: bool = False) -> CacheSpace | None:
+        return self.cache_space("image-fast" if fast_decode else "image")
+
+    def text_cache(self) -> CacheSpace | None:
+        return self.cache_space("text")
 
     def describe(self) -> dict:
         return {
@@ -40,15 +101,24 @@ class ModelContext:
 
 
 def load_model(bundle: Bundle, *, provider: str = "auto", precision: str | None = None,
-               threads: int | None = None) -> ModelContext:
+               threads: int | None = None, cache: EmbeddingCache | None = None,
+               lazy: bool = False) -> ModelContext:
+    """Load a bundle's towers, preprocessor and tokenizer. ``lazy`` opens each tower on its first
+    use (what a run with an embedding ``cache`` wants: a fully cached run opens none)."""
     t0 = time.perf_counter()
     precision = precision or bundle.manifest["precision"]
-    vision = open_tower(bundle.tower_path("vision", precision), provider, threads)
-    text = open_tower(bundle.tower_path("text", precision), provider, threads)
+    warnings: list[str] = []
+    if lazy:
+        vision = LazyTower(bundle.tower_path("vision", precision), provider, threads, warnings)
+        text = LazyTower(bundle.tower_path("text", precision), provider, threads, warnings)
+    else:
+        vision = open_tower(bundle.tower_path("vision", precision), provider, threads)
+        text = open_tower(bundle.tower_path("text", precision), provider, threads)
+        warnings = vision.warnings + text.warnings
     spec = PreprocessSpec.from_dict(bundle.preprocess)
     tokenizer = TextTokenizer(bundle.path / "tokenizer.json", bundle.tokenizer_rule, bundle.context_length)
     return ModelContext(
         bundle=bundle, precision=precision, vision=vision, text=text,
         preprocessor=Preprocessor(spec), tokenizer=tokenizer,
-        load_s=time.perf_counter() - t0, warnings=vision.warnings + text.warnings,
+        load_s=time.perf_counter() - t0, warnings=warnings, cache=cache,
     )

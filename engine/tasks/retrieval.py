@@ -63,7 +63,8 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
     t0 = time.perf_counter()
     images = embed_images(model.vision, model.preprocessor, dataset.images, batch_size=params.batch_size,
                           num_workers=params.num_workers, fast_decode=params.fast_decode,
-                          where=dataset.image_where or None, progress=params.progress)
+                          where=dataset.image_where or None, progress=params.progress,
+                          cache=model.image_cache(params.fast_decode))
     timings["images_s"] = time.perf_counter() - t0
     if images.failures and params.on_error != "skip":
         raise ImageError(
@@ -77,7 +78,7 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
                            "check the skipped items listed above")
     t0 = time.perf_counter()
     texts = embed_texts(model.text, model.tokenizer, dataset.texts, batch_size=params.batch_size,
-                        progress=params.progress)
+                        progress=params.progress, cache=model.text_cache())
     timings["texts_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     metrics, notes = evaluate_retrieval(texts.embeds, images.embeds, dataset.text_to_image, params.recall_k,
@@ -95,6 +96,8 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
         "timings": timings,
         **notes,
     }
+    if model.cache is not None:
+        meta["cache"] = {"image_hits": images.cache_hits, "text_hits": texts.cache_hits}
     if dataset.limited_from is not None:
         meta["limited_from_images"] = dataset.limited_from
     return metrics, meta

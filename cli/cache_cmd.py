@@ -1,0 +1,62 @@
+"""``clipeval cache info|clear``: the embedding cache (``CACHE_ROOT/embeddings``)."""
+
+from __future__ import annotations
+
+import click
+
+from .main import cli, emit
+
+
+def _cache_dir_option(f):
+    return click.option("--cache-dir", default=None, metavar="DIR",
+                        help="Cache root. Default: $CLIPEVAL_CACHE_DIR, else ~/.cache/clipeval.")(f)
+
+
+def _open(cache_dir):
+    from clipeval.engine.cache import CacheUnavailable, EmbeddingCache
+    from clipeval.engine.errors import ClipevalError
+
+    try:
+        return EmbeddingCache(cache_dir)
+    except CacheUnavailable as exc:
+        raise ClipevalError(str(exc), "remove the file named, or pass another --cache-dir") from None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@cli.group("cache", context_settings={"help_option_names": ["-h", "--help"]})
+def cache_group():
+    """Inspect or empty the embedding cache."""
+
+
+@cache_group.command("info")
+@_cache_dir_option
+def info_cmd(cache_dir):
+    """Entries and size per bundle (a table on stderr, JSON on stdout)."""
+    with _open(cache_dir) as cache:
+        info = cache.info()
+    click.echo(f"{info['path']}: {info['entries']} entries, {_size(info['bytes'])} "
+               f"(bound {_size(info['max_bytes'])}, {_size(info['file_bytes'])} on disk)", err=True)
+    for space in info["spaces"]:
+        click.echo(f"  {space['bundle'][:12]}  {space['precision']:5s} {space['kind']:10s} "
+                   f"{space['entries']:8d} entries  {_size(space['bytes']):>10s}  last used {space['last_used']}",
+                   err=True)
+    emit(info)
+
+
+@cache_group.command("clear")
+@_cache_dir_option
+@click.option("--bundle", default=None, metavar="IDENTITY",
+              help="Only the entries of this bundle identity (or a prefix of it; see `cache info`).")
+def clear_cmd(cache_dir, bundle):
+    """Delete cached embeddings (all, or one bundle's)."""
+    with _open(cache_dir) as cache:
+        result = cache.clear(bundle)
+    click.echo(f"removed {result['removed_entries']} entries ({_size(result['freed_bytes'])})", err=True)
+    emit(result)

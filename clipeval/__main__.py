@@ -1,0 +1,5 @@
+"""``python -m clipeval`` runs the command line."""
+
+from clipeval.cli.main import main
+
+main()

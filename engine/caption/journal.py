@@ -1,0 +1,169 @@
+"""The caption journal: an append-only JSON-lines file that makes captioning resumable.
+
+Line 1 is a header naming the settings that change a caption (model, prompts, sampling, image
+size); every later line is one finished caption (``{"key", "text"}``) or one failed attempt
+(``{"key", "error"}``, kept for the record only: a failed image is asked again on the next run).
+Each line is written whole and flushed as soon as its caption arrives, so a run that is
+interrupted (Ctrl-C, a crash, the server going away) loses at most the requests in flight.
+
+A line cut short by a crash (the last line, with no newline) is dropped when the journal is
+opened again, and the file is truncated back to its last complete line before anything is
+appended, so later lines are never glued onto a torn one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = "captions.journal.jsonl"
+KIND = "clipeval-caption-journal"
+FORMAT = 1
+FSYNC_EVERY_S = 1.0
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+
+
+def _lock(f, path: Path) -> None:
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise ConfigError(f"another run is captioning into {path.parent} (it holds {path.name})",
+                          "wait for it to finish, or choose another --output-dir") from None
+
+
+def _read(data: bytes, path: Path) -> tuple[dict[str, str], dict | None, int, int, int]:
+    """(captions, header, bytes of whole lines to keep, torn lines, unreadable lines)."""
+    captions: dict[str, str] = {}
+    header = None
+    torn = bad = 0
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        torn = 1
+        log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run", path, len(data) - end)
+    keep = end
+    for raw in data[:end].split(b"\n")[:-1]:
+        try:
+            rec = orjson.loads(raw)
+            if not isinstance(rec, dict):
+                raise ValueError
+        except (orjson.JSONDecodeError, ValueError):
+            if header is None:  # the header itself was torn: start the file over
+                return {}, None, 0, torn, bad
+            bad += 1
+            continue
+        if header is None:
+            if rec.get("kind") != KIND:
+                raise ConfigError(f"{path} is not a caption journal", "move the file away or choose another --output-dir")
+            header = rec
+            continue
+        key, text = rec.get("key"), rec.get("text")
+        if isinstance(key, str) and isinstance(text, str) and key not in captions:
+            captions[key] = text
+    if bad:
+        log.warning("%s: skipped %d unreadable line(s)", path, bad)
+    return captions, header, keep, torn, bad
+
+
+def _check_header(header: dict, settings: dict[str, Any], path: Path) -> None:
+    if header.get("format") != FORMAT:
+        raise ConfigError(f"{path} is a caption journal of format {header.get('format')!r}; "
+                          f"this version reads format {FORMAT}",
+                          "delete it to caption again, or use the clipeval version that wrote it")
+    diff = _differences(header.get("settings") or {}, settings)
+    if diff:
+        raise ConfigError(
+            f"{path} holds captions made with other settings:\n    " + "\n    ".join(diff),
+            "resume with the same settings, or delete the journal (or choose another --output-dir) "
+            "to caption everything again",
+        )
+
+
+class Journal:
+    """Open with :meth:`open`; ``captions`` maps each finished image key to its caption."""
+
+    def __init__(self, path: Path, settings: dict[str, Any], captions: dict[str, str], torn: int, bad_lines: int):
+        self.path = path
+        self.settings = settings
+        self.captions = captions
+        self.torn = torn
+        self.bad_lines = bad_lines
+        self.failures_logged = 0
+        self._f = None
+        self._last_sync = time.monotonic()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, settings: dict[str, Any]) -> "Journal":
+        """Lock the journal at ``path`` (created if absent), read it, and open it for appending.
+
+        ``settings`` must equal the header's: a journal made with other settings raises
+        :class:`ConfigError` naming the differences (captions made with another prompt or model
+        must not be mixed into this run's corpus). A journal another run holds raises too.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "r+b" if path.exists() else "w+b")
+        try:
+            _lock(f, path)
+            captions, header, keep, torn, bad = _read(f.read(), path)
+            if header is not None:
+                _check_header(header, settings, path)
+            f.truncate(keep)
+            f.seek(keep)
+        except BaseException:
+            f.close()
+            raise
+        journal = cls(path, settings, captions, torn, bad)
+        journal._f = f
+        if header is None:
+            journal._write({"kind": KIND, "format": FORMAT, "settings": settings}, sync=True)
+        return journal
+
+    def _write(self, record: dict[str, Any], sync: bool = False) -> None:
+        self._f.write(orjson.dumps(record) + b"\n")
+        self._f.flush()
+        now = time.monotonic()
+        if sync or now - self._last_sync >= FSYNC_EVERY_S:
+            os.fsync(self._f.fileno())
+            self._last_sync = now
+
+    def add_caption(self, key: str, text: str) -> None:
+        """Record a finished caption (written and flushed before this returns)."""
+        self.captions[key] = text
+        self._write({"key": key, "text": text})
+
+    def add_failure(self, key: str, error: str) -> None:
+        self.failures_logged += 1
+        self._write({"key": key, "error": error})
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
