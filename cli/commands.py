@@ -48,7 +48,7 @@ def _cache_options(f):
     """Embedding-cache options (engine/cache.py; ``clipeval cache info|clear`` manages it)."""
     f = click.option("--verify-cache", is_flag=True,
                      help="Key cached image embeddings by the sha256 of each file's content instead of its path, "
-                          "size and modification time.")(f)
+                          "size and modification time, and re-hash every bundle file.")(f)
     return click.option("--no-cache", is_flag=True,
                         help="Neither read nor write the embedding cache (CACHE_ROOT/embeddings).")(f)
 

@@ -32,6 +32,10 @@ Layout::
     }
 
 A bundle's identity is the sha256 of its ``manifest.json`` bytes.
+
+Verification hashes every file once; the sizes and modification times of files that matched are
+then recorded under the cache root (``verified/``), and later loads re-hash only files whose size
+or modification time changed. ``trust_stamp=False`` (``--verify-cache``) always hashes everything.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .paths import cache_root
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -114,8 +119,40 @@ def is_bundle_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
-    """Load and (by default) verify a bundle: every file present and matching its sha256."""
+def _stamp_file(root: Path, identity: str) -> Path:
+    key = hashlib.sha256(f"{os.path.realpath(root)}\0{identity}".encode()).hexdigest()[:32]
+    return cache_root() / "verified" / f"{key}.json"
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_stamp(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_bytes())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stamp(path: Path, stamp: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stamp))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs re-hashing next time
+        pass
+
+
+def load_bundle(path: str | os.PathLike, verify: bool = True, trust_stamp: bool = True) -> Bundle:
+    """Load and (by default) verify a bundle: every file present and matching its sha256.
+
+    With ``trust_stamp``, files whose size and modification time equal those recorded when they
+    last matched are not hashed again.
+    """
     root = Path(path)
     manifest_path = root / MANIFEST
     if not root.is_dir():
@@ -138,13 +175,25 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
             f"{manifest_path} has format {manifest['format']}; this clipeval reads format {FORMAT_VERSION}",
             "re-export the bundle with this version of clipeval",
         )
+    identity = hashlib.sha256(raw).hexdigest()
+    stamp_path = _stamp_file(root, identity)
+    stamp = _read_stamp(stamp_path) if (verify and trust_stamp) else {}
+    fresh: dict[str, list[int]] = {}
     problems = []
     for name, digest in sorted(manifest["files"].items()):
         fpath = root / name
         if not fpath.is_file():
             problems.append(f"{name}: missing")
-        elif verify and sha256_file(fpath) != digest:
+            continue
+        if not verify:
+            continue
+        key = _stat_key(fpath)
+        if stamp.get(name) == key:
+            fresh[name] = key
+        elif sha256_file(fpath) != digest:
             problems.append(f"{name}: sha256 does not match the manifest")
+        else:
+            fresh[name] = key
     for required in ("tokenizer.json", "preprocess.json"):
         if required not in manifest["files"]:
             problems.append(f"{required}: not listed in the manifest")
@@ -153,9 +202,11 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
             f"model bundle {root} is damaged:\n    " + "\n    ".join(problems),
             "re-export it with `clipeval export`, or copy it again",
         )
+    if verify and fresh != stamp:
+        _write_stamp(stamp_path, fresh)
     with open(root / "preprocess.json", "rb") as f:
         preprocess = json.load(f)
-    return Bundle(path=root, manifest=manifest, identity=hashlib.sha256(raw).hexdigest(), preprocess=preprocess)
+    return Bundle(path=root, manifest=manifest, identity=identity, preprocess=preprocess)
 
 
 def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> str:

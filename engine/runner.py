@@ -34,10 +34,10 @@ def resolve_bundle(model: dict[str, Any], cfg: EvalConfig) -> Bundle:
     """Engine-only model resolution: the embedded demo or a bundle directory."""
     name = model.get("model_name")
     if is_demo(model):
-        return load_bundle(DEMO_MODEL_DIR)
+        return load_bundle(DEMO_MODEL_DIR, trust_stamp=not getattr(cfg, "verify_cache", False))
     path = Path(os.path.expanduser(str(name)))
     if is_bundle_dir(path):
-        return load_bundle(path)
+        return load_bundle(path, trust_stamp=not getattr(cfg, "verify_cache", False))
     if (path / "config.json").is_file():
         raise BundleError(
             f"{path} is a checkpoint, not a model bundle",

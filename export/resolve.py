@@ -60,7 +60,7 @@ def resolve_model(model: dict[str, Any], cfg) -> Bundle:
     target = cached_bundle_dir(name, revision, precision, cache_root(getattr(cfg, "cache_dir", None)), hub)
     if is_bundle_dir(target):
         log.info("using cached export %s", target)
-        return load_bundle(target)
+        return load_bundle(target, trust_stamp=not getattr(cfg, "verify_cache", False))
     from . import export_checkpoint
 
     log.info("exporting %s into the model cache at %s (once)", name, target)

@@ -122,3 +122,34 @@ def test_corrupt_onnx_file_is_a_bundle_error(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"not a model")
     with pytest.raises(BundleError, match="onnxruntime cannot load"):
         open_tower(tmp_path / "m.onnx", "cpu")
+
+
+def test_verified_files_are_not_hashed_again_until_they_change(tmp_path, monkeypatch):
+    import os
+
+    import clipeval.engine.bundle as bundle_mod
+
+    monkeypatch.setenv("CLIPEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "b"
+    _bundle(root)
+    load_bundle(root)  # hashes everything and records what matched
+    hashed = []
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p, *a: hashed.append(os.path.basename(p)) or real(p, *a))
+    load_bundle(root)
+    assert hashed == []
+    # A file rewritten in place (same size, new modification time) is hashed again and caught.
+    data = bytearray((root / "vision.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (root / "vision.onnx").write_bytes(bytes(data))
+    st = os.stat(root / "vision.onnx")
+    os.utime(root / "vision.onnx", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.raises(BundleError, match="vision.onnx: sha256 does not match"):
+        load_bundle(root)
+    assert hashed == ["vision.onnx"]
+    # trust_stamp=False (--verify-cache) hashes every file.
+    hashed.clear()
+    data[-1] ^= 0xFF
+    (root / "vision.onnx").write_bytes(bytes(data))
+    load_bundle(root, trust_stamp=False)
+    assert sorted(hashed) == sorted(["preprocess.json", "text.onnx", "tokenizer.json", "vision.onnx"])
