@@ -46,6 +46,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from .common import dot64, jit
+
 __all__ = ["positive_ranks"]
 
 log = logging.getLogger(__name__)
@@ -60,59 +62,10 @@ _MIN_BLOCK_ROWS = 256
 _U32 = 2.0**-24
 
 
-_cache_warned = False
-
-
-def _jit(**options):
-    """``numba.njit`` with ``cache=True``, or without the cache when no location is writable."""
-
-    def decorate(func):
-        global _cache_warned
-        try:
-            return numba.njit(cache=True, **options)(func)
-        except RuntimeError as exc:  # numba found no writable cache location
-            if not _cache_warned:
-                _cache_warned = True
-                log.warning("numba cache unavailable, kernels compile at each start: %s "
-                            "(set NUMBA_CACHE_DIR to a writable folder)", exc)
-            return numba.njit(**options)(func)
-
-    return decorate
-
-
 # --------------------------------------------------------------------------- layer 1: one row
 
 
-@_jit(inline="always")
-def _dot64(a, b):
-    """Canonical score of two float32 vectors, in float64.
-
-    Each product is exact in float64; the sum runs over four interleaved partial sums (index
-    ``k`` goes to sum ``k % 4``), added as ``(s0 + s1) + (s2 + s3)``. The order is fixed here, so
-    the value depends only on the two vectors.
-    """
-    n = a.shape[0]
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    k = 0
-    while k + 4 <= n:
-        s0 += np.float64(a[k]) * np.float64(b[k])
-        s1 += np.float64(a[k + 1]) * np.float64(b[k + 1])
-        s2 += np.float64(a[k + 2]) * np.float64(b[k + 2])
-        s3 += np.float64(a[k + 3]) * np.float64(b[k + 3])
-        k += 4
-    if k < n:
-        s0 += np.float64(a[k]) * np.float64(b[k])
-    if k + 1 < n:
-        s1 += np.float64(a[k + 1]) * np.float64(b[k + 1])
-    if k + 2 < n:
-        s2 += np.float64(a[k + 2]) * np.float64(b[k + 2])
-    return (s0 + s1) + (s2 + s3)
-
-
-@_jit()
+@jit()
 def _count_row(
     scores, t, text_emb, image_emb, positive, theta, lo, hi,
     col_theta, col_best, col_lo, col_hi, col_counts,
@@ -151,7 +104,7 @@ def _count_row(
     return above
 
 
-@_jit()
+@jit()
 def _resolve_row(scores, t, text_emb, image_emb, positive, theta, lo, hi):
     """Images of row ``t`` whose GEMM value is between the bounds and that outrank the positive."""
     text = text_emb[t]
@@ -159,13 +112,13 @@ def _resolve_row(scores, t, text_emb, image_emb, positive, theta, lo, hi):
     for j in range(scores.shape[0]):
         v = scores[j]
         if lo <= v and v <= hi and j != positive:
-            s = _dot64(text, image_emb[j])
+            s = dot64(text, image_emb[j])
             if s > theta or (s == theta and j < positive):
                 above += 1
     return above
 
 
-@_jit()
+@jit()
 def _resolve_columns(scores, t, text_emb, image_emb, col_theta, col_best, col_lo, col_hi,
                      col_counts):
     """Add 1 to ``col_counts[j]`` where text ``t`` is between column ``j``'s bounds and outranks
@@ -174,7 +127,7 @@ def _resolve_columns(scores, t, text_emb, image_emb, col_theta, col_best, col_lo
     for j in range(scores.shape[0]):
         v = scores[j]
         if col_lo[j] <= v and v <= col_hi[j] and col_best[j] != t:
-            s = _dot64(text, image_emb[j])
+            s = dot64(text, image_emb[j])
             if s > col_theta[j] or (s == col_theta[j] and t < col_best[j]):
                 col_counts[j] += 1
 
@@ -182,7 +135,7 @@ def _resolve_columns(scores, t, text_emb, image_emb, col_theta, col_best, col_lo
 # --------------------------------------------------------------------------- layer 2: rows
 
 
-@_jit(parallel=True, nogil=True)
+@jit(parallel=True, nogil=True)
 def _positive_scores(text_emb, image_emb, text_to_image, n_chunks):
     """Canonical score of every text with its positive image, in parallel over texts."""
     n_texts = text_emb.shape[0]
@@ -190,11 +143,11 @@ def _positive_scores(text_emb, image_emb, text_to_image, n_chunks):
     step = (n_texts + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
         for t in range(c * step, min(n_texts, (c + 1) * step)):
-            theta[t] = _dot64(text_emb[t], image_emb[text_to_image[t]])
+            theta[t] = dot64(text_emb[t], image_emb[text_to_image[t]])
     return theta
 
 
-@_jit(parallel=True, nogil=True)
+@jit(parallel=True, nogil=True)
 def _row_norms(x, n_chunks):
     """float64 L2 norm of every row, in parallel over rows."""
     n = x.shape[0]
@@ -202,11 +155,11 @@ def _row_norms(x, n_chunks):
     step = (n + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
         for r in range(c * step, min(n, (c + 1) * step)):
-            norms[r] = math.sqrt(_dot64(x[r], x[r]))
+            norms[r] = math.sqrt(dot64(x[r], x[r]))
     return norms
 
 
-@_jit(parallel=True, nogil=True)
+@jit(parallel=True, nogil=True)
 def _count_block(
     block, t0, text_emb, image_emb, text_to_image, theta, lo, hi,
     col_theta, col_best, col_lo, col_hi, chunk_counts, t2i_out,

@@ -13,13 +13,15 @@ import numba
 import numpy as np
 from numba import prange
 
+from .common import jit
+
 __all__ = ["label_ranks"]
 
 # Below this many scores one thread is faster than waking the pool.
 _SINGLE_THREAD_SCORES = 1 << 18
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _rank_row(row, label):
     target = row[label]
     rank = 0
@@ -30,13 +32,13 @@ def _rank_row(row, label):
     return rank
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@jit(nogil=True, parallel=True)
 def _rank_rows_parallel(scores, labels, out):
     for n in prange(scores.shape[0]):
         out[n] = _rank_row(scores[n], labels[n])
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _rank_rows_serial(scores, labels, out):
     for n in range(scores.shape[0]):
         out[n] = _rank_row(scores[n], labels[n])

@@ -26,16 +26,16 @@ This module imports nothing of the project.
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numba
 import numpy as np
 from numba import prange
 
+from ..kernels.common import dot64, jit
+
 __all__ = ["top_k"]
 
-log = logging.getLogger(__name__)
 
 _TILE_BYTES = 16 << 20
 _MAX_BLOCK_COLS = 8192
@@ -43,60 +43,16 @@ _MIN_BLOCK_ROWS = 64
 _SINGLE_THREAD_PAIRS = 1 << 18
 _U32 = 2.0**-24
 
-_cache_warned = False
-
-
-def _jit(**options):
-    """``numba.njit`` with ``cache=True``, or without it when no cache location is writable."""
-
-    def decorate(func):
-        global _cache_warned
-        try:
-            return numba.njit(cache=True, **options)(func)
-        except RuntimeError as exc:
-            if not _cache_warned:
-                _cache_warned = True
-                log.warning("numba cache unavailable, kernels compile at each start: %s", exc)
-            return numba.njit(**options)(func)
-
-    return decorate
-
-
 # --------------------------------------------------------------------------- layer 1: one row
 
 
-@_jit(inline="always")
-def _dot64(a, b):
-    """Canonical score: float64 sum of exact float32 products over four interleaved partial
-    sums (index ``k`` to sum ``k % 4``), added as ``(s0 + s1) + (s2 + s3)``."""
-    n = a.shape[0]
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    k = 0
-    while k + 4 <= n:
-        s0 += np.float64(a[k]) * np.float64(b[k])
-        s1 += np.float64(a[k + 1]) * np.float64(b[k + 1])
-        s2 += np.float64(a[k + 2]) * np.float64(b[k + 2])
-        s3 += np.float64(a[k + 3]) * np.float64(b[k + 3])
-        k += 4
-    if k < n:
-        s0 += np.float64(a[k]) * np.float64(b[k])
-    if k + 1 < n:
-        s1 += np.float64(a[k + 1]) * np.float64(b[k + 1])
-    if k + 2 < n:
-        s2 += np.float64(a[k + 2]) * np.float64(b[k + 2])
-    return (s0 + s1) + (s2 + s3)
-
-
-@_jit(inline="always")
+@jit(inline="always")
 def _worse(s1, t1, s2, t2):
     """Whether (score s1, tie key t1) ranks below (s2, t2)."""
     return s1 < s2 or (s1 == s2 and t1 > t2)
 
 
-@_jit()
+@jit()
 def _sift_down(hs, ht, hi, n, pos):
     """Restore the heap (root = worst entry) below ``pos``."""
     while True:
@@ -113,7 +69,7 @@ def _sift_down(hs, ht, hi, n, pos):
         pos = child
 
 
-@_jit()
+@jit()
 def _sift_up(hs, ht, hi, pos):
     while pos > 0:
         parent = (pos - 1) // 2
@@ -125,7 +81,7 @@ def _sift_up(hs, ht, hi, pos):
         pos = parent
 
 
-@_jit()
+@jit()
 def _scan_row(tile_row, query, col0, doc_emb, tie, margin, hs, ht, hi, filled):
     """Offer documents ``col0 .. col0 + len(tile_row)`` to one query's heap; return its new size.
 
@@ -137,7 +93,7 @@ def _scan_row(tile_row, query, col0, doc_emb, tie, margin, hs, ht, hi, filled):
         if filled == k and np.float64(tile_row[j]) < hs[0] - margin:
             continue
         d = col0 + j
-        s = _dot64(query, doc_emb[d])
+        s = dot64(query, doc_emb[d])
         t = tie[d]
         if filled < k:
             hs[filled] = s
@@ -156,7 +112,7 @@ def _scan_row(tile_row, query, col0, doc_emb, tie, margin, hs, ht, hi, filled):
 # --------------------------------------------------------------------------- layer 2: rows
 
 
-@_jit(parallel=True, nogil=True)
+@jit(parallel=True, nogil=True)
 def _scan_tile(tile, q0, col0, query_emb, doc_emb, tie, margins, hs, ht, hi, filled, n_chunks):
     """Offer one GEMM tile (queries ``q0 ..``, documents ``col0 ..``) to the heaps, in parallel
     over contiguous chunks of query rows (each query's heap belongs to one thread)."""
@@ -169,14 +125,14 @@ def _scan_tile(tile, q0, col0, query_emb, doc_emb, tie, margins, hs, ht, hi, fil
                                   hs[q], ht[q], hi[q], filled[q])
 
 
-@_jit(parallel=True, nogil=True)
+@jit(parallel=True, nogil=True)
 def _row_norms(x, n_chunks):
     n = x.shape[0]
     out = np.empty(n, dtype=np.float64)
     step = (n + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
         for r in range(c * step, min(n, (c + 1) * step)):
-            out[r] = math.sqrt(_dot64(x[r], x[r]))
+            out[r] = math.sqrt(dot64(x[r], x[r]))
     return out
 
 
