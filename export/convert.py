@@ -144,7 +144,7 @@ def _require_export_deps() -> None:
         )
 
 
-def _versions() -> dict[str, str]:
+def tool_versions() -> dict[str, str]:
     out = {}
     for name in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
         try:
@@ -280,7 +280,7 @@ def _build(family: Family, src: Path, stage: Path, *, precision: str, opset: int
         "validation": validation,
         "fused_ops": fused_ops,
         "graph_ops": op_stats,
-        "exported_with": _versions(),
+        "exported_with": tool_versions(),
         "created_by": f"clipeval {__version__}",
     }
 

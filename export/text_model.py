@@ -40,6 +40,8 @@ from clipeval import __version__
 from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, Bundle, is_bundle_dir, load_bundle, write_manifest
 from clipeval.engine.errors import BundleError, ExportError
 
+from .convert import tool_versions
+
 log = logging.getLogger(__name__)
 
 __all__ = ["TEXT_FAMILY", "TextModelSpec", "export_text_model", "is_text_checkpoint", "read_text_spec",
@@ -278,21 +280,9 @@ def _build(src: Path, stage: Path, spec: TextModelSpec, *, opset: int, validate:
         "text_model": {**spec, "model_type": getattr(config, "model_type", None),
                        "token_type_ids": "zeros inside the graph" if has_token_types else None},
         "validation": validation,
-        "exported_with": _versions(),
+        "exported_with": tool_versions(),
         "created_by": f"clipeval {__version__}",
     }
-
-
-def _versions() -> dict[str, str]:
-    import importlib
-
-    out = {}
-    for name in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            out[name] = importlib.import_module(name).__version__
-        except ImportError:
-            pass
-    return out
 
 
 def resolve_text_bundle(model: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Bundle:

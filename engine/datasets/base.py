@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,19 +48,24 @@ class RetrievalDataset:
     def num_texts(self) -> int:
         return len(self.texts)
 
+    def _select_images(self, indices: np.ndarray):
+        """The image list restricted to ``indices`` (ascending); a lazy list with ``select`` stays lazy."""
+        select = getattr(self.images, "select", None)
+        if select is not None:
+            return select(indices)
+        return [self.images[i] for i in indices]
+
     def limit(self, n: int | None) -> "RetrievalDataset":
         """Exactly the first ``n`` gallery images in dataset order, with their texts."""
         if n is None or n >= len(self.images):
             return self
         keep = self.text_to_image < n
-        return RetrievalDataset(
-            name=self.name,
-            images=self.images[:n],
+        return replace(
+            self,
+            images=self._select_images(np.arange(n)),
             texts=[t for t, k in zip(self.texts, keep) if k],
             text_to_image=self.text_to_image[keep],
             image_where=self.image_where[:n],
-            skipped=self.skipped,
-            merged_rows=self.merged_rows,
             limited_from=len(self.images),
         )
 
@@ -72,14 +77,11 @@ class RetrievalDataset:
         keep_img[list(bad)] = False
         new_index = np.cumsum(keep_img) - 1
         keep_txt = keep_img[self.text_to_image]
-        ds = RetrievalDataset(
-            name=self.name,
-            images=[s for s, k in zip(self.images, keep_img) if k],
+        ds = replace(
+            self,
+            images=self._select_images(np.flatnonzero(keep_img)),
             texts=[t for t, k in zip(self.texts, keep_txt) if k],
             text_to_image=new_index[self.text_to_image[keep_txt]],
             image_where=[w for w, k in zip(self.image_where, keep_img) if k] if self.image_where else [],
-            skipped=self.skipped,
-            merged_rows=self.merged_rows,
-            limited_from=self.limited_from,
         )
         return ds, int((~keep_txt).sum())

@@ -377,31 +377,8 @@ class ShardImages(Sequence):
 
 
 class ShardRetrievalDataset(RetrievalDataset):
-    """A :class:`RetrievalDataset` whose ``images`` is a :class:`ShardImages` that stays lazy
-    through :meth:`limit` and :meth:`drop_images`."""
-
-    def limit(self, n: int | None) -> "ShardRetrievalDataset":
-        if n is None or n >= len(self.images):
-            return self
-        keep = self.text_to_image < n
-        return ShardRetrievalDataset(
-            name=self.name, images=self.images[:n], texts=[t for t, k in zip(self.texts, keep) if k],
-            text_to_image=self.text_to_image[keep], image_where=self.image_where[:n], skipped=self.skipped,
-            merged_rows=self.merged_rows, limited_from=len(self.images))
-
-    def drop_images(self, bad: set[int]) -> tuple["ShardRetrievalDataset", int]:
-        if not bad:
-            return self, 0
-        keep_img = np.ones(len(self.images), dtype=bool)
-        keep_img[list(bad)] = False
-        new_index = np.cumsum(keep_img) - 1
-        keep_txt = keep_img[self.text_to_image]
-        ds = ShardRetrievalDataset(
-            name=self.name, images=self.images.select(np.flatnonzero(keep_img)),
-            texts=[t for t, k in zip(self.texts, keep_txt) if k], text_to_image=new_index[self.text_to_image[keep_txt]],
-            image_where=[w for w, k in zip(self.image_where, keep_img) if k] if self.image_where else [],
-            skipped=self.skipped, merged_rows=self.merged_rows, limited_from=self.limited_from)
-        return ds, int((~keep_txt).sum())
+    """A :class:`RetrievalDataset` whose ``images`` is a :class:`ShardImages`; its ``select`` keeps
+    the list lazy through :meth:`limit` and :meth:`drop_images`."""
 
 
 def read_wds_retrieval(root, split: str, *, name: str, on_error: str = "fail",
