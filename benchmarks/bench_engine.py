@@ -84,7 +84,11 @@ def bench_text(args) -> None:
 
 
 def _write_images(root: Path, n: int, size: tuple[int, int]) -> None:
+    """JPEG files with two captions each from the demo model's grammar (so texts vary as real
+    captions do; all-identical texts are the ranking kernel's worst case, see docs/speed.md)."""
     from PIL import Image, ImageDraw
+
+    from clipeval.export.demo.shapes import random_captions, random_scene
 
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -96,7 +100,8 @@ def _write_images(root: Path, n: int, size: tuple[int, int]) -> None:
             x, y = int(rng.integers(0, size[0] - 40)), int(rng.integers(0, size[1] - 40))
             draw.ellipse([x, y, x + 40, y + 40], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
             img.save(root / "images" / f"{i:06d}.jpg", quality=90)
-            f.write(json.dumps({"image_path": f"images/{i:06d}.jpg", "query": [f"image {i}", f"picture {i}"]}) + "\n")
+            query = random_captions(random_scene(rng), rng, 2)
+            f.write(json.dumps({"image_path": f"images/{i:06d}.jpg", "query": query}) + "\n")
 
 
 def bench_memory(args) -> None:

@@ -6,11 +6,20 @@ Imports nothing of the project.
 from __future__ import annotations
 
 import logging
+import os
 
 import numba
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+# numba's default OpenMP layer keeps its threads spinning after a parallel loop, where they compete
+# with OpenBLAS's threads for the cores during the next block's GEMM (measured on 2 cores: ranking
+# 1.37x the GEMM time with OpenMP, 1.08x with the workqueue layer; benchmarks/bench_ranking.py).
+# The kernels are only ever launched from one thread at a time, which is what workqueue needs.
+# NUMBA_THREADING_LAYER in the environment still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 _cache_warned = False
 
