@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -69,3 +70,53 @@ def dot64(a, b):
     if k + 2 < n:
         s2 += np.float64(a[k + 2]) * np.float64(b[k + 2])
     return (s0 + s1) + (s2 + s3)
+
+
+# --------------------------------------------------------------------------- validation, threads
+
+SINGLE_THREAD_PAIRS = 1 << 18  # below this many score pairs one thread is faster than spawning
+
+
+def as_embeddings(x, name):
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001 - anything unconvertible is a type error here
+            raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"{name} row {bad} contains NaN or infinity")
+    return x
+
+
+def pick_threads(num_threads, n_pairs):
+    available = numba.config.NUMBA_NUM_THREADS
+    if num_threads is None:
+        return 1 if n_pairs < SINGLE_THREAD_PAIRS else available
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+    if num_threads > available:
+        log.info("num_threads=%d is more than numba's %d threads (NUMBA_NUM_THREADS); using %d",
+                 num_threads, available, available)
+        return available
+    return int(num_threads)
+
+
+@contextmanager
+def numba_threads(n: int):
+    """Run the enclosed kernels on ``n`` numba threads, restoring the previous count after."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)

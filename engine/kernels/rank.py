@@ -39,21 +39,17 @@ seconds) and a warning is logged once at import.
 
 from __future__ import annotations
 
-import logging
 import math
 
-import numba
 import numpy as np
 from numba import prange
 
-from .common import dot64, jit
+from .common import as_embeddings, dot64, jit, numba_threads, pick_threads
 
 __all__ = ["positive_ranks"]
 
-log = logging.getLogger(__name__)
 
 # Below this many (text, image) pairs one thread is faster than waking a pool.
-_SINGLE_THREAD_PAIRS = 1 << 18
 # Target size of one float32 score block, and the fewest rows worth a BLAS call
 # (below that, packing the image matrix costs as much as the product).
 _BLOCK_BYTES = 16 << 20
@@ -215,8 +211,8 @@ def positive_ranks(
         ValueError: shapes, values or arguments are invalid (message says which).
         TypeError: an input is not a numeric array.
     """
-    text_emb = _as_embeddings(text_emb, "text_emb")
-    image_emb = _as_embeddings(image_emb, "image_emb")
+    text_emb = as_embeddings(text_emb, "text_emb")
+    image_emb = as_embeddings(image_emb, "image_emb")
     n_texts, dim = text_emb.shape
     n_images = image_emb.shape[0]
     if image_emb.shape[1] != dim:
@@ -226,14 +222,10 @@ def positive_ranks(
         )
     text_to_image = _as_positive_index(text_to_image, n_texts, n_images)
     block_rows = _pick_block_rows(block_rows, n_texts, n_images)
-    threads = _pick_threads(num_threads, n_texts * n_images)
+    threads = pick_threads(num_threads, n_texts * n_images)
 
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
+    with numba_threads(threads):
         return _rank_all(text_emb, image_emb, text_to_image, block_rows, threads)
-    finally:
-        numba.set_num_threads(previous)
 
 
 def _rank_all(text_emb, image_emb, text_to_image, block_rows, threads):
@@ -297,25 +289,6 @@ def _float32_bounds(lo64, hi64):
     return lo.astype(np.float32), hi.astype(np.float32)
 
 
-def _as_embeddings(x, name):
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # noqa: BLE001 - anything unconvertible is a type error here
-            raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
-    if x.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
-    if x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and one column, got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise ValueError(f"{name} row {bad} contains NaN or infinity")
-    return x
-
-
 def _as_positive_index(text_to_image, n_texts, n_images):
     index = np.asarray(text_to_image)
     if index.dtype.kind not in "iu":
@@ -342,18 +315,3 @@ def _pick_block_rows(block_rows, n_texts, n_images):
     if block_rows < 1:
         raise ValueError(f"block_rows must be at least 1, got {block_rows}")
     return int(min(block_rows, n_texts))
-
-
-def _pick_threads(num_threads, n_pairs):
-    available = numba.config.NUMBA_NUM_THREADS
-    if num_threads is None:
-        return 1 if n_pairs < _SINGLE_THREAD_PAIRS else available
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
-        raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
-    if num_threads > available:
-        log.info("num_threads=%d is more than numba's %d threads (NUMBA_NUM_THREADS); using %d",
-                 num_threads, available, available)
-        return available
-    return int(num_threads)

@@ -9,11 +9,10 @@ below k, so one pass over each row gives every top-k accuracy at once and the pr
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
-from .common import jit
+from .common import jit, numba_threads, pick_threads
 
 __all__ = ["label_ranks"]
 
@@ -72,11 +71,6 @@ def label_ranks(scores: np.ndarray, labels: np.ndarray, num_threads: int | None 
     if scores.size < _SINGLE_THREAD_SCORES or num_threads == 1:
         _rank_rows_serial(scores, labels, out)
         return out
-    previous = numba.get_num_threads()
-    if num_threads:
-        numba.set_num_threads(max(1, min(num_threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
+    with numba_threads(pick_threads(num_threads, scores.size)):
         _rank_rows_parallel(scores, labels, out)
-    finally:
-        numba.set_num_threads(previous)
     return out

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import prange
 
-from ..kernels.common import dot64, jit
+from ..kernels.common import as_embeddings, dot64, jit, numba_threads, pick_threads
 
 __all__ = ["top_k"]
 
@@ -40,7 +39,6 @@ __all__ = ["top_k"]
 _TILE_BYTES = 16 << 20
 _MAX_BLOCK_COLS = 8192
 _MIN_BLOCK_ROWS = 64
-_SINGLE_THREAD_PAIRS = 1 << 18
 _U32 = 2.0**-24
 
 # --------------------------------------------------------------------------- layer 1: one row
@@ -169,8 +167,8 @@ def top_k(
     Raises:
         ValueError / TypeError: invalid shapes, values or arguments (the message says which).
     """
-    query_emb = _as_embeddings(query_emb, "query_emb")
-    doc_emb = _as_embeddings(doc_emb, "doc_emb")
+    query_emb = as_embeddings(query_emb, "query_emb")
+    doc_emb = as_embeddings(doc_emb, "doc_emb")
     n_q, dim = query_emb.shape
     n_docs = doc_emb.shape[0]
     if doc_emb.shape[1] != dim:
@@ -189,14 +187,10 @@ def top_k(
     block_cols = _pick_int("block_cols", block_cols, min(n_docs, _MAX_BLOCK_COLS), n_docs)
     block_rows = _pick_int("block_rows", block_rows,
                            max(_MIN_BLOCK_ROWS, _TILE_BYTES // (4 * block_cols)), n_q)
-    threads = _pick_threads(num_threads, n_q * n_docs)
+    threads = pick_threads(num_threads, n_q * n_docs)
 
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
+    with numba_threads(threads):
         return _search(query_emb, doc_emb, k, tie, block_rows, block_cols, threads)
-    finally:
-        numba.set_num_threads(previous)
 
 
 def _search(query_emb, doc_emb, k, tie, block_rows, block_cols, threads):
@@ -221,23 +215,6 @@ def _search(query_emb, doc_emb, k, tie, block_rows, block_cols, threads):
     return np.take_along_axis(hi, order, axis=1), np.take_along_axis(hs, order, axis=1)
 
 
-def _as_embeddings(x, name):
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # noqa: BLE001
-            raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
-    if x.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"{name} must be 2-D [n >= 1, dim >= 1], got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise ValueError(f"{name} row {bad} contains NaN or infinity")
-    return x
-
-
 def _pick_int(name, value, default, upper):
     if value is None:
         return int(max(1, min(default, upper)))
@@ -248,12 +225,3 @@ def _pick_int(name, value, default, upper):
     return int(min(value, upper))
 
 
-def _pick_threads(num_threads, n_pairs):
-    available = numba.config.NUMBA_NUM_THREADS
-    if num_threads is None:
-        return 1 if n_pairs < _SINGLE_THREAD_PAIRS else available
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
-        raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
-    return int(min(num_threads, available))
