@@ -1,4 +1,4 @@
-"""The model bundle: a directory any onnxruntime program can use (DESIGN.md §2).
+"""The model bundle: a directory any onnxruntime program can use.
 
 Layout::
 

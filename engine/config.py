@@ -1,4 +1,4 @@
-"""Configuration: the evalscope ``task_cfg`` shape, checked strictly (DESIGN.md §6).
+"""Configuration: the evalscope ``task_cfg`` shape, checked strictly.
 
 Accepted forms (a dict, or a JSON / YAML file holding one):
 

@@ -1,4 +1,4 @@
-"""Retrieval metrics from positive ranks (DESIGN.md §3), with CLIP_benchmark's key names.
+"""Retrieval metrics from positive ranks, with CLIP_benchmark's key names.
 
 - ``image_retrieval_recall@k`` (text -> image): mean over texts of ``[rank of its image < k]``.
 - ``text_retrieval_recall@k`` (image -> text): mean over images that have at least one text of

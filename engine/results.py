@@ -1,4 +1,4 @@
-"""Result files (DESIGN.md §5): ``{output_dir}/{model}/{dataset}_{task}.json``, written atomically."""
+"""Result files: ``{output_dir}/{model}/{dataset}_{task}.json``, written atomically."""
 
 from __future__ import annotations
 

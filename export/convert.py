@@ -1,4 +1,4 @@
-"""Checkpoint -> model bundle (DESIGN.md §2).
+"""Checkpoint -> model bundle.
 
 :func:`export_checkpoint` takes a directory written by ``save_pretrained`` (model, tokenizer and
 image processor) or a hub id (:mod:`.hub`), exports the two towers to ONNX with eager attention,

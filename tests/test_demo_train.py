@@ -78,7 +78,7 @@ def test_retrieval_recall_matches_definition_with_ties():
     ranks = [0, 2, 2, 1]
     for k in (1, 2):
         assert r[f"image_retrieval_recall@{k}"] == sum(x < k for x in ranks) / 4
-    # image -> text: the oracle written straight from DESIGN.md section 3
+    # image -> text: the oracle written straight from the metric definition (README, engine/metrics.py)
     s = txt @ img.T
     expected = []
     for i, texts in {0: [0], 1: [1], 2: [2, 3]}.items():

@@ -1,4 +1,4 @@
-"""The ``custom`` dataset: ``{data_dir}/image_queries.jsonl`` (DESIGN.md §4).
+"""The ``custom`` dataset: ``{data_dir}/image_queries.jsonl``.
 
 One ``{"image_path": str, "query": [str, ...]}`` per line (a bare string query counts as one).
 ``image_path`` is tried as given (absolute, or relative to the working directory, as the reference

@@ -1,4 +1,4 @@
-"""Webdatasets in CLIP_benchmark's layout, read straight out of the tar shards (DESIGN.md §4).
+"""Webdatasets in CLIP_benchmark's layout, read straight out of the tar shards.
 
 Layout of a dataset folder::
 

@@ -1,4 +1,4 @@
-"""Task ``zeroshot_retrieval``: embed the gallery and its texts, rank both ways, score (DESIGN.md §3)."""
+"""Task ``zeroshot_retrieval``: embed the gallery and its texts, rank both ways, score."""
 
 from __future__ import annotations
 

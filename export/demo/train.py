@@ -249,7 +249,7 @@ def scene_index(keys: np.ndarray) -> np.ndarray:
 def retrieval_recall(
     image_embeds: np.ndarray, text_embeds: np.ndarray, text_owner: Sequence[int], ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:
-    """Recall@k both ways with DESIGN.md's tie rule (ties go to the lower index); full matrix."""
+    """Recall@k both ways with the engine's tie rule (ties go to the lower index); full matrix."""
     owner = np.asarray(text_owner)
     s = text_embeds.astype(np.float64) @ image_embeds.astype(np.float64).T  # [T, I]
     n_t, n_i = s.shape
