@@ -84,12 +84,16 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
 
         yield from caption_results(cfg)
         return
+    if cfg.task == "text_retrieval":  # a text embedding model on a BEIR folder
+        yield from _text_retrieval_results(cfg, resolve)
+        return
     models = cfg.models or [{"model_name": DEMO_NAME}]
     tasks = {}
     for dataset in cfg.dataset_name:
         task = cfg.task or default_task(dataset)
         if task not in TASKS:
-            raise ConfigError(f"unknown task {task!r}", f"available tasks: {', '.join([*TASKS, 'image_caption'])}")
+            raise ConfigError(f"unknown task {task!r}",
+                              f"available tasks: {', '.join([*TASKS, 'image_caption', 'text_retrieval'])}")
         tasks[dataset] = task
     workers = cfg.num_workers if cfg.num_workers is not None else default_threads()
     cache = None if cfg.no_cache else open_cache(cfg.cache_dir, max_bytes=cfg.cache_max_bytes,
@@ -157,6 +161,33 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
             write_result(out, result)
             log.info("wrote %s", out)
             yield result
+
+
+def _text_retrieval_results(cfg: EvalConfig, resolve: ModelResolver) -> Iterator[dict[str, Any]]:
+    """``task: text_retrieval``: each model on the BEIR folder ``data_dir`` (``recall_k`` sets the
+    cut-offs of every metric); the dataset name, unless ``custom``, names the result file."""
+    from .tasks.text_retrieval import TextRetrievalParams, text_retrieval_task
+    from .textret.embed import load_text_model
+
+    if not cfg.models:
+        raise ConfigError("task text_retrieval needs models", "add models: [{model_name: TEXT_BUNDLE_OR_CHECKPOINT}]")
+    if not cfg.data_dir:
+        raise ConfigError("task text_retrieval needs data_dir", "set data_dir to a BEIR folder (corpus.jsonl, "
+                          "queries.jsonl, qrels/)")
+    params = TextRetrievalParams(k=cfg.recall_k, batch_size=cfg.batch_size, split=cfg.split,
+                                 num_threads=cfg.num_threads, progress=cfg.verbose)
+    for model in cfg.models:
+        bundle = resolve(model, cfg)
+        if bundle.family != "text":
+            raise ConfigError(
+                f"task text_retrieval needs a text embedding model; {model['model_name']!r} is a {bundle.family} bundle",
+                "export a sentence-transformers / BERT-style checkpoint (clipeval text-eval does it on first use)",
+            )
+        text_model = load_text_model(bundle, provider=cfg.provider, threads=cfg.num_threads)
+        for dataset_name in cfg.dataset_name:
+            yield text_retrieval_task(text_model, cfg.data_dir, params, output_dir=cfg.output_dir,
+                                      dataset_name=None if dataset_name == "custom" else dataset_name,
+                                      skip_existing=cfg.skip_existing)
 
 
 def run_task(task_cfg=None, resolve: ModelResolver | None = None) -> list[dict[str, Any]]:

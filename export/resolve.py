@@ -50,7 +50,16 @@ def _is_checkpoint(name: str, path: Path) -> bool:
 
 def resolve_model(model: dict[str, Any], cfg) -> Bundle:
     """The bundle for one ``models`` entry: the demo or a bundle directory as they are; a
-    checkpoint directory or hub id exported into the cache on first use, reused after."""
+    checkpoint directory or hub id exported into the cache on first use, reused after (for
+    ``task: text_retrieval``, a sentence-transformers / BERT-style text model)."""
+    if getattr(cfg, "task", None) == "text_retrieval":
+        from .text_model import resolve_text_bundle
+
+        return resolve_text_bundle(model["model_name"], getattr(cfg, "cache_dir", None))
+    return _resolve_image_text_model(model, cfg)
+
+
+def _resolve_image_text_model(model: dict[str, Any], cfg) -> Bundle:
     name = str(model.get("model_name") or "")
     path = Path(os.path.expanduser(name))
     if is_demo(model) or is_bundle_dir(path) or not _is_checkpoint(name, path):

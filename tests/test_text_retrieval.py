@@ -270,3 +270,30 @@ def test_dataset_name_from_folder(tmp_path):
     assert dataset_name_for(tmp_path / "muge" / "retrieval_data") == "muge"
     assert dataset_name_for(tmp_path / "scifact") == "scifact"
     assert os.path.basename(str(tmp_path)) == dataset_name_for(tmp_path)
+
+
+def test_config_form_runs_text_retrieval(minilm_dir, model_cache, minilm_bundle, demo_folder, tmp_path):
+    """`task: text_retrieval` through run_task and `clipeval run`: same metrics as text-eval."""
+    from clipeval import run_task
+
+    base = {"models": [{"model_name": str(minilm_dir)}], "task": "text_retrieval", "data_dir": str(demo_folder),
+            "dataset_name": ["shapes"], "cache_dir": str(model_cache), "verbose": False,
+            "recall_k": [1, 10]}
+    (result,) = run_task({**base, "output_dir": str(tmp_path / "a")})
+    assert result["task"] == "text_retrieval" and result["dataset"] == "shapes"
+    assert result["meta"]["bundle"]["identity"] == minilm_bundle.identity  # the cached export was used
+    assert set(result["metrics"]) == {f"{m}_at_{k}" for m in ("ndcg", "map", "recall", "mrr") for k in (1, 10)}
+    cli_run = invoke("text-eval", "--model", minilm_bundle.path, "--data-dir", demo_folder, "--k", "1", "--k", "10",
+                     "--output-dir", tmp_path / "b", "-q")
+    assert json.loads(cli_run.stdout)["metrics"] == result["metrics"]
+    cfg = tmp_path / "text.json"
+    cfg.write_text(json.dumps({**base, "output_dir": str(tmp_path / "c")}))
+    via_run = invoke("run", cfg)
+    assert via_run.exit_code == 0, via_run.output
+    assert json.loads(via_run.stdout)["metrics"] == result["metrics"]
+    # A CLIP bundle is not a text model: one clear message.
+    from clipeval.engine.demo import DEMO_MODEL_DIR
+
+    cfg.write_text(json.dumps({**base, "models": [{"model_name": str(DEMO_MODEL_DIR)}]}))
+    wrong = invoke("run", cfg)
+    assert wrong.exit_code == 2 and "needs a text embedding model" in wrong.stderr
