@@ -211,7 +211,8 @@ def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
             continue
         setattr(cfg, key, value)
     cfg.models = _models(cfg.models)
-    cfg.dataset_name = _str_list("dataset_name", cfg.dataset_name)
+    # CLIP_benchmark spells webdataset names "wds/<name>"; here every named set is a webdataset
+    cfg.dataset_name = [n[4:] if n.startswith("wds/") else n for n in _str_list("dataset_name", cfg.dataset_name)]
     cfg.batch_size = _int("batch_size", cfg.batch_size)
     cfg.num_workers = _int("num_workers", cfg.num_workers, minimum=0, allow_none=True)
     cfg.num_threads = _int("num_threads", cfg.num_threads, allow_none=True)

@@ -127,3 +127,7 @@ def test_unparsable_and_missing_files(tmp_path):
 def test_api_key_is_masked_in_the_config_dump():
     cfg = make_eval_config({"models": [{"model_name": "m", "api_base": "http://x", "api_key": "sekrit"}]})
     assert "sekrit" not in json.dumps(cfg.to_dict())
+
+
+def test_clip_benchmark_wds_prefix_is_accepted():
+    assert make_eval_config({"dataset_name": ["wds/flickr8k", "vtab/cifar10"]}).dataset_name == ["flickr8k", "vtab/cifar10"]
