@@ -227,9 +227,9 @@ def _row_id(value: Any) -> str | None:
     return text or None
 
 
-def _read_records(path: Path, problems: list[str], with_title: bool) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    seen: dict[str, int] = {}
+def _json_objects(path: Path, problems: list[str]):
+    """``(line number, where, object)`` for each JSON-object line of ``path``; other lines go to
+    ``problems``."""
     for number, line in _json_lines(path):
         where = f"{path}:{number}"
         try:
@@ -240,6 +240,13 @@ def _read_records(path: Path, problems: list[str], with_title: bool) -> list[dic
         if not isinstance(obj, dict):
             problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
             continue
+        yield number, where, obj
+
+
+def _read_records(path: Path, problems: list[str], with_title: bool) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    seen: dict[str, int] = {}
+    for number, where, obj in _json_objects(path, problems):
         ident = _row_id(obj.get("_id"))
         if ident is None:
             problems.append(f"{where}: no usable \"_id\" (a non-empty string or an integer)")
@@ -309,16 +316,7 @@ def _first(obj: dict, keys: Sequence[str]) -> Any:
 
 def _read_qrels_jsonl(path: Path, problems: list[str]) -> list[tuple[str, str, int]]:
     rows: list[tuple[str, str, int]] = []
-    for number, line in _json_lines(path):
-        where = f"{path}:{number}"
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            problems.append(f"{where}: not valid JSON ({exc})")
-            continue
-        if not isinstance(obj, dict):
-            problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            continue
+    for _, where, obj in _json_objects(path, problems):
         qid, did = _row_id(_first(obj, _QID_KEYS)), _row_id(_first(obj, _DID_KEYS))
         if qid is None or did is None:
             problems.append(f"{where}: needs \"query-id\" and \"corpus-id\" (strings or integers)")

@@ -39,7 +39,7 @@ from clipeval.engine.errors import ExportError
 from . import validate as _validate
 from .families import FAMILIES, Family, ModelFacts, family_for
 from .hub import check_hub, local_checkpoint
-from .preprocess_config import preprocess_from_checkpoint
+from .preprocess_config import preprocess_from_checkpoint, read_json_object
 from .tokenizer_export import check_pooling, encode_padded, export_tokenizer, tokenizer_rule
 
 log = logging.getLogger(__name__)
@@ -91,19 +91,8 @@ def variants_for(precision: str) -> tuple[tuple[str, ...], str]:
 
 
 def _read_config(src: Path) -> dict[str, Any]:
-    cfg_path = src / "config.json"
-    if not cfg_path.is_file():
-        raise ExportError(
-            f"checkpoint {src} has no config.json",
-            "pass a directory written by `model.save_pretrained(dir)`",
-        )
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot read {cfg_path}: {exc}", "save the model again") from None
-    if not isinstance(config, dict):
-        raise ExportError(f"{cfg_path} is not a JSON object", "save the model again")
-    return config
+    return read_json_object(src / "config.json", f"checkpoint {src} has no config.json",
+                            "pass a directory written by `model.save_pretrained(dir)`")
 
 
 def _check_options(precision: str, opset: int) -> None:

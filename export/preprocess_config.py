@@ -25,6 +25,19 @@ def preprocess_from_hf(config: dict[str, Any], source: str | None = None) -> dic
         raise ExportError(exc.message, exc.remedy) from None
 
 
+def read_json_object(path: Path, missing: str, remedy: str) -> dict[str, Any]:
+    """A checkpoint's JSON file as a dict; ``missing`` is the message when the file is absent."""
+    if not path.is_file():
+        raise ExportError(missing, remedy)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read {path}: {exc}", remedy) from None
+    if not isinstance(config, dict):
+        raise ExportError(f"{path} is not a JSON object", remedy)
+    return config
+
+
 def preprocess_from_checkpoint(checkpoint: str | Path, image_size: int | None = None) -> dict[str, Any]:
     """Read ``preprocessor_config.json`` of a local checkpoint and convert it.
 
@@ -32,17 +45,8 @@ def preprocess_from_checkpoint(checkpoint: str | Path, image_size: int | None = 
     preprocessing produces, so a bundle never feeds its tower images of the wrong shape.
     """
     path = Path(checkpoint) / PROCESSOR_CONFIG
-    if not path.is_file():
-        raise ExportError(
-            f"checkpoint {checkpoint} has no {PROCESSOR_CONFIG}",
-            "save the image processor with the model (`processor.save_pretrained(dir)`)",
-        )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot read {path}: {exc}", "save the image processor again") from None
-    if not isinstance(config, dict):
-        raise ExportError(f"{path} is not a JSON object", "save the image processor again")
+    config = read_json_object(path, f"checkpoint {checkpoint} has no {PROCESSOR_CONFIG}",
+                              "save the image processor with the model (`processor.save_pretrained(dir)`)")
     spec = preprocess_from_hf(config, source=str(path))
     if image_size is not None:
         out_hw = PreprocessSpec.from_dict(spec).output_size
