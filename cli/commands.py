@@ -73,7 +73,7 @@ def _cache_options(f):
               help="What to do with missing or undecodable images.")
 @provider_option
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Bundle variant to run (default: the bundle's own).")
+              help="Bundle variant to run (default: fp16 where CUDA runs and the bundle has it, else the bundle's own).")
 @click.option("--fast-decode", is_flag=True,
               help="Decode JPEGs with DCT scaling (faster, not bit-exact; see README).")
 @threads_option

@@ -19,7 +19,7 @@ from .errors import BundleError, ConfigError, DatasetError
 from .results import existing_result, params_key, result_path, write_result
 from .session import default_threads
 from .tasks import TASKS, TaskParams
-from .tasks.context import ModelContext, load_model
+from .tasks.context import ModelContext, default_precision, load_model
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
 def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[str, Any]]:
     for model in models:
         bundle = resolve(model, cfg)
-        precision = model.get("precision") or cfg.precision
+        precision = model.get("precision") or cfg.precision or default_precision(bundle, cfg.provider)
         context: ModelContext | None = None
         model_name = bundle.name
         for dataset_name in cfg.dataset_name:
@@ -116,7 +116,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
             data_dir = _data_dir(cfg, model, dataset_name)
             params = {"dataset": dataset_name, "task": task, "data_dir": _data_key(data_dir, cfg),
                       "split": cfg.split, "limit": cfg.limit, "recall_k": cfg.recall_k, "on_error": cfg.on_error,
-                      "precision": precision or bundle.manifest["precision"], "fast_decode": cfg.fast_decode}
+                      "precision": precision, "fast_decode": cfg.fast_decode}
             for extra in ("language", "classnames_file", "templates_file"):  # in the key only when set,
                 if getattr(cfg, extra):  # so keys of earlier results stay valid
                     params[extra] = getattr(cfg, extra)

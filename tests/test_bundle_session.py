@@ -153,3 +153,28 @@ def test_verified_files_are_not_hashed_again_until_they_change(tmp_path, monkeyp
     (root / "vision.onnx").write_bytes(bytes(data))
     load_bundle(root, trust_stamp=False)
     assert sorted(hashed) == sorted(["preprocess.json", "text.onnx", "tokenizer.json", "vision.onnx"])
+
+
+def test_fp16_is_the_default_only_where_cuda_runs_it(tmp_path, monkeypatch):
+    import clipeval.engine.tasks.context as context
+
+    root = tmp_path / "b"
+    root.mkdir()
+    for name in ("vision.onnx", "text.onnx", "vision.fp16.onnx", "text.fp16.onnx"):
+        _identity_model(root / name)
+    (root / "tokenizer.json").write_text("{}")
+    (root / "preprocess.json").write_text("{}")
+    write_manifest(root, {"format": 1, "family": "clip", "embed_dim": 4, "context_length": 8, "precision": "fp32",
+                          "variants": {"fp32": {"vision": "vision.onnx", "text": "text.onnx"},
+                                       "fp16": {"vision": "vision.fp16.onnx", "text": "text.fp16.onnx"}},
+                          "tokenizer": {"pad_id": 0}})
+    both = load_bundle(root)
+    _bundle(tmp_path / "c")
+    fp32_only = load_bundle(tmp_path / "c")
+    monkeypatch.setattr(context, "cuda_problem", lambda: None)  # as on a machine where CUDA loads
+    assert context.default_precision(both, "auto") == "fp16"
+    assert context.default_precision(both, "cuda") == "fp16"
+    assert context.default_precision(both, "cpu") == "fp32"
+    assert context.default_precision(fp32_only, "auto") == "fp32"
+    monkeypatch.setattr(context, "cuda_problem", lambda: "libcublasLt.so.13 is missing")
+    assert context.default_precision(both, "auto") == "fp32"

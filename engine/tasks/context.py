@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from ..bundle import Bundle
 from ..cache import CacheSpace, EmbeddingCache
 from ..preprocess import Preprocessor, PreprocessSpec
-from ..session import Tower, open_tower, short_provider
+from ..session import Tower, cuda_problem, open_tower, short_provider
 from ..tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -100,13 +100,21 @@ class ModelContext:
         }
 
 
+def default_precision(bundle: Bundle, provider: str) -> str:
+    """The variant to run when none is asked for: fp16 where CUDA will run it and the bundle has
+    one (what the reference tools do on a GPU: autocast fp16), else the bundle's own precision."""
+    if provider in ("auto", "cuda") and "fp16" in bundle.precisions and cuda_problem() is None:
+        return "fp16"
+    return bundle.manifest["precision"]
+
+
 def load_model(bundle: Bundle, *, provider: str = "auto", precision: str | None = None,
                threads: int | None = None, cache: EmbeddingCache | None = None,
                lazy: bool = False) -> ModelContext:
     """Load a bundle's towers, preprocessor and tokenizer. ``lazy`` opens each tower on its first
     use (what a run with an embedding ``cache`` wants: a fully cached run opens none)."""
     t0 = time.perf_counter()
-    precision = precision or bundle.manifest["precision"]
+    precision = precision or default_precision(bundle, provider)
     warnings: list[str] = []
     if lazy:
         vision = LazyTower(bundle.tower_path("vision", precision), provider, threads, warnings)
