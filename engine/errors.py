@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+MAX_LISTED = 50
+
+
+def listing(items) -> str:
+    """Up to ``MAX_LISTED`` ``where: reason`` lines for a multi-line error message, then how many
+    more there are. ``items`` hold ``.where`` / ``.reason`` (e.g. ``BadItem``) or are pairs."""
+    items = list(items)
+    lines = []
+    for it in items[:MAX_LISTED]:
+        where, reason = (it.where, it.reason) if hasattr(it, "where") else it
+        lines.append(f"{where}: {reason}")
+    if len(items) > MAX_LISTED:
+        lines.append(f"... and {len(items) - MAX_LISTED} more")
+    return "\n    ".join(lines)
+
 
 class ClipevalError(Exception):
     """Base class of every error that is the user's to fix.

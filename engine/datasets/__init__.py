@@ -50,20 +50,21 @@ def read_dataset(name: str, data_dir, split: str, on_error: str, **options):
     """A retrieval dataset (:class:`RetrievalDataset`). ``options``: ``language``, ``dataset_url``,
     ``cache_dir``, ``progress``, ``limit`` (readers that can stop early do; the caller still
     applies ``RetrievalDataset.limit``)."""
-    _check(name)
-    task, reader = DATASETS[name]
-    if task != "zeroshot_retrieval":
-        raise ConfigError(f"dataset {name!r} is a classification set; it has no texts to retrieve",
-                          "use --task zeroshot_classification (its default)")
-    return reader(data_dir, split, on_error, **options)
+    return _reader(name, "zeroshot_retrieval", "a classification set; it has no texts to retrieve")(
+        data_dir, split, on_error, **options)
 
 
 def read_classification_dataset(name: str, data_dir, split: str, on_error: str, **options):
     """A :class:`~.wds.ClassificationDataset`. ``options`` as :func:`read_dataset`, plus
     ``classnames_file`` and ``templates_file``."""
+    return _reader(name, "zeroshot_classification", "a retrieval set; it has no class labels")(
+        data_dir, split, on_error, **options)
+
+
+def _reader(name: str, task: str, mismatch: str):
+    """The reader of dataset ``name``, which must be a ``task`` set (else: it is ``mismatch``)."""
     _check(name)
-    task, reader = DATASETS[name]
-    if task != "zeroshot_classification":
-        raise ConfigError(f"dataset {name!r} is a retrieval set; it has no class labels",
-                          "use --task zeroshot_retrieval (its default)")
-    return reader(data_dir, split, on_error, **options)
+    default, reader = DATASETS[name]
+    if default != task:
+        raise ConfigError(f"dataset {name!r} is {mismatch}", f"use --task {default} (its default)")
+    return reader

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import orjson
 
-from ..errors import DatasetError
+from ..errors import DatasetError, listing
 from .base import BadItem, RetrievalDataset
 
 log = logging.getLogger(__name__)
 
 FILENAME = "image_queries.jsonl"
-MAX_LISTED = 50
 
 
 def _resolve(image_path: str, data_dir: Path) -> tuple[Path | None, list[Path]]:
@@ -64,11 +63,6 @@ def _parse_row(raw: bytes) -> tuple[str, list[str]]:
     return path, query
 
 
-def _listing(items: list[BadItem]) -> str:
-    lines = [f"{it.where}: {it.reason}" for it in items[:MAX_LISTED]]
-    if len(items) > MAX_LISTED:
-        lines.append(f"... and {len(items) - MAX_LISTED} more")
-    return "\n    ".join(lines)
 
 
 def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail") -> RetrievalDataset:
@@ -127,7 +121,7 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail") -> Retri
         remedy = "fix or remove these rows"
         if missing and not bad_rows:
             remedy += ", or pass --on-error skip to leave out rows whose image is missing"
-        raise DatasetError(f"{len(problems)} bad row(s) in {jsonl}:\n    {_listing(problems)}", remedy)
+        raise DatasetError(f"{len(problems)} bad row(s) in {jsonl}:\n    {listing(problems)}", remedy)
     if not images:
         raise DatasetError(f"{jsonl} has no usable rows", "add rows of the form {\"image_path\": ..., \"query\": [...]}")
     if merged:

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import orjson
 
-from ..errors import DatasetError
+from ..errors import DatasetError, listing
 from .base import BadItem, RetrievalDataset
 
 IMAGE_FOLDERS = ("", "Images", "images", "flickr30k-images", "Flicker8k_Dataset", "val2014", "train2014", "val2017")
-MAX_LISTED = 50
 
 # a word, a slash, a part-of-speech tag of ASCII letters (ICTCLAS/PKU style: n, v, nr, vn, w ...)
 _POS = re.compile(r"^(.+)/([A-Za-z]{1,4})$")
@@ -49,11 +48,6 @@ def strip_pos_tags(caption: str) -> str:
     return out
 
 
-def _listing(items: list[BadItem]) -> str:
-    lines = [f"{it.where}: {it.reason}" for it in items[:MAX_LISTED]]
-    if len(items) > MAX_LISTED:
-        lines.append(f"... and {len(items) - MAX_LISTED} more")
-    return "\n    ".join(lines)
 
 
 def _find_image(data_dir: Path, name: str) -> Path | None:
@@ -93,7 +87,7 @@ def _build(name: str, data_dir: Path, entries: list[tuple[str, str, str]], on_er
         texts.append(caption)
         t2i.append(i)
     if bad and on_error != "skip":
-        raise DatasetError(f"{len(bad)} image(s) named in {ann} are missing:\n    {_listing(bad)}",
+        raise DatasetError(f"{len(bad)} image(s) named in {ann} are missing:\n    {listing(bad)}",
                            f"put the images under {data_dir} (or one of its folders {', '.join(IMAGE_FOLDERS[1:4])}), "
                            "or pass --on-error skip")
     if not images:
@@ -130,7 +124,7 @@ def read_flickr(data_dir, split: str, *, name: str, base: str, language: str = "
                 caption = strip_pos_tags(caption)
             entries.append((head + ".jpg", caption.strip(), f"{ann}:{lineno}"))
     if bad:
-        raise DatasetError(f"{len(bad)} bad line(s) in {ann}:\n    {_listing(bad)}", "fix or remove these lines")
+        raise DatasetError(f"{len(bad)} bad line(s) in {ann}:\n    {listing(bad)}", "fix or remove these lines")
     return _build(name, data_dir, entries, on_error, ann)
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import DatasetError, listing
 from .base import BadItem, RetrievalDataset
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,10 @@ DATASET_TYPES = ("classification", "retrieval", "multilabel")
 # Small members (captions, labels) larger than this are refused, so a damaged shard cannot make
 # a reader allocate gigabytes; images are bounded by the decoder's own pixel limit.
 MAX_SMALL_MEMBER = 16 << 20
-MAX_LISTED = 50
 
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
-def _listing(items: list[BadItem]) -> str:
-    lines = [f"{it.where}: {it.reason}" for it in items[:MAX_LISTED]]
-    if len(items) > MAX_LISTED:
-        lines.append(f"... and {len(items) - MAX_LISTED} more")
-    return "\n    ".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,7 +266,7 @@ def scan(shards: list[Path], kind: str, on_error: str, limit: int | None = None)
             break
     if out.bad and on_error != "skip":
         raise DatasetError(
-            f"{len(out.bad)} bad sample(s) or shard(s):\n    {_listing(out.bad)}",
+            f"{len(out.bad)} bad sample(s) or shard(s):\n    {listing(out.bad)}",
             "download the dataset again (a truncated shard is fetched anew), "
             "or pass --on-error skip to leave these samples out",
         )
@@ -458,7 +452,7 @@ def read_wds_classification(root, split: str, *, name: str, classnames: list[str
             good.append(s)
     if result.bad and on_error != "skip":
         raise DatasetError(
-            f"{len(result.bad)} bad sample(s) or shard(s):\n    {_listing(result.bad)}",
+            f"{len(result.bad)} bad sample(s) or shard(s):\n    {listing(result.bad)}",
             "download the dataset again (a truncated shard is fetched anew), "
             "or pass --on-error skip to leave these samples out",
         )

@@ -6,11 +6,13 @@ Imports nothing of the project.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from contextlib import contextmanager
 
 import numba
 import numpy as np
+from numba import prange
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,18 @@ def dot64(a, b):
     if k + 2 < n:
         s2 += np.float64(a[k + 2]) * np.float64(b[k + 2])
     return (s0 + s1) + (s2 + s3)
+
+
+@jit(parallel=True, nogil=True)
+def row_norms(x, n_chunks):
+    """float64 L2 norm of every row, in parallel over rows."""
+    n = x.shape[0]
+    norms = np.empty(n, dtype=np.float64)
+    step = (n + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        for r in range(c * step, min(n, (c + 1) * step)):
+            norms[r] = math.sqrt(dot64(x[r], x[r]))
+    return norms
 
 
 # --------------------------------------------------------------------------- validation, threads

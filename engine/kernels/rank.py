@@ -39,12 +39,11 @@ seconds) and a warning is logged once at import.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import prange
 
-from .common import as_embeddings, dot64, jit, numba_threads, pick_threads
+from .common import as_embeddings, dot64, jit, numba_threads, pick_threads, row_norms
 
 __all__ = ["positive_ranks"]
 
@@ -144,18 +143,6 @@ def _positive_scores(text_emb, image_emb, text_to_image, n_chunks):
 
 
 @jit(parallel=True, nogil=True)
-def _row_norms(x, n_chunks):
-    """float64 L2 norm of every row, in parallel over rows."""
-    n = x.shape[0]
-    norms = np.empty(n, dtype=np.float64)
-    step = (n + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
-        for r in range(c * step, min(n, (c + 1) * step)):
-            norms[r] = math.sqrt(dot64(x[r], x[r]))
-    return norms
-
-
-@jit(parallel=True, nogil=True)
 def _count_block(
     block, t0, text_emb, image_emb, text_to_image, theta, lo, hi,
     col_theta, col_best, col_lo, col_hi, chunk_counts, t2i_out,
@@ -237,8 +224,8 @@ def _rank_all(text_emb, image_emb, text_to_image, block_rows, threads):
     # bounded by Cauchy-Schwarz, plus the float64 canonical sum's own error:
     # |GEMM value - canonical score| <= gamma * ||t|| * ||i||.
     gamma = (dim + 2) * _U32 / (1.0 - (dim + 2) * _U32) + 1e-12
-    text_norm = _row_norms(text_emb, threads)
-    image_norm = _row_norms(image_emb, threads)
+    text_norm = row_norms(text_emb, threads)
+    image_norm = row_norms(image_emb, threads)
     row_margin = gamma * text_norm * image_norm.max() + 1e-30
     lo, hi = _float32_bounds(theta - row_margin, theta + row_margin)
 

@@ -35,7 +35,7 @@ from ..caption.journal import JOURNAL_NAME, Journal
 from ..caption.pool import Item, caption_pool
 from ..config import EvalConfig
 from ..datasets import read_dataset
-from ..errors import ConfigError, DatasetError, ImageError
+from ..errors import ConfigError, DatasetError, ImageError, listing
 from ..results import _safe, result_path, write_result
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 TASK = "image_caption"
 ID_STYLES = ("int", "prefixed")
 API_KEY_ENV = ("CLIPEVAL_API_KEY", "OPENAI_API_KEY")
-MAX_LISTED = 50
 
 
 def model_label(model_name: str) -> str:
@@ -108,11 +107,6 @@ def image_keys(dataset, data_dir: Path | None) -> tuple[list[str], list[str]]:
     return keys, list(dataset.image_where or [str(s) for s in dataset.images])
 
 
-def _listing(items: list[tuple[str, str]]) -> str:
-    lines = [f"{where}: {reason}" for where, reason in items[:MAX_LISTED]]
-    if len(items) > MAX_LISTED:
-        lines.append(f"... and {len(items) - MAX_LISTED} more")
-    return "\n    ".join(lines)
 
 
 def _run_coroutine(coro):
@@ -262,7 +256,7 @@ def run_caption(cfg: EvalConfig, model: dict[str, Any], dataset_name: str, data_
 
         if image_errors and cfg.on_error != "skip":
             raise ImageError(
-                f"{len(image_errors)} image(s) could not be read:\n    {_listing(image_errors)}",
+                f"{len(image_errors)} image(s) could not be read:\n    {listing(image_errors)}",
                 "replace or remove these images, or pass --on-error skip to leave them out "
                 "(the captions made so far are kept; running again resumes)",
             )

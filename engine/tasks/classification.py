@@ -20,23 +20,17 @@ from ..classification_metrics import multilabel_metrics, rank_metrics
 from ..datasets import read_classification_dataset
 from ..datasets.wds import ClassificationDataset
 from ..embed import embed_images, embed_texts
-from ..errors import DatasetError, ImageError
+from ..errors import DatasetError, ImageError, listing
 from ..kernels.topk import label_ranks
 from .context import ModelContext
 from .retrieval import TaskParams
 
 log = logging.getLogger(__name__)
 
-MAX_LISTED = 50
 TEXT_BATCH = 512
 SCORE_BLOCK = 8192
 
 
-def _listing(items) -> str:
-    lines = [f"{it.where}: {it.reason}" for it in items[:MAX_LISTED]]
-    if len(items) > MAX_LISTED:
-        lines.append(f"... and {len(items) - MAX_LISTED} more")
-    return "\n    ".join(lines)
 
 
 def class_prompts(classnames: list[str], templates) -> tuple[list[str], np.ndarray]:
@@ -86,7 +80,7 @@ def run_classification(model: ModelContext, dataset: ClassificationDataset, para
     timings["images_s"] = time.perf_counter() - t0
     if images.failures and params.on_error != "skip":
         raise ImageError(
-            f"{len(images.failures)} image(s) could not be used:\n    {_listing(images.failures)}",
+            f"{len(images.failures)} image(s) could not be used:\n    {listing(images.failures)}",
             "replace the dataset's damaged shards, or pass --on-error skip to leave these images out",
         )
     if len(images.indices) == 0:

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from ..datasets import read_dataset
 from ..datasets.base import RetrievalDataset
 from ..embed import embed_images, embed_texts
-from ..errors import DatasetError, ImageError, MetricError
+from ..errors import DatasetError, ImageError, MetricError, listing
 from ..metrics import evaluate_retrieval
 from .context import ModelContext
 
 log = logging.getLogger(__name__)
 
-MAX_LISTED = 50
 
 
 @dataclass
@@ -43,11 +42,6 @@ class TaskParams:
                 "progress": self.progress, "limit": self.limit}
 
 
-def _listing(items) -> str:
-    lines = [f"{it.where}: {it.reason}" for it in items[:MAX_LISTED]]
-    if len(items) > MAX_LISTED:
-        lines.append(f"... and {len(items) - MAX_LISTED} more")
-    return "\n    ".join(lines)
 
 
 def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskParams) -> tuple[dict, dict]:
@@ -68,7 +62,7 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
     timings["images_s"] = time.perf_counter() - t0
     if images.failures and params.on_error != "skip":
         raise ImageError(
-            f"{len(images.failures)} image(s) could not be used:\n    {_listing(images.failures)}",
+            f"{len(images.failures)} image(s) could not be used:\n    {listing(images.failures)}",
             "replace or remove these images, or pass --on-error skip to leave them out",
         )
     failed = set(range(dataset.num_images)) - set(images.indices.tolist())

@@ -26,12 +26,11 @@ This module imports nothing of the project.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import prange
 
-from ..kernels.common import as_embeddings, dot64, jit, numba_threads, pick_threads
+from ..kernels.common import as_embeddings, dot64, jit, numba_threads, pick_threads, row_norms
 
 __all__ = ["top_k"]
 
@@ -123,17 +122,6 @@ def _scan_tile(tile, q0, col0, query_emb, doc_emb, tie, margins, hs, ht, hi, fil
                                   hs[q], ht[q], hi[q], filled[q])
 
 
-@jit(parallel=True, nogil=True)
-def _row_norms(x, n_chunks):
-    n = x.shape[0]
-    out = np.empty(n, dtype=np.float64)
-    step = (n + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
-        for r in range(c * step, min(n, (c + 1) * step)):
-            out[r] = math.sqrt(dot64(x[r], x[r]))
-    return out
-
-
 # --------------------------------------------------------------------------- layer 3: public
 
 
@@ -197,7 +185,7 @@ def _search(query_emb, doc_emb, k, tie, block_rows, block_cols, threads):
     n_q, dim = query_emb.shape
     n_docs = doc_emb.shape[0]
     gamma = (dim + 2) * _U32 / (1.0 - (dim + 2) * _U32) + 1e-12
-    margins = gamma * _row_norms(query_emb, threads) * _row_norms(doc_emb, threads).max() + 1e-30
+    margins = gamma * row_norms(query_emb, threads) * row_norms(doc_emb, threads).max() + 1e-30
     hs = np.full((n_q, k), -np.inf, dtype=np.float64)
     ht = np.zeros((n_q, k), dtype=np.int64)
     hi = np.full((n_q, k), -1, dtype=np.int64)
