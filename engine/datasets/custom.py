@@ -63,8 +63,6 @@ def _parse_row(raw: bytes) -> tuple[str, list[str]]:
     return path, query
 
 
-
-
 def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail") -> RetrievalDataset:
     """Read and check ``image_queries.jsonl``.
 

@@ -48,8 +48,6 @@ def strip_pos_tags(caption: str) -> str:
     return out
 
 
-
-
 def _find_image(data_dir: Path, name: str) -> Path | None:
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts:

@@ -44,7 +44,6 @@ def jit(**options):
     return decorate
 
 
-
 @jit(inline="always")
 def dot64(a, b):
     """Canonical score of two float32 vectors, in float64.

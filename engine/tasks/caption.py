@@ -107,8 +107,6 @@ def image_keys(dataset, data_dir: Path | None) -> tuple[list[str], list[str]]:
     return keys, list(dataset.image_where or [str(s) for s in dataset.images])
 
 
-
-
 def _run_coroutine(coro):
     """``asyncio.run`` that also works when called from inside a running event loop."""
     try:

@@ -31,8 +31,6 @@ TEXT_BATCH = 512
 SCORE_BLOCK = 8192
 
 
-
-
 def class_prompts(classnames: list[str], templates) -> tuple[list[str], np.ndarray]:
     """All prompts, class after class, and the offset of each class's first prompt ([C+1]).
 

@@ -16,7 +16,6 @@ from .context import ModelContext
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class TaskParams:
     """What every task takes besides the model: the (checked) config values it needs."""
@@ -40,8 +39,6 @@ class TaskParams:
         """Options every dataset reader takes (see :func:`clipeval.engine.datasets.read_dataset`)."""
         return {"language": self.language, "dataset_url": self.dataset_url, "cache_dir": self.cache_dir,
                 "progress": self.progress, "limit": self.limit}
-
-
 
 
 def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskParams) -> tuple[dict, dict]:
