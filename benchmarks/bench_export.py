@@ -19,24 +19,41 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def make_checkpoint(path: Path) -> Path:
+# Random-weight shapes of the OpenAI checkpoints (the text tower can be shrunk where only the
+# vision tower is timed).
+SHAPES = {
+    "B/32": dict(image_size=224, patch_size=32, vision_hidden=768, vision_layers=12, vision_heads=12,
+                 vision_intermediate=3072, projection=512, text_hidden=512, text_layers=12, text_heads=8),
+    "L/14@336": dict(image_size=336, patch_size=14, vision_hidden=1024, vision_layers=24, vision_heads=16,
+                     vision_intermediate=4096, projection=768, text_hidden=768, text_layers=12, text_heads=12),
+}
+
+
+def make_checkpoint(path: Path, shape: str = "B/32", small_text: bool = False) -> Path:
+    """A random-weight CLIP checkpoint of ``shape`` (``SHAPES``) with a word-level tokenizer and
+    the CLIP image processor; ``small_text`` shrinks the text tower to one narrow layer."""
     from fixtures_ckpt import DEFAULT_WORDS, _image_processor
 
     from clipeval.export.tokenizer_export import special_ids, train_wordlevel_tokenizer, wrap_fast_tokenizer
     from clipeval.export.towers import build_clip_config, build_clip_model
 
+    s = SHAPES[shape]
     tok = train_wordlevel_tokenizer([" ".join(DEFAULT_WORDS)])
     ids = special_ids(tok)
+    text_hidden, text_layers, text_heads = (64, 1, 2) if small_text else (s["text_hidden"], s["text_layers"],
+                                                                         s["text_heads"])
     config = build_clip_config(
-        49408, pad_id=ids.pad_id, bos_id=ids.bos_id, eos_id=ids.eos_id, hidden_size=512, intermediate_size=2048,
-        num_layers=12, num_heads=8, image_size=224, patch_size=32, projection_dim=512, context_length=77,
-        vision_hidden_size=768,
+        49408, pad_id=ids.pad_id, bos_id=ids.bos_id, eos_id=ids.eos_id, hidden_size=text_hidden,
+        intermediate_size=4 * text_hidden, num_layers=text_layers, num_heads=text_heads,
+        image_size=s["image_size"], patch_size=s["patch_size"], projection_dim=s["projection"], context_length=77,
+        vision_hidden_size=s["vision_hidden"],
     )
-    config.vision_config.intermediate_size = 3072
-    config.vision_config.num_attention_heads = 12
+    config.vision_config.intermediate_size = s["vision_intermediate"]
+    config.vision_config.num_attention_heads = s["vision_heads"]
+    config.vision_config.num_hidden_layers = s["vision_layers"]
     build_clip_model(config).save_pretrained(path)
     wrap_fast_tokenizer(tok, 77).save_pretrained(path)
-    _image_processor(224).save_pretrained(path)
+    _image_processor(s["image_size"]).save_pretrained(path)
     return path
 
 

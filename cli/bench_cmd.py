@@ -21,6 +21,7 @@ import click
 from .main import (
     batch_option,
     cli,
+    decode_option,
     emit,
     provider_option,
     setup_logging,
@@ -100,15 +101,17 @@ def _ratio(a, b):
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Bundle variant to run (default: the bundle's own).")
 @click.option("--fast-decode", is_flag=True, help="Decode JPEGs with DCT scaling.")
+@decode_option
 @click.option("--no-second-run", is_flag=True, help="Skip the cached second run.")
 @threads_option
 @verbosity_option
 def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_workers, reference_workers,
-              provider, precision, fast_decode, no_second_run, num_threads, quiet):
+              provider, precision, fast_decode, decode, no_second_run, num_threads, quiet):
     """Time each stage and the whole evaluation (table on stderr, JSON on stdout)."""
     from clipeval.engine.bench import bench_stages, run_child
     from clipeval.engine.config import make_eval_config
     from clipeval.engine.datasets import read_dataset
+    from clipeval.engine.embed import resolve_decode
     from clipeval.engine.session import default_threads
     from clipeval.engine.tasks.context import load_model
     from clipeval.export.resolve import resolve_model
@@ -124,12 +127,13 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
     dataset = read_dataset("custom", data_dir, "test", "fail", progress=False, limit=limit).limit(limit)
 
     context = load_model(bundle, provider=provider, precision=precision, threads=num_threads)
+    backend = resolve_decode(decode, workers)
     stages = bench_stages(context, dataset, batch_size=batch_size, num_workers=workers, fast_decode=fast_decode,
-                          num_threads=num_threads)
+                          decode=backend, num_threads=num_threads)
     report = {
         "model": model, "bundle": str(bundle.path), "identity": bundle.identity, "precision": context.precision,
         "provider": context.provider, "data_dir": os.path.abspath(data_dir), "images": dataset.num_images,
-        "texts": dataset.num_texts, "batch_size": batch_size, "num_workers": workers,
+        "texts": dataset.num_texts, "batch_size": batch_size, "num_workers": workers, "decode": backend,
         "machine": {"cpu": _cpu_name(), "cores": default_threads(), "python": platform.python_version()},
         "engine": {"stages": {k: s.to_dict() for k, s in stages.items()}},
     }
@@ -138,7 +142,7 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
     with tempfile.TemporaryDirectory(prefix="clipeval-bench-") as tmp:
         argv = [sys.executable, "-c", "from clipeval.cli.main import main; main()", "eval", "--model", str(bundle.path), "--data-dir", data_dir,
                 "--output-dir", os.path.join(tmp, "out"), "--quiet", "--batch-size", str(batch_size),
-                "--num-workers", str(workers), "--provider", provider]
+                "--num-workers", str(workers), "--decode", backend, "--provider", provider]
         for flag, value in (("--limit", limit), ("--precision", precision), ("--threads", num_threads)):
             if value is not None:
                 argv += [flag, str(value)]
@@ -214,7 +218,7 @@ def _table(report: dict) -> None:
     def x(v):
         return f"x{v:.2f}" if v else ""
 
-    rows.append((f"decode+preprocess ({report['num_workers']} threads)", rate("decode", "", "img"),
+    rows.append((f"decode+preprocess ({report['num_workers']} {report.get('decode', 'threads')})", rate("decode", "", "img"),
                  f"(waited {ref['timings']['decode_wait_s']:.1f} s)" if ref else "", ""))
     rows.append(("vision tower", rate("vision", "", "img"), ref_rate("vision_s", n_img, "img"),
                  x(ratios.get("vision_tower"))))

@@ -7,6 +7,7 @@ import click
 from .main import (
     batch_option,
     cli,
+    decode_option,
     emit,
     output_option,
     provider_option,
@@ -76,13 +77,14 @@ def _cache_options(f):
               help="Bundle variant to run (default: fp16 where CUDA runs and the bundle has it, else the bundle's own).")
 @click.option("--fast-decode", is_flag=True,
               help="Decode JPEGs with DCT scaling (faster, not bit-exact; see README).")
+@decode_option
 @threads_option
 @_named_dataset_options
 @_cache_options
 @verbosity_option
 def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, num_workers, limit, recall_k,
-             skip_existing, on_error, provider, precision, fast_decode, num_threads, quiet, no_cache, verify_cache,
-             **named_dataset):
+             skip_existing, on_error, provider, precision, fast_decode, decode, num_threads, quiet, no_cache,
+             verify_cache, **named_dataset):
     """Evaluate models on datasets; prints one JSON line per result on stdout."""
     from clipeval.engine.config import make_eval_config
 
@@ -93,7 +95,7 @@ def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, nu
         "data_dir": data_dir, "split": split, "task": task, "output_dir": output_dir,
         "batch_size": batch_size, "num_workers": num_workers, "limit": limit,
         "recall_k": list(recall_k) or None, "skip_existing": skip_existing, "on_error": on_error,
-        "provider": provider, "precision": precision, "fast_decode": fast_decode,
+        "provider": provider, "precision": precision, "fast_decode": fast_decode, "decode": decode,
         "num_threads": num_threads, "verbose": not quiet,
         "no_cache": no_cache, "verify_cache": verify_cache,
         **named_dataset,

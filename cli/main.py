@@ -70,6 +70,12 @@ def threads_option(f):
                         help="onnxruntime / ranking threads (default: all cores).")(f)
 
 
+def decode_option(f):
+    return click.option("--decode", type=click.Choice(["auto", "threads", "processes"]), default="auto",
+                        show_default=True,
+                        help="Decode images in threads or in processes (auto: processes from 12 workers on).")(f)
+
+
 def batch_option(f):
     return click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
                         help="Images (and texts) per model call.")(f)

@@ -54,7 +54,7 @@ class Stage:
 
 
 def bench_stages(model: ModelContext, dataset: RetrievalDataset, *, batch_size: int, num_workers: int,
-                 fast_decode: bool = False, num_threads: int | None = None,
+                 fast_decode: bool = False, decode: str = "threads", num_threads: int | None = None,
                  keep_bytes: int = KEEP_BYTES) -> dict[str, Stage]:
     """Time decode+preprocess, vision tower, text tower and ranking (see the module docstring)."""
     kept: list[np.ndarray] = []
@@ -62,10 +62,11 @@ def bench_stages(model: ModelContext, dataset: RetrievalDataset, *, batch_size: 
     decoded = 0
     t0 = time.perf_counter()
     for batch in iter_pixel_batches(enumerate(dataset.images), model.preprocessor, batch_size=batch_size,
-                                    num_workers=num_workers, on_error="skip", fast_decode=fast_decode):
+                                    num_workers=num_workers, on_error="skip", fast_decode=fast_decode,
+                                    decode=decode):
         decoded += len(batch)
         if len(batch) and (not kept or kept_bytes + batch.pixels.nbytes <= keep_bytes):
-            kept.append(batch.pixels)
+            kept.append(batch.pixels.copy())  # the pipeline may reuse a batch's buffer
             kept_bytes += batch.pixels.nbytes
     stages = {"decode": Stage("decode+preprocess", decoded, time.perf_counter() - t0, "img")}
     if not kept:

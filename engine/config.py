@@ -51,6 +51,8 @@ class EvalConfig:
     provider: str = "auto"
     precision: str | None = None
     fast_decode: bool = False
+    # Decode backend: threads, processes, or auto (engine/embed.resolve_decode)
+    decode: str = "auto"
     num_threads: int | None = None
     # Embedding cache (engine/cache.py): off with no_cache; verify_cache keys image files by the
     # sha256 of their content instead of path, size and mtime; cache_max_bytes bounds its size
@@ -83,6 +85,7 @@ class EvalConfig:
 
 
 EVAL_KEYS = tuple(EvalConfig.__dataclass_fields__)
+DECODE_CHOICES = ("auto", "threads", "processes")
 
 
 def _unknown(keys, accepted, where: str) -> None:
@@ -224,6 +227,7 @@ def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
     cfg.verify_cache = _bool("verify_cache", cfg.verify_cache)
     cfg.cache_max_bytes = _int("cache_max_bytes", cfg.cache_max_bytes, minimum=0, allow_none=True)
     cfg.on_error = _choice("on_error", cfg.on_error, ON_ERROR)
+    cfg.decode = _choice("decode", cfg.decode, DECODE_CHOICES)
     cfg.provider = _choice("provider", cfg.provider, PROVIDERS)
     cfg.recall_k = _k_list(cfg.recall_k)
     _caption_keys(cfg)

@@ -26,8 +26,22 @@ class ImageEmbeddings:
     cache_hits: int = 0
 
 
+# From this many decode workers on, ``decode="auto"`` decodes in processes: threads share the
+# interpreter lock for the JPEG header parse and the PIL->numpy copy, which caps them well short of
+# all cores on a many-core machine (docs/speed.md, "Decoding across all cores").
+PROCESS_DECODE_MIN_WORKERS = 12
+
+
+def resolve_decode(decode: str, num_workers: int) -> str:
+    """The decode backend ``iter_pixel_batches`` gets for the ``decode`` setting: ``threads`` and
+    ``processes`` as they are; ``auto`` is processes from ``PROCESS_DECODE_MIN_WORKERS`` workers on."""
+    if decode != "auto":
+        return decode
+    return "processes" if num_workers >= PROCESS_DECODE_MIN_WORKERS else "threads"
+
+
 def embed_images(tower: Tower, preprocessor, sources: list, *, batch_size: int, num_workers: int,
-                 fast_decode: bool = False, where: list[str] | None = None,
+                 fast_decode: bool = False, decode: str = "threads", where: list[str] | None = None,
                  progress: bool = True, cache: CacheSpace | None = None) -> ImageEmbeddings:
     """Decode, preprocess and embed ``sources``; images that fail are returned as failures.
 
@@ -52,7 +66,7 @@ def embed_images(tower: Tower, preprocessor, sources: list, *, batch_size: int, 
     with Progress("images", len(sources), unit="img", enabled=progress) as bar:
         bar.update(len(hits))
         for batch in iter_pixel_batches(items, preprocessor, batch_size=batch_size, num_workers=num_workers,
-                                        on_error="skip", fast_decode=fast_decode):
+                                        on_error="skip", fast_decode=fast_decode, decode=decode):
             for index, source, reason in batch.failures:
                 label = where[index] if where else str(source)
                 failures.append(BadItem(f"{label} ({source})" if where else label, reason, source=str(source)))

@@ -1,18 +1,31 @@
 """The streaming decode pipeline: ``(index, source)`` items in, batches of pixels out.
 
-Decoding runs on a pool of threads: Pillow releases the GIL while it decodes and resizes, and
-the per-channel table lookup in :class:`~clipeval.engine.preprocess.Preprocessor` is a numpy
-``take`` that releases it too, so threads scale over cores without copying pixels between
-processes. Only the header parse and the PIL-to-numpy copy hold the GIL (2-5% of an image's
-time for 640x480/1024x768 JPEGs, so two threads are bounded at about x1.9).
-``benchmarks/bench_decode.py`` measures the alternatives: on 2 cores a process pool that
-pickles batches back spent 22-57% more CPU per image than inline decoding, a shared-memory
-pool 4-16% more, threads 4-15% more.
+Two backends decode (``decode=``):
 
-Each item is one task that writes its pixels straight into its batch's buffer; batches come
-out in input order. At most ``prefetch_batches + num_workers`` batches, the one the consumer
-holds included, are pulled from the input and held, however long the input is, so the
-consumer can run inference on one batch while the next ones decode.
+``"threads"`` (the default) runs a pool of threads: Pillow releases the GIL while it decodes and
+resizes, and the per-channel table lookup in :class:`~clipeval.engine.preprocess.Preprocessor`
+is a numpy ``take`` that releases it too, so threads need no copying of pixels between
+processes. Only the header parse and the PIL-to-numpy copy hold the GIL (2-5% of an image's
+time for 640x480/1024x768 JPEGs), which bounds N threads at ``1 / (s + (1 - s) / N)`` for that
+share ``s``: about x1.9 for 2 threads but x9-11 for 16, before the cost of handing the GIL over.
+
+``"processes"`` runs a pool of worker processes that write pixels straight into a
+shared-memory ring (:mod:`clipeval.engine.decode_procs` explains the design). Nothing
+serialises the workers, so it scales to every core; it costs a start-up (a pool is ready in
+50-80 ms, plus about 0.35 s for the fork server the first time in a process), pickling each
+source to a worker, and shared memory (``/dev/shm``) for the batches in flight.
+
+``benchmarks/bench_decode.py`` measures both against two simpler process-pool designs. On 2
+cores a pool that pickles batches back spent 22-57% more CPU per image than inline decoding, a
+shared-memory pool 4-16% more, threads 4-15% more. On 16 cores (1024 CLIP-size JPEGs, batch
+32) 16 threads decoded 844 img/s exact and 1048 img/s with draft decoding, 16 processes 1216
+and 1877 img/s (inline: 107 and 208).
+
+Batches come out in input order. With threads each item is one task that writes its pixels
+straight into its batch's buffer, and at most ``prefetch_batches + num_workers`` batches, the
+one the consumer holds included, are pulled from the input and held, however long the input
+is, so the consumer can run inference on one batch while the next ones decode. With processes
+``prefetch_batches + num_workers`` batches decode while the consumer holds one.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from .preprocess import Preprocessor
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("fail", "skip")
+DECODE = ("threads", "processes")
 
 
 @dataclass
@@ -42,6 +56,10 @@ class Batch:
     ``indices`` (int64 [b]) are the items that decoded, ``pixels`` (float32 [b, 3, H, W]) their
     pixels; ``failures`` lists ``(index, source, reason)`` of the items that did not (only with
     ``on_error="skip"``).
+
+    With ``decode="processes"`` ``pixels`` may be a view into shared memory that the next batch
+    is decoded into: it is valid until the consumer asks for the next batch. Copy it
+    (``np.array(batch.pixels)``) to keep it longer.
     """
 
     indices: np.ndarray
@@ -63,25 +81,34 @@ class _Pending:
         self.results: list[Future | ImageError | None] = []
 
     def finish(self, on_error: str) -> Batch:
-        ok = []
-        failures = []
-        for slot, ((index, source), result) in enumerate(zip(self.items, self.results)):
-            error = result.result() if isinstance(result, Future) else result
-            if error is None:
-                ok.append(slot)
-            elif on_error == "fail":
-                raise ImageError(f"image #{index}: {error.message}", error.remedy)
-            else:
-                log.warning("skipping image #%d: %s", index, error.message)
-                failures.append((index, source, error.message))
-        indices = np.array([self.items[s][0] for s in ok], dtype=np.int64)
-        pixels = self.pixels if len(ok) == len(self.items) else self.pixels[ok]
-        return Batch(indices=indices, pixels=pixels, failures=failures)
+        errors = (result.result() if isinstance(result, Future) else result for result in self.results)
+        return collect(self.items, errors, self.pixels, on_error)
 
     def cancel(self) -> None:
         for result in self.results:
             if isinstance(result, Future):
                 result.cancel()
+
+
+def collect(items: list[tuple[int, Any]], errors: Iterable[ImageError | None], pixels: np.ndarray,
+            on_error: str) -> Batch:
+    """The :class:`Batch` of ``items`` whose pixels were written to ``pixels`` (one row each);
+    ``errors`` gives, in item order, None or the item's :class:`ImageError`. It is consumed
+    lazily, so with ``on_error="fail"`` the first error raises before later items are waited for.
+    """
+    ok = []
+    failures = []
+    for slot, ((index, source), error) in enumerate(zip(items, errors)):
+        if error is None:
+            ok.append(slot)
+        elif on_error == "fail":
+            raise ImageError(f"image #{index}: {error.message}", error.remedy)
+        else:
+            log.warning("skipping image #%d: %s", index, error.message)
+            failures.append((index, source, error.message))
+    indices = np.array([items[s][0] for s in ok], dtype=np.int64)
+    pixels = pixels if len(ok) == len(items) else pixels[ok]
+    return Batch(indices=indices, pixels=pixels, failures=failures)
 
 
 def _decode_into(source: ImageSource, preprocessor: Preprocessor, out: np.ndarray, draft) -> ImageError | None:
@@ -93,13 +120,19 @@ def _decode_into(source: ImageSource, preprocessor: Preprocessor, out: np.ndarra
     return None
 
 
-def _check(batch_size: int, num_workers: int, prefetch_batches: int, on_error: str) -> None:
+def _check(batch_size: int, num_workers: int, prefetch_batches: int, on_error: str, decode: str = "threads") -> None:
     for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                              ("prefetch_batches", prefetch_batches, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low} (got {value!r})", f"set {name} to {low} or more")
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)} (got {on_error!r})")
+    if not isinstance(decode, str) or decode not in DECODE:
+        raise ConfigError(
+            f"decode must be one of {', '.join(DECODE)} (got {decode!r})",
+            "use decode='threads' (a pool of threads; the default) or decode='processes' "
+            "(worker processes writing into shared memory; scales to more cores)",
+        )
 
 
 def iter_pixel_batches(
@@ -111,21 +144,33 @@ def iter_pixel_batches(
     prefetch_batches: int = 2,
     on_error: str = "fail",
     fast_decode: bool = False,
+    decode: str = "threads",
 ) -> Iterator[Batch]:
     """Decode and preprocess ``items`` (an iterable of ``(index, source)``) into :class:`Batch` es.
 
-    Batches hold up to ``batch_size`` items each, in input order. ``num_workers`` threads decode
-    (0: decode inline, in the consumer's thread). ``on_error="fail"`` raises
+    Batches hold up to ``batch_size`` items each, in input order. ``num_workers`` threads
+    (``decode="threads"``) or worker processes (``decode="processes"``) decode; 0 decodes inline,
+    in the consumer's thread, whatever ``decode`` says. ``on_error="fail"`` raises
     :class:`ImageError` at the first unreadable image in input order (after the batches before
     it were yielded); ``"skip"`` leaves it out and reports it in ``Batch.failures``.
     ``fast_decode`` decodes JPEGs with DCT scaling (see :func:`load_image`).
 
+    With ``decode="processes"`` the sources are pickled to the workers (paths and bytes are
+    cheap; a PIL image is sent decoded), the workers start from a fork server (so a script that
+    uses it needs the usual ``if __name__ == "__main__":`` guard), and ``Batch.pixels`` is valid
+    only until the next batch is requested (see :class:`Batch`).
+
     Closing the generator (``break`` out of the loop) cancels pending work and joins the
-    threads.
+    threads or processes (and frees the shared memory).
     """
-    _check(batch_size, num_workers, prefetch_batches, on_error)
+    _check(batch_size, num_workers, prefetch_batches, on_error, decode)
     draft = preprocessor.spec.draft_size if fast_decode else None
     shape = preprocessor.output_size
+    if decode == "processes" and num_workers > 0:
+        from .decode_procs import iterate_processes
+
+        return iterate_processes(iter(items), preprocessor, batch_size=batch_size, num_workers=num_workers,
+                                 prefetch_batches=prefetch_batches, on_error=on_error, draft=draft)
     return _iterate(iter(items), preprocessor, batch_size, num_workers, prefetch_batches, on_error, draft, shape)
 
 

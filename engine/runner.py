@@ -14,6 +14,7 @@ from .bundle import Bundle, is_bundle_dir, load_bundle
 from .cache import open_cache
 from .config import EvalConfig, parse_task_cfg
 from .datasets import default_task
+from .embed import resolve_decode
 from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME
 from .errors import BundleError, ConfigError, DatasetError
 from .results import existing_result, params_key, result_path, write_result
@@ -134,6 +135,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
                                      cache=cache, lazy=cache is not None)
             task_params = TaskParams(batch_size=cfg.batch_size, num_workers=workers, recall_k=cfg.recall_k,
                                      on_error=cfg.on_error, fast_decode=cfg.fast_decode,
+                                     decode=resolve_decode(cfg.decode, workers),
                                      num_threads=cfg.num_threads, progress=cfg.verbose,
                                      split=cfg.split, limit=cfg.limit, language=cfg.language,
                                      dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir,
@@ -147,6 +149,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
                 "precision": context.precision,
                 "batch_size": cfg.batch_size,
                 "num_workers": workers,
+                "decode": resolve_decode(cfg.decode, workers),
                 "split": cfg.split,
                 "limit": cfg.limit,
                 "data_dir": params["data_dir"],

@@ -34,6 +34,7 @@ class TaskParams:
     cache_dir: str | None = None
     classnames_file: str | None = None
     templates_file: str | None = None
+    decode: str = "threads"  # decode backend, resolved (engine/embed.resolve_decode)
 
     def dataset_options(self) -> dict:
         """Options every dataset reader takes (see :func:`clipeval.engine.datasets.read_dataset`)."""
@@ -53,7 +54,7 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     images = embed_images(model.vision, model.preprocessor, dataset.images, batch_size=params.batch_size,
-                          num_workers=params.num_workers, fast_decode=params.fast_decode,
+                          num_workers=params.num_workers, fast_decode=params.fast_decode, decode=params.decode,
                           where=dataset.image_where or None, progress=params.progress,
                           cache=model.image_cache(params.fast_decode))
     timings["images_s"] = time.perf_counter() - t0
