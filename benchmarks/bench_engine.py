@@ -2,10 +2,14 @@
 
     python benchmarks/bench_engine.py text      # texts/s, padded to the batch's longest vs to 77
     python benchmarks/bench_engine.py memory    # peak RSS of `clipeval eval` on 20,000 images
+    python benchmarks/bench_engine.py inflight  # peak RSS of the decode pipeline at batch 128, 16 workers
 
 `text` exports a random-weight CLIP whose text tower has ViT-B/32's shape (width 512, 12 layers,
 8 heads, 77 positions) and embeds caption-length queries both ways, in one process, one after the
-other. `memory` writes a custom dataset of JPEG files, runs the CLI in a child process and reads
+other. `inflight` decodes 640x480 JPEGs through ``iter_pixel_batches`` in child processes, for
+both backends, with the bound on batches in flight (``pipeline.batches_ahead``) as it is and as it
+was (``prefetch_batches + num_workers``), and reports each child's peak resident memory (shared
+memory the consumer maps counts once it is touched). `memory` writes a custom dataset of JPEG files, runs the CLI in a child process and reads
 its peak resident memory from the kernel. Needs the export extra (torch, transformers).
 """
 
@@ -124,6 +128,52 @@ def bench_memory(args) -> None:
     print(json.dumps(report))
 
 
+_INFLIGHT_CHILD = """
+import sys
+from clipeval.engine import decode_procs, pipeline
+from clipeval.engine.preprocess import PreprocessSpec, Preprocessor
+sys.path.insert(0, {bench!r})
+from bench_decode import CLIP_LIKE
+if {old!r}:
+    old = lambda batch_size, num_workers, prefetch_batches: prefetch_batches + num_workers
+    pipeline.batches_ahead = decode_procs.batches_ahead = old
+if __name__ == "__main__":
+    paths = {paths!r}
+    pp = Preprocessor(PreprocessSpec.from_dict(CLIP_LIKE))
+    n = 0
+    for batch in pipeline.iter_pixel_batches(enumerate(paths), pp, batch_size={batch}, num_workers={workers},
+                                             decode={decode!r}):
+        n += len(batch)
+        batch.pixels.reshape(len(batch), -1)[:, ::1024].sum()  # read every page, as a model call does
+    assert n == len(paths)
+"""
+
+
+def bench_inflight(args) -> None:
+    from clipeval.engine.bench import run_child
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ds"
+        _write_images(root, args.images, (640, 480))
+        paths = sorted(str(p) for p in (root / "images").iterdir())
+        rows = {}
+        for decode in ("threads", "processes"):
+            for old in (True, False):
+                code = _INFLIGHT_CHILD.format(bench=str(Path(__file__).resolve().parent), old=old, paths=paths,
+                                              batch=args.batch_size, workers=args.workers, decode=decode)
+                script = Path(tmp) / "child.py"
+                script.write_text(code)
+                run = run_child([sys.executable, str(script)])
+                if run.returncode:
+                    raise SystemExit(run.stderr[-2000:])
+                name = f"{decode}, {'prefetch + workers (before)' if old else 'batches_ahead'}"
+                rows[name] = {"peak_rss_mb": run.peak_rss_mb, "wall_s": run.wall_s}
+                print(f"{name:45s} peak RSS {run.peak_rss_mb:7.0f} MB  {args.images / run.wall_s:6.1f} img/s",
+                      file=sys.stderr)
+    print(json.dumps({"images": args.images, "batch_size": args.batch_size, "workers": args.workers,
+                      "cpus": os.cpu_count(), "rows": rows}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -135,8 +185,12 @@ def main() -> None:
     m.add_argument("--images", type=int, default=20000)
     m.add_argument("--size", default="320x240")
     m.add_argument("--model", default="demo")
+    f = sub.add_parser("inflight")
+    f.add_argument("--images", type=int, default=2560)
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--workers", type=int, default=16)
     args = ap.parse_args()
-    {"text": bench_text, "memory": bench_memory}[args.what](args)
+    {"text": bench_text, "memory": bench_memory, "inflight": bench_inflight}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ Design:
   ``__main__`` script (which must be guarded by ``if __name__ == "__main__":``). Each worker
   rebuilds the :class:`~clipeval.engine.preprocess.Preprocessor` from ``spec.to_dict()``
   (same arithmetic, so bit-identical pixels) and maps the ring.
-* **One shared-memory ring** of ``prefetch_batches + num_workers + 1`` batch slots, each
-  ``batch_size x 3 x H x W`` float32: ``prefetch_batches + num_workers`` batches decode while
-  the consumer holds the one it was given. Workers write each image's pixels into its row of the
+* **One shared-memory ring** of ``ahead + 1`` batch slots, each ``batch_size x 3 x H x W``
+  float32, ``ahead`` being :func:`~clipeval.engine.pipeline.batches_ahead` (``prefetch_batches``
+  plus enough batches for two items per worker): ``ahead`` batches decode while the consumer
+  holds the one it was given. Workers write each image's pixels into its row of the
   slot, so no pixels cross a pipe; the slot is handed to the next batch only when the consumer
   asks for the next batch, which is why ``Batch.pixels`` (a view into the slot) is valid until
   then. Pages are touched only as slots fill, and the space free in ``/dev/shm`` is checked
@@ -70,7 +71,7 @@ from PIL import Image
 
 from .errors import ConfigError, ImageError
 from .images import load_image
-from .pipeline import Batch, collect
+from .pipeline import Batch, batches_ahead, collect
 from .preprocess import PreprocessSpec, Preprocessor
 
 # Imported once by the fork server, so that workers (forks of it) start with them loaded.
@@ -255,7 +256,7 @@ def iterate_processes(items: Iterator[tuple[int, Any]], preprocessor: Preprocess
     Arguments are checked by :func:`~clipeval.engine.pipeline.iter_pixel_batches`, which calls
     this; nothing starts until the first batch is asked for.
     """
-    ahead = prefetch_batches + num_workers
+    ahead = batches_ahead(batch_size, num_workers, prefetch_batches)
     chunk = max(1, min(MAX_CHUNK, math.ceil(batch_size / num_workers)))
     ring = _Ring(ahead + 1, batch_size, preprocessor.output_size)
     free = deque(range(ahead + 1))

@@ -17,20 +17,23 @@ source to a worker, and shared memory (``/dev/shm``) for the batches in flight.
 
 ``benchmarks/bench_decode.py`` measures both against two simpler process-pool designs. On 2
 cores a pool that pickles batches back spent 22-57% more CPU per image than inline decoding, a
-shared-memory pool 4-16% more, threads 4-15% more. On 16 cores (1024 CLIP-size JPEGs, batch
-32) 16 threads decoded 844 img/s exact and 1048 img/s with draft decoding, 16 processes 1216
-and 1877 img/s (inline: 107 and 208).
+shared-memory pool 4-16% more, threads 4-15% more. On a 16-core Xeon (the GPU machine of
+docs/speed.md; 640x480 and 1024x768 JPEGs, batch 32) 16 threads decoded 912 img/s exact and
+1,026 img/s with draft decoding, this backend 969 and 1,820 img/s, one core 78 and 135; at 4 and
+8 workers threads were as fast. ``decode="auto"`` (engine/embed.py) picks processes from 12
+workers on.
 
 Batches come out in input order. With threads each item is one task that writes its pixels
-straight into its batch's buffer, and at most ``prefetch_batches + num_workers`` batches, the
-one the consumer holds included, are pulled from the input and held, however long the input
-is, so the consumer can run inference on one batch while the next ones decode. With processes
-``prefetch_batches + num_workers`` batches decode while the consumer holds one.
+straight into its batch's buffer. At most :func:`batches_ahead` batches besides the one the
+consumer holds (``prefetch_batches`` plus enough for two items per worker) are pulled from the
+input and held, however long the input is, so the consumer can run inference on one batch while
+the next ones decode, and memory does not grow with ``batch_size x num_workers``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -174,6 +177,14 @@ def iter_pixel_batches(
     return _iterate(iter(items), preprocessor, batch_size, num_workers, prefetch_batches, on_error, draft, shape)
 
 
+def batches_ahead(batch_size: int, num_workers: int, prefetch_batches: int) -> int:
+    """How many batches are decoding (or decoded, waiting) while the consumer holds one:
+    ``prefetch_batches`` plus as many as hold two items per worker, so every worker has work
+    queued without large batches multiplying memory (16 workers at batch 256 hold 3 batches,
+    not 18)."""
+    return prefetch_batches + max(1, math.ceil(2 * num_workers / batch_size))
+
+
 def _iterate(items, preprocessor, batch_size, num_workers, prefetch_batches, on_error, draft, shape) -> Iterator[Batch]:
     if num_workers == 0:
         while chunk := list(islice(items, batch_size)):
@@ -182,7 +193,7 @@ def _iterate(items, preprocessor, batch_size, num_workers, prefetch_batches, on_
             yield pending.finish(on_error)
         return
 
-    ahead = prefetch_batches + num_workers
+    ahead = batches_ahead(batch_size, num_workers, prefetch_batches)
     queue: deque[_Pending] = deque()
     pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="clipeval-decode")
     exhausted = False

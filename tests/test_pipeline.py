@@ -12,7 +12,7 @@ from PIL import Image
 
 from clipeval.engine.errors import ConfigError, ImageError
 from clipeval.engine.images import load_image
-from clipeval.engine.pipeline import Batch, iter_pixel_batches
+from clipeval.engine.pipeline import Batch, batches_ahead, iter_pixel_batches
 from clipeval.engine.preprocess import Preprocessor
 
 SPEC = {
@@ -134,7 +134,12 @@ def test_fail_mode_raises_at_first_bad_image_after_earlier_batches(pp, image_pat
     assert decode_threads() == []
 
 
-def test_prefetch_is_bounded_on_an_endless_input(pp, image_paths):
+@pytest.mark.parametrize("batch_size, workers, prefetch, bound", [
+    (3, 2, 1, 3),  # 1 + ceil(2 * 2 / 3)
+    (2, 5, 0, 5),  # more workers than a batch holds: enough batches for two items per worker
+    (16, 4, 2, 3),  # a large batch keeps every worker busy alone: 2 + 1, not 2 + 4
+])
+def test_prefetch_is_bounded_on_an_endless_input(pp, image_paths, batch_size, workers, prefetch, bound):
     pulled = 0
 
     def endless():
@@ -143,7 +148,7 @@ def test_prefetch_is_bounded_on_an_endless_input(pp, image_paths):
             pulled += 1
             yield i, image_paths[i % len(image_paths)]
 
-    batch_size, workers, prefetch = 3, 2, 1
+    assert batches_ahead(batch_size, workers, prefetch) == bound
     gen = iter_pixel_batches(endless(), pp, batch_size=batch_size, num_workers=workers, prefetch_batches=prefetch)
     ahead_seen = []
     for k, batch in enumerate(gen):
@@ -151,10 +156,10 @@ def test_prefetch_is_bounded_on_an_endless_input(pp, image_paths):
         # batches in flight, the one just received included
         in_flight = pulled / batch_size - k
         ahead_seen.append(in_flight)
-        assert in_flight <= prefetch + workers
+        assert in_flight <= bound
         if k == 6:
             break
-    assert max(ahead_seen) == prefetch + workers  # it does read ahead, up to the bound
+    assert max(ahead_seen) == bound  # it does read ahead, up to the bound
     gen.close()
     assert decode_threads() == []
 
