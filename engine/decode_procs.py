@@ -54,10 +54,12 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import secrets
 import signal
 import sys
+import threading
 import weakref
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -107,6 +109,19 @@ def mp_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(PRELOAD + PRELOAD_OWN))  # used when the server starts
     return ctx
+
+
+def prestart() -> threading.Thread | None:
+    """Start the fork server in a background thread, so that a pool made later (after the model
+    sessions load, say) gets its workers without waiting for it; returns the thread (None where
+    there is no fork server). Harmless when the server already runs."""
+    ctx = mp_context()
+    if ctx.get_start_method() != "forkserver":
+        return None
+    thread = threading.Thread(target=multiprocessing.forkserver.ensure_running, name="clipeval-forkserver",
+                              daemon=True)
+    thread.start()
+    return thread
 
 
 # --- worker side ------------------------------------------------------------------------------

@@ -97,6 +97,10 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
                               f"available tasks: {', '.join([*TASKS, 'image_caption', 'text_retrieval'])}")
         tasks[dataset] = task
     workers = cfg.num_workers if cfg.num_workers is not None else default_threads()
+    if resolve_decode(cfg.decode, workers) == "processes":
+        from .decode_procs import prestart
+
+        prestart()  # the decode workers' fork server starts while the model loads
     cache = None if cfg.no_cache else open_cache(cfg.cache_dir, max_bytes=cfg.cache_max_bytes,
                                                  verify=cfg.verify_cache)
     try:

@@ -10,7 +10,6 @@ import struct
 import zlib
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -63,6 +62,18 @@ def test_eval_prints_one_json_line_equal_to_the_result_file(tiny_bundle, tmp_pat
                                        "text_retrieval_recall@1", "text_retrieval_recall@5"}
     assert printed["meta"]["num_images"] == 6 and printed["meta"]["num_texts"] == 12
     assert printed["meta"]["provider"] == "cpu"
+
+
+def test_decode_processes_gives_the_same_result_as_threads(tiny_bundle, tmp_path):
+    data = write_dataset(tmp_path / "ds", good_rows(9), good_images(9))
+    results = {}
+    for decode in ("threads", "processes"):
+        result = run(*eval_args(tiny_bundle, data, tmp_path / decode, "--decode", decode, "--no-cache",
+                                "--batch-size", "4", "--num-workers", "2"))
+        assert result.exit_code == 0, result.output
+        results[decode] = json.loads(result.stdout.strip().splitlines()[-1])
+        assert results[decode]["meta"]["decode"] == decode
+    assert results["processes"]["metrics"] == results["threads"]["metrics"]
 
 
 def test_skip_existing_does_not_recompute(tiny_bundle, tmp_path):

@@ -65,6 +65,7 @@ def test_unknown_keys_name_the_key_and_the_accepted_ones(where, cfg, key):
     ({"limit": -3}, "limit must be at least 1"),
     ({"on_error": "ignore"}, "on_error must be one of fail, skip"),
     ({"provider": "tpu"}, "provider must be one of auto, cuda, cpu"),
+    ({"decode": "gpu"}, "decode must be one of auto, threads, processes"),
     ({"recall_k": [0, 5]}, "recall_k must be at least 1"),
     ({"recall_k": []}, "recall_k must be a list"),
     ({"verbose": "perhaps"}, "verbose must be true or false"),
@@ -131,3 +132,13 @@ def test_api_key_is_masked_in_the_config_dump():
 
 def test_clip_benchmark_wds_prefix_is_accepted():
     assert make_eval_config({"dataset_name": ["wds/flickr8k", "vtab/cifar10"]}).dataset_name == ["flickr8k", "vtab/cifar10"]
+
+
+def test_decode_auto_picks_processes_only_on_many_cores():
+    from clipeval.engine.embed import PROCESS_DECODE_MIN_WORKERS, resolve_decode
+
+    assert make_eval_config({}).decode == "auto"
+    assert resolve_decode("auto", PROCESS_DECODE_MIN_WORKERS) == "processes"
+    assert resolve_decode("auto", PROCESS_DECODE_MIN_WORKERS - 1) == "threads"
+    assert resolve_decode("auto", 0) == "threads"
+    assert resolve_decode("threads", 64) == "threads" and resolve_decode("processes", 2) == "processes"

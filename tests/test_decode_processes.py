@@ -10,6 +10,8 @@ import math
 import multiprocessing.forkserver
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -297,9 +299,6 @@ if __name__ == "__main__":
 def test_a_checkout_in_the_working_directory_does_not_shadow_the_package(tmp_path, image_paths):
     """Run from a directory holding another ``clipeval/`` (as a source checkout's root does),
     with the package found through the path only (no editable-install finder)."""
-    import subprocess
-    import sys
-
     import clipeval
     import clipeval.engine
 
@@ -319,3 +318,19 @@ def test_a_checkout_in_the_working_directory_does_not_shadow_the_package(tmp_pat
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["decoded", "5"]
+
+
+def test_prestart_starts_the_fork_server_in_the_background():
+    code = (
+        "import multiprocessing.forkserver as fs\n"
+        "from clipeval.engine.decode_procs import prestart\n"
+        "assert fs._forkserver._forkserver_pid is None\n"
+        "thread = prestart()\n"
+        "thread.join(30)\n"
+        "assert fs._forkserver._forkserver_pid is not None\n"
+        "assert prestart().join(30) is None  # again: harmless\n"
+        "print('started')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "started"
