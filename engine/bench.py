@@ -29,6 +29,7 @@ import numpy as np
 
 from .datasets.base import RetrievalDataset
 from .embed import embed_texts
+from .kernels import SMALL_PAIRS
 from .metrics import evaluate_retrieval
 from .pipeline import iter_pixel_batches
 from .tasks.context import ModelContext
@@ -93,8 +94,10 @@ def bench_stages(model: ModelContext, dataset: RetrievalDataset, *, batch_size: 
 
     if len(image_emb) == dataset.num_images:
         n = min(2, dataset.num_texts)  # warm-up: numba loads (or compiles) its kernels on the first call
-        evaluate_retrieval(text_emb[:n], image_emb, np.asarray(dataset.text_to_image[:n]), None,
-                           num_threads=num_threads)
+        if dataset.num_texts * dataset.num_images > SMALL_PAIRS:  # the size that takes the numba path
+            from .kernels.rank import positive_ranks
+
+            positive_ranks(text_emb[:n], image_emb, np.asarray(dataset.text_to_image[:n]), num_threads=num_threads)
         t0 = time.perf_counter()
         evaluate_retrieval(text_emb, image_emb, dataset.text_to_image, None, num_threads=num_threads)
         stages["ranking"] = Stage("ranking", dataset.num_texts * dataset.num_images, time.perf_counter() - t0,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import MetricError
-from .kernels.topk import label_ranks
 
 __all__ = ["single_label_metrics", "rank_metrics", "average_precision", "multilabel_metrics"]
 
@@ -53,6 +52,8 @@ def rank_metrics(ranks: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple
 def single_label_metrics(scores: np.ndarray, labels: np.ndarray, num_threads: int | None = None):
     """:func:`rank_metrics` from a full ``[N, C]`` score matrix."""
     scores = np.asarray(scores)
+    from .kernels.topk import label_ranks  # numba: imported when first needed
+
     return rank_metrics(label_ranks(scores, labels, num_threads), labels, scores.shape[1])
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import MetricError
-from .kernels.rank import positive_ranks
+from .kernels import positive_ranks
 
 __all__ = ["DEFAULT_RECALL_K", "evaluate_retrieval", "retrieval_metrics"]
 

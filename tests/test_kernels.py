@@ -233,3 +233,96 @@ def test_hypothesis_small_integer_embeddings(n_texts, n_images, dim, seed, block
         text, image, text_to_image, block_rows=block_rows, num_threads=threads
     )
     assert_ranks_equal(got, oracle_ranks(text, image, text_to_image))
+
+
+# --- the numpy path for small inputs: the same ranks, bit for bit -------------------------------
+
+from clipeval.engine.kernels import SMALL_PAIRS  # noqa: E402
+from clipeval.engine.kernels.arrays import dot64_pairs  # noqa: E402
+from clipeval.engine.kernels.rank import positive_ranks as ranks_numba  # noqa: E402
+from clipeval.engine.kernels.rank_small import positive_ranks_small  # noqa: E402
+
+
+def small_matches_numba_and_oracle(text, image, text_to_image):
+    small = positive_ranks_small(text, image, text_to_image)
+    assert_ranks_equal(small, oracle_ranks(text, image, text_to_image))
+    assert_ranks_equal(small, ranks_numba(text, image, text_to_image, block_rows=7, num_threads=2))
+    return small
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 4, 5, 7, 13, 64, 512])
+def test_dot64_pairs_is_bit_identical_to_the_kernels_dot64(dim):
+    from clipeval.engine.kernels.common import dot64
+
+    rng = np.random.default_rng(dim)
+    a = rng.standard_normal((20, dim)).astype(np.float32) * np.float32(3.7)
+    b = rng.standard_normal((20, dim)).astype(np.float32)
+    got = dot64_pairs(a, b)
+    assert got.dtype == np.float64
+    for r in range(20):
+        assert got[r] == dot64(a[r], b[r])  # exact equality, not closeness
+
+
+@pytest.mark.parametrize("n_texts,n_images,dim", SHAPES)
+def test_small_path_random_matches(n_texts, n_images, dim):
+    rng = np.random.default_rng(n_texts * 7 + n_images)
+    text, image = normalised(rng, n_texts, dim), normalised(rng, n_images, dim)
+    small_matches_numba_and_oracle(text, image, rng.integers(0, n_images, n_texts))
+
+
+def test_small_path_ties_near_ties_and_images_without_text():
+    ones = np.ones((9, 4), np.float32)
+    t2i, i2t = small_matches_numba_and_oracle(ones, np.ones((5, 4), np.float32),
+                                              np.array([0, 1, 2, 3, 4, 4, 3, 2, 1]))
+    np.testing.assert_array_equal(i2t, [0, 1, 2, 3, 4])
+    rng = np.random.default_rng(11)
+    base = normalised(rng, 8, 256)
+    image = np.repeat(base, 16, axis=0)
+    image += rng.choice([-1, 0, 1], size=image.shape).astype(np.float32) * np.spacing(image)
+    text = np.repeat(base, 3, axis=0) + np.float32(1e-3) * normalised(rng, 24, 256)
+    small_matches_numba_and_oracle(text, image, rng.integers(0, image.shape[0], text.shape[0]))
+    text, image = normalised(rng, 12, 8), normalised(rng, 5, 8)
+    _, i2t = small_matches_numba_and_oracle(text, image, np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 4, 4, 0]))
+    assert i2t[3] == -1
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_texts=st.integers(1, 12), n_images=st.integers(1, 8), dim=st.integers(1, 6),
+       seed=st.integers(0, 2**32 - 1))
+def test_hypothesis_small_path_integer_embeddings(n_texts, n_images, dim, seed):
+    rng = np.random.default_rng(seed)
+    text = rng.integers(-2, 3, (n_texts, dim)).astype(np.float32)
+    image = rng.integers(-2, 3, (n_images, dim)).astype(np.float32)
+    small_matches_numba_and_oracle(text, image, rng.integers(0, n_images, n_texts))
+
+
+def test_small_inputs_rank_without_importing_numba():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from clipeval.engine.metrics import evaluate_retrieval\n"
+        "rng = np.random.default_rng(0)\n"
+        "text, image = rng.standard_normal((50, 8)), rng.standard_normal((10, 8))\n"
+        "evaluate_retrieval(text, image, np.repeat(np.arange(10), 5))\n"
+        "print('numba' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
+
+
+def test_dispatch_by_size(monkeypatch):
+    import clipeval.engine.kernels as kernels
+
+    calls = []
+    monkeypatch.setattr(kernels, "positive_ranks_small", lambda *a: calls.append("small") or ("s", "s"))
+    rng = np.random.default_rng(1)
+    text, image = normalised(rng, 6, 4), normalised(rng, 3, 4)
+    assert kernels.positive_ranks(text, image, np.zeros(6, np.int64)) == ("s", "s")
+    kernels.positive_ranks(text, image, np.zeros(6, np.int64), block_rows=2)  # asked for blocks: numba
+    assert calls == ["small"]
+    assert SMALL_PAIRS >= 1 << 20
+    with pytest.raises(ValueError, match="num_threads"):
+        kernels.positive_ranks(text, image, np.zeros(6, np.int64), num_threads=0)

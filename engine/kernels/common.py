@@ -14,6 +14,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from .arrays import as_embeddings  # noqa: F401 - re-exported for the kernels' callers
+
 log = logging.getLogger(__name__)
 
 # numba's default OpenMP layer keeps its threads spinning after a parallel loop, where they compete
@@ -88,25 +90,6 @@ def row_norms(x, n_chunks):
 # --------------------------------------------------------------------------- validation, threads
 
 SINGLE_THREAD_PAIRS = 1 << 18  # below this many score pairs one thread is faster than spawning
-
-
-def as_embeddings(x, name):
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # noqa: BLE001 - anything unconvertible is a type error here
-            raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
-    if x.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
-    if x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and one column, got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise ValueError(f"{name} row {bad} contains NaN or infinity")
-    return x
 
 
 def pick_threads(num_threads, n_pairs):

@@ -39,22 +39,19 @@ seconds) and a warning is logged once at import.
 
 from __future__ import annotations
 
-
 import numpy as np
 from numba import prange
 
-from .common import as_embeddings, dot64, jit, numba_threads, pick_threads, row_norms
+from .arrays import as_embeddings, as_positive_index, best_positive_per_image, float32_bounds, score_margin
+from .common import dot64, jit, numba_threads, pick_threads, row_norms
 
 __all__ = ["positive_ranks"]
 
 
-# Below this many (text, image) pairs one thread is faster than waking a pool.
 # Target size of one float32 score block, and the fewest rows worth a BLAS call
 # (below that, packing the image matrix costs as much as the product).
 _BLOCK_BYTES = 16 << 20
 _MIN_BLOCK_ROWS = 256
-# Float32 unit roundoff.
-_U32 = 2.0**-24
 
 
 # --------------------------------------------------------------------------- layer 1: one row
@@ -207,7 +204,7 @@ def positive_ranks(
             f"text_emb has dimension {dim} but image_emb has {image_emb.shape[1]}; "
             "both towers must embed into the same space"
         )
-    text_to_image = _as_positive_index(text_to_image, n_texts, n_images)
+    text_to_image = as_positive_index(text_to_image, n_texts, n_images)
     block_rows = _pick_block_rows(block_rows, n_texts, n_images)
     threads = pick_threads(num_threads, n_texts * n_images)
 
@@ -220,21 +217,20 @@ def _rank_all(text_emb, image_emb, text_to_image, block_rows, threads):
     n_images = image_emb.shape[0]
 
     theta = _positive_scores(text_emb, image_emb, text_to_image, threads)
-    # Worst-case error of a float32 dot product summed in any order (with or without FMA),
-    # bounded by Cauchy-Schwarz, plus the float64 canonical sum's own error:
-    # |GEMM value - canonical score| <= gamma * ||t|| * ||i||.
-    gamma = (dim + 2) * _U32 / (1.0 - (dim + 2) * _U32) + 1e-12
+    # |GEMM value - canonical score| <= gamma * ||t|| * ||i|| (Cauchy-Schwarz on the worst-case
+    # error of a float32 dot product summed in any order)
+    gamma = score_margin(dim)
     text_norm = row_norms(text_emb, threads)
     image_norm = row_norms(image_emb, threads)
     row_margin = gamma * text_norm * image_norm.max() + 1e-30
-    lo, hi = _float32_bounds(theta - row_margin, theta + row_margin)
+    lo, hi = float32_bounds(theta - row_margin, theta + row_margin)
 
-    col_theta, col_best = _best_positive_per_image(theta, text_to_image, n_images)
+    col_theta, col_best = best_positive_per_image(theta, text_to_image, n_images)
     has_text = col_best >= 0
     col_margin = gamma * image_norm * text_norm.max() + 1e-30
     col_lo = np.full(n_images, np.inf, dtype=np.float32)  # no positive: never counted
     col_hi = np.full(n_images, np.inf, dtype=np.float32)
-    col_lo[has_text], col_hi[has_text] = _float32_bounds(
+    col_lo[has_text], col_hi[has_text] = float32_bounds(
         col_theta[has_text] - col_margin[has_text], col_theta[has_text] + col_margin[has_text]
     )
 
@@ -253,44 +249,6 @@ def _rank_all(text_emb, image_emb, text_to_image, block_rows, threads):
     i2t = chunk_counts.sum(axis=0)
     i2t[~has_text] = -1
     return t2i, i2t
-
-
-def _best_positive_per_image(theta, text_to_image, n_images):
-    """Per image: highest canonical positive score and its text (lowest index on ties; -1: none)."""
-    col_theta = np.full(n_images, -np.inf, dtype=np.float64)
-    np.maximum.at(col_theta, text_to_image, theta)
-    is_best = theta == col_theta[text_to_image]
-    col_best = np.full(n_images, -1, dtype=np.int64)
-    best_texts = np.flatnonzero(is_best)
-    # Reverse order so the lowest text index is written last.
-    col_best[text_to_image[best_texts[::-1]]] = best_texts[::-1]
-    return col_theta, col_best
-
-
-def _float32_bounds(lo64, hi64):
-    """float32 bounds that contain the float64 interval ``[lo64, hi64]``."""
-    lo = lo64.astype(np.float32)
-    hi = hi64.astype(np.float32)
-    lo = np.where(lo.astype(np.float64) > lo64, np.nextafter(lo, np.float32(-np.inf)), lo)
-    hi = np.where(hi.astype(np.float64) < hi64, np.nextafter(hi, np.float32(np.inf)), hi)
-    return lo.astype(np.float32), hi.astype(np.float32)
-
-
-def _as_positive_index(text_to_image, n_texts, n_images):
-    index = np.asarray(text_to_image)
-    if index.dtype.kind not in "iu":
-        raise TypeError(f"text_to_image must hold integers, got dtype {index.dtype}")
-    if index.shape != (n_texts,):
-        raise ValueError(
-            f"text_to_image must have shape ({n_texts},) (one image per text), got {index.shape}"
-        )
-    bad = np.flatnonzero((index < 0) | (index >= n_images))
-    if bad.size:
-        raise ValueError(
-            f"text_to_image[{int(bad[0])}] = {int(index[bad[0]])} is not an image index in "
-            f"[0, {n_images}) ({bad.size} such texts)"
-        )
-    return np.ascontiguousarray(index, dtype=np.int64)
 
 
 def _pick_block_rows(block_rows, n_texts, n_images):

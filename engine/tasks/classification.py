@@ -21,7 +21,6 @@ from ..datasets import read_classification_dataset
 from ..datasets.wds import ClassificationDataset
 from ..embed import embed_images, embed_texts
 from ..errors import DatasetError, ImageError, listing
-from ..kernels.topk import label_ranks
 from .context import ModelContext
 from .retrieval import TaskParams
 
@@ -89,6 +88,8 @@ def run_classification(model: ModelContext, dataset: ClassificationDataset, para
         scores = emb @ classes.T
         metrics, notes = multilabel_metrics(scores, dataset.targets[images.indices])
     else:
+        from ..kernels.topk import label_ranks  # numba: imported when first needed
+
         labels = dataset.labels[images.indices]
         ranks = np.empty(len(labels), dtype=np.int64)
         for start in range(0, len(labels), SCORE_BLOCK):

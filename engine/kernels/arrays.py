@@ -1,0 +1,92 @@
+"""Input checks and exact-score helpers shared by the ranking paths; numpy only (no numba), so
+the small-input path (:mod:`.rank_small`) runs without importing numba.
+
+``dot64_pairs`` is the numpy twin of :func:`.common.dot64`: the same four interleaved float64
+partial sums in the same order, so both give bit-identical canonical scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Float32 unit roundoff.
+U32 = 2.0**-24
+
+
+def as_embeddings(x, name):
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001 - anything unconvertible is a type error here
+            raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"{name} row {bad} contains NaN or infinity")
+    return x
+
+
+def dot64_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Canonical float64 score of each row pair ``(a[r], b[r])`` (float32 rows), exactly as
+    :func:`.common.dot64` sums it: index ``k`` into partial sum ``k % 4``, each product exact in
+    float64, then ``(s0 + s1) + (s2 + s3)``."""
+    n, dim = a.shape
+    sums = np.zeros((4, n), dtype=np.float64)
+    if n == 0:
+        return sums[0]
+    a64 = a.astype(np.float64)
+    b64 = b.astype(np.float64)
+    for k in range(dim):  # in order: the same sequence of additions per partial sum
+        sums[k % 4] += a64[:, k] * b64[:, k]
+    return (sums[0] + sums[1]) + (sums[2] + sums[3])
+
+
+def score_margin(dim: int) -> float:
+    """``gamma``: |float32 GEMM value - canonical score| <= gamma * ||t|| * ||i|| for vectors of
+    length ``dim``, whatever order the BLAS sums in (with or without FMA), plus the float64
+    canonical sum's own error."""
+    return (dim + 2) * U32 / (1.0 - (dim + 2) * U32) + 1e-12
+
+
+def float32_bounds(lo64, hi64):
+    """float32 bounds that contain the float64 interval ``[lo64, hi64]``."""
+    lo = lo64.astype(np.float32)
+    hi = hi64.astype(np.float32)
+    lo = np.where(lo.astype(np.float64) > lo64, np.nextafter(lo, np.float32(-np.inf)), lo)
+    hi = np.where(hi.astype(np.float64) < hi64, np.nextafter(hi, np.float32(np.inf)), hi)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def best_positive_per_image(theta, text_to_image, n_images):
+    """Per image: highest canonical positive score and its text (lowest index on ties; -1: none)."""
+    col_theta = np.full(n_images, -np.inf, dtype=np.float64)
+    np.maximum.at(col_theta, text_to_image, theta)
+    is_best = theta == col_theta[text_to_image]
+    col_best = np.full(n_images, -1, dtype=np.int64)
+    best_texts = np.flatnonzero(is_best)
+    # Reverse order so the lowest text index is written last.
+    col_best[text_to_image[best_texts[::-1]]] = best_texts[::-1]
+    return col_theta, col_best
+
+
+def as_positive_index(text_to_image, n_texts, n_images):
+    index = np.asarray(text_to_image)
+    if index.dtype.kind not in "iu":
+        raise TypeError(f"text_to_image must hold integers, got dtype {index.dtype}")
+    if index.shape != (n_texts,):
+        raise ValueError(
+            f"text_to_image must have shape ({n_texts},) (one image per text), got {index.shape}"
+        )
+    bad = np.flatnonzero((index < 0) | (index >= n_images))
+    if bad.size:
+        raise ValueError(
+            f"text_to_image[{int(bad[0])}] = {int(index[bad[0]])} is not an image index in "
+            f"[0, {n_images}) ({bad.size} such texts)"
+        )
+    return np.ascontiguousarray(index, dtype=np.int64)

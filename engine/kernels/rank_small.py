@@ -1,0 +1,79 @@
+"""The ranks of :mod:`.rank` for small inputs, in numpy alone.
+
+Same definition, same canonical scores, same filtering (see :mod:`.rank`): a float32 GEMM
+decides every pair clearly above or below the positive's canonical score, and the pairs within
+the error margin are decided on canonical float64 scores (:func:`.arrays.dot64_pairs`, bit-identical
+to the numba kernels' ``dot64``). The whole ``[T, I]`` float32 score matrix is held at once, so
+this path is for at most :data:`SMALL_PAIRS` pairs (16 MB). Its point is start-up: a process
+that ranks only small sets never imports numba or loads its compiled kernels (about 0.9 s on a
+2-core VM, against a few milliseconds of ranking work at this size).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .arrays import (
+    as_embeddings,
+    as_positive_index,
+    best_positive_per_image,
+    dot64_pairs,
+    float32_bounds,
+    score_margin,
+)
+
+SMALL_PAIRS = 1 << 22  # 4,194,304 pairs: a 16 MB float32 score matrix
+
+
+def positive_ranks_small(text_emb, image_emb, text_to_image) -> tuple[np.ndarray, np.ndarray]:
+    """``(t2i_ranks, i2t_ranks)`` exactly as :func:`.rank.positive_ranks` returns them."""
+    text_emb = as_embeddings(text_emb, "text_emb")
+    image_emb = as_embeddings(image_emb, "image_emb")
+    n_texts, dim = text_emb.shape
+    n_images = image_emb.shape[0]
+    if image_emb.shape[1] != dim:
+        raise ValueError(
+            f"text_emb has dimension {dim} but image_emb has {image_emb.shape[1]}; "
+            "both towers must embed into the same space"
+        )
+    positive = as_positive_index(text_to_image, n_texts, n_images)
+    rows = np.arange(n_texts)
+
+    theta = dot64_pairs(text_emb, image_emb[positive])
+    gamma = score_margin(dim)
+    text_norm = np.sqrt(dot64_pairs(text_emb, text_emb))
+    image_norm = np.sqrt(dot64_pairs(image_emb, image_emb))
+    lo, hi = float32_bounds(theta - (gamma * text_norm * image_norm.max() + 1e-30),
+                            theta + (gamma * text_norm * image_norm.max() + 1e-30))
+    col_theta, col_best = best_positive_per_image(theta, positive, n_images)
+    has_text = col_best >= 0
+    col_lo = np.full(n_images, np.inf, dtype=np.float32)  # no positive: never counted
+    col_hi = np.full(n_images, np.inf, dtype=np.float32)
+    col_margin = gamma * image_norm * text_norm.max() + 1e-30
+    col_lo[has_text], col_hi[has_text] = float32_bounds(col_theta[has_text] - col_margin[has_text],
+                                                        col_theta[has_text] + col_margin[has_text])
+
+    scores = text_emb @ image_emb.T  # [T, I] float32
+
+    # text -> image: images surely above the positive, plus those within the margin (not the
+    # positive itself) that beat it on the canonical score (ties to the lower image index)
+    t2i = (scores > hi[:, None]).sum(axis=1, dtype=np.int64)
+    near = (scores >= lo[:, None]) & (scores <= hi[:, None])
+    near[rows, positive] = False
+    t_idx, j_idx = np.nonzero(near)
+    if t_idx.size:
+        s = dot64_pairs(text_emb[t_idx], image_emb[j_idx])
+        beats = (s > theta[t_idx]) | ((s == theta[t_idx]) & (j_idx < positive[t_idx]))
+        t2i += np.bincount(t_idx[beats], minlength=n_texts)
+
+    # image -> text: texts surely above the image's best positive text, plus the near ones
+    i2t = (scores > col_hi[None, :]).sum(axis=0, dtype=np.int64)
+    near = (scores >= col_lo[None, :]) & (scores <= col_hi[None, :])
+    near[col_best[has_text], np.flatnonzero(has_text)] = False
+    t_idx, j_idx = np.nonzero(near)
+    if t_idx.size:
+        s = dot64_pairs(text_emb[t_idx], image_emb[j_idx])
+        beats = (s > col_theta[j_idx]) | ((s == col_theta[j_idx]) & (t_idx < col_best[j_idx]))
+        i2t += np.bincount(j_idx[beats], minlength=n_images)
+    i2t[~has_text] = -1
+    return t2i, i2t
