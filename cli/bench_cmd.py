@@ -94,7 +94,7 @@ def _ratio(a, b):
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use exactly the first N gallery images.")
 @batch_option
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
-              help="Decode threads (default: all cores).")
+              help="Decode workers (default: all cores).")
 @click.option("--reference-workers", type=click.IntRange(min=0), default=1, show_default=True,
               help="DataLoader workers of the reference pipeline (the reference tool's default is 1).")
 @provider_option

@@ -4,7 +4,7 @@
 so no stage competes with another for cores:
 
 * ``decode``: decode + preprocess of every gallery image through the decode pipeline with
-  ``num_workers`` threads (nothing else runs meanwhile);
+  ``num_workers`` workers, threads or processes as ``decode`` says (nothing else runs meanwhile);
 * ``vision``: the vision tower over as many images as the gallery has, fed with the batches the
   decode stage produced (up to ``keep_bytes`` of pixels are kept and cycled, so memory stays
   bounded however large the gallery);
