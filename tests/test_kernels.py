@@ -326,3 +326,18 @@ def test_dispatch_by_size(monkeypatch):
     assert SMALL_PAIRS >= 1 << 20
     with pytest.raises(ValueError, match="num_threads"):
         kernels.positive_ranks(text, image, np.zeros(6, np.int64), num_threads=0)
+
+
+@pytest.mark.parametrize("group_after, chunk", [(0, 5), (10**9, 5), (0, 1 << 22)])
+def test_small_path_duplicated_rows_grouped_and_chunked(monkeypatch, group_after, chunk):
+    from clipeval.engine.kernels import rank_small
+
+    monkeypatch.setattr(rank_small, "GROUP_AFTER", group_after)  # 0: always group; 10**9: never
+    monkeypatch.setattr(rank_small, "CHUNK_ELEMENTS", chunk)  # 5: one pair per chunk
+    rng = np.random.default_rng(21)
+    pool_t = rng.integers(-2, 3, (3, 6)).astype(np.float32)
+    pool_i = rng.integers(-2, 3, (4, 6)).astype(np.float32)
+    text = pool_t[rng.integers(0, 3, 70)]  # many bitwise-identical rows
+    image = np.concatenate([pool_i[rng.integers(0, 4, 20)], rng.standard_normal((5, 6)).astype(np.float32)])
+    text[::7] += np.float32(0.5)  # some rows differ, some of those by exact multiples
+    small_matches_numba_and_oracle(text, image, rng.integers(0, image.shape[0], 70))

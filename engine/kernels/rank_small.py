@@ -23,6 +23,12 @@ from .arrays import (
 )
 
 SMALL_PAIRS = 1 << 22  # 4,194,304 pairs: a 16 MB float32 score matrix
+# Near pairs are re-scored this many float64 elements at a time (32 MB per gathered operand).
+CHUNK_ELEMENTS = 1 << 22
+# More near pairs than this many per row and column suggest duplicated embeddings: rows are then
+# grouped by exact identity, and a pair whose row is identical to the positive's is a tie
+# without re-scoring (an identical row has the identical canonical score).
+GROUP_AFTER = 2
 
 
 def positive_ranks_small(text_emb, image_emb, text_to_image) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +68,8 @@ def positive_ranks_small(text_emb, image_emb, text_to_image) -> tuple[np.ndarray
     near[rows, positive] = False
     t_idx, j_idx = np.nonzero(near)
     if t_idx.size:
-        s = dot64_pairs(text_emb[t_idx], image_emb[j_idx])
+        same = _same_rows(image_emb, j_idx, positive[t_idx], t_idx.size > GROUP_AFTER * (n_texts + n_images))
+        s = _canonical(text_emb, image_emb, t_idx, j_idx, same, theta[t_idx])
         beats = (s > theta[t_idx]) | ((s == theta[t_idx]) & (j_idx < positive[t_idx]))
         t2i += np.bincount(t_idx[beats], minlength=n_texts)
 
@@ -72,8 +79,30 @@ def positive_ranks_small(text_emb, image_emb, text_to_image) -> tuple[np.ndarray
     near[col_best[has_text], np.flatnonzero(has_text)] = False
     t_idx, j_idx = np.nonzero(near)
     if t_idx.size:
-        s = dot64_pairs(text_emb[t_idx], image_emb[j_idx])
+        same = _same_rows(text_emb, t_idx, col_best[j_idx], t_idx.size > GROUP_AFTER * (n_texts + n_images))
+        s = _canonical(text_emb, image_emb, t_idx, j_idx, same, col_theta[j_idx])
         beats = (s > col_theta[j_idx]) | ((s == col_theta[j_idx]) & (t_idx < col_best[j_idx]))
         i2t += np.bincount(j_idx[beats], minlength=n_images)
     i2t[~has_text] = -1
     return t2i, i2t
+
+
+def _same_rows(x: np.ndarray, a: np.ndarray, b: np.ndarray, group: bool) -> np.ndarray | None:
+    """Where rows ``x[a]`` and ``x[b]`` are bitwise identical (only when ``group``; else None)."""
+    if not group:
+        return None
+    flat = np.ascontiguousarray(x).view(np.dtype((np.void, x.shape[1] * x.itemsize))).ravel()
+    ids = np.unique(flat, return_inverse=True)[1].ravel()
+    return ids[a] == ids[b]
+
+
+def _canonical(text_emb, image_emb, t_idx, j_idx, same, known) -> np.ndarray:
+    """Canonical scores of the pairs ``(t_idx, j_idx)``: ``known`` where ``same`` (a row identical
+    to the one whose score ``known`` is), else :func:`.arrays.dot64_pairs`, a chunk at a time."""
+    out = np.array(known, dtype=np.float64, copy=True)
+    todo = np.arange(t_idx.size) if same is None else np.flatnonzero(~same)
+    step = max(1, CHUNK_ELEMENTS // text_emb.shape[1])
+    for start in range(0, todo.size, step):
+        part = todo[start:start + step]
+        out[part] = dot64_pairs(text_emb[t_idx[part]], image_emb[j_idx[part]])
+    return out
