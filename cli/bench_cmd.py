@@ -127,7 +127,7 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
     dataset = read_dataset("custom", data_dir, "test", "fail", progress=False, limit=limit).limit(limit)
 
     context = load_model(bundle, provider=provider, precision=precision, threads=num_threads)
-    backend = resolve_decode(decode, workers)
+    backend = resolve_decode(decode, workers, batch_size=batch_size, pixel_shape=context.preprocessor.output_size)
     stages = bench_stages(context, dataset, batch_size=batch_size, num_workers=workers, fast_decode=fast_decode,
                           decode=backend, num_threads=num_threads)
     report = {

@@ -12,9 +12,10 @@ Design:
   whatever it runs (onnxruntime, CUDA and numba thread pools, whose locks a forked child can
   inherit held); the fork server is a fresh interpreter that has imported only numpy, Pillow and
   (where that is safe, see ``PRELOAD_OWN``) the decode modules (``set_forkserver_preload``),
-  and each worker is a fork of it, so a pool delivers its first batch 50-80 ms after it is
+  and each worker is a fork of it, so a pool delivers its first batch 57-72 ms after it is
   asked for once the server runs (its first start, once per process, costs an interpreter
-  start-up and those imports, about 0.35 s). As with ``spawn``, each worker also imports the consumer's
+  start-up and those imports: 0.22 s on a 2-core VM, 0.47 s on a 16-core Xeon; :func:`prestart`
+  starts it early). As with ``spawn``, each worker also imports the consumer's
   ``__main__`` script (which must be guarded by ``if __name__ == "__main__":``). Each worker
   rebuilds the :class:`~clipeval.engine.preprocess.Preprocessor` from ``spec.to_dict()``
   (same arithmetic, so bit-identical pixels) and maps the ring.
@@ -41,13 +42,13 @@ Design:
   the consumer still holds never point at unmapped memory. A worker that dies (a decoder crash,
   the out-of-memory killer) raises an :class:`ImageError` naming the batch it was on.
 
-When each backend is better (``benchmarks/bench_decode.py``; one 16-core machine): **threads**
-on up to about 8 cores, where they matched or beat processes, for short runs (no start-up),
-for sources that are costly to pickle (large in-memory bytes, PIL images), where ``/dev/shm``
-is small, and where the consumer keeps ``Batch.pixels`` across batches. **Processes** on more
-cores when decoding is the bottleneck: with 16 workers they decoded 1.4x (exact) to 1.8x
-(draft) as many images per second as 16 threads, for about the same CPU time per image
-(11% less exact, 9% more draft).
+When each backend is better (``benchmarks/bench_decode.py --workers ... --rates-only``):
+**threads** on up to about 8 cores, where they matched or beat processes, for short runs (no
+start-up), for sources that are costly to pickle (large in-memory bytes, PIL images), where
+``/dev/shm`` is small, and where the consumer keeps ``Batch.pixels`` across batches.
+**Processes** on more cores when decoding is the bottleneck: on a 16-core Xeon with 16 workers
+they decoded 969 img/s exact and 1,820 with draft decoding against 912 and 1,026 for threads
+(``--n 512 --workers 16 --repeats 1``), and a first run's decode stage 1,048 against 956 img/s.
 """
 
 from __future__ import annotations
@@ -217,12 +218,24 @@ def _close(shm: shared_memory.SharedMemory) -> None:
         pass
 
 
-def _check_space(nbytes: int, slots: int, batch_size: int) -> None:
+def ring_bytes(batch_size: int, num_workers: int, prefetch_batches: int, shape: tuple[int, int]) -> int:
+    """Bytes of shared memory the ring takes for these settings and output ``shape`` (H, W)."""
+    return (batches_ahead(batch_size, num_workers, prefetch_batches) + 1) * batch_size * 3 * shape[0] * shape[1] * 4
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes in ``/dev/shm``; None where that cannot be read (no such folder)."""
     try:
         st = os.statvfs(_SHM_DIR)
     except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _check_space(nbytes: int, slots: int, batch_size: int) -> None:
+    free = shm_free_bytes()
+    if free is None:
         return
-    free = st.f_bavail * st.f_frsize
     if nbytes > free:
         raise ConfigError(
             f"decode='processes' needs {nbytes / 2**20:.0f} MiB of shared memory ({slots} batches of "

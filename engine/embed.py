@@ -24,6 +24,7 @@ class ImageEmbeddings:
     indices: np.ndarray  # int64 [n_ok]: input index of each row
     failures: list[BadItem] = field(default_factory=list)
     cache_hits: int = 0
+    decode: str = "threads"  # the decode backend that ran
 
 
 # From this many decode workers on, ``decode="auto"`` decodes in processes: threads share the
@@ -32,12 +33,27 @@ class ImageEmbeddings:
 PROCESS_DECODE_MIN_WORKERS = 12
 
 
-def resolve_decode(decode: str, num_workers: int) -> str:
+def resolve_decode(decode: str, num_workers: int, *, batch_size: int | None = None,
+                   pixel_shape: tuple[int, int] | None = None, prefetch_batches: int = 2) -> str:
     """The decode backend ``iter_pixel_batches`` gets for the ``decode`` setting: ``threads`` and
-    ``processes`` as they are; ``auto`` is processes from ``PROCESS_DECODE_MIN_WORKERS`` workers on."""
+    ``processes`` as they are; ``auto`` is processes from ``PROCESS_DECODE_MIN_WORKERS`` workers on,
+    unless (``batch_size`` and ``pixel_shape`` given) ``/dev/shm`` has too little room for the
+    process ring (containers often give it 64 MB): then threads, with a note in the log."""
     if decode != "auto":
         return decode
-    return "processes" if num_workers >= PROCESS_DECODE_MIN_WORKERS else "threads"
+    if num_workers < PROCESS_DECODE_MIN_WORKERS:
+        return "threads"
+    if batch_size is not None and pixel_shape is not None:
+        from .decode_procs import ring_bytes, shm_free_bytes
+
+        need = ring_bytes(batch_size, num_workers, prefetch_batches, pixel_shape)
+        free = shm_free_bytes()
+        if free is not None and need > free:
+            log.info("decoding in threads: process decoding needs %d MiB of shared memory, /dev/shm has %d MiB "
+                     "free (give the container more with --shm-size, or lower the batch size)",
+                     need >> 20, free >> 20)
+            return "threads"
+    return "processes"
 
 
 def embed_images(tower: Tower, preprocessor, sources: list, *, batch_size: int, num_workers: int,
@@ -50,6 +66,7 @@ def embed_images(tower: Tower, preprocessor, sources: list, *, batch_size: int, 
     precision and decode mode) images found there are neither decoded nor embedded, and each
     computed batch is stored as soon as it is done (an interrupted run keeps what it finished).
     """
+    decode = resolve_decode(decode, num_workers, batch_size=batch_size, pixel_shape=preprocessor.output_size)
     rows: list[np.ndarray] = []
     idx: list[np.ndarray] = []
     failures: list[BadItem] = []
@@ -86,7 +103,7 @@ def embed_images(tower: Tower, preprocessor, sources: list, *, batch_size: int, 
     else:
         embeds = np.zeros((0, 0), dtype=np.float32)
         indices = np.zeros(0, dtype=np.int64)
-    return ImageEmbeddings(embeds, indices, failures, cache_hits=len(hits))
+    return ImageEmbeddings(embeds, indices, failures, cache_hits=len(hits), decode=decode)
 
 
 @dataclass

@@ -139,7 +139,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
                                      cache=cache, lazy=cache is not None)
             task_params = TaskParams(batch_size=cfg.batch_size, num_workers=workers, recall_k=cfg.recall_k,
                                      on_error=cfg.on_error, fast_decode=cfg.fast_decode,
-                                     decode=resolve_decode(cfg.decode, workers),
+                                     decode=cfg.decode,
                                      num_threads=cfg.num_threads, progress=cfg.verbose,
                                      split=cfg.split, limit=cfg.limit, language=cfg.language,
                                      dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir,
@@ -153,7 +153,6 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
                 "precision": context.precision,
                 "batch_size": cfg.batch_size,
                 "num_workers": workers,
-                "decode": resolve_decode(cfg.decode, workers),
                 "split": cfg.split,
                 "limit": cfg.limit,
                 "data_dir": params["data_dir"],

@@ -142,3 +142,21 @@ def test_decode_auto_picks_processes_only_on_many_cores():
     assert resolve_decode("auto", PROCESS_DECODE_MIN_WORKERS - 1) == "threads"
     assert resolve_decode("auto", 0) == "threads"
     assert resolve_decode("threads", 64) == "threads" and resolve_decode("processes", 2) == "processes"
+
+
+def test_decode_auto_falls_back_to_threads_when_shared_memory_is_short(monkeypatch, caplog):
+    from clipeval.engine import decode_procs
+    from clipeval.engine.embed import PROCESS_DECODE_MIN_WORKERS, resolve_decode
+
+    workers = PROCESS_DECODE_MIN_WORKERS
+    need = decode_procs.ring_bytes(128, workers, 2, (224, 224))
+    assert need == (decode_procs.batches_ahead(128, workers, 2) + 1) * 128 * 3 * 224 * 224 * 4
+    monkeypatch.setattr(decode_procs, "shm_free_bytes", lambda: need - 1)  # a container's small /dev/shm
+    with caplog.at_level("INFO", logger="clipeval.engine.embed"):
+        assert resolve_decode("auto", workers, batch_size=128, pixel_shape=(224, 224)) == "threads"
+    assert "shm-size" in caplog.text
+    assert resolve_decode("processes", workers, batch_size=128, pixel_shape=(224, 224)) == "processes"
+    monkeypatch.setattr(decode_procs, "shm_free_bytes", lambda: need)
+    assert resolve_decode("auto", workers, batch_size=128, pixel_shape=(224, 224)) == "processes"
+    monkeypatch.setattr(decode_procs, "shm_free_bytes", lambda: None)  # cannot tell: as configured
+    assert resolve_decode("auto", workers, batch_size=128, pixel_shape=(224, 224)) == "processes"

@@ -101,6 +101,7 @@ def run_classification(model: ModelContext, dataset: ClassificationDataset, para
     skipped = [it.to_dict() for it in dataset.skipped] + [it.to_dict() for it in images.failures]
     meta = {
         "num_images": int(len(images.indices)),
+        "decode": images.decode,
         "num_templates": len(dataset.templates) if not isinstance(dataset.templates, dict) else None,
         "num_prompts": n_prompts,
         "multilabel": dataset.multilabel,

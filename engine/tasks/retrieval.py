@@ -34,7 +34,7 @@ class TaskParams:
     cache_dir: str | None = None
     classnames_file: str | None = None
     templates_file: str | None = None
-    decode: str = "threads"  # decode backend, resolved (engine/embed.resolve_decode)
+    decode: str = "auto"  # decode backend (engine/embed.resolve_decode picks for auto)
 
     def dataset_options(self) -> dict:
         """Options every dataset reader takes (see :func:`clipeval.engine.datasets.read_dataset`)."""
@@ -85,6 +85,7 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
         "dropped_texts": dropped_texts,
         "merged_rows": dataset.merged_rows,
         "truncated_texts": texts.truncated,
+        "decode": images.decode,
         "timings": timings,
         **notes,
     }
