@@ -4,6 +4,8 @@ tokenizer and the text tower (sorted by length so each batch pads only to its ow
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +33,24 @@ class ImageEmbeddings:
 # interpreter lock for the JPEG header parse and the PIL->numpy copy, which caps them well short of
 # all cores on a many-core machine (docs/speed.md, "Decoding across all cores").
 PROCESS_DECODE_MIN_WORKERS = 12
+# Console scripts whose main module multiprocessing may import again safely (entry-point wrappers
+# that pip writes with a ``__main__`` guard).
+CONSOLE_SCRIPTS = ("clipeval", "pytest", "py.test")
+
+
+def main_is_import_safe() -> bool:
+    """Whether decode worker processes can start without running the caller's main script: there
+    is none to import (interactive, ``python -c``), it is a package's ``__main__`` (``python -m``,
+    which multiprocessing does not import again), or it is a console script (pip guards those).
+    A user's own script may call ``run_task`` unguarded, so ``auto`` keeps threads there."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return True
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and (spec.name == "__main__" or spec.name.endswith(".__main__")):
+        return True
+    return os.path.basename(path) in CONSOLE_SCRIPTS
 
 
 def resolve_decode(decode: str, num_workers: int, *, batch_size: int | None = None,
@@ -42,6 +62,11 @@ def resolve_decode(decode: str, num_workers: int, *, batch_size: int | None = No
     if decode != "auto":
         return decode
     if num_workers < PROCESS_DECODE_MIN_WORKERS:
+        return "threads"
+    if not main_is_import_safe():
+        log.info("decoding in threads: worker processes would import the main script %s again; to decode in "
+                 "processes, guard it with `if __name__ == \"__main__\":` and set decode: processes",
+                 getattr(sys.modules.get("__main__"), "__file__", "?"))
         return "threads"
     if batch_size is not None and pixel_shape is not None:
         from .decode_procs import ring_bytes, shm_free_bytes

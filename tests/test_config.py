@@ -160,3 +160,28 @@ def test_decode_auto_falls_back_to_threads_when_shared_memory_is_short(monkeypat
     assert resolve_decode("auto", workers, batch_size=128, pixel_shape=(224, 224)) == "processes"
     monkeypatch.setattr(decode_procs, "shm_free_bytes", lambda: None)  # cannot tell: as configured
     assert resolve_decode("auto", workers, batch_size=128, pixel_shape=(224, 224)) == "processes"
+
+
+def test_decode_auto_keeps_threads_under_a_users_own_script(monkeypatch):
+    import sys
+    import types
+
+    from clipeval.engine.embed import PROCESS_DECODE_MIN_WORKERS, resolve_decode
+
+    def main_module(file=None, spec_name=None):
+        module = types.ModuleType("__main__")
+        if file is not None:
+            module.__file__ = file
+        module.__spec__ = types.SimpleNamespace(name=spec_name) if spec_name else None
+        monkeypatch.setitem(sys.modules, "__main__", module)
+
+    workers = PROCESS_DECODE_MIN_WORKERS
+    main_module("/home/me/evaluate.py")  # may call run_task without a __main__ guard
+    assert resolve_decode("auto", workers) == "threads"
+    assert resolve_decode("processes", workers) == "processes"  # asked for explicitly
+    main_module("/usr/lib/python3/site-packages/clipeval/__main__.py", "clipeval.__main__")  # python -m clipeval
+    assert resolve_decode("auto", workers) == "processes"
+    main_module("/venv/bin/clipeval")  # the console script
+    assert resolve_decode("auto", workers) == "processes"
+    main_module()  # interactive / python -c
+    assert resolve_decode("auto", workers) == "processes"
