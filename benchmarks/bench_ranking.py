@@ -11,7 +11,8 @@ compile / cache-load time is measured first and reported on its own.
 
 ``--data correlated`` (default) places each text near its image, as a trained model does (5
 texts per image, like COCO); ``--data random`` draws texts independently of the images, where
-the positive's score sits in the crowd and the most scores need an exact look.
+the positive's score sits in the crowd and the most scores need an exact look; ``--data
+identical`` gives every text the same vector (every image ranks its texts by a tie).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def make_data(n_texts, n_images, dim, kind, seed=0):
     if kind == "correlated":
         text *= np.float32(5.5 / np.sqrt(dim))
         text += image[text_to_image]
+    elif kind == "identical":  # the worst case: every text the same vector, so all tie
+        text[:] = text[0]
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     return text, image, text_to_image
 
@@ -142,7 +145,7 @@ def main():
     parser.add_argument("--texts", type=int, default=25_000)
     parser.add_argument("--images", type=int, default=5_000)
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--data", choices=["correlated", "random"], default="correlated")
+    parser.add_argument("--data", choices=["correlated", "random", "identical"], default="correlated")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="numba threads (default: all)")
     parser.add_argument("--large", action="store_true", help="also run 250,000 x 50,000")
@@ -155,7 +158,7 @@ def main():
           f"env {', '.join(f'{k}={v}' for k, v in env.items() if v is not None) or '(none set)'}")
 
     start = time.perf_counter()
-    from clipeval.engine.kernels import positive_ranks
+    from clipeval.engine.kernels.rank import positive_ranks  # the numba kernels (not the small-input path)
 
     import_s = time.perf_counter() - start
     tiny = np.eye(4, dtype=np.float32)

@@ -341,3 +341,37 @@ def test_small_path_duplicated_rows_grouped_and_chunked(monkeypatch, group_after
     image = np.concatenate([pool_i[rng.integers(0, 4, 20)], rng.standard_normal((5, 6)).astype(np.float32)])
     text[::7] += np.float32(0.5)  # some rows differ, some of those by exact multiples
     small_matches_numba_and_oracle(text, image, rng.integers(0, image.shape[0], 70))
+
+
+def test_identical_row_groups_compare_rows_not_just_hashes():
+    from clipeval.engine.kernels.arrays import hash_multipliers, identical_row_groups
+    from clipeval.engine.kernels.common import row_hashes
+
+    rng = np.random.default_rng(4)
+    pool = rng.standard_normal((3, 5)).astype(np.float32)
+    x = pool[[0, 1, 0, 2, 1, 0]]
+    x = np.concatenate([x, -np.zeros((1, 5), np.float32), np.zeros((1, 5), np.float32)])  # -0.0 vs 0.0
+    hashes = row_hashes(x, hash_multipliers(5), 2)
+    assert hashes[0] == hashes[2] == hashes[5] and hashes[1] == hashes[4]
+    groups = identical_row_groups(x, hashes)
+    np.testing.assert_array_equal(groups[:6], [0, 1, 0, 3, 1, 0])
+    assert groups[6] != groups[7]  # different bits: not grouped (they are merely re-scored)
+    # every hash colliding: still only bitwise-identical rows share a group
+    collided = identical_row_groups(x, np.zeros(len(x), np.uint64))
+    np.testing.assert_array_equal(collided, groups)
+    distinct = normalised(rng, 9, 5)
+    np.testing.assert_array_equal(identical_row_groups(distinct, row_hashes(distinct, hash_multipliers(5), 1)),
+                                  np.arange(9))
+
+
+@pytest.mark.parametrize("block_rows", [1, 5, 64])
+def test_duplicated_texts_and_images_match_oracle(block_rows):
+    rng = np.random.default_rng(12)
+    text = normalised(rng, 4, 16)[rng.integers(0, 4, 60)]  # 60 texts, 4 distinct
+    image = normalised(rng, 6, 16)[rng.integers(0, 6, 30)]  # 30 images, 6 distinct
+    text_to_image = rng.integers(0, 30, 60)
+    expected = oracle_ranks(text, image, text_to_image)
+    for threads in (1, 2):
+        assert_ranks_equal(ranks_numba(text, image, text_to_image, block_rows=block_rows, num_threads=threads),
+                           expected)
+    assert_ranks_equal(positive_ranks_small(text, image, text_to_image), expected)

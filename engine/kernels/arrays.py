@@ -90,3 +90,27 @@ def as_positive_index(text_to_image, n_texts, n_images):
             f"[0, {n_images}) ({bad.size} such texts)"
         )
     return np.ascontiguousarray(index, dtype=np.int64)
+
+
+def hash_multipliers(dim: int) -> np.ndarray:
+    """Fixed odd 64-bit multipliers for :func:`.common.row_hashes` (any values work; these are
+    deterministic so runs behave alike)."""
+    rng = np.random.default_rng(0x5EED_C11B)
+    return rng.integers(0, 2**64 - 1, size=dim, dtype=np.uint64, endpoint=True) | np.uint64(1)
+
+
+def identical_row_groups(x: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Per row, the index of a representative row bitwise identical to it (itself when it has no
+    twin). ``hashes`` only narrows the search: rows sharing a hash are compared in full, so a hash
+    collision never groups different rows."""
+    n = x.shape[0]
+    groups = np.arange(n, dtype=np.int64)
+    order = np.argsort(hashes, kind="stable")
+    same = hashes[order[1:]] == hashes[order[:-1]]
+    if not same.any():
+        return groups
+    candidates = np.unique(np.concatenate([order[1:][same], order[:-1][same]]))
+    rows = np.ascontiguousarray(x[candidates]).view(np.dtype((np.void, x.shape[1] * x.itemsize))).ravel()
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    groups[candidates] = candidates[first][inverse.ravel()]
+    return groups

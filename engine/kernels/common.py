@@ -87,6 +87,24 @@ def row_norms(x, n_chunks):
     return norms
 
 
+@jit(parallel=True, nogil=True)
+def row_hashes(x, multipliers, n_chunks):
+    """A 64-bit hash of every row's bits (sum of each float32 word times an odd multiplier,
+    wrapping), in parallel over rows: identical rows hash alike, so rows whose hash is unique
+    have no identical twin."""
+    n, dim = x.shape
+    bits = x.view(np.uint32)
+    hashes = np.empty(n, dtype=np.uint64)
+    step = (n + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        for r in range(c * step, min(n, (c + 1) * step)):
+            h = np.uint64(0)
+            for k in range(dim):
+                h += np.uint64(bits[r, k]) * multipliers[k]
+            hashes[r] = h
+    return hashes
+
+
 # --------------------------------------------------------------------------- validation, threads
 
 SINGLE_THREAD_PAIRS = 1 << 18  # below this many score pairs one thread is faster than spawning

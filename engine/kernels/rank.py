@@ -28,6 +28,12 @@ not) at once; the few within the margin are decided on the canonical score. The 
 counted in one pass over each GEMM block and nothing is stored per pair. The ranks are thus
 exact for the canonical scores and identical for any block size, thread count or BLAS.
 
+Bitwise-identical rows (duplicate captions, an image listed twice) are grouped before the first
+block (:func:`.common.row_hashes`, then :func:`.arrays.identical_row_groups` compares the rows
+whose hashes collide): a pair within the margin whose row is identical to the positive's has the
+positive's canonical score without computing it, so a gallery of many duplicates costs a
+comparison per tied pair rather than a float64 dot product.
+
 Memory: one float32 block of ``block_rows x n_images`` plus one int64 counter row of
 ``n_images`` per thread, and O(n_texts + n_images) small arrays.
 
@@ -42,8 +48,16 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .arrays import as_embeddings, as_positive_index, best_positive_per_image, float32_bounds, score_margin
-from .common import dot64, jit, numba_threads, pick_threads, row_norms
+from .arrays import (
+    as_embeddings,
+    as_positive_index,
+    best_positive_per_image,
+    float32_bounds,
+    hash_multipliers,
+    identical_row_groups,
+    score_margin,
+)
+from .common import dot64, jit, numba_threads, pick_threads, row_hashes, row_norms
 
 __all__ = ["positive_ranks"]
 
@@ -60,7 +74,7 @@ _MIN_BLOCK_ROWS = 256
 @jit()
 def _count_row(
     scores, t, text_emb, image_emb, positive, theta, lo, hi,
-    col_theta, col_best, col_lo, col_hi, col_counts,
+    col_theta, col_best, col_lo, col_hi, col_counts, text_group, image_group,
 ):
     """Count one text row of a GEMM block in both directions.
 
@@ -89,22 +103,24 @@ def _count_row(
     if col_best[positive] == t:
         col_near -= col_lo[positive] <= v and v <= col_hi[positive]
     if near > above:
-        above += _resolve_row(scores, t, text_emb, image_emb, positive, theta, lo, hi)
+        above += _resolve_row(scores, t, text_emb, image_emb, positive, theta, lo, hi, image_group)
     if col_near > 0:
         _resolve_columns(scores, t, text_emb, image_emb, col_theta, col_best, col_lo, col_hi,
-                         col_counts)
+                         col_counts, text_group)
     return above
 
 
 @jit()
-def _resolve_row(scores, t, text_emb, image_emb, positive, theta, lo, hi):
-    """Images of row ``t`` whose GEMM value is between the bounds and that outrank the positive."""
+def _resolve_row(scores, t, text_emb, image_emb, positive, theta, lo, hi, image_group):
+    """Images of row ``t`` whose GEMM value is between the bounds and that outrank the positive.
+    An image identical to the positive (same ``image_group``) has its score exactly: a tie."""
     text = text_emb[t]
+    positive_group = image_group[positive]
     above = 0
     for j in range(scores.shape[0]):
         v = scores[j]
         if lo <= v and v <= hi and j != positive:
-            s = dot64(text, image_emb[j])
+            s = theta if image_group[j] == positive_group else dot64(text, image_emb[j])
             if s > theta or (s == theta and j < positive):
                 above += 1
     return above
@@ -112,14 +128,16 @@ def _resolve_row(scores, t, text_emb, image_emb, positive, theta, lo, hi):
 
 @jit()
 def _resolve_columns(scores, t, text_emb, image_emb, col_theta, col_best, col_lo, col_hi,
-                     col_counts):
+                     col_counts, text_group):
     """Add 1 to ``col_counts[j]`` where text ``t`` is between column ``j``'s bounds and outranks
-    its best positive text on the canonical score."""
+    its best positive text on the canonical score (a text identical to it, same ``text_group``,
+    ties exactly)."""
     text = text_emb[t]
+    group = text_group[t]
     for j in range(scores.shape[0]):
         v = scores[j]
         if col_lo[j] <= v and v <= col_hi[j] and col_best[j] != t:
-            s = dot64(text, image_emb[j])
+            s = col_theta[j] if text_group[col_best[j]] == group else dot64(text, image_emb[j])
             if s > col_theta[j] or (s == col_theta[j] and t < col_best[j]):
                 col_counts[j] += 1
 
@@ -142,7 +160,7 @@ def _positive_scores(text_emb, image_emb, text_to_image, n_chunks):
 @jit(parallel=True, nogil=True)
 def _count_block(
     block, t0, text_emb, image_emb, text_to_image, theta, lo, hi,
-    col_theta, col_best, col_lo, col_hi, chunk_counts, t2i_out,
+    col_theta, col_best, col_lo, col_hi, chunk_counts, t2i_out, text_group, image_group,
 ):
     """Count the GEMM block of text rows ``t0 .. t0 + len(block)`` in both directions.
 
@@ -158,7 +176,7 @@ def _count_block(
             t = t0 + r
             t2i_out[t] = _count_row(
                 block[r], t, text_emb, image_emb, text_to_image[t], theta[t], lo[t], hi[t],
-                col_theta, col_best, col_lo, col_hi, counts,
+                col_theta, col_best, col_lo, col_hi, counts, text_group, image_group,
             )
 
 
@@ -234,6 +252,8 @@ def _rank_all(text_emb, image_emb, text_to_image, block_rows, threads):
         col_theta[has_text] - col_margin[has_text], col_theta[has_text] + col_margin[has_text]
     )
 
+    text_group = identical_row_groups(text_emb, row_hashes(text_emb, hash_multipliers(dim), threads))
+    image_group = identical_row_groups(image_emb, row_hashes(image_emb, hash_multipliers(dim), threads))
     t2i = np.empty(n_texts, dtype=np.int64)
     chunk_counts = np.zeros((threads, n_images), dtype=np.int64)
     block = np.empty((min(block_rows, n_texts), n_images), dtype=np.float32)
@@ -244,7 +264,7 @@ def _rank_all(text_emb, image_emb, text_to_image, block_rows, threads):
         np.matmul(text_emb[t0 : t0 + rows], image_t, out=scores)
         _count_block(
             scores, t0, text_emb, image_emb, text_to_image, theta, lo, hi,
-            col_theta, col_best, col_lo, col_hi, chunk_counts, t2i,
+            col_theta, col_best, col_lo, col_hi, chunk_counts, t2i, text_group, image_group,
         )
     i2t = chunk_counts.sum(axis=0)
     i2t[~has_text] = -1
