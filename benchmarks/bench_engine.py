@@ -3,10 +3,13 @@
     python benchmarks/bench_engine.py text      # texts/s, padded to the batch's longest vs to 77
     python benchmarks/bench_engine.py memory    # peak RSS of `clipeval eval` on 20,000 images
     python benchmarks/bench_engine.py inflight  # peak RSS of the decode pipeline at batch 128, 16 workers
+    python benchmarks/bench_engine.py threads   # first-run wall time: decode threads x onnxruntime spinning
 
 `text` exports a random-weight CLIP whose text tower has ViT-B/32's shape (width 512, 12 layers,
 8 heads, 77 positions) and embeds caption-length queries both ways, in one process, one after the
-other. `inflight` decodes 640x480 JPEGs through ``iter_pixel_batches`` in child processes, for
+other. `threads` exports a random-weight ViT-B/32-shape CLIP (fp32 + int8) and runs `clipeval
+eval --no-cache` on JPEGs in child processes, round robin, with 1 or 2 decode threads and
+onnxruntime's intra-op threads spinning (its default) or not, best of ``--repeat``. `inflight` decodes 640x480 JPEGs through ``iter_pixel_batches`` in child processes, for
 both backends, with the bound on batches in flight (``pipeline.batches_ahead``) as it is and as it
 was (``prefetch_batches + num_workers``), and reports each child's peak resident memory (shared
 memory the consumer maps counts once it is touched). `memory` writes a custom dataset of JPEG files, runs the CLI in a child process and reads
@@ -174,6 +177,46 @@ def bench_inflight(args) -> None:
                       "cpus": os.cpu_count(), "rows": rows}))
 
 
+_NO_SPIN = (
+    "import clipeval.engine.session as s\n"
+    "plain = s.session_options\n"
+    "def no_spin(threads=None):\n"
+    "    so = plain(threads)\n"
+    "    so.add_session_config_entry('session.intra_op.allow_spinning', '0')\n"
+    "    return so\n"
+    "s.session_options = no_spin\n"
+)
+
+
+def bench_threads(args) -> None:
+    from bench_export import make_checkpoint
+    from bench_speed import write_images
+
+    from clipeval.engine.bench import run_child
+    from clipeval.export import export_checkpoint
+
+    rows: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        bundle = export_checkpoint(make_checkpoint(work / "ckpt"), work / "bundle", precision="int8")
+        data = write_images(work / "ds", args.images, 5)
+        for _ in range(args.repeat):
+            for workers in (2, 1):
+                for spin in (True, False):
+                    code = ("" if spin else _NO_SPIN) + "from clipeval.cli.main import main; main()"
+                    for precision in ("fp32", "int8"):
+                        run = run_child([sys.executable, "-c", code, "eval", "--model", str(bundle), "--data-dir",
+                                         str(data), "--quiet", "--no-cache", "--precision", precision,
+                                         "--num-workers", str(workers), "--batch-size", "64",
+                                         "--output-dir", str(work / "out")])
+                        if run.returncode:
+                            raise SystemExit(run.stderr[-2000:])
+                        key = f"{precision}, {workers} decode thread(s), {'spinning' if spin else 'no spinning'}"
+                        rows[key] = min(rows.get(key, float("inf")), run.wall_s)
+                        print(f"{key:45s} {run.wall_s:6.1f} s", file=sys.stderr)
+    print(json.dumps({"images": args.images, "repeat": args.repeat, "cpus": os.cpu_count(), "best_wall_s": rows}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -189,8 +232,11 @@ def main() -> None:
     f.add_argument("--images", type=int, default=2560)
     f.add_argument("--batch-size", type=int, default=128)
     f.add_argument("--workers", type=int, default=16)
+    h = sub.add_parser("threads")
+    h.add_argument("--images", type=int, default=200)
+    h.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    {"text": bench_text, "memory": bench_memory, "inflight": bench_inflight}[args.what](args)
+    {"text": bench_text, "memory": bench_memory, "inflight": bench_inflight, "threads": bench_threads}[args.what](args)
 
 
 if __name__ == "__main__":
