@@ -73,7 +73,8 @@ def threads_option(f):
 def decode_option(f):
     return click.option("--decode", type=click.Choice(["auto", "threads", "processes"]), default="auto",
                         show_default=True,
-                        help="Decode images in threads or in processes (auto: processes from 12 workers on, where /dev/shm has room; docs/speed.md).")(f)
+                        help="Decode images in threads or in processes (auto: processes from 12 workers on, "
+                             "where /dev/shm has room; docs/speed.md).")(f)
 
 
 def batch_option(f):
