@@ -31,7 +31,7 @@ class ImageEmbeddings:
 
 # From this many decode workers on, ``decode="auto"`` decodes in processes: threads share the
 # interpreter lock for the JPEG header parse and the PIL->numpy copy, which caps them well short of
-# all cores on a many-core machine (docs/speed.md, "Decoding across all cores").
+# all cores on a many-core machine (docs/speed.md, "GPU path").
 PROCESS_DECODE_MIN_WORKERS = 12
 # Console scripts whose main module multiprocessing may import again safely (entry-point wrappers
 # that pip writes with a ``__main__`` guard).
@@ -57,8 +57,9 @@ def resolve_decode(decode: str, num_workers: int, *, batch_size: int | None = No
                    pixel_shape: tuple[int, int] | None = None, prefetch_batches: int = 2) -> str:
     """The decode backend ``iter_pixel_batches`` gets for the ``decode`` setting: ``threads`` and
     ``processes`` as they are; ``auto`` is processes from ``PROCESS_DECODE_MIN_WORKERS`` workers on,
-    unless (``batch_size`` and ``pixel_shape`` given) ``/dev/shm`` has too little room for the
-    process ring (containers often give it 64 MB): then threads, with a note in the log."""
+    unless the main script is not known to be safe to import again (:func:`main_is_import_safe`)
+    or (``batch_size`` and ``pixel_shape`` given) ``/dev/shm`` has too little room for the process
+    ring (containers often give it 64 MB): then threads, with a note in the log."""
     if decode != "auto":
         return decode
     if num_workers < PROCESS_DECODE_MIN_WORKERS:
