@@ -7,6 +7,8 @@ partial sums in the same order, so both give bit-identical canonical scores.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 # Float32 unit roundoff.
@@ -30,6 +32,53 @@ def as_embeddings(x, name):
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise ValueError(f"{name} row {bad} contains NaN or infinity")
     return x
+
+
+def ranking_inputs(text_emb, image_emb, text_to_image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked ``(text_emb, image_emb, positive index)`` for both ranking paths: C-contiguous
+    float32 embeddings of one dimension and one image index per text."""
+    text_emb = as_embeddings(text_emb, "text_emb")
+    image_emb = as_embeddings(image_emb, "image_emb")
+    n_texts, dim = text_emb.shape
+    n_images = image_emb.shape[0]
+    if image_emb.shape[1] != dim:
+        raise ValueError(
+            f"text_emb has dimension {dim} but image_emb has {image_emb.shape[1]}; "
+            "both towers must embed into the same space"
+        )
+    return text_emb, image_emb, as_positive_index(text_to_image, n_texts, n_images)
+
+
+class Bounds(NamedTuple):
+    """float32 bounds around the positives' canonical scores: a GEMM value above ``hi`` (below
+    ``lo``) is surely above (below) text ``t``'s positive score ``theta[t]``; per image, the best
+    positive text ``col_best`` (-1: none), its score ``col_theta`` and bounds ``col_lo``/``col_hi``
+    (infinite for an image without text, so it is never counted)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    col_theta: np.ndarray
+    col_best: np.ndarray
+    has_text: np.ndarray
+    col_lo: np.ndarray
+    col_hi: np.ndarray
+
+
+def score_bounds(theta, positive, text_norm, image_norm, n_images: int, dim: int) -> Bounds:
+    """:class:`Bounds` from the canonical positive scores and the rows' float64 norms:
+    |GEMM value - canonical score| <= gamma * ||t|| * ||i|| (:func:`score_margin`)."""
+    gamma = score_margin(dim)
+    row_margin = gamma * text_norm * image_norm.max() + 1e-30
+    lo, hi = float32_bounds(theta - row_margin, theta + row_margin)
+    col_theta, col_best = best_positive_per_image(theta, positive, n_images)
+    has_text = col_best >= 0
+    col_margin = gamma * image_norm * text_norm.max() + 1e-30
+    col_lo = np.full(n_images, np.inf, dtype=np.float32)
+    col_hi = np.full(n_images, np.inf, dtype=np.float32)
+    col_lo[has_text], col_hi[has_text] = float32_bounds(
+        col_theta[has_text] - col_margin[has_text], col_theta[has_text] + col_margin[has_text]
+    )
+    return Bounds(lo, hi, col_theta, col_best, has_text, col_lo, col_hi)
 
 
 def dot64_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -99,17 +148,21 @@ def hash_multipliers(dim: int) -> np.ndarray:
     return rng.integers(0, 2**64 - 1, size=dim, dtype=np.uint64, endpoint=True) | np.uint64(1)
 
 
-def identical_row_groups(x: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+def identical_row_groups(x: np.ndarray, hashes: np.ndarray | None = None) -> np.ndarray:
     """Per row, the index of a representative row bitwise identical to it (itself when it has no
-    twin). ``hashes`` only narrows the search: rows sharing a hash are compared in full, so a hash
-    collision never groups different rows."""
+    twin). ``hashes`` (:func:`.common.row_hashes`) only narrows the search: rows sharing a hash are
+    compared in full, so a hash collision never groups different rows; without them every row is
+    compared."""
     n = x.shape[0]
     groups = np.arange(n, dtype=np.int64)
-    order = np.argsort(hashes, kind="stable")
-    same = hashes[order[1:]] == hashes[order[:-1]]
-    if not same.any():
-        return groups
-    candidates = np.unique(np.concatenate([order[1:][same], order[:-1][same]]))
+    if hashes is None:
+        candidates = groups.copy()
+    else:
+        order = np.argsort(hashes, kind="stable")
+        same = hashes[order[1:]] == hashes[order[:-1]]
+        if not same.any():
+            return groups
+        candidates = np.unique(np.concatenate([order[1:][same], order[:-1][same]]))
     rows = np.ascontiguousarray(x[candidates]).view(np.dtype((np.void, x.shape[1] * x.itemsize))).ravel()
     _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
     groups[candidates] = candidates[first][inverse.ravel()]

@@ -48,15 +48,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .arrays import (
-    as_embeddings,
-    as_positive_index,
-    best_positive_per_image,
-    float32_bounds,
-    hash_multipliers,
-    identical_row_groups,
-    score_margin,
-)
+from .arrays import hash_multipliers, identical_row_groups, ranking_inputs, score_bounds
 from .common import dot64, jit, numba_threads, pick_threads, row_hashes, row_norms
 
 __all__ = ["positive_ranks"]
@@ -213,16 +205,8 @@ def positive_ranks(
         ValueError: shapes, values or arguments are invalid (message says which).
         TypeError: an input is not a numeric array.
     """
-    text_emb = as_embeddings(text_emb, "text_emb")
-    image_emb = as_embeddings(image_emb, "image_emb")
-    n_texts, dim = text_emb.shape
-    n_images = image_emb.shape[0]
-    if image_emb.shape[1] != dim:
-        raise ValueError(
-            f"text_emb has dimension {dim} but image_emb has {image_emb.shape[1]}; "
-            "both towers must embed into the same space"
-        )
-    text_to_image = as_positive_index(text_to_image, n_texts, n_images)
+    text_emb, image_emb, text_to_image = ranking_inputs(text_emb, image_emb, text_to_image)
+    n_texts, n_images = text_emb.shape[0], image_emb.shape[0]
     block_rows = _pick_block_rows(block_rows, n_texts, n_images)
     threads = pick_threads(num_threads, n_texts * n_images)
 
@@ -235,25 +219,11 @@ def _rank_all(text_emb, image_emb, text_to_image, block_rows, threads):
     n_images = image_emb.shape[0]
 
     theta = _positive_scores(text_emb, image_emb, text_to_image, threads)
-    # |GEMM value - canonical score| <= gamma * ||t|| * ||i|| (Cauchy-Schwarz on the worst-case
-    # error of a float32 dot product summed in any order)
-    gamma = score_margin(dim)
-    text_norm = row_norms(text_emb, threads)
-    image_norm = row_norms(image_emb, threads)
-    row_margin = gamma * text_norm * image_norm.max() + 1e-30
-    lo, hi = float32_bounds(theta - row_margin, theta + row_margin)
-
-    col_theta, col_best = best_positive_per_image(theta, text_to_image, n_images)
-    has_text = col_best >= 0
-    col_margin = gamma * image_norm * text_norm.max() + 1e-30
-    col_lo = np.full(n_images, np.inf, dtype=np.float32)  # no positive: never counted
-    col_hi = np.full(n_images, np.inf, dtype=np.float32)
-    col_lo[has_text], col_hi[has_text] = float32_bounds(
-        col_theta[has_text] - col_margin[has_text], col_theta[has_text] + col_margin[has_text]
-    )
-
-    text_group = identical_row_groups(text_emb, row_hashes(text_emb, hash_multipliers(dim), threads))
-    image_group = identical_row_groups(image_emb, row_hashes(image_emb, hash_multipliers(dim), threads))
+    b = score_bounds(theta, text_to_image, row_norms(text_emb, threads), row_norms(image_emb, threads),
+                     n_images, dim)
+    multipliers = hash_multipliers(dim)
+    text_group = identical_row_groups(text_emb, row_hashes(text_emb, multipliers, threads))
+    image_group = identical_row_groups(image_emb, row_hashes(image_emb, multipliers, threads))
     t2i = np.empty(n_texts, dtype=np.int64)
     chunk_counts = np.zeros((threads, n_images), dtype=np.int64)
     block = np.empty((min(block_rows, n_texts), n_images), dtype=np.float32)
@@ -263,11 +233,11 @@ def _rank_all(text_emb, image_emb, text_to_image, block_rows, threads):
         scores = block[:rows]
         np.matmul(text_emb[t0 : t0 + rows], image_t, out=scores)
         _count_block(
-            scores, t0, text_emb, image_emb, text_to_image, theta, lo, hi,
-            col_theta, col_best, col_lo, col_hi, chunk_counts, t2i, text_group, image_group,
+            scores, t0, text_emb, image_emb, text_to_image, theta, b.lo, b.hi,
+            b.col_theta, b.col_best, b.col_lo, b.col_hi, chunk_counts, t2i, text_group, image_group,
         )
     i2t = chunk_counts.sum(axis=0)
-    i2t[~has_text] = -1
+    i2t[~b.has_text] = -1
     return t2i, i2t
 
 

@@ -13,14 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import (
-    as_embeddings,
-    as_positive_index,
-    best_positive_per_image,
-    dot64_pairs,
-    float32_bounds,
-    score_margin,
-)
+from .arrays import dot64_pairs, identical_row_groups, ranking_inputs, score_bounds
 
 SMALL_PAIRS = 1 << 22  # 4,194,304 pairs: a 16 MB float32 score matrix
 # Near pairs are re-scored this many float64 elements at a time (32 MB per gathered operand).
@@ -33,31 +26,15 @@ GROUP_AFTER = 2
 
 def positive_ranks_small(text_emb, image_emb, text_to_image) -> tuple[np.ndarray, np.ndarray]:
     """``(t2i_ranks, i2t_ranks)`` exactly as :func:`.rank.positive_ranks` returns them."""
-    text_emb = as_embeddings(text_emb, "text_emb")
-    image_emb = as_embeddings(image_emb, "image_emb")
+    text_emb, image_emb, positive = ranking_inputs(text_emb, image_emb, text_to_image)
     n_texts, dim = text_emb.shape
     n_images = image_emb.shape[0]
-    if image_emb.shape[1] != dim:
-        raise ValueError(
-            f"text_emb has dimension {dim} but image_emb has {image_emb.shape[1]}; "
-            "both towers must embed into the same space"
-        )
-    positive = as_positive_index(text_to_image, n_texts, n_images)
     rows = np.arange(n_texts)
 
     theta = dot64_pairs(text_emb, image_emb[positive])
-    gamma = score_margin(dim)
-    text_norm = np.sqrt(dot64_pairs(text_emb, text_emb))
-    image_norm = np.sqrt(dot64_pairs(image_emb, image_emb))
-    lo, hi = float32_bounds(theta - (gamma * text_norm * image_norm.max() + 1e-30),
-                            theta + (gamma * text_norm * image_norm.max() + 1e-30))
-    col_theta, col_best = best_positive_per_image(theta, positive, n_images)
-    has_text = col_best >= 0
-    col_lo = np.full(n_images, np.inf, dtype=np.float32)  # no positive: never counted
-    col_hi = np.full(n_images, np.inf, dtype=np.float32)
-    col_margin = gamma * image_norm * text_norm.max() + 1e-30
-    col_lo[has_text], col_hi[has_text] = float32_bounds(col_theta[has_text] - col_margin[has_text],
-                                                        col_theta[has_text] + col_margin[has_text])
+    lo, hi, col_theta, col_best, has_text, col_lo, col_hi = score_bounds(
+        theta, positive, np.sqrt(dot64_pairs(text_emb, text_emb)), np.sqrt(dot64_pairs(image_emb, image_emb)),
+        n_images, dim)
 
     scores = text_emb @ image_emb.T  # [T, I] float32
 
@@ -91,8 +68,7 @@ def _same_rows(x: np.ndarray, a: np.ndarray, b: np.ndarray, group: bool) -> np.n
     """Where rows ``x[a]`` and ``x[b]`` are bitwise identical (only when ``group``; else None)."""
     if not group:
         return None
-    flat = np.ascontiguousarray(x).view(np.dtype((np.void, x.shape[1] * x.itemsize))).ravel()
-    ids = np.unique(flat, return_inverse=True)[1].ravel()
+    ids = identical_row_groups(x)
     return ids[a] == ids[b]
 
 
