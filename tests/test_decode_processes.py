@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from datagen import noise_image
+from datagen import PREPROCESS_32, noise_image
 from PIL import Image
 
 from clipeval.engine import decode_procs
@@ -24,12 +24,7 @@ from clipeval.engine.images import load_image
 from clipeval.engine.pipeline import iter_pixel_batches
 from clipeval.engine.preprocess import Preprocessor
 
-SPEC = {
-    "do_convert_rgb": True, "do_resize": True, "size": {"shortest_edge": 32}, "resample": "bicubic",
-    "do_center_crop": True, "crop_size": {"height": 32, "width": 32},
-    "do_rescale": True, "rescale_factor": 1 / 255,
-    "do_normalize": True, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3],
-}
+SPEC = PREPROCESS_32
 LINUX_SHM = os.path.isdir("/dev/shm") and os.path.exists("/proc/self/maps")
 needs_linux_shm = pytest.mark.skipif(not LINUX_SHM, reason="inspects /dev/shm and /proc")
 

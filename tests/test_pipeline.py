@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from datagen import PREPROCESS_32
 from PIL import Image
 
 from clipeval.engine.errors import ConfigError, ImageError
@@ -15,12 +16,7 @@ from clipeval.engine.images import load_image
 from clipeval.engine.pipeline import Batch, batches_ahead, iter_pixel_batches
 from clipeval.engine.preprocess import Preprocessor
 
-SPEC = {
-    "do_convert_rgb": True, "do_resize": True, "size": {"shortest_edge": 32}, "resample": "bicubic",
-    "do_center_crop": True, "crop_size": {"height": 32, "width": 32},
-    "do_rescale": True, "rescale_factor": 1 / 255,
-    "do_normalize": True, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3],
-}
+SPEC = PREPROCESS_32
 
 
 @pytest.fixture(scope="module")
