@@ -160,18 +160,15 @@ def fp16_io_graph(bundle: Path, work: Path, tower: str = "vision") -> Path:
 
     from clipeval.export.towers import ir_version_for_opset
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    facts = manifest["fused_ops"][tower]
     from clipeval.export import optimize
 
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    # heads and width from the checkpoint the bundle was exported from (the manifest's source)
+    cfg = json.loads((Path(manifest["source"]) / "config.json").read_text())[f"{tower}_config"]
     fused = work / f"{bundle.name}-{tower}.fused.onnx"
-    heads_hidden = manifest.get("towers", {}).get(tower, {})
-    heads, hidden = heads_hidden.get("num_heads"), heads_hidden.get("hidden_size")
-    if heads is None:  # read them from the checkpoint config next to the bundle source
-        cfg = json.loads((Path(manifest["source"]) / "config.json").read_text())[f"{tower}_config"]
-        heads, hidden = cfg["num_attention_heads"], cfg["hidden_size"]
-    optimize.fuse(bundle / f"{tower}.onnx", fused, model_type=facts.get("optimizer_model_type", "clip"),
-                  num_heads=heads, hidden_size=hidden, opset=17)
+    optimize.fuse(bundle / f"{tower}.onnx", fused,
+                  model_type=manifest["fused_ops"][tower].get("optimizer_model_type", "clip"),
+                  num_heads=cfg["num_attention_heads"], hidden_size=cfg["hidden_size"], opset=17)
     model = OnnxModel(onnx.load(str(fused)))
     model.convert_float_to_float16(keep_io_types=False, use_symbolic_shape_infer=True)
     model.model.ir_version = ir_version_for_opset(17)
@@ -285,8 +282,25 @@ def rate_of(case, seconds: float) -> float:
     return calls * case.n / (time.perf_counter() - t0)
 
 
+def round_robin(cases, rounds: int, seconds: float, best: dict, on_round=None) -> dict:
+    """Best items/s of each case over ``rounds`` passes taken in turn, so every case sees the same
+    clocks and temperature; a case that raises (CUDA graphs refused, say) is recorded as failed
+    and left out of later passes. ``on_round`` runs after each pass (to save what exists)."""
+    for r in range(rounds):
+        for c in cases:
+            if isinstance(best.get(c.name), str):
+                continue
+            try:
+                best[c.name] = max(best.get(c.name, 0.0), rate_of(c, seconds))
+            except Exception as exc:  # noqa: BLE001 - record and go on
+                best[c.name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+            log(f"round {r}: {c.name}: {best[c.name]}")
+        if on_round:
+            on_round()
+    return best
+
+
 def torch_models(ckpt: Path, device: str):
-    import torch
     import transformers
 
     models = {}
@@ -294,7 +308,6 @@ def torch_models(ckpt: Path, device: str):
         m = transformers.CLIPModel.from_pretrained(str(ckpt), attn_implementation="sdpa").eval().to(device)
         models[kind] = m.half() if kind == "half" else m
     models["autocast"] = models["fp32"]
-    del torch
     return models
 
 
@@ -331,20 +344,17 @@ def bench_towers(shape: str, ckpt: Path, bundle: Path, work: Path, *, batch: int
     if with_fp32:
         cases.append(TorchCase("torch fp32", models["fp32"], pixels, kind="fp32", device=device, tower="vision"))
     out = {"batch": batch, "image_size": side, "vision_img_per_s": {}}
-    best = {c.name: 0.0 for c in cases}
-    for r in range(rounds):  # round robin: every case sees the same clocks and temperature
-        for c in cases:
-            try:
-                best[c.name] = max(best[c.name], rate_of(c, seconds))
-            except Exception as exc:  # noqa: BLE001 - e.g. CUDA graphs refused: record and go on
-                best[c.name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
-                log(f"{c.name}: {best[c.name]}")
-            log(f"round {r}: {c.name}: {best[c.name]}")
+    best: dict = {}
+
+    def keep():
         out["vision_img_per_s"] = dict(best)
         REPORT.setdefault("towers", {})[shape] = out
         save()
-    ref = best["torch eager .half() (SDPA)"]
-    out["vision_ratio_vs_torch_eager_half"] = {k: v / ref for k, v in best.items() if isinstance(v, float) and ref}
+
+    round_robin(cases, rounds, seconds, best, on_round=keep)
+    ref = best.get("torch eager .half() (SDPA)")
+    if isinstance(ref, float) and ref:
+        out["vision_ratio_vs_torch_eager_half"] = {k: v / ref for k, v in best.items() if isinstance(v, float)}
     del cases
     if text:
         out["text_per_s"] = bench_text(bundle, manifest, models, text_batch, device, seconds, rounds)
@@ -371,13 +381,7 @@ def bench_text(bundle: Path, manifest: dict, models, batch: int, device: str, se
                            device=device, tower="text"),
                  TorchCase(f"torch autocast fp16, {length} tokens", models["autocast"], feeds, kind="autocast",
                            device=device, tower="text")]
-        for _ in range(rounds):
-            for c in cases:
-                try:
-                    res[c.name] = max(res.get(c.name, 0.0), rate_of(c, seconds))
-                except Exception as exc:  # noqa: BLE001
-                    res[c.name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
-                log(f"{c.name}: {res[c.name]}")
+        round_robin(cases, rounds, seconds, res)
     return res
 
 

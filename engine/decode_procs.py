@@ -218,9 +218,14 @@ def _close(shm: shared_memory.SharedMemory) -> None:
         pass
 
 
+def ring_slots(batch_size: int, num_workers: int, prefetch_batches: int) -> int:
+    """Batch slots in the ring: the batches decoding ahead plus the one the consumer holds."""
+    return batches_ahead(batch_size, num_workers, prefetch_batches) + 1
+
+
 def ring_bytes(batch_size: int, num_workers: int, prefetch_batches: int, shape: tuple[int, int]) -> int:
     """Bytes of shared memory the ring takes for these settings and output ``shape`` (H, W)."""
-    return (batches_ahead(batch_size, num_workers, prefetch_batches) + 1) * batch_size * 3 * shape[0] * shape[1] * 4
+    return ring_slots(batch_size, num_workers, prefetch_batches) * batch_size * 3 * shape[0] * shape[1] * 4
 
 
 def shm_free_bytes() -> int | None:
@@ -284,10 +289,11 @@ def iterate_processes(items: Iterator[tuple[int, Any]], preprocessor: Preprocess
     Arguments are checked by :func:`~clipeval.engine.pipeline.iter_pixel_batches`, which calls
     this; nothing starts until the first batch is asked for.
     """
-    ahead = batches_ahead(batch_size, num_workers, prefetch_batches)
+    slots = ring_slots(batch_size, num_workers, prefetch_batches)
+    ahead = slots - 1
     chunk = max(1, min(MAX_CHUNK, math.ceil(batch_size / num_workers)))
-    ring = _Ring(ahead + 1, batch_size, preprocessor.output_size)
-    free = deque(range(ahead + 1))
+    ring = _Ring(slots, batch_size, preprocessor.output_size)
+    free = deque(range(slots))
     queue: deque[_Pending] = deque()
     pool: ProcessPoolExecutor | None = None
     exhausted = False
