@@ -14,8 +14,6 @@ import numba
 import numpy as np
 from numba import prange
 
-from .arrays import as_embeddings  # noqa: F401 - re-exported for the kernels' callers
-
 log = logging.getLogger(__name__)
 
 # numba's default OpenMP layer keeps its threads spinning after a parallel loop, where they compete

@@ -30,7 +30,8 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ..kernels.common import as_embeddings, dot64, jit, numba_threads, pick_threads, row_norms
+from ..kernels.arrays import as_embeddings
+from ..kernels.common import dot64, jit, numba_threads, pick_threads, row_norms
 
 __all__ = ["top_k"]
 
