@@ -39,6 +39,7 @@ import orjson
 
 from .errors import DatasetError
 from .results import write_atomic
+from .textio import json_lines
 
 log = logging.getLogger(__name__)
 
@@ -210,16 +211,6 @@ def _listing(problems: list[str]) -> str:
     return "\n    ".join(lines)
 
 
-def _json_lines(path: Path) -> Iterable[tuple[int, bytes]]:
-    """(line number, bytes) of the non-blank lines; split on ``\\n`` only."""
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if line.strip():
-            yield number, line
-
-
 def _row_id(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None
@@ -230,7 +221,7 @@ def _row_id(value: Any) -> str | None:
 def _json_objects(path: Path, problems: list[str]):
     """``(line number, where, object)`` for each JSON-object line of ``path``; other lines go to
     ``problems``."""
-    for number, line in _json_lines(path):
+    for number, line in json_lines(path):
         where = f"{path}:{number}"
         try:
             obj = orjson.loads(line)

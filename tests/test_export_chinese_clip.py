@@ -87,7 +87,7 @@ def test_engine_tokenizer_equals_transformers(bundle, hf_tokenizer):
 def test_engine_preprocessing_equals_transformers(bundle, ckpt):
     from transformers import AutoImageProcessor
 
-    processor = AutoImageProcessor.from_pretrained(str(ckpt))
+    processor = AutoImageProcessor.from_pretrained(str(ckpt), backend="pil")
     images = parity_images()
     want = processor(images, return_tensors="np")["pixel_values"]
     pre = Preprocessor(bundle.preprocess)
@@ -102,7 +102,7 @@ def test_onnx_towers_equal_torch_on_transformers_inputs(bundle, ckpt, hf_tokeniz
     model = ChineseCLIPModel.from_pretrained(str(ckpt), attn_implementation="eager").eval()
     feeds = hf_tokenizer(PARITY_TEXTS, padding="longest", truncation=True, max_length=CONTEXT_LENGTH,
                          return_tensors="pt")
-    pixels = AutoImageProcessor.from_pretrained(str(ckpt))(parity_images(), return_tensors="pt")["pixel_values"]
+    pixels = AutoImageProcessor.from_pretrained(str(ckpt), backend="pil")(parity_images(), return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         text = model.get_text_features(input_ids=feeds["input_ids"], attention_mask=feeds["attention_mask"])
         image = model.get_image_features(pixel_values=pixels)

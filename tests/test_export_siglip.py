@@ -125,7 +125,7 @@ def test_engine_tokenizer_equals_transformers_siglip_tokenizer(bundle, ckpt):
 def test_engine_preprocessing_equals_transformers(bundle, ckpt):
     from transformers import AutoImageProcessor
 
-    processor = AutoImageProcessor.from_pretrained(str(ckpt))
+    processor = AutoImageProcessor.from_pretrained(str(ckpt), backend="pil")
     images = parity_images()
     want = processor(images, return_tensors="np")["pixel_values"]
     pre = Preprocessor(bundle.preprocess)
@@ -139,7 +139,7 @@ def test_onnx_towers_equal_torch(bundle, ckpt):
     model = SiglipModel.from_pretrained(str(ckpt), attn_implementation="eager").eval()
     tok = TextTokenizer(bundle.path / "tokenizer.json", bundle.tokenizer_rule, bundle.context_length)
     feeds = tok(PARITY_TEXTS)
-    pixels = AutoImageProcessor.from_pretrained(str(ckpt))(parity_images(), return_tensors="pt")["pixel_values"]
+    pixels = AutoImageProcessor.from_pretrained(str(ckpt), backend="pil")(parity_images(), return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         want_t = torch.nn.functional.normalize(
             model.get_text_features(input_ids=torch.from_numpy(feeds["input_ids"])).pooler_output, dim=-1).numpy()
