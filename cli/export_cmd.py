@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from .main import cli, emit, setup_logging, verbosity_option
@@ -26,9 +28,11 @@ def export_cmd(source, out_dir, precision, opset, hub, revision, force, no_valid
     ChineseCLIPModel, SiglipModel. --precision fp16 / int8 add that variant beside fp32 and make it
     the default; both = fp32 + fp16 (default fp32). See docs/export.md.
     """
+    from clipeval.engine.fsutil import check_writable_dir
     from clipeval.export import export_checkpoint
 
     setup_logging(not quiet)
+    check_writable_dir(os.path.dirname(os.path.abspath(os.path.expanduser(out_dir))), "folder to hold the bundle (-o)")
     path = export_checkpoint(source, out_dir, precision=precision, opset=opset, force=force,
                              validate=not no_validate, hub=hub, revision=revision)
     emit({"bundle": str(path)})
