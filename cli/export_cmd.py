@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from .main import cli, emit, setup_logging, verbosity_option
@@ -32,7 +30,7 @@ def export_cmd(source, out_dir, precision, opset, hub, revision, force, no_valid
     from clipeval.export import export_checkpoint
 
     setup_logging(not quiet)
-    check_writable_dir(os.path.dirname(os.path.abspath(os.path.expanduser(out_dir))), "folder to hold the bundle (-o)")
+    check_writable_dir(out_dir, "bundle folder (-o)")
     path = export_checkpoint(source, out_dir, precision=precision, opset=opset, force=force,
                              validate=not no_validate, hub=hub, revision=revision)
     emit({"bundle": str(path)})
