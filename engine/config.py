@@ -390,7 +390,8 @@ Loc = tuple  # of str (keys) and int (list positions)
 
 
 class _Problems:
-    """Problems found in one config, each ``(location from the document root, text, hint)``."""
+    """Problems found in one config, each ``(location from the document root, text, hint)``; an
+    unknown key is located at the key itself (for its line) and named by the mapping holding it."""
 
     def __init__(self, label: str, flags: bool = False):
         self.label = label  # "the config", "the command line", "c.yaml" ...
@@ -415,7 +416,7 @@ class _Problems:
         for parent, keys in unknown.items():
             accepted = ", ".join(model.model_fields)
             text = f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(map(repr, keys))}"
-            self.items.append((parent, text, f"accepted keys: {accepted}"))
+            self.items.append((parent + (keys[0],), text, f"accepted keys: {accepted}"))
 
     def name(self, loc: Loc) -> str:
         if self.flags:
@@ -433,10 +434,9 @@ class _Problems:
         return f"{self.file}: " if self.file else ""
 
     def _text(self, loc: Loc, text: str) -> str:
-        name = self.name(loc)
-        if text.startswith("unknown key"):
-            return f"{self._line(loc)}{text} in {name or self.label}"
-        return f"{self._line(loc)}{name or self.label} {text}"
+        if text.startswith("unknown key"):  # located at the (first) key, named by the mapping holding it
+            return f"{self._line(loc)}{text} in {self.name(loc[:-1]) or self.label}"
+        return f"{self._line(loc)}{self.name(loc) or self.label} {text}"
 
     def _fix(self, loc: Loc) -> str:
         name = self.name(loc) or "it"
@@ -451,14 +451,14 @@ class _Problems:
             loc, text, hint = self.items[0]
             raise ConfigError(self._text(loc, text), hint or self._fix(loc))
         lines = [self._text(loc, text) + (f" ({hint})" if hint else "") for loc, text, hint in self.items]
-        raise ConfigError(f"{len(lines)} problems in {self.label}:\n    " + "\n    ".join(lines),
+        raise ConfigError(f"{len(lines)} problems in {self.file or self.label}:\n    " + "\n    ".join(lines),
                           "fix the keys named above")
 
 
 def _validate(problems: _Problems, model: type[BaseModel], data: dict, prefix: Loc) -> BaseModel | None:
     odd = [k for k in data if not isinstance(k, str)]
     if odd:  # YAML reads `1: x` or `null: x` as a key that is not a string
-        problems.add(prefix, f"unknown key{'s' if len(odd) > 1 else ''} {', '.join(map(_show, odd))} (not text)",
+        problems.add(prefix + (str(odd[0]),), f"unknown key{'s' if len(odd) > 1 else ''} {', '.join(map(_show, odd))} (not text)",
                      f"accepted keys: {', '.join(model.model_fields)}")
         data = {k: v for k, v in data.items() if isinstance(k, str)}
     try:
@@ -532,8 +532,8 @@ def _clip_benchmark(eval_config: dict[str, Any], task_cfg: dict[str, Any], probl
     cfg = _eval_block(block, ("eval_config", "eval"), problems)
     if tool_cfg is None or cfg is None:
         return None
-    work_dir = task_cfg.get("work_dir")
-    if work_dir and "output_dir" not in block:
+    work_dir = task_cfg.get("work_dir")  # checked by TaskConfig; of another type it is a problem listed already
+    if isinstance(work_dir, (str, os.PathLike)) and work_dir and "output_dir" not in block:
         cfg.output_dir = os.fspath(work_dir)
     return cfg
 
@@ -548,13 +548,12 @@ TOOLS: dict[str, Callable[[dict[str, Any], dict[str, Any], _Problems], Any]] = {
 
 def _task_cfg(task_cfg: dict[str, Any], problems: _Problems) -> Any:
     if "eval_config" not in task_cfg and "eval_backend" not in task_cfg:
-        problems.label = "the config" if problems.label == "the task config" else problems.label
+        problems.label = "the config"
         return _eval_block(task_cfg, (), problems)
-    top = _validate(problems, TaskConfig, task_cfg, ())
-    if top is None:
-        return None
-    if top.eval_backend != "RAGEval":
-        problems.add(("eval_backend",), f"{top.eval_backend!r} is not supported", "use eval_backend: RAGEval")
+    _validate(problems, TaskConfig, task_cfg, ())  # problems here are listed with those of eval_config
+    backend = task_cfg.get("eval_backend", "RAGEval")
+    if isinstance(backend, str) and backend != "RAGEval":
+        problems.add(("eval_backend",), f"{backend!r} is not supported", "use eval_backend: RAGEval")
         return None
     eval_config = task_cfg.get("eval_config")
     if not isinstance(eval_config, dict):
@@ -582,7 +581,7 @@ def parse_task_cfg(task_cfg: dict[str, Any] | str | os.PathLike) -> Any:
         path = Path(task_cfg)
         text = _read_config_text(path)
         task_cfg = _parse_text(path, text)
-        problems.label = problems.file = str(path)
+        problems.file = str(path)
         problems.lines = _key_lines(text)
     if not isinstance(task_cfg, dict):
         raise ConfigError(f"a task config must be a mapping, got {_kind(task_cfg)}",
