@@ -70,7 +70,7 @@ def _data_key(data_dir: str | None, cfg: EvalConfig) -> str:
         from .datasets.sources import base_url
 
         return f"url:{base_url('{name}', cfg.dataset_url)}"
-    return data_dir if "://" in data_dir else os.path.abspath(data_dir)
+    return data_dir if "://" in data_dir else os.path.abspath(os.path.expanduser(data_dir))
 
 
 def _versions() -> dict[str, str]:
