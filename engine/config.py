@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
-from .fsutil import NAME_MAX, PATH_MAX, check_path_text
+from .fsutil import check_path_text
 
 TOP_KEYS = ("eval_backend", "eval_config", "work_dir", "no_timestamp")
 EVAL_CONFIG_KEYS = ("tool", "eval")
@@ -389,12 +389,12 @@ class ClipBenchmarkToolConfig(BaseModel):
 Loc = tuple  # of str (keys) and int (list positions)
 
 
-class _Problems:
+class Problems:
     """Problems found in one config, each ``(location from the document root, text, hint)``; an
     unknown key is located at the key itself (for its line) and named by the mapping holding it."""
 
     def __init__(self, label: str, flags: bool = False):
-        self.label = label  # "the config", "the command line", "c.yaml" ...
+        self.label = label  # "the task config", "the config", "the command line", "eval" ...
         self.flags = flags  # name keys by their command-line flag
         self.items: list[tuple[Loc, str, str | None]] = []
         self.lines: dict[Loc, int] = {}
@@ -455,10 +455,13 @@ class _Problems:
                           "fix the keys named above")
 
 
-def _validate(problems: _Problems, model: type[BaseModel], data: dict, prefix: Loc) -> BaseModel | None:
+def validate_model(problems: Problems, model: type[BaseModel], data: dict, prefix: Loc) -> BaseModel | None:
+    """``model`` validated from the mapping ``data`` found at ``prefix``; ``None`` after adding
+    every problem to ``problems`` (each located under ``prefix``). For a tool's parser too."""
     odd = [k for k in data if not isinstance(k, str)]
     if odd:  # YAML reads `1: x` or `null: x` as a key that is not a string
-        problems.add(prefix + (str(odd[0]),), f"unknown key{'s' if len(odd) > 1 else ''} {', '.join(map(_show, odd))} (not text)",
+        problems.add(prefix + (str(odd[0]),),
+                     f"unknown key{'s' if len(odd) > 1 else ''} {', '.join(map(_show, odd))} (not text)",
                      f"accepted keys: {', '.join(model.model_fields)}")
         data = {k: v for k, v in data.items() if isinstance(k, str)}
     try:
@@ -470,13 +473,13 @@ def _validate(problems: _Problems, model: type[BaseModel], data: dict, prefix: L
 
 # --- parsing -------------------------------------------------------------------------------------
 
-def _eval_block(block: Any, prefix: Loc, problems: _Problems) -> EvalConfig | None:
+def _eval_block(block: Any, prefix: Loc, problems: Problems) -> EvalConfig | None:
     if not isinstance(block, dict):
         problems.add(prefix, f"must be a mapping of eval keys, got {_kind(block)}")
         return None
     fields = {k: v for k, v in block.items() if v is not None or k in NULLABLE_KEYS or k not in EVAL_KEYS}
     raw_models = fields.pop("models", None)
-    cfg = _validate(problems, EvalConfig, fields, prefix)
+    cfg = validate_model(problems, EvalConfig, fields, prefix)
     models = _models(raw_models, prefix + ("models",), problems)
     if cfg is None or models is None:
         return None
@@ -484,7 +487,7 @@ def _eval_block(block: Any, prefix: Loc, problems: _Problems) -> EvalConfig | No
     return cfg
 
 
-def _models(value: Any, loc: Loc, problems: _Problems) -> list[dict[str, Any]] | None:
+def _models(value: Any, loc: Loc, problems: Problems) -> list[dict[str, Any]] | None:
     if value is None:
         return []
     if isinstance(value, (str, os.PathLike, dict)):
@@ -516,7 +519,7 @@ def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
     Raises :class:`ConfigError` listing every problem.
     """
     flags = where == "the command line"
-    problems = _Problems(where, flags=flags)
+    problems = Problems(where, flags=flags)
     prefix = () if flags or where == "the config" else tuple(where.split("."))
     cfg = _eval_block(block, prefix, problems)
     problems.raise_if_any()
@@ -524,9 +527,9 @@ def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
     return cfg
 
 
-def _clip_benchmark(eval_config: dict[str, Any], task_cfg: dict[str, Any], problems: _Problems) -> EvalConfig | None:
+def _clip_benchmark(eval_config: dict[str, Any], task_cfg: dict[str, Any], problems: Problems) -> EvalConfig | None:
     """``eval_config`` of ``tool: clip_benchmark`` -> :class:`EvalConfig`."""
-    tool_cfg = _validate(problems, ClipBenchmarkToolConfig, eval_config, ("eval_config",))
+    tool_cfg = validate_model(problems, ClipBenchmarkToolConfig, eval_config, ("eval_config",))
     block = eval_config.get("eval")
     block = {} if block is None else block
     cfg = _eval_block(block, ("eval_config", "eval"), problems)
@@ -541,16 +544,16 @@ def _clip_benchmark(eval_config: dict[str, Any], task_cfg: dict[str, Any], probl
 # eval_config.tool (lower case) -> the parser of that tool's eval_config; called as
 # parser(eval_config, task_cfg, problems) and returning the config the runner takes (or None when
 # it added problems). Another module registers its tool here.
-TOOLS: dict[str, Callable[[dict[str, Any], dict[str, Any], _Problems], Any]] = {
+TOOLS: dict[str, Callable[[dict[str, Any], dict[str, Any], Problems], Any]] = {
     "clip_benchmark": _clip_benchmark,
 }
 
 
-def _task_cfg(task_cfg: dict[str, Any], problems: _Problems) -> Any:
+def _task_cfg(task_cfg: dict[str, Any], problems: Problems) -> Any:
     if "eval_config" not in task_cfg and "eval_backend" not in task_cfg:
         problems.label = "the config"
         return _eval_block(task_cfg, (), problems)
-    _validate(problems, TaskConfig, task_cfg, ())  # problems here are listed with those of eval_config
+    validate_model(problems, TaskConfig, task_cfg, ())  # problems here are listed with those of eval_config
     backend = task_cfg.get("eval_backend", "RAGEval")
     if isinstance(backend, str) and backend != "RAGEval":
         problems.add(("eval_backend",), f"{backend!r} is not supported", "use eval_backend: RAGEval")
@@ -576,7 +579,7 @@ def parse_task_cfg(task_cfg: dict[str, Any] | str | os.PathLike) -> Any:
     Raises :class:`ConfigError` listing every problem, each with its key's path (and, for a
     file, its line).
     """
-    problems = _Problems("the task config")
+    problems = Problems("the task config")
     if isinstance(task_cfg, (str, os.PathLike)):
         path = Path(task_cfg)
         text = _read_config_text(path)
@@ -660,5 +663,5 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-__all__ = ["EvalConfig", "ModelEntry", "TOOLS", "make_eval_config", "model_entries", "parse_task_cfg",
-           "load_config_file", "check_path_text", "check_url", "EVAL_KEYS", "MODEL_KEYS"]
+__all__ = ["EvalConfig", "ModelEntry", "Problems", "TOOLS", "make_eval_config", "model_entries", "parse_task_cfg",
+           "validate_model", "load_config_file", "check_path_text", "check_url", "EVAL_KEYS", "MODEL_KEYS"]

@@ -271,8 +271,8 @@ def test_run_task_as_documented_shows_the_result_and_the_file_on_stderr(tmp_path
     line = "clipeval-demo-shapes on custom (zeroshot_retrieval): image_retrieval_recall@1"
     if verbose:
         assert line in proc.stderr and f"wrote {written}" in proc.stderr, proc.stderr
-    else:
-        assert proc.stderr == "", proc.stderr
+    else:  # quiet: no progress, no result line, no file line (a provider's own warning may still appear)
+        assert line not in proc.stderr and "wrote" not in proc.stderr and "images:" not in proc.stderr, proc.stderr
 
 
 def test_run_task_leaves_a_callers_logging_alone(tmp_path):
