@@ -26,9 +26,11 @@ def export_cmd(source, out_dir, precision, opset, hub, revision, force, no_valid
     ChineseCLIPModel, SiglipModel. --precision fp16 / int8 add that variant beside fp32 and make it
     the default; both = fp32 + fp16 (default fp32). See docs/export.md.
     """
+    from clipeval.engine.fsutil import check_writable_dir
     from clipeval.export import export_checkpoint
 
     setup_logging(not quiet)
+    check_writable_dir(out_dir, "bundle folder (-o)")
     path = export_checkpoint(source, out_dir, precision=precision, opset=opset, force=force,
                              validate=not no_validate, hub=hub, revision=revision)
     emit({"bundle": str(path)})

@@ -45,9 +45,11 @@ def text_eval_cmd(model, data_dir, k, split, dataset_name, model_name, cache_dir
     """
     from clipeval.engine.tasks.text_retrieval import TextRetrievalParams, text_retrieval_task
     from clipeval.engine.textret.embed import load_text_model
+    from clipeval.engine.fsutil import check_writable_dir
     from clipeval.export.text_model import resolve_text_bundle
 
     setup_logging(not quiet)
+    check_writable_dir(output_dir, "output folder (--output-dir)")
     bundle = resolve_text_bundle(model, cache_dir)
     text_model = load_text_model(bundle, provider=provider, threads=num_threads)
     params = TextRetrievalParams(k=list(k) or None, batch_size=batch_size, split=split, num_threads=num_threads,

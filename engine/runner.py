@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,7 +19,9 @@ from .datasets import default_task
 from .embed import resolve_decode
 from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME
 from .errors import BundleError, ConfigError, DatasetError
-from .results import existing_result, params_key, result_path, write_result
+from .datasets.fingerprint import data_fingerprint
+from .fsutil import check_writable_dir
+from .results import DEFAULT_LANGUAGE, Slot, destination, find_existing, params_key, result_path, slot_tags, write_result
 from .session import default_threads
 from .tasks import TASKS, TaskParams
 from .tasks.context import ModelContext, default_precision, load_model
@@ -66,7 +70,7 @@ def _data_key(data_dir: str | None, cfg: EvalConfig) -> str:
         from .datasets.sources import base_url
 
         return f"url:{base_url('{name}', cfg.dataset_url)}"
-    return data_dir if "://" in data_dir else os.path.abspath(data_dir)
+    return data_dir if "://" in data_dir else os.path.abspath(os.path.expanduser(data_dir))
 
 
 def _versions() -> dict[str, str]:
@@ -78,8 +82,16 @@ def _versions() -> dict[str, str]:
             "numba": numba.__version__, "python": platform.python_version()}
 
 
+OUTPUT_DIR_WHAT = "output folder (--output-dir / output_dir)"
+
+
 def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> Iterator[dict[str, Any]]:
-    """Yield one result object per (model, dataset) pair, writing each result file as it completes."""
+    """Yield one result object per (model, dataset) pair, writing each result file as it completes.
+
+    The output folder is checked for writability first, before any model or dataset work
+    (:func:`~clipeval.engine.fsutil.check_writable_dir`; a :class:`ConfigError` otherwise).
+    """
+    check_writable_dir(cfg.output_dir, OUTPUT_DIR_WHAT)
     if cfg.task == "image_caption":  # asks an API; no model bundle to resolve
         from .tasks.caption import caption_results
 
@@ -110,6 +122,12 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
             cache.close()
 
 
+def _fingerprint(cfg: EvalConfig, dataset_name: str, data_dir: str | None) -> str:
+    return data_fingerprint(dataset_name, data_dir, cfg.split, limit=cfg.limit, language=cfg.language,
+                            dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir,
+                            classnames_file=cfg.classnames_file, templates_file=cfg.templates_file)
+
+
 def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[str, Any]]:
     for model in models:
         bundle = resolve(model, cfg)
@@ -119,19 +137,23 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
         for dataset_name in cfg.dataset_name:
             task = tasks[dataset_name]
             data_dir = _data_dir(cfg, model, dataset_name)
-            params = {"dataset": dataset_name, "task": task, "data_dir": _data_key(data_dir, cfg),
+            fingerprint = _fingerprint(cfg, dataset_name, data_dir)
+            slot = Slot(bundle=bundle.identity, precision=precision, language=cfg.language or DEFAULT_LANGUAGE,
+                        data=_data_key(data_dir, cfg), split=cfg.split)
+            params = {"dataset": dataset_name, "task": task, "data_dir": slot.data,
                       "split": cfg.split, "limit": cfg.limit, "recall_k": cfg.recall_k, "on_error": cfg.on_error,
-                      "precision": precision, "fast_decode": cfg.fast_decode}
-            for extra in ("language", "classnames_file", "templates_file"):  # in the key only when set,
-                if getattr(cfg, extra):  # so keys of earlier results stay valid
+                      "precision": precision, "fast_decode": cfg.fast_decode, "data_fingerprint": fingerprint}
+            for extra in ("language", "classnames_file", "templates_file"):  # in the key only when set
+                if getattr(cfg, extra):
                     params[extra] = getattr(cfg, extra)
             key = params_key(params)
-            out = result_path(cfg.output_dir, model_name, dataset_name, task)
+            primary = result_path(cfg.output_dir, model_name, dataset_name, task,
+                                  slot_tags(precision, bundle.manifest["precision"], cfg.language, cfg.split))
             if cfg.skip_existing:
-                previous = existing_result(out, bundle.identity, key)
-                if previous is not None:
-                    log.info("skip_existing: %s already holds this result", out)
-                    yield previous
+                found = find_existing(primary, slot, key)
+                if found is not None:
+                    log.info("skip_existing: %s already holds this result", found[0])
+                    yield found[1]
                     continue
             t_start = time.perf_counter()
             if context is None:
@@ -145,28 +167,44 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
                                      dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir,
                                      classnames_file=cfg.classnames_file, templates_file=cfg.templates_file)
             metrics, meta = TASKS[task](context, dataset_name, data_dir, task_params)
+            if data_dir is None or "://" in data_dir:  # downloaded during the task: now it can be fingerprinted
+                fingerprint = _fingerprint(cfg, dataset_name, data_dir)
+                params["data_fingerprint"] = fingerprint
+                key = params_key(params)
             meta["timings"] = {"model_load_s": context.model_load_s, **meta["timings"],
                                "total_s": time.perf_counter() - t_start}
             meta.update({
                 "bundle": context.describe(),
                 "provider": context.provider,
                 "precision": context.precision,
+                "language": slot.language,
                 "batch_size": cfg.batch_size,
                 "num_workers": workers,
                 "split": cfg.split,
                 "limit": cfg.limit,
-                "data_dir": params["data_dir"],
+                "data_dir": slot.data,
+                "data_fingerprint": fingerprint,
+                "slot_digest": slot.digest,
                 "params_key": key,
                 "versions": _versions(),
             })
             if context.warnings:
                 meta["warnings"] = context.warnings
             meta["cache"] = {"path": str(cache.path), **meta.get("cache", {})} if cache is not None else None
+            out = destination(primary, slot)
             meta["result_file"] = str(out)
             result = {"dataset": dataset_name, "model": model_name, "task": task, "metrics": metrics, "meta": meta}
             write_result(out, result)
+            log.info("%s", result_line(result))
             log.info("wrote %s", out)
             yield result
+
+
+def result_line(result: dict[str, Any]) -> str:
+    """One human line for a result: ``model on dataset (task): metric value, ...``."""
+    metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in result["metrics"].items())
+    return f"{result['model']} on {result['dataset']} ({result['task']}): {metrics}"
 
 
 def _text_retrieval_results(cfg: EvalConfig, resolve: ModelResolver) -> Iterator[dict[str, Any]]:
@@ -197,6 +235,32 @@ def _text_retrieval_results(cfg: EvalConfig, resolve: ModelResolver) -> Iterator
 
 
 def run_task(task_cfg=None, resolve: ModelResolver | None = None) -> list[dict[str, Any]]:
-    """Run a config (evalscope ``task_cfg`` dict, its ``eval`` block, or a JSON/YAML path)."""
+    """Run a config (evalscope ``task_cfg`` dict, its ``eval`` block, or a JSON/YAML path) and
+    return the result objects.
+
+    With ``verbose`` (the default), a caller that configured no logging still sees what the
+    reference tool shows: progress, each result line and the file written, on stderr (a handler
+    on the ``clipeval`` logger for the duration of the call). A caller's own logging
+    configuration is left alone; ``verbose: False`` stays quiet.
+    """
     cfg = parse_task_cfg(task_cfg if task_cfg is not None else {})
-    return list(iter_results(cfg, resolve or resolve_bundle))
+    with _stderr_logging(getattr(cfg, "verbose", False)):
+        return list(iter_results(cfg, resolve or resolve_bundle))
+
+
+@contextlib.contextmanager
+def _stderr_logging(verbose: bool):
+    package = logging.getLogger("clipeval")
+    if not verbose or package.hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from clipeval import __version__
 from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, write_manifest
 from clipeval.engine.errors import ExportError
+from clipeval.engine.fsutil import make_temp_dir
 
 from . import validate as _validate
 from .families import FAMILIES, Family, ModelFacts, family_for
@@ -175,7 +175,7 @@ def export_checkpoint(
     _require_export_deps()
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    stage = make_temp_dir(prefix=f".{out.name}.partial-", dir=out.parent)  # the user's umask, not 0700
     try:
         manifest = _build(family, src, stage, precision=precision, opset=opset, validate=validate)
         manifest.update({"source": str(source), "revision": revision,

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 from clipeval import __version__
 from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, Bundle, is_bundle_dir, load_bundle, write_manifest
 from clipeval.engine.errors import BundleError, ExportError
+from clipeval.engine.fsutil import make_temp_dir
 
 from .convert import tool_versions
 
@@ -212,7 +212,7 @@ def export_text_model(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
                               "pick another directory, or pass force=True to replace a bundle there")
     spec = read_text_spec(src)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    stage = make_temp_dir(prefix=f".{out.name}.partial-", dir=out.parent)  # the user's umask, not 0700
     try:
         manifest = _build(src, stage, spec, opset=opset, validate=validate)
         manifest.update({"source": str(source), "revision": None})

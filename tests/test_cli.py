@@ -240,3 +240,142 @@ def test_eval_with_no_arguments_runs_the_embedded_demo(tmp_path, monkeypatch):
     assert result["metrics"]["text_retrieval_recall@5"] >= 0.9
     assert result["meta"]["num_images"] == 300
     assert (tmp_path / "outputs" / "clipeval-demo-shapes" / "custom_zeroshot_retrieval.json").is_file()
+
+
+# --- issue 10: no traceback, ever, for anything a user can pass -----------------------------------
+
+def _no_model_work(monkeypatch):
+    """Make any model loading fail loudly: a destination error must come before it."""
+    from clipeval.engine import runner
+    from clipeval.export import resolve
+
+    def boom(*args, **kwargs):
+        raise AssertionError("model work started before the destination was checked")
+
+    monkeypatch.setattr(runner, "load_model", boom)
+    monkeypatch.setattr(resolve, "resolve_model", boom)
+
+
+def test_output_dir_under_a_regular_file_fails_before_any_model_work(tmp_path, monkeypatch):
+    data = write_dataset(tmp_path / "ds", good_rows(2), good_images(2))
+    (tmp_path / "some_file").write_text("x")
+    _no_model_work(monkeypatch)
+    r = run("eval", "--model", "demo", "--data-dir", data, "--output-dir", tmp_path / "some_file" / "x", "-q")
+    assert_clean_failure(r, "error: cannot write to the output folder", "some_file, which is a file", "--output-dir")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"models: [demo]\ndata_dir: {data}\noutput_dir: {tmp_path / 'some_file' / 'x'}\n")
+    assert_clean_failure(run("run", cfg), "cannot write to the output folder", "output_dir")
+
+
+def test_a_read_only_output_dir_fails_before_any_model_work(tmp_path, monkeypatch):
+    data = write_dataset(tmp_path / "ds", good_rows(2), good_images(2))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    _no_model_work(monkeypatch)
+    try:
+        r = run("eval", "--model", "demo", "--data-dir", data, "--output-dir", ro / "out", "-q")
+        if os.geteuid() != 0:  # root writes through mode bits
+            assert_clean_failure(r, "permission denied")
+    finally:
+        ro.chmod(0o755)
+    # a name too long for the file system: refused where the option enters
+    assert_clean_failure(run("eval", "--output-dir", tmp_path / ("n" * 300), "-q"), "--output-dir",
+                         "file names are limited to 255")
+
+
+def test_export_and_text_eval_check_their_destinations_first(tmp_path):
+    (tmp_path / "some_file").write_text("x")
+    assert_clean_failure(run("export", tmp_path / "no-checkpoint", "-o", tmp_path / "some_file" / "bundle", "-q"),
+                         "bundle folder (-o)", "some_file, which is a file")
+    (tmp_path / "beir").mkdir()
+    assert_clean_failure(run("text-eval", "--model", tmp_path / "no-model", "--data-dir", tmp_path / "beir",
+                             "--output-dir", tmp_path / "some_file" / "out", "-q"), "output folder (--output-dir)")
+
+
+def test_caption_checks_its_output_folder_first(tmp_path):
+    data = write_dataset(tmp_path / "ds", good_rows(2), good_images(2))
+    (tmp_path / "some_file").write_text("x")
+    assert_clean_failure(run("caption", "--api-base", "http://127.0.0.1:9/v1", "--model-name", "m", "--data-dir", data,
+                             "--output-dir", tmp_path / "some_file" / "out", "-q"), "some_file, which is a file")
+    assert_clean_failure(run("caption", "--api-base", "localhost:8008", "--model-name", "m", "--data-dir", data,
+                             "--output-dir", tmp_path / "out", "-q"), "--api-base", "http:// or https://")
+
+
+LONG_NAME = "x" * 296 + ".jpg"  # 300 characters: more than any file system takes
+
+
+def test_an_image_path_with_a_300_character_file_name(tmp_path):
+    rows = good_rows(3) + [{"image_path": LONG_NAME, "query": ["a long one"]},
+                           {"image_path": f"sub/{LONG_NAME}", "query": ["another"]}]
+    data = write_dataset(tmp_path / "ds", rows, good_images(3))
+    r = run("eval", "--model", "demo", "--data-dir", data, "--output-dir", tmp_path / "out", "-q")
+    assert_clean_failure(r, "2 bad row(s)", "image_queries.jsonl:4:", "image_queries.jsonl:5:", "image not found",
+                         "--on-error skip")
+    r = run("eval", "--model", "demo", "--data-dir", data, "--output-dir", tmp_path / "out", "-q", "--on-error", "skip")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(r.stdout)["meta"]
+    assert meta["num_images"] == 3 and meta["num_skipped_images"] == 2
+    assert all(LONG_NAME in item["reason"] for item in meta["skipped"])
+
+
+def test_batch_size_with_an_odd_unicode_digit(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('eval_backend: RAGEval\neval_config:\n  tool: clip_benchmark\n  eval:\n    batch_size: "²"\n')
+    assert_clean_failure(run("run", cfg), f"{cfg}:5: eval_config.eval.batch_size must be an integer, got '²'")
+
+
+def test_a_manifest_whose_files_is_a_list(tmp_path):
+    from clipeval.engine.demo import DEMO_MODEL_DIR
+
+    bundle = shutil.copytree(DEMO_MODEL_DIR, tmp_path / "b")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"] = sorted(manifest["files"])
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert_clean_failure(run("eval", "--model", bundle, "--output-dir", tmp_path / "out", "-q"),
+                         "files must be an object of file name -> sha256, got list", "re-export")
+
+
+def test_an_internal_error_is_one_line_with_a_way_to_the_traceback(tmp_path, monkeypatch):
+    from clipeval.engine import runner
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(runner, "load_model", bug)
+    monkeypatch.delenv("CLIPEVAL_DEBUG", raising=False)
+    args = ["eval", "-q", "--no-cache", "--limit", "2", "--output-dir", tmp_path / "out"]
+    r = run(*args)
+    assert r.exit_code == 1 and "Traceback" not in r.output and r.stdout == ""
+    assert r.stderr.startswith("internal error: ZeroDivisionError: division by zero\n"), r.stderr
+    assert "--debug" in r.stderr and "CLIPEVAL_DEBUG=1" in r.stderr
+    for debug_args, env in ((["--debug"], None), ([], {"CLIPEVAL_DEBUG": "1"})):
+        r = CliRunner().invoke(cli, [*debug_args, *map(str, args)], env=env, catch_exceptions=True)
+        assert isinstance(r.exception, ZeroDivisionError)  # let through: click prints the traceback
+
+
+def test_a_full_disk_while_writing_is_a_user_facing_error(tmp_path, monkeypatch):
+    import errno
+
+    from clipeval.engine import runner
+
+    def full(path, result):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(runner, "write_result", full)
+    r = run("eval", "-q", "--limit", "2", "--output-dir", tmp_path / "out")
+    assert_clean_failure(r, "error: cannot use", "no space left on the device", "custom_zeroshot_retrieval.json")
+
+
+def test_a_real_process_has_no_traceback_for_user_mistakes(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "some_file").write_text("x")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"batch_size": "²", "models": [{"model_name": "demo", "prompt": ["p"]}]}))
+    for args in (["eval", "--output-dir", str(tmp_path / "some_file" / "x")], ["run", str(cfg)]):
+        proc = subprocess.run([sys.executable, "-m", "clipeval.cli", *args], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "CLIPEVAL_CACHE_DIR": str(tmp_path / "cache")})
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")

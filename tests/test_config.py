@@ -185,3 +185,242 @@ def test_decode_auto_keeps_threads_under_a_users_own_script(monkeypatch):
     assert resolve_decode("auto", workers) == "processes"
     main_module()  # interactive / python -c
     assert resolve_decode("auto", workers) == "processes"
+
+
+# --- the kinds of bad values (issue 10): each names its key, with its path ---------------------
+
+INT_KEYS = {"batch_size": (1, 1 << 20), "num_workers": (0, 1024), "num_threads": (1, 1024), "limit": (1, 2**63 - 1),
+            "cache_max_bytes": (0, 2**63 - 1), "concurrency": (1, 1024), "max_tokens": (1, 2**31 - 1),
+            "max_failures": (0, 2**63 - 1), "max_image_side": (16, 65535)}
+FLOAT_KEYS = {"temperature": (0.0, 2.0), "timeout": (0.0, 7 * 86400.0)}
+BOOL_KEYS = ("verbose", "skip_existing", "fast_decode", "no_cache", "verify_cache")
+STR_KEYS = ("split", "task", "system_prompt")
+PATH_KEYS = ("data_dir", "output_dir", "cache_dir", "classnames_file", "templates_file")
+CHOICE_KEYS = {"on_error": ("fail", "skip"), "provider": ("auto", "cuda", "cpu"), "precision": ("fp32", "fp16", "int8"),
+               "decode": ("auto", "threads", "processes"), "id_style": ("int", "prefixed")}
+URL_KEYS = ("dataset_url",)
+
+
+def config_error(block, where="eval_config.eval"):
+    with pytest.raises(ConfigError) as info:
+        make_eval_config(block, where)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("key", sorted(INT_KEYS))
+@pytest.mark.parametrize("value", ["²", "١٢", "½", "12abc", "", 5.0, 5.5, float("nan"), float("inf"), True, [3], {"a": 1},
+                                   10**30, 2**63])
+def test_integers_refuse_odd_digits_floats_booleans_and_huge_numbers(key, value):
+    text = config_error({key: value})
+    assert f"eval_config.eval.{key} must be" in text, text
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("key", sorted(INT_KEYS))
+def test_integer_bounds_are_inclusive_and_ascii_digit_strings_are_read(key):
+    lo, hi = INT_KEYS[key]
+    assert getattr(make_eval_config({key: lo}), key) == lo
+    assert getattr(make_eval_config({key: hi}), key) == hi
+    assert getattr(make_eval_config({key: f" {lo} "}), key) == lo
+    assert f"{key} must be at least {lo}" in config_error({key: lo - 1})
+    assert f"{key} must be at most {hi}" in config_error({key: hi + 1})
+
+
+@pytest.mark.parametrize("key", sorted(FLOAT_KEYS))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), "nan", "inf", "½", "1,5", [1.0], True,
+                                   10**400])
+def test_numbers_are_finite_ascii_numbers(key, value):
+    text = config_error({key: value})
+    assert f"eval_config.eval.{key} must be" in text, text
+
+
+def test_numbers_take_ints_floats_and_ascii_strings():
+    assert make_eval_config({"temperature": 1}).temperature == 1.0
+    assert make_eval_config({"temperature": "0.5"}).temperature == 0.5
+    assert make_eval_config({"timeout": "1e2"}).timeout == 100.0
+
+
+@pytest.mark.parametrize("key", BOOL_KEYS)
+@pytest.mark.parametrize("value", ["perhaps", "ja", "t", "", 2, 1.0, [True], {"x": True}])
+def test_booleans_spelled_otherwise_are_errors(key, value):
+    assert f"eval_config.eval.{key} must be true or false" in config_error({key: value})
+
+
+@pytest.mark.parametrize("key", BOOL_KEYS)
+def test_booleans_take_the_words_the_reference_config_takes(key):
+    for word, expected in (("true", True), ("False", False), ("yes", True), ("NO", False), ("1", True), ("0", False),
+                           (True, True), (False, False)):
+        assert getattr(make_eval_config({key: word}), key) is expected
+
+
+@pytest.mark.parametrize("key", STR_KEYS + PATH_KEYS + URL_KEYS + tuple(CHOICE_KEYS))
+@pytest.mark.parametrize("value", [["a", "b"], {"a": 1}, 3, 2.5, True])
+def test_lists_mappings_numbers_and_booleans_where_a_string_is_wanted(key, value):
+    text = config_error({key: value})
+    assert f"eval_config.eval.{key} must be" in text, text
+    if value is True:  # YAML's unquoted yes / on: say to quote it
+        assert "quotes" in text
+
+
+@pytest.mark.parametrize("key", ["prompt", "api_key", "revision", "hub", "model_name", "api_base", "precision"])
+@pytest.mark.parametrize("value", [["describe"], {"text": "describe"}, 7, True])
+def test_model_entry_values_of_the_wrong_type(key, value):
+    entry = {"model_name": "m", key: value}
+    text = config_error({"models": [entry]})
+    assert f"eval_config.eval.models[0].{key} must be" in text, text
+
+
+@pytest.mark.parametrize("key", PATH_KEYS + ("model_name",))
+@pytest.mark.parametrize("value, reason", [("a\0b", "NUL"), ("x/" + "n" * 256, "file names are limited to 255"),
+                                           ("d/" * 2100, "paths are limited to 4096"), ("\ud800", "surrogate")])
+def test_paths_that_no_file_system_takes(key, value, reason):
+    block = {"models": [{"model_name": value}]} if key == "model_name" else {key: value}
+    text = config_error(block)
+    assert key in text and reason in text, text
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("ftp://host/x", "http:// or https://"), ("file:///etc/passwd", "http:// or https://"), ("http://", "no host"),
+    ("https:///path", "no host"), ("localhost:8000", "http:// or https://"), ("http://[::1", "not a valid URL"),
+    ("http://host:99999/", "not a valid URL"), ("http://ho st/", "whitespace"), ("http://host/\n", "whitespace"),
+    ("", "empty"),
+])
+def test_urls_need_http_or_https_and_a_host(url, reason):
+    for block, name in (({"dataset_url": url}, "dataset_url"), ({"models": [{"model_name": "m", "api_base": url}]},
+                                                                 "models[0].api_base")):
+        text = config_error(block)
+        assert f"eval_config.eval.{name}" in text and reason in text, text
+    if "://" in url and url:
+        assert "data_dir" in config_error({"data_dir": url})
+
+
+def test_good_urls_and_data_dir_urls_are_kept():
+    cfg = make_eval_config({"dataset_url": "https://example.org/wds_{name}/resolve/main", "data_dir": "http://127.0.0.1:8/x",
+                            "models": [{"model_name": "vlm", "api_base": "http://localhost:8008/v1"}]})
+    assert cfg.dataset_url.endswith("{name}/resolve/main") and cfg.models[0]["api_base"] == "http://localhost:8008/v1"
+
+
+def test_every_problem_of_a_config_is_listed_once():
+    text = config_error({"batch_size": "²", "verbose": "perhaps", "split": ["a"], "recal_k": [1],
+                         "models": [{"model_name": "m", "prompt": ["x"]}, 5]})
+    assert text.startswith("6 problems in eval_config.eval:")
+    for needle in ("eval_config.eval.batch_size", "eval_config.eval.verbose", "eval_config.eval.split",
+                   "unknown key 'recal_k' in eval_config.eval", "eval_config.eval.models[0].prompt",
+                   "eval_config.eval.models[1] must be a mapping"):
+        assert needle in text, (needle, text)
+
+
+def test_command_line_problems_name_the_flag():
+    text = config_error({"dataset_url": "ftp://x", "models": [{"model_name": "m"}]}, "the command line")
+    assert text.startswith("--dataset-url ")
+
+
+def test_file_problems_name_the_file_and_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("eval_backend: RAGEval\neval_config:\n  tool: clip_benchmark\n  eval:\n    models: [demo]\n"
+                   "    batch_size: \"²\"\n    split: no\n")
+    with pytest.raises(ConfigError) as info:
+        parse_task_cfg(cfg)
+    text = str(info.value)
+    assert f"{cfg}:6: eval_config.eval.batch_size must be an integer, got '²'" in text, text
+    assert f"{cfg}:7: eval_config.eval.split must be a string, got the boolean false" in text, text
+    as_json = tmp_path / "c.json"
+    as_json.write_text(json.dumps({"eval_backend": "RAGEval",
+                                   "eval_config": {"tool": "clip_benchmark", "eval": {"limit": 1.5}}}, indent=1))
+    with pytest.raises(ConfigError, match=r"c\.json:6: eval_config\.eval\.limit must be an integer"):
+        parse_task_cfg(as_json)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe garbage", b"- a\n- b\n", b"[[[[[[[[[[", b"eval: {a: 1", b"\x00\x01"])
+def test_unreadable_config_files_are_config_errors(tmp_path, content):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError):
+        parse_task_cfg(path)
+
+
+@pytest.mark.parametrize("task_cfg, needle", [
+    ({"eval_backend": "RAGEval", "eval_config": []}, "eval_config is missing or not a mapping"),
+    ({"eval_backend": "RAGEval", "eval_config": {"tool": ["clip_benchmark"], "eval": {}}}, "eval_config.tool"),
+    ({"eval_backend": 5, "eval_config": {}}, "eval_backend must be a string"),
+    ({"eval_backend": "RAGEval", "eval_config": {"tool": "clip_benchmark", "eval": [1]}}, "eval_config.eval must be a mapping"),
+    ({"eval_backend": "RAGEval", "eval_config": {"tool": "clip_benchmark"}, "work_dir": 3}, "work_dir must be a path"),
+    ({"eval_backend": "RAGEval", "eval_config": {"tool": "clip_benchmark"}, "no_timestamp": "sometimes"},
+     "no_timestamp must be true or false"),
+    ({1: 2, "eval_backend": "RAGEval", "eval_config": {}}, "unknown key 1"),
+])
+def test_the_task_config_around_the_eval_block(task_cfg, needle):
+    with pytest.raises(ConfigError) as info:
+        parse_task_cfg(task_cfg)
+    assert needle in str(info.value), str(info.value)
+
+
+def test_another_tool_plugs_in_through_the_tools_table(monkeypatch):
+    from clipeval.engine import config
+
+    seen = {}
+
+    def parse_other(eval_config, task_cfg, problems):
+        seen["eval_config"] = eval_config
+        return "parsed"
+
+    monkeypatch.setitem(config.TOOLS, "other_tool", parse_other)
+    assert parse_task_cfg({"eval_backend": "RAGEval", "eval_config": {"tool": "Other_Tool", "x": 1}}) == "parsed"
+    assert seen["eval_config"] == {"tool": "Other_Tool", "x": 1}
+
+
+def test_one_models_entry_is_parsed_by_one_function():
+    from clipeval.engine.config import model_entries
+
+    assert model_entries("path/b") == [{"model_name": "path/b"}]
+    assert model_entries({"model_name": "m", "precision": "int8"}) == [{"model_name": "m", "precision": "int8"}]
+
+
+# --- property: any value of any key is either accepted with its declared type or a ConfigError
+# naming that key (never another exception) ----------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ODD_STRINGS = st.sampled_from(["²", "١٢", "½", "", " ", "\0", "nan", "inf", "-1", "1e3", "0x10", "true", "no", "on",
+                               "\ud800", "a" * 300, "../../etc", "http://", "https://h/x", "auto", "fp16", "en", "zh",
+                               "cn", "skip", "custom", "12", "1.5"])
+ANY_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.floats(allow_nan=True)
+    | st.text(max_size=8) | ODD_STRINGS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from([k for k in ("models",) + tuple(INT_KEYS) + tuple(FLOAT_KEYS) + BOOL_KEYS + STR_KEYS
+                            + PATH_KEYS + tuple(CHOICE_KEYS) + URL_KEYS + ("recall_k", "dataset_name", "language")]),
+       value=ANY_VALUE)
+def test_any_value_is_accepted_with_its_type_or_an_error_naming_the_key(key, value):
+    try:
+        cfg = make_eval_config({key: value}, "eval_config.eval")
+    except ConfigError as exc:
+        assert f"eval_config.eval.{key}" in str(exc), str(exc)
+        return
+    got = getattr(cfg, key)
+    if value is None:
+        return
+    if key in INT_KEYS:
+        lo, hi = INT_KEYS[key]
+        assert type(got) is int and lo <= got <= hi
+    elif key in FLOAT_KEYS:
+        lo, hi = FLOAT_KEYS[key]
+        assert type(got) is float and lo <= got <= hi
+    elif key in BOOL_KEYS:
+        assert type(got) is bool
+    elif key in CHOICE_KEYS:
+        assert got in CHOICE_KEYS[key]
+    elif key in STR_KEYS + PATH_KEYS + URL_KEYS:
+        assert type(got) is str and got.strip() and "\0" not in got
+    elif key == "recall_k":
+        assert got == sorted(set(got)) and all(type(k) is int and k >= 1 for k in got)
+    elif key == "dataset_name":
+        assert got and all(type(n) is str and n.strip() for n in got)
+    elif key == "models":
+        assert all(type(m["model_name"]) is str for m in got)

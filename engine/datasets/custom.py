@@ -28,8 +28,11 @@ def _resolve(image_path: str, data_dir: Path) -> tuple[Path | None, list[Path]]:
     if not os.path.isabs(image_path):
         candidates.append(data_dir / image_path)
     for c in candidates:
-        if c.is_file():
-            return c, candidates
+        try:
+            if c.is_file():
+                return c, candidates
+        except OSError:  # e.g. a name longer than the file system allows: no such image here
+            continue
     return None, candidates
 
 

@@ -62,7 +62,19 @@ def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def base_url(name: str, dataset_url: str | None = None) -> str:
     url = dataset_url or os.environ.get(ENV_URL) or DEFAULT_URL
+    if not dataset_url and os.environ.get(ENV_URL):
+        _check_env_url(url)
     return url.replace("{name}", name).replace("{dataset}", name).rstrip("/")
+
+
+def _check_env_url(url: str) -> None:
+    from ..config import check_url
+    from ..errors import ConfigError
+
+    problem = check_url(url)
+    if problem:
+        raise ConfigError(f"environment variable {ENV_URL} {problem}: {url[:80]!r}",
+                          f"set {ENV_URL} to an http(s) URL (with {{name}} for the dataset name), or unset it")
 
 
 def cache_folder(name: str, url: str, cache_dir: str | os.PathLike | None = None) -> Path:

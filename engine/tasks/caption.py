@@ -36,6 +36,7 @@ from ..caption.pool import Item, caption_pool
 from ..config import EvalConfig
 from ..datasets import read_dataset
 from ..errors import ConfigError, DatasetError, ImageError, listing
+from ..fsutil import dir_mode
 from ..results import _safe, result_path, write_result
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def publish_beir(folder: Path, corpus, queries, qrels) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=parent))
     old = None
     try:
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, dir_mode())  # the user's umask
         write_beir(tmp, corpus, queries, qrels)
         if folder.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=parent))

@@ -1,0 +1,146 @@
+"""File-system checks and creation with the user's permissions.
+
+* :func:`check_writable_dir`: a destination folder (``--output-dir``, ``clipeval export -o``'s
+  parent, the caption and text-eval output folders) made and probed **before** any model work,
+  so a bad destination ends in one :class:`~clipeval.engine.errors.ConfigError` instead of a
+  traceback after all the embedding was done.
+* :func:`current_umask`, :func:`make_temp_dir`, :func:`apply_umask`: files and folders made
+  through :mod:`tempfile` get ``0600`` / ``0700``; what clipeval publishes (result files, bundles)
+  gets the mode a plain ``open`` / ``mkdir`` would give (``0666`` / ``0777`` less the umask).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from .errors import ConfigError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux says it (``/proc/self/status``);
+    elsewhere through ``os.umask`` under a lock (which sets it back at once)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``mkdir`` gives a new folder: ``0o777`` less the umask."""
+    return 0o777 & ~current_umask()
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file or folder made by :mod:`tempfile`) the mode a plain ``open`` or
+    ``mkdir`` would have given it."""
+    os.chmod(path, dir_mode() if os.path.isdir(path) else file_mode())
+
+
+def make_temp_dir(prefix: str, dir: str | os.PathLike, suffix: str = "") -> Path:
+    """:func:`tempfile.mkdtemp` in ``dir``, with the mode of a plain ``mkdir`` (not ``0700``):
+    for folders that are renamed into place and published (bundles, caches)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=dir))
+    os.chmod(path, dir_mode())
+    return path
+
+
+def _reason(exc: OSError) -> str:
+    known = {
+        errno.ENAMETOOLONG: "the path or one of its names is longer than the file system allows",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EEXIST: "a file of that name exists",
+        errno.ELOOP: "the path has a symbolic-link loop",
+    }
+    return known.get(exc.errno, exc.strerror or str(exc))
+
+
+NAME_MAX = 255  # bytes per path component (ext4, xfs, btrfs, tmpfs)
+PATH_MAX = 4096  # bytes per path (Linux)
+
+
+def check_path_text(value: str) -> str | None:
+    """Why ``value`` cannot name a file on this system (``None`` when it can): a NUL character, a
+    lone surrogate, a name over ``NAME_MAX`` bytes or a path over ``PATH_MAX`` bytes."""
+    if "\0" in value:
+        return "holds a NUL character"
+    try:
+        raw = os.fsencode(value)
+    except UnicodeError:
+        return "holds characters no file name can hold (a lone UTF-16 surrogate)"
+    if len(raw) > PATH_MAX:
+        return f"is {len(raw)} bytes long; paths are limited to {PATH_MAX}"
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if longest > NAME_MAX:
+        return f"holds a name of {longest} bytes; file names are limited to {NAME_MAX}"
+    return None
+
+
+def _nearest_existing(path: Path) -> tuple[Path | None, Path | None]:
+    """``(nearest existing folder on the way to path, first existing component that is not a
+    folder)``; the second is ``None`` when every existing component is a folder."""
+    for part in (path, *path.parents):
+        try:
+            if part.is_dir():
+                return part, None
+            if os.path.lexists(part):
+                return None, part
+        except (OSError, ValueError):
+            return None, None
+    return None, None
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Make sure clipeval can create files in the folder ``path`` (creating it and its parents
+    where missing) and return it (``~`` expanded). Nothing is left behind: the check makes and
+    removes a probe in the folder, or in its nearest existing parent, so read-only mounts,
+    permissions, quotas, a file where a folder should be and names that are too long are all
+    found before any work starts.
+
+    ``what`` names the setting in messages (e.g. ``"output folder (--output-dir / output_dir)"``).
+    Raises :class:`ConfigError` naming ``what``, the path and the reason, with a remedy.
+    """
+    text = os.fsdecode(os.fspath(path))
+    remedy = f"pass another {what}, or make that place a folder you can write to"
+    problem = check_path_text(text) if text else "is empty"
+    if problem:
+        raise ConfigError(f"the {what} {text!r} is not a usable path: it {problem}", remedy)
+    folder = Path(os.path.expanduser(text))
+    existing, blocker = _nearest_existing(folder.absolute())
+    if blocker is not None:
+        where = "is a file" if blocker == folder.absolute() else f"lies under {blocker}, which is a file, not a folder"
+        raise ConfigError(f"cannot write to the {what} {folder}: it {where}", remedy)
+    if existing is None:
+        raise ConfigError(f"cannot write to the {what} {folder}: no part of the path can be looked at", remedy)
+    try:
+        if existing == folder.absolute():
+            fd, probe = tempfile.mkstemp(prefix=".clipeval-write-test-", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".clipeval-write-test-", dir=existing))
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the {what} {folder}: {_reason(exc)} (in {existing})", remedy) from None
+    return folder

@@ -1,0 +1,286 @@
+"""Results are never stale and never clobbered: slots, file names, fingerprints, wrong shapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clipeval.cli.main import cli
+from clipeval.engine.bundle import MANIFEST
+from clipeval.engine.datasets.fingerprint import data_fingerprint
+from clipeval.engine.demo import DEMO_DATA_DIR, DEMO_MODEL_DIR
+from clipeval.engine.results import (
+    Slot,
+    destination,
+    find_existing,
+    read_result,
+    result_path,
+    slot_candidates,
+    slot_tags,
+    write_result,
+)
+
+ROWS = [json.loads(line) for line in (DEMO_DATA_DIR / "image_queries.jsonl").read_text().splitlines()]
+NAME = "custom_zeroshot_retrieval"
+
+
+def demo_rows(root: Path, n: int) -> Path:
+    """A custom dataset of the first ``n`` demo rows, its images referenced where they are."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "image_queries.jsonl", "w") as f:
+        for row in ROWS[:n]:
+            f.write(json.dumps({**row, "image_path": str(DEMO_DATA_DIR / row["image_path"])}) + "\n")
+    return root
+
+
+def demo_bundle(root: Path, **manifest_changes) -> Path:
+    """A copy of the demo bundle; ``manifest_changes`` give it another identity or more variants."""
+    path = Path(shutil.copytree(DEMO_MODEL_DIR, root))
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest.update(manifest_changes)
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
+
+
+def ok(result) -> dict:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def eval_args(bundle, data, out, *extra):
+    return ["eval", "--model", bundle, "--data-dir", data, "--output-dir", out, "-q", *extra]
+
+
+def files(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*.json"))
+
+
+# --- names ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("precision, own, language, split, tags", [
+    ("fp32", "fp32", None, "test", []),
+    ("fp32", "fp32", "en", "test", []),
+    ("int8", "fp32", None, "test", ["int8"]),
+    ("fp32", "fp16", None, "test", ["fp32"]),
+    ("fp32", "fp32", "zh", "test", ["zh"]),
+    ("fp32", "fp32", None, "val", ["val"]),
+    ("fp16", "fp32", "zh", "train", ["fp16", "zh", "train"]),
+])
+def test_tags_name_only_what_differs_from_the_defaults(precision, own, language, split, tags):
+    assert slot_tags(precision, own, language, split) == tags
+    path = result_path("out", "m", "flickr30k", "zeroshot_retrieval", tags)
+    assert path == Path("out", "m", "flickr30k_zeroshot_retrieval" + "".join(f".{t}" for t in tags) + ".json")
+
+
+def slot(**changes) -> Slot:
+    return Slot(**{"bundle": "b" * 64, "precision": "fp32", "language": "en", "data": "/data/x", "split": "test",
+                   **changes})
+
+
+def result_of(s: Slot, key="k") -> dict:
+    return {"dataset": "custom", "model": "m", "task": "zeroshot_retrieval", "metrics": {"x": 1.0},
+            "meta": {"bundle": {"identity": s.bundle}, "precision": s.precision, "language": s.language,
+                     "data_dir": s.data, "split": s.split, "params_key": key}}
+
+
+def test_every_slot_part_changes_the_digest():
+    base = slot()
+    others = [slot(bundle="c" * 64), slot(precision="int8"), slot(language="zh"), slot(data="/data/y"),
+              slot(data="url:https://h/x"), slot(split="val")]
+    assert len({base.digest, *(o.digest for o in others)}) == 1 + len(others)
+    assert Slot.of_result(result_of(base)) == base
+
+
+def test_destination_keeps_the_readable_name_replaces_a_rerun_and_never_clobbers(tmp_path):
+    primary = tmp_path / "m" / f"{NAME}.json"
+    mine, other = slot(), slot(data="/data/other")
+    assert destination(primary, mine) == primary  # free
+    write_result(primary, result_of(mine))
+    assert destination(primary, mine) == primary  # a re-run of the same slot
+    assert destination(primary, other) == primary.with_name(f"{NAME}.{other.digest[:8]}.json")
+    write_result(destination(primary, other), result_of(other))
+    assert destination(primary, other) == primary.with_name(f"{NAME}.{other.digest[:8]}.json")
+    assert find_existing(primary, other, "k")[0] == primary.with_name(f"{NAME}.{other.digest[:8]}.json")
+    assert find_existing(primary, mine, "k")[0] == primary
+    assert find_existing(primary, mine, "another key") is None
+    # an 8-digit clash (or anything else there) moves on to 16 digits, then 64
+    third = slot(data="/data/third")
+    for path in slot_candidates(primary, third.digest)[:2]:
+        path.write_text("[]")
+    assert destination(primary, third) == primary.with_name(f"{NAME}.{third.digest[:16]}.json")
+
+
+WRONG_SHAPES = ["[]", "{}", "null", "3", '"text"', "{not json", "", '{"meta": 1}',
+                '{"dataset": "custom", "model": "m", "task": "zeroshot_retrieval", "metrics": {}}',
+                '{"dataset": "custom", "model": "m", "task": "zeroshot_retrieval", "metrics": {}, "meta": []}',
+                '{"dataset": "custom", "model": "m", "task": "zeroshot_retrieval", "metrics": [], "meta": {}}',
+                '{"dataset": 1, "model": "m", "task": "t", "metrics": {}, "meta": {}}',
+                '{"dataset": "c", "model": "m", "task": "t", "metrics": {}, "meta": {"bundle": "x"}}',
+                '{"dataset": "c", "model": "m", "task": "t", "metrics": {}, "meta": {"bundle": {"identity": [1]}}}',
+                '{"dataset": "c", "model": "m", "task": "t", "metrics": {}, "meta": {"bundle": {}, "precision": 5}}',
+                "[" * 5000]
+
+
+@pytest.mark.parametrize("content", WRONG_SHAPES)
+def test_files_of_the_wrong_shape_are_never_a_result_nor_replaced(tmp_path, content):
+    primary = tmp_path / f"{NAME}.json"
+    primary.write_text(content)
+    assert find_existing(primary, slot(), "k") is None
+    assert Slot.of_result(read_result(primary)) is None
+    assert destination(primary, slot()) != primary
+    (tmp_path / "dir.json").mkdir()
+    assert read_result(tmp_path / "dir.json") is None
+
+
+# --- fingerprints -------------------------------------------------------------------------------
+
+def test_the_fingerprint_follows_the_rows_file_limit_split_and_language(tmp_path):
+    data = demo_rows(tmp_path / "d", 5)
+    fp = data_fingerprint("custom", data, "test")
+    assert fp == data_fingerprint("custom", str(data), "test")
+    assert fp != data_fingerprint("custom", data, "test", limit=3)
+    assert fp != data_fingerprint("custom", data, "val")
+    assert fp != data_fingerprint("custom", data, "test", language="zh")
+    demo_rows(data, 6)
+    assert data_fingerprint("custom", data, "test") != fp
+    assert data_fingerprint("custom", tmp_path / "missing", "test") != fp  # no file: its own value, no error
+
+
+def test_the_fingerprint_of_a_webdataset_folder_follows_its_shards(tmp_path):
+    root = tmp_path / "wds"
+    (root / "test").mkdir(parents=True)
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "test" / "0.tar").write_bytes(b"x" * 10)
+    fp = data_fingerprint("flickr8k", root, "test")
+    (root / "test" / "0.tar").write_bytes(b"y" * 11)
+    fp2 = data_fingerprint("flickr8k", root, "test")
+    (root / "test" / "1.tar").write_bytes(b"z")
+    fp3 = data_fingerprint("flickr8k", root, "test")
+    assert len({fp, fp2, fp3}) == 3
+    (root / "flickr8k_test_karpathy.txt").write_text("image,caption\n1.jpg,a dog\n")
+    fp4 = data_fingerprint("flickr8k", root, "test")
+    (root / "flickr8k_test_karpathy.txt").write_text("image,caption\n1.jpg,a cat\n")
+    assert len({fp3, fp4, data_fingerprint("flickr8k", root, "test")}) == 3
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+def test_precision_variants_get_their_own_files(tmp_path):
+    variants = {"fp32": {"vision": "vision.onnx", "text": "text.onnx"},
+                "int8": {"vision": "vision.onnx", "text": "text.onnx"}}  # same files: only the names matter here
+    bundle = demo_bundle(tmp_path / "b", variants=variants)
+    data, out = demo_rows(tmp_path / "d", 5), tmp_path / "out"
+    fp32 = ok(run(*eval_args(bundle, data, out, "--precision", "fp32")))
+    int8 = ok(run(*eval_args(bundle, data, out, "--precision", "int8")))
+    assert files(out) == [f"clipeval-demo-shapes/{NAME}.int8.json", f"clipeval-demo-shapes/{NAME}.json"]
+    assert (fp32["meta"]["precision"], int8["meta"]["precision"]) == ("fp32", "int8")
+    assert json.loads((out / "clipeval-demo-shapes" / f"{NAME}.json").read_text())["meta"]["precision"] == "fp32"
+    for r in (fp32, int8):
+        meta = r["meta"]
+        assert meta["slot_digest"] == Slot(meta["bundle"]["identity"], meta["precision"], "en", str(data), "test").digest
+        assert meta["data_fingerprint"] == data_fingerprint("custom", data, "test")
+        assert (r["dataset"], r["model"], r["task"]) == ("custom", "clipeval-demo-shapes", "zeroshot_retrieval")
+
+
+def test_two_bundles_of_one_name_and_two_data_folders_never_share_a_file(tmp_path):
+    first = demo_bundle(tmp_path / "b1")
+    second = demo_bundle(tmp_path / "b2", revision="another training run")  # same source name, other identity
+    data, other_data, out = demo_rows(tmp_path / "d", 5), demo_rows(tmp_path / "d2", 6), tmp_path / "out"
+    a = ok(run(*eval_args(first, data, out)))
+    before = (out / "clipeval-demo-shapes" / f"{NAME}.json").read_bytes()
+    b = ok(run(*eval_args(second, data, out)))
+    c = ok(run(*eval_args(first, other_data, out)))
+    paths = [Path(r["meta"]["result_file"]) for r in (a, b, c)]
+    assert len(set(paths)) == 3
+    assert paths[0].name == f"{NAME}.json"
+    assert paths[1].name == f"{NAME}.{b['meta']['slot_digest'][:8]}.json"
+    assert paths[2].name == f"{NAME}.{c['meta']['slot_digest'][:8]}.json"
+    assert (out / "clipeval-demo-shapes" / f"{NAME}.json").read_bytes() == before
+    assert [json.loads(p.read_text())["meta"]["num_images"] for p in paths] == [5, 5, 6]
+    # Re-running a slot replaces its own file and leaves the others alone.
+    again = ok(run(*eval_args(second, data, out)))
+    assert Path(again["meta"]["result_file"]) == paths[1] and len(files(out)) == 3
+    # --skip-existing finds each slot where it went.
+    for bundle, d, path in ((first, data, paths[0]), (second, data, paths[1]), (first, other_data, paths[2])):
+        stamp = path.stat().st_mtime_ns
+        assert ok(run(*eval_args(bundle, d, out, "--skip-existing")))["meta"]["result_file"] == str(path)
+        assert path.stat().st_mtime_ns == stamp
+
+
+def test_skip_existing_recomputes_when_the_rows_file_grew(tmp_path):
+    data, out = demo_rows(tmp_path / "d", 5), tmp_path / "out"
+    assert ok(run(*eval_args(DEMO_MODEL_DIR, data, out)))["meta"]["num_images"] == 5
+    demo_rows(data, 20)
+    grown = ok(run(*eval_args(DEMO_MODEL_DIR, data, out, "--skip-existing")))
+    assert grown["meta"]["num_images"] == 20
+    path = Path(grown["meta"]["result_file"])
+    assert path.name == f"{NAME}.json" and json.loads(path.read_text())["meta"]["num_images"] == 20
+    stamp = path.stat().st_mtime_ns
+    assert ok(run(*eval_args(DEMO_MODEL_DIR, data, out, "--skip-existing")))["meta"]["num_images"] == 20
+    assert path.stat().st_mtime_ns == stamp  # unchanged data: skipped
+    assert ok(run(*eval_args(DEMO_MODEL_DIR, data, out, "--skip-existing", "--limit", "7")))["meta"]["num_images"] == 7
+
+
+@pytest.mark.parametrize("content", ["[]", "{}", '{"meta": 1}', '{"dataset": "custom", "model": "m", '
+                                     '"task": "zeroshot_retrieval", "metrics": {}, "meta": {"bundle": "x"}}', "{oops"])
+def test_skip_existing_over_a_result_file_of_the_wrong_shape_recomputes(tmp_path, content):
+    data, out = demo_rows(tmp_path / "d", 5), tmp_path / "out"
+    primary = out / "clipeval-demo-shapes" / f"{NAME}.json"
+    primary.parent.mkdir(parents=True)
+    primary.write_text(content)
+    result = ok(run(*eval_args(DEMO_MODEL_DIR, data, out, "--skip-existing")))
+    assert result["meta"]["num_images"] == 5
+    assert primary.read_text() == content  # not ours to replace
+    assert json.loads(Path(result["meta"]["result_file"]).read_text()) == result
+
+
+RUN_TASK = textwrap.dedent("""
+    from clipeval import run_task
+    task_cfg = {{
+        "eval_backend": "RAGEval",
+        "eval_config": {{"tool": "clip_benchmark", "eval": {{
+            "models": [{{"model_name": "demo"}}], "dataset_name": ["custom"], "data_dir": {data!r},
+            "output_dir": {out!r}, "verbose": {verbose}, "batch_size": 8, "num_workers": 1}}}},
+    }}
+    run_task(task_cfg=task_cfg)
+""")
+
+
+@pytest.mark.parametrize("verbose", [True, False])
+def test_run_task_as_documented_shows_the_result_and_the_file_on_stderr(tmp_path, verbose):
+    data, out = demo_rows(tmp_path / "d", 5), tmp_path / "out"
+    code = RUN_TASK.format(data=str(data), out=str(out), verbose=verbose)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CLIPEVAL_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    written = out / "clipeval-demo-shapes" / f"{NAME}.json"
+    assert written.is_file()
+    line = "clipeval-demo-shapes on custom (zeroshot_retrieval): image_retrieval_recall@1"
+    if verbose:
+        assert line in proc.stderr and f"wrote {written}" in proc.stderr, proc.stderr
+    else:  # quiet: no progress, no result line, no file line (a provider's own warning may still appear)
+        assert line not in proc.stderr and "wrote" not in proc.stderr and "images:" not in proc.stderr, proc.stderr
+
+
+def test_run_task_leaves_a_callers_logging_alone(tmp_path):
+    data, out = demo_rows(tmp_path / "d", 5), tmp_path / "out"
+    code = "import logging; logging.basicConfig(level=logging.WARNING)\n" + RUN_TASK.format(
+        data=str(data), out=str(out), verbose=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CLIPEVAL_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" not in proc.stderr  # the caller asked for warnings only
+
