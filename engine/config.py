@@ -262,10 +262,14 @@ def parse_task_cfg(task_cfg: dict[str, Any] | str | os.PathLike) -> EvalConfig:
     eval_config = task_cfg.get("eval_config")
     if not isinstance(eval_config, dict):
         raise ConfigError("eval_config is missing or not a mapping", "add eval_config: {tool: clip_benchmark, eval: {...}}")
-    _unknown(eval_config, EVAL_CONFIG_KEYS, "eval_config")
     tool = str(eval_config.get("tool", "clip_benchmark"))
+    if tool.lower() in ("mteb", "cmteb"):  # evalscope's text-retrieval config: its own module
+        from .config_mteb import parse_mteb_config
+
+        return parse_mteb_config(eval_config, task_cfg)
+    _unknown(eval_config, EVAL_CONFIG_KEYS, "eval_config")
     if tool.lower() != "clip_benchmark":
-        raise ConfigError(f"eval_config.tool {tool!r} is not supported", "use tool: clip_benchmark")
+        raise ConfigError(f"eval_config.tool {tool!r} is not supported", "use tool: clip_benchmark or mteb")
     cfg = make_eval_config(eval_config.get("eval") or {}, "eval_config.eval")
     work_dir = task_cfg.get("work_dir")
     if work_dir and "output_dir" not in (eval_config.get("eval") or {}):

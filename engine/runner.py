@@ -80,6 +80,11 @@ def _versions() -> dict[str, str]:
 
 def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> Iterator[dict[str, Any]]:
     """Yield one result object per (model, dataset) pair, writing each result file as it completes."""
+    if getattr(cfg, "tool", None) in ("mteb", "cmteb"):  # evalscope's text-retrieval config (config_mteb)
+        from .tasks.text_retrieval import mteb_results
+
+        yield from mteb_results(cfg, resolve)
+        return
     if cfg.task == "image_caption":  # asks an API; no model bundle to resolve
         from .tasks.caption import caption_results
 

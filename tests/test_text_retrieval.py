@@ -23,7 +23,7 @@ from clipeval.engine.tasks.text_retrieval import (
     trec_tie_keys,
 )
 from clipeval.engine.textret.embed import load_text_model
-from clipeval.engine.textret.ir_metrics import score_run_dict
+from clipeval.engine.textret.ir_metrics import METRICS, score_run_dict
 from clipeval.engine.textret.search import top_k
 from clipeval.engine.textret.trec import read_run
 
@@ -210,7 +210,7 @@ def test_text_eval_cli_end_to_end_and_run_rescores(minilm_dir, model_cache, mini
     assert json.loads(result_file.read_text()) == printed
     assert printed["meta"]["bundle"]["identity"] == minilm_bundle.identity  # the cached export was used
     metrics = printed["metrics"]
-    assert set(metrics) == {f"{m}_at_{k}" for m in ("ndcg", "map", "recall", "mrr") for k in (1, 3, 5, 10, 100)}
+    assert set(metrics) == {f"{m}_at_{k}" for m in METRICS for k in (1, 3, 5, 10, 100)}
     data = read_beir(demo_folder)
     assert printed["meta"]["num_queries_evaluated"] == len(data.queries)
     # The shapes captions are paraphrases of one another: a real model finds most of them.
@@ -227,9 +227,11 @@ def test_text_eval_cli_end_to_end_and_run_rescores(minilm_dir, model_cache, mini
     means, _, _ = score_run_dict(run, data.qrels_dict(), [1, 3, 5, 10, 100])
     assert means == metrics
     pytrec_eval = pytest.importorskip("pytrec_eval")
-    ev = pytrec_eval.RelevanceEvaluator(data.qrels_dict(), {"ndcg_cut.10", "recall.100", "map_cut.5"}).evaluate(run)
-    for ours, theirs in (("ndcg_at_10", "ndcg_cut_10"), ("recall_at_100", "recall_100"), ("map_at_5", "map_cut_5")):
-        assert abs(metrics[ours] - np.mean([v[theirs] for v in ev.values()])) <= 1e-6
+    ev = pytrec_eval.RelevanceEvaluator(data.qrels_dict(), {"ndcg_cut.10", "recall.100", "map_cut.5", "P.5",
+                                                             "success.3"}).evaluate(run)
+    for ours, theirs in (("ndcg_at_10", "ndcg_cut_10"), ("recall_at_100", "recall_100"), ("map_at_5", "map_cut_5"),
+                         ("precision_at_5", "P_5"), ("hit_rate_at_3", "success_3")):
+        assert abs(metrics[ours] - np.mean([v[theirs] for v in ev.values()])) <= 1e-12
 
     # Same ids but prefixed ("q0"/"d0"): the ranking, hence every metric, is the same.
     prefixed = demo_beir(tmp_path / "prefixed" / "retrieval_data", id_style="prefixed")
@@ -247,7 +249,7 @@ def test_query_id_equal_to_document_id_is_never_dropped(minilm, tmp_path):
                          {"_id": 2, "text": "an orange star"}],
                         [{"_id": 0, "text": "a small red circle"}, {"_id": 1, "text": "an orange star"}],
                         [(0, 0, 1), (1, 2, 1)])
-    out = run_text_retrieval(minilm, read_beir(folder), TextRetrievalParams(progress=False))
+    (out,) = run_text_retrieval(minilm, read_beir(folder), TextRetrievalParams(progress=False))
     run = out.run
     assert run.doc_ids[run.indices[0, 0]] == "0"
     assert out.metrics["recall_at_1"] == 1.0 and out.metrics["mrr_at_1"] == 1.0
@@ -291,7 +293,7 @@ def test_config_form_runs_text_retrieval(minilm_dir, model_cache, minilm_bundle,
     (result,) = run_task({**base, "output_dir": str(tmp_path / "a")})
     assert result["task"] == "text_retrieval" and result["dataset"] == "shapes"
     assert result["meta"]["bundle"]["identity"] == minilm_bundle.identity  # the cached export was used
-    assert set(result["metrics"]) == {f"{m}_at_{k}" for m in ("ndcg", "map", "recall", "mrr") for k in (1, 10)}
+    assert set(result["metrics"]) == {f"{m}_at_{k}" for m in METRICS for k in (1, 10)}
     cli_run = invoke("text-eval", "--model", minilm_bundle.path, "--data-dir", demo_folder, "--k", "1", "--k", "10",
                      "--output-dir", tmp_path / "b", "-q")
     assert json.loads(cli_run.stdout)["metrics"] == result["metrics"]
