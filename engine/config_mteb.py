@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from .errors import ConfigError
 
@@ -71,6 +71,10 @@ FP32_DTYPES = ("auto", "float32", "fp32", "torch.float32", None)
 ENCODE_KWARGS = {"batch_size", "show_progress_bar", "normalize_embeddings", "convert_to_tensor", "convert_to_numpy"}
 
 
+# A path: a string, or an os.PathLike (a pathlib.Path in a Python config)
+PathStr = Annotated[StrictStr, BeforeValidator(lambda v: os.fspath(v) if isinstance(v, os.PathLike) else v)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,7 +82,7 @@ class _Strict(BaseModel):
 class MtebModel(_Strict):
     """One entry of ``models`` (evalscope's ``MTEBModelConfig``)."""
 
-    model_name_or_path: StrictStr
+    model_name_or_path: PathStr
     is_cross_encoder: StrictBool = False
     pooling_mode: Literal["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"] | None = None
     max_seq_length: StrictInt | None = Field(default=None, ge=2)
@@ -93,7 +97,7 @@ class CustomTaskEntry(_Strict):
     """One entry of ``custom_tasks`` (evalscope's ``CustomTaskConfig``)."""
 
     name: StrictStr = CUSTOM_TASK
-    data_path: StrictStr
+    data_path: PathStr
     eval_splits: list[StrictStr] = Field(default_factory=lambda: ["test"], min_length=1)
     type: Literal["Retrieval"] = "Retrieval"
     data_format: Literal["jsonl"] = "jsonl"
@@ -102,8 +106,8 @@ class CustomTaskEntry(_Strict):
 class EvalBlock(_Strict):
     """``eval`` of the current shape (evalscope's ``MTEBEvalConfig``)."""
 
-    custom_tasks: list[CustomTaskEntry | StrictStr] = Field(min_length=1)
-    output_folder: StrictStr | None = None
+    custom_tasks: list[CustomTaskEntry | PathStr] = Field(min_length=1)
+    output_folder: PathStr | None = None
     overwrite_results: StrictBool = True
     limits: StrictInt | None = Field(default=None, ge=1)
     top_k: StrictInt = Field(default=DEFAULT_TOP_K["current"], ge=1)
@@ -115,9 +119,9 @@ class OlderEvalBlock(_Strict):
     """``eval`` of the tutorial's older shape (evalscope's C-MTEB ``EvalArguments``)."""
 
     tasks: list[StrictStr] = Field(min_length=1)
-    dataset_path: StrictStr
+    dataset_path: PathStr
     verbosity: StrictInt = Field(default=2, ge=0, le=3)
-    output_folder: StrictStr | None = None
+    output_folder: PathStr | None = None
     overwrite_results: StrictBool = True
     limits: StrictInt | None = Field(default=None, ge=1)
     top_k: StrictInt = Field(default=DEFAULT_TOP_K["older"], ge=1)
@@ -138,7 +142,7 @@ class OlderToolBlock(_Strict):
 class TopBlock(_Strict):
     eval_backend: Literal["RAGEval"] = "RAGEval"
     eval_config: dict[str, Any]
-    work_dir: StrictStr | None = None
+    work_dir: PathStr | None = None
     no_timestamp: StrictBool = False
 
 

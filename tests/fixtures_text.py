@@ -22,7 +22,7 @@ TEXTS = [
 ]
 
 
-def _hf_bert(path: Path, seed: int, num_labels: int | None = None) -> Path:
+def _hf_bert(path: Path, seed: int, num_labels: int | None = None, positions: int = MAX_POSITIONS) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
@@ -30,9 +30,9 @@ def _hf_bert(path: Path, seed: int, num_labels: int | None = None) -> Path:
 
     path.mkdir(parents=True, exist_ok=True)
     vocab = write_wordpiece_vocab(path / "vocab.txt")
-    tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=MAX_POSITIONS)
+    tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=positions)
     config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=MAX_POSITIONS, hidden_dropout_prob=0.0,
+                        intermediate_size=64, max_position_embeddings=positions, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0, num_labels=num_labels or 2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -60,13 +60,13 @@ def make_sentence_transformer(path, *, pooling="mean", normalize=True, max_seq_l
     return path
 
 
-def make_cross_encoder(path, *, seed: int = 0, max_length: int | None = None) -> Path:
-    """A CrossEncoder (BERT sequence classification, one label, sigmoid) saved with
-    ``CrossEncoder.save_pretrained``."""
+def make_cross_encoder(path, *, seed: int = 0, max_length: int | None = None, positions: int = MAX_POSITIONS) -> Path:
+    """A CrossEncoder (BERT sequence classification, one label, sigmoid, ``positions`` token
+    positions) saved with ``CrossEncoder.save_pretrained``."""
     from sentence_transformers import CrossEncoder
 
     path = Path(path)
-    hf = _hf_bert(path.parent / f"{path.name}-hf", seed, num_labels=1)
+    hf = _hf_bert(path.parent / f"{path.name}-hf", seed, num_labels=1, positions=positions)
     CrossEncoder(str(hf), device="cpu", max_length=max_length).save_pretrained(str(path))
     return path
 
