@@ -308,3 +308,24 @@ def test_config_form_runs_text_retrieval(minilm_dir, model_cache, minilm_bundle,
     cfg.write_text(json.dumps({**base, "models": [{"model_name": str(DEMO_MODEL_DIR)}]}))
     wrong = invoke("run", cfg)
     assert wrong.exit_code == 2 and "needs a text embedding model" in wrong.stderr
+
+
+def test_minilm_with_pooling_and_length_overrides_matches_sentence_transformers(minilm_dir, model_cache):
+    """evalscope's pooling_mode / max_seq_length on the real all-MiniLM-L6-v2: the reference is
+    the SentenceTransformer evalscope builds for them (Transformer(max_seq_length) + Pooling)."""
+    st_mod = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from clipeval.export.text_model import resolve_text_bundle
+
+    bundle = resolve_text_bundle(minilm_dir, model_cache, pooling_mode="max", max_seq_length=128)
+    assert bundle.context_length == 128 and bundle.manifest["text_model"]["pooling"] == "max"
+    word = Transformer(str(minilm_dir), max_seq_length=128)
+    reference = st_mod.SentenceTransformer(modules=[word, Pooling(384, pooling_mode="max")], device="cpu").encode(
+        GOLDEN_TEXTS, convert_to_numpy=True)
+    reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)  # the bundle normalises (cosine model)
+    ours, truncated = load_text_model(bundle, provider="cpu").embed(GOLDEN_TEXTS, batch_size=2, progress=False)
+    assert truncated == 1
+    cos = (ours * reference).sum(1)
+    assert cos.min() >= 0.99999 and np.abs(ours - reference).max() <= 1e-4
