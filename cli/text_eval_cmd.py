@@ -1,4 +1,4 @@
-"""`clipeval text-eval`: score a text embedding model on a BEIR-format folder."""
+"""`clipeval text-eval`: score a text embedding model (and optionally a reranker) on a BEIR-format folder."""
 
 from __future__ import annotations
 
@@ -22,9 +22,22 @@ from .main import (
                    "(exported once into the model cache).")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False),
               help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv or qrels.jsonl.")
-@click.option("--k", "k", type=click.IntRange(min=1), multiple=True,
-              help="Cutoff for every metric (repeatable). Default: 1, 3, 5, 10, 100 "
-                   "(those larger than the corpus are left out).")
+@click.option("--k", "k", multiple=True, metavar="K|mteb",
+              help="Cutoff for every metric (repeatable), or `mteb` for mteb's list 1, 3, 5, 10, 20, 100, 1000. "
+                   "Default: 1, 3, 5, 10, 100 (from a list, those larger than the corpus are left out).")
+@click.option("--reranker", default=None, metavar="BUNDLE|CHECKPOINT",
+              help="Two-stage retrieval: rerank each query's first --top-k documents with this cross-encoder "
+                   "(reranker bundle, or CrossEncoder / sequence-classification checkpoint, exported once).")
+@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Documents per query the reranker re-scores.")
+@click.option("--query-prompt", default=None, help="Prefix of every query (default: the checkpoint's `query` prompt).")
+@click.option("--document-prompt", default=None,
+              help="Prefix of every document (default: the checkpoint's `document`/`passage` prompt).")
+@click.option("--pooling-mode", default=None,
+              type=click.Choice(["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]),
+              help="Pooling of a checkpoint exported here (default: the checkpoint's own).")
+@click.option("--max-seq-length", type=click.IntRange(min=2), default=None,
+              help="Token limit of a checkpoint exported here (default: the checkpoint's own).")
 @click.option("--split", default="test", show_default=True, help="Qrels split (qrels/SPLIT.tsv).")
 @click.option("--dataset-name", default=None,
               help="Name in the result file (default: the data folder's name, or its parent's for retrieval_data).")
@@ -36,23 +49,53 @@ from .main import (
 @provider_option
 @threads_option
 @verbosity_option
-def text_eval_cmd(model, data_dir, k, split, dataset_name, model_name, cache_dir, skip_existing, output_dir,
-                  batch_size, provider, num_threads, quiet):
-    """Text retrieval on a BEIR folder: nDCG, MAP, recall and MRR at k (trec_eval definitions).
+def text_eval_cmd(model, data_dir, k, reranker, top_k, query_prompt, document_prompt, pooling_mode, max_seq_length,
+                  split, dataset_name, model_name, cache_dir, skip_existing, output_dir, batch_size, provider,
+                  num_threads, quiet):
+    """Text retrieval on a BEIR folder: nDCG, MAP, recall, precision, MRR and hit rate at k
+    (trec_eval definitions), optionally reranked by a cross-encoder.
 
-    Writes OUTPUT_DIR/MODEL/DATASET_text_retrieval.json and the ranked run (TREC format) beside it,
-    and prints the result as one JSON line. See docs/text-retrieval.md.
+    Writes OUTPUT_DIR/MODEL/DATASET_text_retrieval.json (with --reranker: OUTPUT_DIR/stage1/... and
+    OUTPUT_DIR/stage2/...) and the ranked run (TREC format) beside each, and prints each result as
+    one JSON line. See docs/text-retrieval.md.
     """
-    from clipeval.engine.tasks.text_retrieval import TextRetrievalParams, text_retrieval_task
+    from clipeval.engine.tasks.text_retrieval import TextRetrievalParams, text_retrieval_results
     from clipeval.engine.textret.embed import load_text_model
     from clipeval.engine.fsutil import check_writable_dir
     from clipeval.export.text_model import resolve_text_bundle
 
     setup_logging(not quiet)
     check_writable_dir(output_dir, "output folder (--output-dir)")
-    bundle = resolve_text_bundle(model, cache_dir)
+    ks, k_list = _parse_k(k)
+    rerank_model = None
+    if reranker is not None:
+        from clipeval.engine.textret.rerank import load_reranker
+        from clipeval.export.reranker import resolve_reranker_bundle
+
+        rerank_model = load_reranker(resolve_reranker_bundle(reranker, cache_dir), provider=provider,
+                                     threads=num_threads)
+    bundle = resolve_text_bundle(model, cache_dir, pooling_mode=pooling_mode, max_seq_length=max_seq_length)
     text_model = load_text_model(bundle, provider=provider, threads=num_threads)
-    params = TextRetrievalParams(k=list(k) or None, batch_size=batch_size, split=split, num_threads=num_threads,
-                                 progress=not quiet)
-    emit(text_retrieval_task(text_model, data_dir, params, output_dir=output_dir, dataset_name=dataset_name,
-                             model_name=model_name, skip_existing=skip_existing))
+    params = TextRetrievalParams(k=ks, k_list=k_list, batch_size=batch_size, split=split, num_threads=num_threads,
+                                 progress=not quiet, query_prompt=query_prompt, document_prompt=document_prompt,
+                                 top_k=top_k)
+    for result in text_retrieval_results(text_model, data_dir, params, reranker=rerank_model, output_dir=output_dir,
+                                         dataset_name=dataset_name, model_name=model_name,
+                                         skip_existing=skip_existing):
+        emit(result)
+
+
+def _parse_k(values) -> tuple[list[int] | None, str]:
+    """``--k`` values: integers (the cut-offs), or the one word ``mteb`` (mteb's list)."""
+    if list(values) == ["mteb"]:
+        return None, "mteb"
+    ks = []
+    for value in values:
+        try:
+            k = int(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is neither a positive integer nor `mteb`", param_hint="--k") from None
+        if k < 1:
+            raise click.BadParameter(f"{k} is not a positive integer", param_hint="--k")
+        ks.append(k)
+    return ks or None, "default"

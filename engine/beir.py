@@ -19,9 +19,12 @@ inside a text are escaped by JSON, so each record is exactly one line. IDs that 
 would take for quoting) are refused before anything is written.
 
 Reading (:func:`read_beir`): lines are split on ``\\n`` only (a text may hold U+2028 and other
-characters that :meth:`str.splitlines` would break on). Every malformed line of every file is
-collected and reported in one :class:`~clipeval.engine.errors.DatasetError` with file and line
-number. The qrels come from ``qrels/{split}.tsv`` when it exists, else from ``qrels.jsonl``.
+characters that :meth:`str.splitlines` would break on); a UTF-8 byte-order mark is allowed
+(:mod:`clipeval.engine.textio`). Every malformed line of every file is collected and reported in
+one :class:`~clipeval.engine.errors.DatasetError` with file and line number. Every other record
+is used or left out and counted by reason (:data:`LEFT_OUT_REASONS`); nothing is dropped
+silently and no missing value becomes the string ``"None"``. The qrels come from
+``qrels/{split}.tsv`` when it exists, else from ``qrels.jsonl``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import csv
 import io
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +47,7 @@ from .textio import json_lines
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BeirData", "CORPUS", "QUERIES", "QRELS_JSONL", "QRELS_HEADER", "qrels_tsv_path",
+__all__ = ["BeirData", "CORPUS", "LEFT_OUT_REASONS", "QUERIES", "QRELS_JSONL", "QRELS_HEADER", "qrels_tsv_path",
            "read_beir", "write_beir"]
 
 CORPUS = "corpus.jsonl"
@@ -77,6 +81,8 @@ class BeirData:
     folder: Path | None = None
     qrels_file: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> records left out (LEFT_OUT_REASONS)
+    records: dict[str, int] = field(default_factory=dict)  # file -> non-blank records read
 
     def qrels_dict(self) -> dict[str, dict[str, int]]:
         """``{query_id: {corpus_id: score}}``, the form pytrec_eval and BEIR take."""
@@ -84,6 +90,11 @@ class BeirData:
         for qid, did, score in self.qrels:
             out.setdefault(qid, {})[did] = score
         return out
+
+    def evaluated_queries(self) -> list[dict[str, str]]:
+        """The queries that are evaluated: named by a qrels row and with a non-blank text (file order)."""
+        judged = {q for q, _, _ in self.qrels}
+        return [q for q in self.queries if q["_id"] in judged and q["text"].strip()]
 
 
 # --------------------------------------------------------------------------- writing
@@ -218,10 +229,12 @@ def _row_id(value: Any) -> str | None:
     return text or None
 
 
-def _json_objects(path: Path, problems: list[str]):
+def _json_objects(path: Path, problems: list[str], counts: dict[str, int]):
     """``(line number, where, object)`` for each JSON-object line of ``path``; other lines go to
-    ``problems``."""
+    ``problems``. ``counts[path.name]`` counts the non-blank lines (the file's records)."""
+    counts.setdefault(path.name, 0)
     for number, line in json_lines(path):
+        counts[path.name] += 1
         where = f"{path}:{number}"
         try:
             obj = orjson.loads(line)
@@ -234,22 +247,23 @@ def _json_objects(path: Path, problems: list[str]):
         yield number, where, obj
 
 
-def _read_records(path: Path, problems: list[str], with_title: bool) -> list[dict[str, str]]:
+def _read_records(path: Path, problems: list[str], left_out: Counter, counts: dict[str, int],
+                  with_title: bool, kind: str) -> list[dict[str, str]]:
+    """The records of ``corpus.jsonl`` / ``queries.jsonl``. A repeated id with the same content is
+    left out (``duplicate_{kind}_ids``); with different content it is a problem (which one is
+    meant cannot be told). A missing, null or non-string ``text`` is a problem, never ``"None"``."""
     rows: list[dict[str, str]] = []
-    seen: dict[str, int] = {}
-    for number, where, obj in _json_objects(path, problems):
+    seen: dict[str, tuple[int, dict[str, str]]] = {}
+    for number, where, obj in _json_objects(path, problems, counts):
         ident = _row_id(obj.get("_id"))
         if ident is None:
             problems.append(f"{where}: no usable \"_id\" (a non-empty string or an integer)")
             continue
         text = obj.get("text")
         if not isinstance(text, str):
-            problems.append(f"{where}: \"text\" must be a string, got {type(text).__name__}")
+            got = "missing" if "text" not in obj else type(text).__name__
+            problems.append(f"{where}: \"text\" must be a string, got {got}")
             continue
-        if ident in seen:
-            problems.append(f"{where}: duplicate id {ident!r} (first on line {seen[ident]})")
-            continue
-        seen[ident] = number
         row = {"_id": ident, "text": text}
         if with_title and "title" in obj:
             title = obj["title"]
@@ -257,12 +271,23 @@ def _read_records(path: Path, problems: list[str], with_title: bool) -> list[dic
                 problems.append(f"{where}: \"title\" must be a string, got {type(title).__name__}")
                 continue
             row["title"] = title or ""
+        if ident in seen:
+            first_line, first_row = seen[ident]
+            if first_row == row:
+                left_out[f"duplicate_{kind}_ids"] += 1
+            else:
+                problems.append(f"{where}: id {ident!r} again, with other content than on line {first_line}")
+            continue
+        seen[ident] = (number, row)
         rows.append(row)
     return rows
 
 
-def _read_qrels_tsv(path: Path, problems: list[str], warnings: list[str]) -> list[tuple[str, str, int]]:
-    rows: list[tuple[str, str, int]] = []
+def _read_qrels_tsv(path: Path, problems: list[str], warnings: list[str], counts: dict[str, int]
+                    ) -> list[tuple[str, str, int, str]]:
+    rows: list[tuple[str, str, int, str]] = []
+    name = f"qrels/{path.name}"
+    counts[name] = 0
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
         for number, row in enumerate(reader, start=1):
@@ -273,6 +298,7 @@ def _read_qrels_tsv(path: Path, problems: list[str], warnings: list[str]) -> lis
                 if [c.strip() for c in row[:3]] != list(QRELS_HEADER):
                     warnings.append(f"{path}: first line {row!r} taken as the header")
                 continue
+            counts[name] += 1
             if number == 1:
                 warnings.append(f"{path}: no header line; the first line is read as data "
                                 "(BEIR's loader would skip it)")
@@ -286,7 +312,7 @@ def _read_qrels_tsv(path: Path, problems: list[str], warnings: list[str]) -> lis
             if not _is_int(score):
                 problems.append(f"{where}: score {score!r} is not an integer")
                 continue
-            rows.append((qid, did, int(score)))
+            rows.append((qid, did, int(score), where))
     return rows
 
 
@@ -298,23 +324,29 @@ def _is_int(text: str) -> bool:
     return True
 
 
+_MISSING = object()
+
+
 def _first(obj: dict, keys: Sequence[str]) -> Any:
+    """The value of the first of ``keys`` present in ``obj`` (``_MISSING`` when none is)."""
     for key in keys:
         if key in obj:
             return obj[key]
-    return None
+    return _MISSING
 
 
-def _read_qrels_jsonl(path: Path, problems: list[str]) -> list[tuple[str, str, int]]:
-    rows: list[tuple[str, str, int]] = []
-    for _, where, obj in _json_objects(path, problems):
-        qid, did = _row_id(_first(obj, _QID_KEYS)), _row_id(_first(obj, _DID_KEYS))
+def _read_qrels_jsonl(path: Path, problems: list[str], counts: dict[str, int]) -> list[tuple[str, str, int, str]]:
+    rows: list[tuple[str, str, int, str]] = []
+    for _, where, obj in _json_objects(path, problems, counts):
+        qid, did = _first(obj, _QID_KEYS), _first(obj, _DID_KEYS)
+        qid = None if qid is _MISSING else _row_id(qid)
+        did = None if did is _MISSING else _row_id(did)
         if qid is None or did is None:
-            problems.append(f"{where}: needs \"query-id\" and \"corpus-id\" (strings or integers)")
+            problems.append(f"{where}: needs \"query-id\" and \"corpus-id\" (non-empty strings or integers)")
             continue
         score = _first(obj, _SCORE_KEYS)
-        if score is None:
-            score = 1
+        if score is _MISSING:
+            score = 1  # evalscope's MTEB loader: a row without a score is relevant
         if isinstance(score, float) and score.is_integer():
             score = int(score)
         if isinstance(score, str) and _is_int(score):
@@ -322,17 +354,64 @@ def _read_qrels_jsonl(path: Path, problems: list[str]) -> list[tuple[str, str, i
         if isinstance(score, bool) or not isinstance(score, int):
             problems.append(f"{where}: score {score!r} is not an integer")
             continue
-        rows.append((qid, did, score))
+        rows.append((qid, did, score, where))
     return rows
+
+
+def _use_qrels(rows: list[tuple[str, str, int, str]], query_ids: set[str], corpus_ids: set[str],
+                 qrels_file: Path, problems: list[str], warnings: list[str], left_out: Counter
+                 ) -> list[tuple[str, str, int]]:
+    """Rows used: a repeated pair with the same score and a row naming a query id that has no
+    query text are left out; a repeated pair with another score is a problem. A row naming a
+    corpus id outside the corpus is used (a relevant document that cannot be retrieved)."""
+    used: list[tuple[str, str, int]] = []
+    seen: dict[tuple[str, str], tuple[int, str]] = {}
+    unknown_docs = 0
+    for qid, did, score, where in rows:
+        if (qid, did) in seen:
+            first_score, first_where = seen[(qid, did)]
+            if first_score == score:
+                left_out["duplicate_qrels"] += 1
+            else:
+                problems.append(f"{where}: pair ({qid!r}, {did!r}) again with score {score} "
+                                f"(score {first_score} at {first_where})")
+            continue
+        seen[(qid, did)] = (score, where)
+        if qid not in query_ids:
+            left_out["qrels_unknown_query"] += 1
+            continue
+        if did not in corpus_ids:
+            unknown_docs += 1
+        used.append((qid, did, score))
+    if unknown_docs:
+        warnings.append(f"{qrels_file}: {unknown_docs} row(s) name a corpus id that is not in {CORPUS}; "
+                        "they count as relevant documents that cannot be retrieved")
+    return used
+
+
+LEFT_OUT_REASONS = {
+    "duplicate_corpus_ids": f"{CORPUS} lines repeating an earlier id with the same content",
+    "duplicate_query_ids": f"{QUERIES} lines repeating an earlier id with the same content",
+    "duplicate_qrels": "qrels rows repeating an earlier (query, document) pair with the same score",
+    "qrels_unknown_query": f"qrels rows naming a query id that is not in {QUERIES}",
+    "queries_without_qrels": "queries that no qrels row names (not evaluated, as in BEIR and MTEB)",
+    "empty_queries": "queries whose text is empty or only whitespace (not evaluated)",
+    "qrels_of_left_out_queries": "qrels rows of queries that are not evaluated (empty text, or beyond limits)",
+    "queries_beyond_limits": "queries after the first `limits` evaluable ones",
+}
 
 
 def read_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
     """Read and check a BEIR folder (see the module docstring).
 
-    Raises :class:`DatasetError` when a file is missing, or listing every malformed line, every
-    duplicate id or qrels pair, and every qrels query id that has no query text. A qrels row
-    whose corpus id is not in the corpus is kept (it counts as a relevant document that cannot
-    be retrieved, as in BEIR and trec_eval) and reported in ``warnings``.
+    Every record is either used or left out and counted (``BeirData.left_out``, reasons in
+    :data:`LEFT_OUT_REASONS`, also logged as one warning each): repeated ids or qrels pairs with
+    the same content, qrels rows naming a query id without a query, queries without qrels and
+    queries with an empty text. ``BeirData.records`` counts the records of each file, so that
+    used + left out == records. Raises :class:`DatasetError` when a file is missing, or listing
+    every malformed line and every repeated id or pair whose content differs. A qrels row whose
+    corpus id is not in the corpus is kept (it counts as a relevant document that cannot be
+    retrieved, as in BEIR and trec_eval) and reported in ``warnings``.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -353,34 +432,33 @@ def read_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
         )
     problems: list[str] = []
     warnings: list[str] = []
-    corpus = _read_records(root / CORPUS, problems, with_title=True)
-    queries = _read_records(root / QUERIES, problems, with_title=False)
+    left_out: Counter = Counter()
+    counts: dict[str, int] = {}
+    corpus = _read_records(root / CORPUS, problems, left_out, counts, with_title=True, kind="corpus")
+    queries = _read_records(root / QUERIES, problems, left_out, counts, with_title=False, kind="query")
     if tsv.is_file():
         qrels_file = tsv
-        qrels = _read_qrels_tsv(tsv, problems, warnings)
+        raw = _read_qrels_tsv(tsv, problems, warnings, counts)
     else:
         qrels_file = jsonl
-        qrels = _read_qrels_jsonl(jsonl, problems)
-
-    query_ids = {q["_id"] for q in queries}
-    corpus_ids = {d["_id"] for d in corpus}
-    seen: set[tuple[str, str]] = set()
-    unknown_docs = 0
-    for qid, did, _ in qrels:
-        if (qid, did) in seen:
-            problems.append(f"{qrels_file}: duplicate pair ({qid!r}, {did!r})")
-        seen.add((qid, did))
-        if qid not in query_ids:
-            problems.append(f"{qrels_file}: query id {qid!r} has no text in {QUERIES}")
-        if did not in corpus_ids:
-            unknown_docs += 1
-    if unknown_docs:
-        warnings.append(f"{qrels_file}: {unknown_docs} row(s) name a corpus id that is not in {CORPUS}; "
-                        "they count as relevant documents that cannot be retrieved")
+        raw = _read_qrels_jsonl(jsonl, problems, counts)
+    qrels = _use_qrels(raw, {q["_id"] for q in queries}, {d["_id"] for d in corpus}, qrels_file,
+                         problems, warnings, left_out)
     if problems:
         raise DatasetError(f"BEIR folder {root} has {len(problems)} problem(s):\n    " + _listing(problems),
                            "fix the lines listed")
+    judged = {q for q, _, _ in qrels}
+    empty = {q["_id"] for q in queries if not q["text"].strip()}
+    left_out["queries_without_qrels"] += sum(1 for q in queries if q["_id"] not in judged)
+    left_out["empty_queries"] += sum(1 for q in queries if q["_id"] in empty and q["_id"] in judged)
+    left_out["qrels_of_left_out_queries"] += sum(1 for q, _, _ in qrels if q in empty)
+    empty_docs = sum(1 for d in corpus if not (d["text"].strip() or d.get("title", "").strip()))
+    if empty_docs:
+        warnings.append(f"{root / CORPUS}: {empty_docs} document(s) have an empty text; they stay in the corpus")
+    data = BeirData(corpus=corpus, queries=queries, qrels=qrels, folder=root, qrels_file=qrels_file,
+                    warnings=warnings, left_out={k: v for k, v in left_out.items() if v}, records=counts)
     for w in warnings:
         log.warning(w)
-    return BeirData(corpus=corpus, queries=queries, qrels=qrels, folder=root, qrels_file=qrels_file,
-                    warnings=warnings)
+    for reason, count in data.left_out.items():
+        log.warning("%s: left out %d: %s", root, count, LEFT_OUT_REASONS[reason])
+    return data

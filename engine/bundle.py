@@ -152,7 +152,7 @@ def _write_stamp(path: Path, stamp: dict) -> None:
 
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-TOWERS = ("vision", "text")
+TOWERS = ("vision", "text", "reranker")  # the graphs a variant can name (a reranker bundle: the pair scorer)
 PADDING_RULES = ("longest", "max_length")
 MAX_DIM = 1 << 20
 

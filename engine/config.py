@@ -544,8 +544,18 @@ def _clip_benchmark(eval_config: dict[str, Any], task_cfg: dict[str, Any], probl
 # eval_config.tool (lower case) -> the parser of that tool's eval_config; called as
 # parser(eval_config, task_cfg, problems) and returning the config the runner takes (or None when
 # it added problems). Another module registers its tool here.
+def _mteb(eval_config: dict[str, Any], task_cfg: dict[str, Any], problems: Problems) -> Any:
+    """``tool: mteb`` (also ``MTEB``, ``cmteb``): evalscope's text-retrieval config, checked by
+    :mod:`clipeval.engine.config_mteb` (which raises its own :class:`ConfigError`)."""
+    from .config_mteb import parse_mteb_config
+
+    return parse_mteb_config(eval_config, task_cfg)
+
+
 TOOLS: dict[str, Callable[[dict[str, Any], dict[str, Any], Problems], Any]] = {
     "clip_benchmark": _clip_benchmark,
+    "mteb": _mteb,
+    "cmteb": _mteb,
 }
 
 

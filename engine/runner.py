@@ -92,6 +92,11 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
     (:func:`~clipeval.engine.fsutil.check_writable_dir`; a :class:`ConfigError` otherwise).
     """
     check_writable_dir(cfg.output_dir, OUTPUT_DIR_WHAT)
+    if getattr(cfg, "tool", None) in ("mteb", "cmteb"):  # evalscope's text-retrieval config (config_mteb)
+        from .tasks.text_retrieval import mteb_results
+
+        yield from mteb_results(cfg, resolve)
+        return
     if cfg.task == "image_caption":  # asks an API; no model bundle to resolve
         from .tasks.caption import caption_results
 

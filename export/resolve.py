@@ -52,6 +52,8 @@ def resolve_model(model: dict[str, Any], cfg) -> Bundle:
     """The bundle for one ``models`` entry: the demo or a bundle directory as they are; a
     checkpoint directory or hub id exported into the cache on first use, reused after (for
     ``task: text_retrieval``, a sentence-transformers / BERT-style text model)."""
+    if getattr(cfg, "tool", None) in ("mteb", "cmteb"):  # an evalscope MTEB model entry (engine/config_mteb.py)
+        return _resolve_mteb_model(model, cfg)
     if getattr(cfg, "task", None) == "text_retrieval":
         from .text_model import resolve_text_bundle
 
@@ -76,3 +78,28 @@ def _resolve_image_text_model(model: dict[str, Any], cfg) -> Bundle:
     target.parent.mkdir(parents=True, exist_ok=True)
     export_checkpoint(name, target, precision=precision, force=False, hub=hub, revision=revision)
     return load_bundle(target)
+
+
+def _resolve_mteb_model(entry, cfg) -> Bundle:
+    """A text or reranker bundle for an evalscope ``tool: mteb`` model entry. An unset
+    ``max_seq_length`` of a checkpoint is evalscope's default, 512, bounded by the model's
+    positions (``max_position_embeddings``)."""
+    import json
+
+    from .reranker import resolve_reranker_bundle
+    from .text_model import resolve_text_bundle
+
+    path = Path(os.path.expanduser(entry.model_name_or_path))
+    length = entry.max_seq_length
+    if length is None and not is_bundle_dir(path) and (path / "config.json").is_file():
+        from clipeval.engine.config_mteb import DEFAULT_MAX_SEQ_LENGTH
+
+        try:
+            positions = json.loads((path / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+        except (OSError, ValueError, AttributeError):
+            positions = None
+        length = min(DEFAULT_MAX_SEQ_LENGTH, positions) if isinstance(positions, int) else DEFAULT_MAX_SEQ_LENGTH
+    if entry.is_cross_encoder:
+        return resolve_reranker_bundle(path, getattr(cfg, "cache_dir", None), max_seq_length=length)
+    return resolve_text_bundle(path, getattr(cfg, "cache_dir", None), pooling_mode=entry.pooling_mode,
+                               max_seq_length=length)

@@ -4,21 +4,34 @@ The bundle holds one ``text.onnx``: ``input_ids`` and ``attention_mask`` int64 `
 axes dynamic) -> ``text_embeds`` float32 ``[B, D]``. Everything the checkpoint does after the
 transformer is inside the graph, read from its sentence-transformers files:
 
-* pooling from ``1_Pooling/config.json`` (the ``Pooling`` module of ``modules.json``):
-  ``pooling_mode_mean_tokens`` -> the mean of the token states under the attention mask
-  (``sum(h * m) / max(sum(m), 1e-9)``, as sentence-transformers computes it),
-  ``pooling_mode_cls_token`` -> the first token's state. A checkpoint without
-  sentence-transformers files is pooled by mean, sentence-transformers' own default.
+* pooling from ``1_Pooling/config.json`` (the ``Pooling`` module of ``modules.json``; both the
+  ``pooling_mode_*`` booleans of sentence-transformers < 6 and the ``pooling_mode`` key of 6.x),
+  or ``pooling_mode`` given to the export (evalscope's model key). The modes and their formulas
+  are sentence-transformers' (``sentence_transformers/.../pooling.py``), with ``h`` the token
+  states, ``m`` the attention mask and positions counted from 1:
+  ``cls`` the first unmasked token; ``mean`` ``sum(h * m) / max(sum(m), 1e-9)``;
+  ``mean_sqrt_len_tokens`` ``sum(h * m) / sqrt(max(sum(m), 1e-9))``; ``max`` the largest value
+  over unmasked tokens; ``weightedmean`` ``sum(h * m * pos) / max(sum(m * pos), 1e-9)``;
+  ``lasttoken`` the last unmasked token. Several modes are concatenated in the order given.
+  A checkpoint without sentence-transformers files is pooled by mean, sentence-transformers'
+  own default.
 * normalisation: L2 (``F.normalize``) when ``modules.json`` lists a ``Normalize`` module, or
   when the checkpoint's similarity (``config_sentence_transformers.json``
   ``similarity_fn_name``, default cosine) is the cosine; a ``dot`` model without
   ``Normalize`` keeps raw embeddings and is ranked by dot product.
 * ``token_type_ids`` (BERT-style models): all zeros inside the graph, which is what a tokenizer
   gives for a single text, so callers feed two inputs whatever the architecture.
-* ``context_length``: ``sentence_bert_config.json`` ``max_seq_length``, else the smaller of
-  the tokenizer's ``model_max_length`` and the model's ``max_position_embeddings``.
+* ``context_length``: ``max_seq_length`` given to the export (evalscope's model key), else
+  ``sentence_bert_config.json`` ``max_seq_length``, else the smaller of the tokenizer's
+  ``model_max_length`` and the model's ``max_position_embeddings``. A length above
+  ``max_position_embeddings`` is refused.
+* prompts: ``config_sentence_transformers.json`` ``prompts`` and ``default_prompt_name`` are
+  copied into the manifest (``text_model.prompts``); the engine prepends them to the texts, as
+  ``SentenceTransformer.encode(prompt=...)`` does. A ``Pooling`` module with
+  ``include_prompt: false`` is recorded; the engine refuses to use a prompt with it (the graph
+  cannot tell prompt tokens from text tokens).
 
-Other sentence-transformers modules (``Dense``, ``LayerNorm``, ...) and other pooling modes
+Other sentence-transformers modules (``Dense``, ``LayerNorm``, ...) and unknown pooling modes
 are refused with a message naming them. Validation: the ONNX graph on onnxruntime (CPU)
 against the PyTorch module it was traced from, on texts of several lengths (one truncated),
 padded as a batch; max abs difference 1e-4 and cosine 0.99999, every output reported before
@@ -44,14 +57,17 @@ from .convert import tool_versions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TEXT_FAMILY", "TextModelSpec", "export_text_model", "is_text_checkpoint", "read_text_spec",
-           "resolve_text_bundle"]
+__all__ = ["POOLING_MODES", "TEXT_FAMILY", "TextModelSpec", "export_text_model", "is_text_checkpoint",
+           "normalize_pooling", "read_text_spec", "resolve_text_bundle"]
 
 TEXT_FAMILY = "text"
 TEXT_FILE = "text.onnx"
-POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
-UNSUPPORTED_POOLING = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
-                       "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+# sentence-transformers' pooling modes; the legacy boolean keys of 1_Pooling/config.json in the
+# order sentence-transformers concatenates them
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                       "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                       "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
 SIMILARITIES = ("cosine", "dot")
 VALIDATION_TEXTS = (
@@ -89,11 +105,48 @@ def is_text_checkpoint(path: str | os.PathLike) -> bool:
     return isinstance(config, dict) and "vision_config" not in config and "text_config" not in config
 
 
-def read_text_spec(src: str | os.PathLike) -> TextModelSpec:
-    """Pooling, normalisation, similarity and sequence length of a checkpoint directory."""
+def normalize_pooling(value: Any, where: str) -> str:
+    """A pooling mode (or several joined by ``+``) checked against :data:`POOLING_MODES`.
+
+    ``value`` is a mode name, a list of names, or sentence-transformers' legacy spellings
+    (``mean_tokens``, ``cls_token`` ...). Raises :class:`ExportError` naming ``where``."""
+    modes = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for mode in modes:
+        name = str(mode).strip().lower() if isinstance(mode, str) else mode
+        name = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max", "weightedmean_tokens": "weightedmean"
+                }.get(name, name)
+        if name not in POOLING_MODES:
+            raise ExportError(f"{where}: unknown pooling mode {mode!r}", f"use one of: {', '.join(POOLING_MODES)}")
+        out.append(name)
+    if not out:
+        raise ExportError(f"{where}: no pooling mode", f"use one of: {', '.join(POOLING_MODES)}")
+    return "+".join(out)
+
+
+def _pooling_from_config(path: Path) -> tuple[str, bool]:
+    cfg = _read_json(path)
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{path} is not a JSON object", "repair the checkpoint")
+    include_prompt = bool(cfg.get("include_prompt", True))
+    if "pooling_mode" in cfg:  # sentence-transformers >= 6
+        return normalize_pooling(cfg["pooling_mode"], str(path)), include_prompt
+    on = [key for key, value in cfg.items() if key.startswith("pooling_mode") and value]
+    unknown = [key for key in on if key not in LEGACY_POOLING_KEYS]
+    if unknown:
+        raise ExportError(f"{path} asks for pooling {', '.join(unknown)}",
+                          f"supported: {', '.join(LEGACY_POOLING_KEYS)}")
+    modes = [mode for key, mode in LEGACY_POOLING_KEYS.items() if key in on] or ["mean"]
+    return "+".join(modes), include_prompt
+
+
+def read_text_spec(src: str | os.PathLike, *, pooling_mode: str | None = None,
+                   max_seq_length: int | None = None) -> TextModelSpec:
+    """Pooling, normalisation, similarity, sequence length and prompts of a checkpoint directory;
+    ``pooling_mode`` / ``max_seq_length`` replace what the checkpoint says (evalscope's model keys)."""
     root = Path(src)
     modules_path = root / "modules.json"
-    pooling, normalize_module, pooling_dir = "mean", False, None
+    pooling, normalize_module, pooling_dir, include_prompt = "mean", False, None, True
     if modules_path.is_file():
         modules = _read_json(modules_path)
         if not isinstance(modules, list):
@@ -115,19 +168,20 @@ def read_text_spec(src: str | os.PathLike) -> TextModelSpec:
     else:
         log.info("%s has no modules.json; using mean pooling (sentence-transformers' default)", root)
     if pooling_dir is not None:
-        pooling_cfg = _read_json(pooling_dir / "config.json")
-        on = [key for key, value in pooling_cfg.items() if key.startswith("pooling_mode") and value]
-        bad = [key for key in on if key not in POOLING_MODES]
-        if bad or len(on) != 1:
-            raise ExportError(
-                f"{pooling_dir / 'config.json'} asks for pooling {', '.join(on) or 'none'}",
-                f"supported: exactly one of {', '.join(POOLING_MODES)}",
-            )
-        pooling = POOLING_MODES[on[0]]
-    similarity = "cosine"
+        pooling, include_prompt = _pooling_from_config(pooling_dir / "config.json")
+    pooling_source = "checkpoint" if pooling_dir is not None else "default"
+    if pooling_mode:
+        pooling, pooling_source = normalize_pooling(pooling_mode, "pooling_mode"), "config"
+    similarity, prompts, default_prompt = "cosine", {}, None
     st_config = root / "config_sentence_transformers.json"
     if st_config.is_file():
-        similarity = _read_json(st_config).get("similarity_fn_name") or "cosine"
+        st = _read_json(st_config)
+        similarity = st.get("similarity_fn_name") or "cosine"
+        prompts = st.get("prompts") or {}
+        default_prompt = st.get("default_prompt_name")
+        if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in prompts.items()):
+            raise ExportError(f"{st_config}: prompts must map names to strings", "repair the checkpoint")
     if similarity not in SIMILARITIES:
         raise ExportError(f"{st_config} asks for similarity {similarity!r}",
                           f"supported similarities: {', '.join(SIMILARITIES)}")
@@ -135,12 +189,24 @@ def read_text_spec(src: str | os.PathLike) -> TextModelSpec:
     sbert = root / "sentence_bert_config.json"
     if sbert.is_file():
         max_seq = _read_json(sbert).get("max_seq_length")
-    return TextModelSpec(pooling=pooling, normalize=bool(normalize_module or similarity == "cosine"),
-                         normalize_module=normalize_module, similarity=similarity, max_seq_length=max_seq)
+    if max_seq_length is not None:
+        if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < 2:
+            raise ExportError(f"max_seq_length must be an integer of at least 2, got {max_seq_length!r}")
+        max_seq = max_seq_length
+    return TextModelSpec(pooling=pooling, pooling_source=pooling_source,
+                         normalize=bool(normalize_module or similarity == "cosine"),
+                         normalize_module=normalize_module, similarity=similarity, max_seq_length=max_seq,
+                         max_seq_length_source="config" if max_seq_length is not None else (
+                             "sentence_bert_config.json" if max_seq else None),
+                         prompts=prompts, default_prompt_name=default_prompt, include_prompt=include_prompt)
 
 
 def _context_length(spec: TextModelSpec, config: Any, hf_tok: Any) -> int:
     limits = [getattr(config, "max_position_embeddings", None)]
+    if spec.get("max_seq_length_source") == "config" and limits[0] and spec["max_seq_length"] > limits[0]:
+        raise ExportError(f"max_seq_length {spec['max_seq_length']} is longer than the model's "
+                          f"{limits[0]} positions (max_position_embeddings)",
+                          f"set max_seq_length to at most {limits[0]}")
     if spec.get("max_seq_length"):
         return int(min(x for x in (spec["max_seq_length"], limits[0]) if x))
     model_max = getattr(hf_tok, "model_max_length", None)
@@ -151,6 +217,37 @@ def _context_length(spec: TextModelSpec, config: Any, hf_tok: Any) -> int:
         raise ExportError("cannot tell the model's maximum sequence length",
                           "set max_seq_length in sentence_bert_config.json")
     return min(limits)
+
+
+def pool(hidden, attention_mask, mode: str):
+    """sentence-transformers' pooling ``mode`` of token states ``hidden`` [B, T, H] under
+    ``attention_mask`` [B, T] (the formulas of the module docstring), traceable to ONNX."""
+    import torch
+
+    mask32 = attention_mask.to(torch.int32)
+    if mode == "cls":
+        first = mask32.argmax(dim=1)
+        return torch.gather(hidden, 1, first.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
+    if mode == "max":
+        keep = attention_mask.unsqueeze(-1).expand_as(hidden)
+        return hidden.masked_fill(keep == 0, float("-inf")).max(dim=1).values
+    if mode in ("mean", "mean_sqrt_len_tokens"):
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        total = torch.clamp(mask.sum(dim=1), min=1e-9)
+        return (hidden * mask).sum(dim=1) / (total if mode == "mean" else torch.sqrt(total))
+    if mode == "weightedmean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        positions = torch.arange(1, hidden.shape[1] + 1, dtype=hidden.dtype, device=hidden.device).view(1, -1, 1)
+        weights = mask * (positions - mask32.argmax(dim=1).to(hidden.dtype).view(-1, 1, 1))
+        return (hidden * weights).sum(dim=1) / torch.clamp(weights.sum(dim=1), min=1e-9)
+    if mode == "lasttoken":
+        seq_len = hidden.shape[1]
+        values, indices = mask32.flip(1).max(1)
+        indices = torch.where(values == 0, seq_len - 1, indices)
+        last = (seq_len - indices - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        masked = hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return torch.gather(masked, 1, last).squeeze(1)
+    raise ExportError(f"unknown pooling mode {mode!r}", f"use one of: {', '.join(POOLING_MODES)}")
 
 
 def _encoder(model: Any, spec: TextModelSpec, has_token_types: bool):
@@ -169,11 +266,8 @@ def _encoder(model: Any, spec: TextModelSpec, has_token_types: bool):
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             extra = {"token_type_ids": torch.zeros_like(input_ids)} if has_token_types else {}
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-            if spec["pooling"] == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / torch.clamp(mask.sum(dim=1), min=1e-9)
+            parts = [pool(hidden, attention_mask, mode) for mode in spec["pooling"].split("+")]
+            pooled = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
             if spec["normalize"]:
                 pooled = F.normalize(pooled, p=2.0, dim=1)
             return pooled
@@ -194,8 +288,12 @@ def _load(src: Path):
 
 
 def export_text_model(source: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int = 17,
-                      force: bool = False, validate: bool = True) -> Path:
+                      force: bool = False, validate: bool = True, pooling_mode: str | None = None,
+                      max_seq_length: int | None = None) -> Path:
     """Export the checkpoint directory ``source`` to a text bundle at ``out_dir``; return its path.
+
+    ``pooling_mode`` (one of :data:`POOLING_MODES`, or several joined by ``+``) and
+    ``max_seq_length`` replace the checkpoint's own (evalscope's model keys of the same names).
 
     Raises :class:`ExportError` for a directory that is not a supported text checkpoint, an
     ``out_dir`` that is not empty (``force`` replaces an existing bundle), or ONNX outputs that
@@ -210,7 +308,7 @@ def export_text_model(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
         if not force or not (out / MANIFEST).is_file():
             raise ExportError(f"output {out} exists and is not empty",
                               "pick another directory, or pass force=True to replace a bundle there")
-    spec = read_text_spec(src)
+    spec = read_text_spec(src, pooling_mode=pooling_mode, max_seq_length=max_seq_length)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = make_temp_dir(prefix=f".{out.name}.partial-", dir=out.parent)  # the user's umask, not 0700
     try:
@@ -263,7 +361,7 @@ def _build(src: Path, stage: Path, spec: TextModelSpec, *, opset: int, validate:
         validation: dict[str, Any] = {"fp32": block}
     else:
         validation = {"skipped": True}
-    embed_dim = int(getattr(config, "hidden_size"))
+    embed_dim = int(getattr(config, "hidden_size")) * len(spec["pooling"].split("+"))
     log.info("text export %.1f s, validation %.1f s", t_export, time.perf_counter() - t0 - t_export)
     (stage / "preprocess.json").write_text(
         json.dumps({"format": 1, "modality": "text", "note": "text-only bundle: no image input"}, indent=2) + "\n",
@@ -285,24 +383,48 @@ def _build(src: Path, stage: Path, spec: TextModelSpec, *, opset: int, validate:
     }
 
 
-def resolve_text_bundle(model: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Bundle:
+def resolve_text_bundle(model: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+                        pooling_mode: str | None = None, max_seq_length: int | None = None) -> Bundle:
     """A text bundle for ``model``: a bundle directory as it is; a checkpoint directory exported
     once into the model cache (``cache_dir`` / ``$CLIPEVAL_CACHE_DIR`` / ``~/.cache/clipeval``,
-    then ``models/``) and reused after (keyed by the checkpoint's path and file sizes and times)."""
+    then ``models/``) and reused after (keyed by the checkpoint's path and file sizes and times,
+    and by ``pooling_mode`` / ``max_seq_length`` when given).
+
+    Raises :class:`BundleError` for a path that is neither, or for ``pooling_mode`` /
+    ``max_seq_length`` given with a bundle that was exported otherwise."""
     from .resolve import cache_root, cached_bundle_dir
 
     path = Path(os.path.expanduser(str(model)))
     if is_bundle_dir(path):
-        return load_bundle(path)
+        bundle = load_bundle(path)
+        _check_bundle_matches(bundle, pooling_mode, max_seq_length)
+        return bundle
     if not is_text_checkpoint(path):
         raise BundleError(
             f"model {str(model)!r} is neither a model bundle nor a text checkpoint directory",
             "pass a bundle made by `clipeval export`, or a sentence-transformers model directory",
         )
-    target = cached_bundle_dir(str(path), None, "text-fp32", cache_root(cache_dir))
+    key = "text-fp32"
+    if pooling_mode:
+        key += "-" + normalize_pooling(pooling_mode, "pooling_mode").replace("+", "_")
+    if max_seq_length is not None:
+        key += f"-len{max_seq_length}"
+    target = cached_bundle_dir(str(path), None, key, cache_root(cache_dir))
     if is_bundle_dir(target):
         log.info("using cached export %s", target)
         return load_bundle(target)
     log.info("exporting %s into the model cache at %s (once)", path, target)
-    export_text_model(path, target)
+    export_text_model(path, target, pooling_mode=pooling_mode, max_seq_length=max_seq_length)
     return load_bundle(target)
+
+
+def _check_bundle_matches(bundle: Bundle, pooling_mode: str | None, max_seq_length: int | None) -> None:
+    spec = bundle.manifest.get("text_model") or {}
+    wrong = []
+    if pooling_mode and normalize_pooling(pooling_mode, "pooling_mode") != spec.get("pooling"):
+        wrong.append(f"pooling_mode {pooling_mode!r} (the bundle pools by {spec.get('pooling')!r})")
+    if max_seq_length is not None and max_seq_length != bundle.context_length:
+        wrong.append(f"max_seq_length {max_seq_length} (the bundle's is {bundle.context_length})")
+    if wrong:
+        raise BundleError(f"{bundle.path} is an exported bundle and cannot change {' or '.join(wrong)}",
+                          "drop those keys, or give the checkpoint directory so that it is exported with them")

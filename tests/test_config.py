@@ -85,7 +85,10 @@ def test_recall_k_is_sorted_and_deduplicated():
 def test_other_backends_and_tools_are_refused():
     with pytest.raises(ConfigError, match="eval_backend 'OpenCompass'"):
         parse_task_cfg({"eval_backend": "OpenCompass", "eval_config": {}})
-    with pytest.raises(ConfigError, match="tool 'mteb'"):
+    with pytest.raises(ConfigError, match="tool 'ragas'"):
+        parse_task_cfg({"eval_backend": "RAGEval", "eval_config": {"tool": "ragas", "eval": {}}})
+    # tool: mteb is evalscope's text-retrieval config (tests/test_text_two_stage.py): its own keys are checked
+    with pytest.raises(ConfigError, match=r"eval_config\.models: missing"):
         parse_task_cfg({"eval_backend": "RAGEval", "eval_config": {"tool": "mteb", "eval": {}}})
 
 

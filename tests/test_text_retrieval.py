@@ -23,16 +23,25 @@ from clipeval.engine.tasks.text_retrieval import (
     trec_tie_keys,
 )
 from clipeval.engine.textret.embed import load_text_model
-from clipeval.engine.textret.ir_metrics import score_run_dict
+from clipeval.engine.textret.ir_metrics import METRICS, score_run_dict
 from clipeval.engine.textret.search import top_k
 from clipeval.engine.textret.trec import read_run
 
 # --------------------------------------------------------------------------- search kernel
 
 
+def canonical_scores(q, d):
+    """The kernel's scores, the slow way: exact float64 products summed in dot64's fixed order
+    (four interleaved sequential sums, added as (s0 + s1) + (s2 + s3)), rounded to float32."""
+    p = q.astype(np.float64)[:, None, :] * d.astype(np.float64)[None, :, :]
+    parts = [np.cumsum(p[..., j::4], axis=-1)[..., -1] if p[..., j::4].shape[-1] else np.zeros(p.shape[:2])
+             for j in range(4)]
+    return ((parts[0] + parts[1]) + (parts[2] + parts[3])).astype(np.float32).astype(np.float64)
+
+
 def oracle_top_k(q, d, k, tie):
-    """Full float64 score matrix, sorted by (score desc, tie key asc)."""
-    s = q.astype(np.float64) @ d.astype(np.float64).T
+    """Full score matrix (float32-rounded canonical scores), sorted by (score desc, tie key asc)."""
+    s = canonical_scores(q, d)
     order = np.lexsort((np.broadcast_to(tie, s.shape), -s), axis=1)[:, :k]
     return order, np.take_along_axis(s, order, axis=1)
 
@@ -48,7 +57,7 @@ def test_top_k_matches_full_sort_for_any_blocking():
     for rows, cols, threads in ((None, None, None), (1, 1, 1), (7, 33, 2), (64, 301, 2)):
         got_i, got_s = top_k(q, d, 25, tie_keys=tie, block_rows=rows, block_cols=cols, num_threads=threads)
         np.testing.assert_array_equal(got_i, want_i)
-        np.testing.assert_allclose(got_s, want_s, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(got_s, want_s)
 
 
 def test_top_k_all_ties_and_k_equal_to_corpus():
@@ -201,7 +210,7 @@ def test_text_eval_cli_end_to_end_and_run_rescores(minilm_dir, model_cache, mini
     assert json.loads(result_file.read_text()) == printed
     assert printed["meta"]["bundle"]["identity"] == minilm_bundle.identity  # the cached export was used
     metrics = printed["metrics"]
-    assert set(metrics) == {f"{m}_at_{k}" for m in ("ndcg", "map", "recall", "mrr") for k in (1, 3, 5, 10, 100)}
+    assert set(metrics) == {f"{m}_at_{k}" for m in METRICS for k in (1, 3, 5, 10, 100)}
     data = read_beir(demo_folder)
     assert printed["meta"]["num_queries_evaluated"] == len(data.queries)
     # The shapes captions are paraphrases of one another: a real model finds most of them.
@@ -218,9 +227,11 @@ def test_text_eval_cli_end_to_end_and_run_rescores(minilm_dir, model_cache, mini
     means, _, _ = score_run_dict(run, data.qrels_dict(), [1, 3, 5, 10, 100])
     assert means == metrics
     pytrec_eval = pytest.importorskip("pytrec_eval")
-    ev = pytrec_eval.RelevanceEvaluator(data.qrels_dict(), {"ndcg_cut.10", "recall.100", "map_cut.5"}).evaluate(run)
-    for ours, theirs in (("ndcg_at_10", "ndcg_cut_10"), ("recall_at_100", "recall_100"), ("map_at_5", "map_cut_5")):
-        assert abs(metrics[ours] - np.mean([v[theirs] for v in ev.values()])) <= 1e-6
+    ev = pytrec_eval.RelevanceEvaluator(data.qrels_dict(), {"ndcg_cut.10", "recall.100", "map_cut.5", "P.5",
+                                                             "success.3"}).evaluate(run)
+    for ours, theirs in (("ndcg_at_10", "ndcg_cut_10"), ("recall_at_100", "recall_100"), ("map_at_5", "map_cut_5"),
+                         ("precision_at_5", "P_5"), ("hit_rate_at_3", "success_3")):
+        assert abs(metrics[ours] - np.mean([v[theirs] for v in ev.values()])) <= 1e-12
 
     # Same ids but prefixed ("q0"/"d0"): the ranking, hence every metric, is the same.
     prefixed = demo_beir(tmp_path / "prefixed" / "retrieval_data", id_style="prefixed")
@@ -238,7 +249,7 @@ def test_query_id_equal_to_document_id_is_never_dropped(minilm, tmp_path):
                          {"_id": 2, "text": "an orange star"}],
                         [{"_id": 0, "text": "a small red circle"}, {"_id": 1, "text": "an orange star"}],
                         [(0, 0, 1), (1, 2, 1)])
-    out = run_text_retrieval(minilm, read_beir(folder), TextRetrievalParams(progress=False))
+    (out,) = run_text_retrieval(minilm, read_beir(folder), TextRetrievalParams(progress=False))
     run = out.run
     assert run.doc_ids[run.indices[0, 0]] == "0"
     assert out.metrics["recall_at_1"] == 1.0 and out.metrics["mrr_at_1"] == 1.0
@@ -282,7 +293,7 @@ def test_config_form_runs_text_retrieval(minilm_dir, model_cache, minilm_bundle,
     (result,) = run_task({**base, "output_dir": str(tmp_path / "a")})
     assert result["task"] == "text_retrieval" and result["dataset"] == "shapes"
     assert result["meta"]["bundle"]["identity"] == minilm_bundle.identity  # the cached export was used
-    assert set(result["metrics"]) == {f"{m}_at_{k}" for m in ("ndcg", "map", "recall", "mrr") for k in (1, 10)}
+    assert set(result["metrics"]) == {f"{m}_at_{k}" for m in METRICS for k in (1, 10)}
     cli_run = invoke("text-eval", "--model", minilm_bundle.path, "--data-dir", demo_folder, "--k", "1", "--k", "10",
                      "--output-dir", tmp_path / "b", "-q")
     assert json.loads(cli_run.stdout)["metrics"] == result["metrics"]
@@ -297,3 +308,24 @@ def test_config_form_runs_text_retrieval(minilm_dir, model_cache, minilm_bundle,
     cfg.write_text(json.dumps({**base, "models": [{"model_name": str(DEMO_MODEL_DIR)}]}))
     wrong = invoke("run", cfg)
     assert wrong.exit_code == 2 and "needs a text embedding model" in wrong.stderr
+
+
+def test_minilm_with_pooling_and_length_overrides_matches_sentence_transformers(minilm_dir, model_cache):
+    """evalscope's pooling_mode / max_seq_length on the real all-MiniLM-L6-v2: the reference is
+    the SentenceTransformer evalscope builds for them (Transformer(max_seq_length) + Pooling)."""
+    st_mod = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from clipeval.export.text_model import resolve_text_bundle
+
+    bundle = resolve_text_bundle(minilm_dir, model_cache, pooling_mode="max", max_seq_length=128)
+    assert bundle.context_length == 128 and bundle.manifest["text_model"]["pooling"] == "max"
+    word = Transformer(str(minilm_dir), max_seq_length=128)
+    reference = st_mod.SentenceTransformer(modules=[word, Pooling(384, pooling_mode="max")], device="cpu").encode(
+        GOLDEN_TEXTS, convert_to_numpy=True)
+    reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)  # the bundle normalises (cosine model)
+    ours, truncated = load_text_model(bundle, provider="cpu").embed(GOLDEN_TEXTS, batch_size=2, progress=False)
+    assert truncated == 1
+    cos = (ours * reference).sum(1)
+    assert cos.min() >= 0.99999 and np.abs(ours - reference).max() <= 1e-4

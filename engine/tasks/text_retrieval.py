@@ -1,13 +1,24 @@
-"""Task ``text_retrieval``: score a text embedding model on any BEIR-format folder.
+"""Task ``text_retrieval``: score a text embedding model (and optionally a reranker) on any
+BEIR-format folder.
 
 Steps: read and check the folder (:mod:`clipeval.engine.beir`); embed the corpus (``title``
-and ``text`` joined by a space, as BEIR does) and the queries that have qrels; rank the whole
-corpus for every query with the exact blocked top-k kernel (:mod:`..textret.search`), in
-trec_eval's order (score descending, then document id descending); score nDCG, MAP, recall
-and MRR at every k with trec_eval's definitions (:mod:`..textret.ir_metrics`); write the result
-JSON ``{output_dir}/{model}/{dataset}_text_retrieval.json`` and, beside it, the TREC run
-``{dataset}_text_retrieval.trec`` (top ``max(100, largest k)`` per query), from which
-pytrec_eval or trec_eval reproduce the same numbers.
+and ``text`` joined by a space, as BEIR does) and the evaluated queries (those with qrels and a
+non-blank text, the first ``limits`` of them when set), each with its prompt prefix (the
+config's, else the checkpoint's sentence-transformers prompts ``query`` / ``document``); rank
+the whole corpus for every query with the exact blocked top-k kernel (:mod:`..textret.search`)
+in trec_eval's order (float32 score descending, then document id descending); score nDCG, MAP,
+recall, precision, MRR and hit rate at every k with trec_eval's definitions
+(:mod:`..textret.ir_metrics`); write the result JSON and, beside it, the TREC run (top
+``max(100, largest k)`` per query), from which pytrec_eval or trec_eval reproduce every number.
+
+With a reranker (two-stage retrieval, as evalscope's MTEB backend runs one encoder plus one
+cross-encoder): each query's first ``top_k`` documents of stage 1 are scored by the reranker
+(query prompt of the reranker, then the document text), re-ordered by that float32 score (ties:
+document id descending) and scored again; stage 1 and stage 2 are two results, written as
+``{output_dir}/stage1/{encoder}/{dataset}_text_retrieval.json`` and
+``{output_dir}/stage2/{reranker}/{dataset}_text_retrieval.json`` (each with its run file), the
+reference's ``stage1`` / ``stage2`` folders. A single stage writes
+``{output_dir}/{model}/{dataset}_text_retrieval.json``.
 
 No hit is ever dropped because a query id equals a document id (BEIR's evaluator does that by
 default); ``meta.identical_id_pairs`` counts the relevant pairs that BEIR would have lost.
@@ -21,16 +32,17 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ... import __version__
-from ..beir import BeirData, read_beir
-from ..errors import MetricError
+from ..beir import LEFT_OUT_REASONS, BeirData, read_beir
+from ..errors import ConfigError, MetricError
 from ..results import existing_result, params_key, result_path, write_result
 from ..textret.embed import TextModel
-from ..textret.ir_metrics import DEFAULT_K, RankedRun, score_ranked
+from ..textret.ir_metrics import DEFAULT_K, MTEB_K, RankedRun, score_ranked
+from ..textret.rerank import Reranker
 from ..textret.search import top_k
 from ..textret.trec import RUN_DEPTH, unwritable_ids, write_run
 
@@ -41,14 +53,33 @@ MAIN_SCORE = "ndcg_at_10"
 GENERIC_NAMES = ("model", "models", "checkpoint", "snapshot", "bundle", "retrieval_data", "data", "beir")
 
 
+K_LISTS = {"default": DEFAULT_K, "mteb": MTEB_K}
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
+
+
 @dataclass
 class TextRetrievalParams:
-    k: list[int] | None = None  # None: DEFAULT_K, leaving out those above the corpus size
+    """Parameters of the task. ``k``: cut-offs asked for (an error when larger than the corpus);
+    ``None`` takes the list named by ``k_list`` (``"default"``: 1, 3, 5, 10, 100; ``"mteb"``:
+    mteb's 1, 3, 5, 10, 20, 100, 1000), leaving out those larger than the corpus.
+    ``query_prompt`` / ``document_prompt``: prefixes (``None``: the checkpoint's prompts; ``""``:
+    none). ``limits``: evaluate only the first N evaluable queries (file order). ``top_k``: the
+    documents per query a reranker re-scores. ``reranker_prompt``: prefix of the query given to
+    the reranker (``None``: the reranker checkpoint's default prompt, if any)."""
+
+    k: list[int] | None = None
+    k_list: str = "default"
     batch_size: int = 128
     split: str = "test"
     num_threads: int | None = None
     progress: bool = True
     run_depth: int = RUN_DEPTH
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+    limits: int | None = None
+    top_k: int = 10
+    reranker_prompt: str | None = None
+    reranker_batch_size: int | None = None
 
 
 @dataclass
@@ -68,7 +99,7 @@ def dataset_name_for(data_dir: str | os.PathLike) -> str:
     return path.name or "beir"
 
 
-def model_name_for(model: TextModel) -> str:
+def model_name_for(model: TextModel | Reranker) -> str:
     """The bundle's name, or its source's parent folder when that name is generic (``model``)."""
     name = model.bundle.name
     source = model.bundle.manifest.get("source")
@@ -79,11 +110,14 @@ def model_name_for(model: TextModel) -> str:
     return name
 
 
-def _check_ks(ks: list[int] | None, n_docs: int) -> tuple[list[int], list[int]]:
+def _check_ks(ks: list[int] | None, n_docs: int, k_list: str = "default") -> tuple[list[int], list[int]]:
     """``(k list used, default ks left out because the corpus is smaller)``."""
     if ks is None:
-        used = [k for k in DEFAULT_K if k <= n_docs]
-        return used or [n_docs], [k for k in DEFAULT_K if k > n_docs]
+        if k_list not in K_LISTS:
+            raise ConfigError(f"unknown k list {k_list!r}", f"use one of: {', '.join(K_LISTS)}")
+        default = K_LISTS[k_list]
+        used = [k for k in default if k <= n_docs]
+        return used or [n_docs], [k for k in default if k > n_docs]
     bad = [k for k in ks if k < 1]
     if bad:
         raise MetricError(f"k must be positive, got {bad}")
@@ -108,69 +142,184 @@ def trec_tie_keys(doc_ids: list[str]) -> np.ndarray:
     return keys
 
 
-def run_text_retrieval(model: TextModel, data: BeirData, params: TextRetrievalParams) -> TextRetrievalOutput:
-    """Embed, rank and score ``data`` (already read); nothing is written."""
-    if not data.corpus:
-        raise MetricError(f"the corpus of {data.folder} is empty", "add documents to corpus.jsonl")
-    qrels = data.qrels_dict()
-    queries = [q for q in data.queries if q["_id"] in qrels]
-    if not queries:
-        raise MetricError(f"no query of {data.folder} has qrels", f"check {data.qrels_file}")
-    doc_ids = [d["_id"] for d in data.corpus]
-    ks, left_out = _check_ks(params.k, len(doc_ids))
-    depth = min(max(params.run_depth, max(ks)), len(doc_ids))
-    timings: dict[str, float] = {"model_load_s": model.load_s}
+def resolve_prompts(model: TextModel, query_prompt: str | None, document_prompt: str | None) -> dict[str, Any]:
+    """The query and document prefixes: given ones win (``""`` is no prefix); else the
+    checkpoint's sentence-transformers prompts (``query``; ``document``, ``passage`` or
+    ``corpus``), else its ``default_prompt_name`` prompt for both, as ``SentenceTransformer.encode``
+    applies it. Returns ``{"query", "document", "source"}``. Raises :class:`ConfigError` when a
+    prompt would be used with a Pooling module that excludes prompt tokens (``include_prompt: false``)."""
+    spec = model.bundle.manifest.get("text_model") or {}
+    prompts = spec.get("prompts") or {}
+    default = prompts.get(spec.get("default_prompt_name") or "", None)
+    own_document = next((prompts[n] for n in DOCUMENT_PROMPT_NAMES if n in prompts), None)
+    query = query_prompt if query_prompt is not None else prompts.get("query", default)
+    document = document_prompt if document_prompt is not None else (
+        own_document if own_document is not None else default)
+    sources = {"query": "config" if query_prompt is not None else ("checkpoint" if query else None),
+               "document": "config" if document_prompt is not None else ("checkpoint" if document else None)}
+    if (query or document) and spec.get("include_prompt") is False:
+        raise ConfigError(f"{model.bundle.path}: its Pooling module leaves prompt tokens out "
+                          "(include_prompt: false), which the exported graph cannot do",
+                          "run it without prompts (prompt: '' in the config)")
+    return {"query": query or "", "document": document or "", "source": sources}
 
-    t0 = time.perf_counter()
-    doc_emb, doc_truncated = model.embed([_doc_text(d) for d in data.corpus], batch_size=params.batch_size,
-                                         progress=params.progress, label="corpus")
-    timings["corpus_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    query_emb, query_truncated = model.embed([q["text"] for q in queries], batch_size=params.batch_size,
-                                             progress=params.progress, label="queries")
-    timings["queries_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    indices, scores = top_k(query_emb, doc_emb, depth, tie_keys=trec_tie_keys(doc_ids),
-                            num_threads=params.num_threads)
-    timings["search_s"] = time.perf_counter() - t0
-    query_ids = [q["_id"] for q in queries]
-    run = RankedRun(query_ids=query_ids, doc_ids=doc_ids, indices=indices, scores=scores)
+def _rank(query_emb: np.ndarray, doc_emb: np.ndarray, depth: int, doc_ids: list[str], num_threads):
+    return top_k(query_emb, doc_emb, depth, tie_keys=trec_tie_keys(doc_ids), num_threads=num_threads)
 
-    t0 = time.perf_counter()
-    metrics, per_query = score_ranked(run, qrels, ks)
-    timings["metrics_s"] = time.perf_counter() - t0
 
+def _select_queries(data: BeirData, limits: int | None) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """The evaluated queries and the left-out counts (the reader's, plus those beyond ``limits``)."""
+    queries = data.evaluated_queries()
+    left_out = dict(data.left_out)
+    if limits is not None and len(queries) > limits:
+        beyond = {q["_id"] for q in queries[limits:]}
+        queries = queries[:limits]
+        left_out["queries_beyond_limits"] = len(beyond)
+        rows = sum(1 for q, _, _ in data.qrels if q in beyond)
+        left_out["qrels_of_left_out_queries"] = left_out.get("qrels_of_left_out_queries", 0) + rows
+        log.warning("%s: left out %d: %s", data.folder, len(beyond), LEFT_OUT_REASONS["queries_beyond_limits"])
+    return queries, left_out
+
+
+def _base_meta(data: BeirData, queries, doc_ids, ks, left_out_k, depth, qrels, run: RankedRun) -> dict[str, Any]:
+    query_ids = run.query_ids
     identical = [row for row, q in enumerate(query_ids) if qrels[q].get(q, 0) >= 1]
     identical_retrieved = sum(1 for row in identical
-                              if any(doc_ids[j] == query_ids[row] for j in indices[row] if j >= 0))
-    unjudged_queries = len(data.queries) - len(queries)
+                              if any(doc_ids[j] == query_ids[row] for j in run.indices[row] if j >= 0))
     meta: dict[str, Any] = {
         "num_corpus": len(doc_ids),
         "num_queries": len(data.queries),
         "num_queries_evaluated": len(queries),
-        "num_queries_without_qrels": unjudged_queries,
+        "num_queries_without_qrels": data.left_out.get("queries_without_qrels", 0),
         "num_qrels": len(data.qrels),
         "k": ks,
         "run_depth": depth,
-        "main_score": MAIN_SCORE if MAIN_SCORE in metrics else None,
-        "similarity": "cosine" if model.normalized else "dot",
-        "tie_rule": "score descending, then document id descending (trec_eval)",
+        "main_score": MAIN_SCORE if MAIN_SCORE in ks_names(ks) else None,
+        "tie_rule": "float32 score descending, then document id descending (trec_eval)",
         "identical_id_pairs": len(identical),
         "identical_id_pairs_retrieved": identical_retrieved,
-        "truncated_texts": {"corpus": doc_truncated, "queries": query_truncated},
         "qrels_file": str(data.qrels_file) if data.qrels_file else None,
-        "timings": timings,
+        "records": dict(data.records),
     }
-    if left_out:
-        meta["k_left_out"] = left_out
-        meta["k_note"] = (f"default k {', '.join(map(str, left_out))} left out: larger than the corpus "
+    if left_out_k:
+        meta["k_left_out"] = left_out_k
+        meta["k_note"] = (f"default k {', '.join(map(str, left_out_k))} left out: larger than the corpus "
                           f"({len(doc_ids)} documents)")
-    if identical:
-        log.info("%d relevant pair(s) have query id == document id; they are kept (BEIR's evaluator "
-                 "would drop them by default)", len(identical))
     if data.warnings:
         meta["warnings"] = list(data.warnings)
+    return meta
+
+
+def ks_names(ks) -> set[str]:
+    return {f"ndcg_at_{k}" for k in ks}
+
+
+def run_text_retrieval(model: TextModel, data: BeirData, params: TextRetrievalParams,
+                       reranker: Reranker | None = None) -> list[TextRetrievalOutput]:
+    """Embed, rank and score ``data`` (already read); nothing is written. Returns stage 1 and,
+    with ``reranker``, stage 2."""
+    if not data.corpus:
+        raise MetricError(f"the corpus of {data.folder} is empty", "add documents to corpus.jsonl")
+    queries, left_out = _select_queries(data, params.limits)
+    if not queries:
+        raise MetricError(f"no query of {data.folder} can be evaluated (none has qrels and a text)",
+                          f"check {data.qrels_file} and {data.folder}/queries.jsonl")
+    qrels = data.qrels_dict()
+    doc_ids = [d["_id"] for d in data.corpus]
+    ks, left_out_k = _check_ks(params.k, len(doc_ids), params.k_list)
+    if reranker is not None and params.top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, got {params.top_k}")
+    depth = min(max(params.run_depth, max(ks), params.top_k if reranker is not None else 0), len(doc_ids))
+    prompts = resolve_prompts(model, params.query_prompt, params.document_prompt)
+    timings: dict[str, float] = {"model_load_s": model.load_s}
+
+    t0 = time.perf_counter()
+    doc_emb, doc_truncated = model.embed([prompts["document"] + _doc_text(d) for d in data.corpus],
+                                         batch_size=params.batch_size, progress=params.progress, label="corpus")
+    timings["corpus_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    query_emb, query_truncated = model.embed([prompts["query"] + q["text"] for q in queries],
+                                             batch_size=params.batch_size, progress=params.progress, label="queries")
+    timings["queries_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    indices, scores = _rank(query_emb, doc_emb, depth, doc_ids, params.num_threads)
+    timings["search_s"] = time.perf_counter() - t0
+    run = RankedRun(query_ids=[q["_id"] for q in queries], doc_ids=doc_ids, indices=indices, scores=scores)
+    t0 = time.perf_counter()
+    metrics, per_query = score_ranked(run, qrels, ks)
+    timings["metrics_s"] = time.perf_counter() - t0
+
+    meta = _base_meta(data, queries, doc_ids, ks, left_out_k, depth, qrels, run)
+    meta.update({
+        "similarity": "cosine" if model.normalized else "dot",
+        "prompts": prompts,
+        "truncated_texts": {"corpus": doc_truncated, "queries": query_truncated},
+        "left_out": left_out,
+        "limits": params.limits,
+        "timings": timings,
+    })
+    if meta["identical_id_pairs"]:
+        log.info("%d relevant pair(s) have query id == document id; they are kept (BEIR's evaluator "
+                 "would drop them by default)", meta["identical_id_pairs"])
+    outputs = [TextRetrievalOutput(metrics=metrics, meta=meta, run=run, per_query=per_query)]
+    if reranker is not None:
+        outputs.append(_rerank_stage(reranker, data, queries, run, qrels, ks, left_out_k, left_out, params))
+    return outputs
+
+
+def rerank_order(candidates: np.ndarray, flat_scores: np.ndarray, tie_keys: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``candidates`` (int64 ``[Q, n]`` document indices, -1 padding at the end)
+    re-ordered by its reranker scores (``flat_scores``: the rows' valid entries in order, rounded
+    to float32 as trec_eval reads them), descending, ties by ``tie_keys`` ascending. Returns
+    ``(indices, scores)``, float64 scores holding float32 values, -1 / -inf padding."""
+    indices = np.full(candidates.shape, -1, dtype=np.int64)
+    scores = np.full(candidates.shape, -np.inf, dtype=np.float64)
+    flat = np.asarray(flat_scores, dtype=np.float32).astype(np.float64)
+    pos = 0
+    for row, cand in enumerate(candidates):
+        cand = cand[cand >= 0]
+        s = flat[pos:pos + len(cand)]
+        pos += len(cand)
+        order = np.lexsort((tie_keys[cand], -s))
+        indices[row, :len(cand)] = cand[order]
+        scores[row, :len(cand)] = s[order]
+    return indices, scores
+
+
+def _rerank_stage(reranker: Reranker, data: BeirData, queries, stage1: RankedRun, qrels, ks, left_out_k,
+                  left_out, params: TextRetrievalParams) -> TextRetrievalOutput:
+    """Stage 2: the reranker's float32 scores over each query's first ``top_k`` documents."""
+    doc_ids = stage1.doc_ids
+    width = min(params.top_k, stage1.indices.shape[1])
+    candidates = stage1.indices[:, :width]
+    own = reranker.bundle.manifest.get("reranker") or {}
+    prompt = params.reranker_prompt
+    if prompt is None:
+        prompt = (own.get("prompts") or {}).get(own.get("default_prompt_name") or "", "")
+    doc_texts = [_doc_text(d) for d in data.corpus]
+    pairs = [(prompt + q["text"], doc_texts[j]) for q, row in zip(queries, candidates.tolist()) for j in row if j >= 0]
+    t0 = time.perf_counter()
+    flat, truncated = reranker.score(pairs, batch_size=params.reranker_batch_size or params.batch_size,
+                                     progress=params.progress)
+    rerank_s = time.perf_counter() - t0
+    indices, scores = rerank_order(candidates, flat, trec_tie_keys(list(doc_ids)))
+    run = RankedRun(query_ids=stage1.query_ids, doc_ids=doc_ids, indices=indices, scores=scores)
+    t0 = time.perf_counter()
+    metrics, per_query = score_ranked(run, qrels, ks)
+    meta = _base_meta(data, queries, list(doc_ids), ks, left_out_k, width, qrels, run)
+    meta.update({
+        "stage": 2,
+        "top_k": params.top_k,
+        "similarity": f"reranker ({own.get('activation', 'identity')})",
+        "reranker_prompt": prompt,
+        "truncated_pairs": truncated,
+        "left_out": left_out,
+        "limits": params.limits,
+        "timings": {"model_load_s": reranker.load_s, "rerank_s": rerank_s, "metrics_s": time.perf_counter() - t0},
+    })
     return TextRetrievalOutput(metrics=metrics, meta=meta, run=run, per_query=per_query)
 
 
@@ -187,51 +336,145 @@ def run_path_for(result_file: str | os.PathLike) -> Path:
     return Path(result_file).with_suffix(".trec")
 
 
-def text_retrieval_task(model: TextModel, data_dir: str | os.PathLike, params: TextRetrievalParams, *,
-                        output_dir: str | os.PathLike = "outputs", dataset_name: str | None = None,
-                        model_name: str | None = None, skip_existing: bool = False) -> dict[str, Any]:
-    """Run the task on the BEIR folder ``data_dir``; write the result JSON and the TREC run;
-    return the result object ``{"dataset", "model", "task", "metrics", "meta"}``."""
-    t_start = time.perf_counter()
-    dataset = dataset_name or dataset_name_for(data_dir)
-    name = model_name or model_name_for(model)
-    out = result_path(output_dir, name, dataset, TASK)
-    params_dict = {"task": TASK, "data_dir": os.path.abspath(data_dir), "split": params.split,
-                   "k": params.k, "run_depth": params.run_depth, "precision": model.precision}
-    key = params_key(params_dict)
-    if skip_existing:
-        previous = existing_result(out, model.bundle.identity, key)
-        if previous is not None and run_path_for(out).is_file():
-            log.info("skip_existing: %s already holds this result", out)
-            return previous
-    data = read_beir(data_dir, params.split)
-    result = run_text_retrieval(model, data, params)
-    meta = result.meta
+def _write_run(out: Path, run: RankedRun, meta: dict[str, Any], name: str) -> None:
     run_file = run_path_for(out)
-    bad_ids = unwritable_ids(result.run.query_ids) + unwritable_ids(list(result.run.doc_ids))
+    bad_ids = unwritable_ids(run.query_ids) + unwritable_ids(list(run.doc_ids))
     if bad_ids:
         meta.setdefault("warnings", []).append(
             f"TREC run not written: {len(bad_ids)} id(s) hold whitespace (e.g. {bad_ids[0]!r})")
         meta["run_file"] = None
     else:
-        write_run(run_file, result.run.query_ids, result.run.doc_ids, result.run.indices, result.run.scores,
-                  run_name=f"clipeval-{name}", depth=meta["run_depth"])
+        write_run(run_file, run.query_ids, run.doc_ids, run.indices, run.scores, run_name=f"clipeval-{name}",
+                  depth=meta["run_depth"])
         meta["run_file"] = str(run_file)
-    meta["timings"]["total_s"] = time.perf_counter() - t_start
-    meta.update({
-        "bundle": model.describe(),
-        "provider": model.provider,
-        "precision": model.precision,
-        "batch_size": params.batch_size,
-        "split": params.split,
-        "data_dir": params_dict["data_dir"],
-        "params_key": key,
-        "versions": _versions(),
-        "result_file": str(out),
-    })
-    if model.warnings:
-        meta.setdefault("warnings", []).extend(model.warnings)
-    obj = {"dataset": dataset, "model": name, "task": TASK, "metrics": result.metrics, "meta": meta}
-    write_result(out, obj)
-    log.info("wrote %s and %s", out, run_file)
-    return obj
+
+
+def text_retrieval_results(model: TextModel, data_dir: str | os.PathLike, params: TextRetrievalParams, *,
+                           reranker: Reranker | None = None, output_dir: str | os.PathLike = "outputs",
+                           dataset_name: str | None = None, model_name: str | None = None,
+                           reranker_name: str | None = None, skip_existing: bool = False,
+                           extra_meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run the task on the BEIR folder ``data_dir``; write each stage's result JSON and TREC run;
+    return the result objects ``{"dataset", "model", "task", "metrics", "meta"}`` (one, or two
+    with ``reranker``: stage 1 then stage 2). ``extra_meta`` is merged into every ``meta``.
+
+    Raises :class:`~clipeval.engine.errors.DatasetError` for a bad folder,
+    :class:`~clipeval.engine.errors.MetricError` for k values larger than the corpus or nothing
+    to evaluate, :class:`~clipeval.engine.errors.ConfigError` for unusable prompts or ``top_k``."""
+    t_start = time.perf_counter()
+    dataset = dataset_name or dataset_name_for(data_dir)
+    name = model_name or model_name_for(model)
+    params_dict = {"task": TASK, "data_dir": os.path.abspath(data_dir), "split": params.split,
+                   "k": params.k, "k_list": params.k_list, "run_depth": params.run_depth,
+                   "precision": model.precision, "query_prompt": params.query_prompt,
+                   "document_prompt": params.document_prompt, "limits": params.limits}
+    if reranker is None:
+        outs = [result_path(output_dir, name, dataset, TASK)]
+        names = [name]
+    else:
+        rname = reranker_name or model_name_for(reranker)
+        params_dict.update({"top_k": params.top_k, "reranker": reranker.bundle.identity,
+                            "reranker_prompt": params.reranker_prompt})
+        outs = [result_path(Path(output_dir) / "stage1", name, dataset, TASK),
+                result_path(Path(output_dir) / "stage2", rname, dataset, TASK)]
+        names = [name, rname]
+    key = params_key(params_dict)
+    if skip_existing:
+        previous = [existing_result(out, model.bundle.identity, key) for out in outs]
+        if all(p is not None for p in previous) and all(run_path_for(o).is_file() for o in outs):
+            log.info("skip_existing: %s already hold this result", ", ".join(map(str, outs)))
+            return previous
+    data = read_beir(data_dir, params.split)
+    stages = run_text_retrieval(model, data, params, reranker)
+    objs = []
+    for stage_no, (result, out, stage_name) in enumerate(zip(stages, outs, names), start=1):
+        meta = result.meta
+        _write_run(out, result.run, meta, stage_name)
+        meta["timings"]["total_s"] = time.perf_counter() - t_start
+        meta.update({
+            "bundle": model.describe(),
+            "provider": model.provider,
+            "precision": model.precision,
+            "batch_size": params.batch_size,
+            "split": params.split,
+            "data_dir": params_dict["data_dir"],
+            "params_key": key,
+            "versions": _versions(),
+            "result_file": str(out),
+        })
+        if reranker is not None:
+            meta["stage"] = stage_no
+            meta["top_k"] = params.top_k
+            meta["reranker"] = {**reranker.describe(), "provider": reranker.provider}
+            meta["stage_results"] = [str(o) for o in outs]
+        warnings = model.warnings + (reranker.warnings if reranker is not None and stage_no == 2 else [])
+        if warnings:
+            meta.setdefault("warnings", []).extend(warnings)
+        if extra_meta:
+            meta.update(extra_meta)
+        obj = {"dataset": dataset, "model": stage_name, "task": TASK, "metrics": result.metrics, "meta": meta}
+        write_result(out, obj)
+        log.info("wrote %s and %s", out, meta["run_file"])
+        objs.append(obj)
+    return objs
+
+
+def text_retrieval_task(model: TextModel, data_dir: str | os.PathLike, params: TextRetrievalParams, *,
+                        output_dir: str | os.PathLike = "outputs", dataset_name: str | None = None,
+                        model_name: str | None = None, skip_existing: bool = False) -> dict[str, Any]:
+    """One stage on the BEIR folder ``data_dir`` (:func:`text_retrieval_results` without a
+    reranker); returns its result object."""
+    return text_retrieval_results(model, data_dir, params, output_dir=output_dir, dataset_name=dataset_name,
+                                  model_name=model_name, skip_existing=skip_existing)[0]
+
+
+def _mteb_prompts(entry, task_name: str) -> tuple[str | None, str | None]:
+    """(query prompt, document prompt) of an evalscope model entry: ``prompt`` (queries; empty
+    means unset, as evalscope treats it), else ``prompts[task name]`` or ``prompts["query"]``;
+    documents from ``prompts["document"]`` (or ``passage`` / ``corpus``). ``None``: the
+    checkpoint's own."""
+    prompts = entry.prompts or {}
+    query = entry.prompt or prompts.get(task_name) or prompts.get("query")
+    document = next((prompts[k] for k in DOCUMENT_PROMPT_NAMES if k in prompts), None)
+    return query, document
+
+
+def mteb_results(cfg, resolve) -> Iterator[dict[str, Any]]:
+    """Run an evalscope ``tool: mteb`` job (:class:`clipeval.engine.config_mteb.MtebConfig`):
+    each encoder on each custom task and split, reranked by the cross-encoder when there is one.
+    ``resolve(entry, cfg)`` gives the bundle of a model entry. mteb's k list (1, 3, 5, 10, 20,
+    100, 1000) is used, those larger than the corpus left out."""
+    from ..textret.embed import load_text_model
+    from ..textret.rerank import load_reranker
+
+    reranker = None
+    if cfg.reranker is not None:
+        reranker = load_reranker(resolve(cfg.reranker, cfg), provider=cfg.provider, threads=cfg.num_threads)
+    for entry in cfg.encoders:
+        bundle = resolve(entry, cfg)
+        if bundle.family != "text":
+            raise ConfigError(f"{entry.model_name_or_path!r} is a {bundle.family} bundle, not a text embedding model",
+                              "give a sentence-transformers / BERT-style checkpoint or its text bundle")
+        model = load_text_model(bundle, provider=cfg.provider, threads=cfg.num_threads)
+        batch = entry.encode_kwargs.get("batch_size") or cfg.batch_size or 32
+        if entry.encode_kwargs.get("normalize_embeddings") and not model.normalized:
+            raise ConfigError(f"{entry.model_name_or_path}: normalize_embeddings with a dot-product model is not "
+                              "supported", "remove encode_kwargs.normalize_embeddings")
+        for task in cfg.tasks:
+            query_prompt, document_prompt = _mteb_prompts(entry, task.name)
+            for split in task.splits:
+                base = task.name if task.name != "CustomRetrieval" else dataset_name_for(task.data_path)
+                dataset = base if len(task.splits) == 1 else f"{base}-{split}"
+                params = TextRetrievalParams(
+                    k=None, k_list="mteb", batch_size=batch, split=split, num_threads=cfg.num_threads,
+                    progress=cfg.verbose and entry.encode_kwargs.get("show_progress_bar", True) is not False,
+                    query_prompt=query_prompt, document_prompt=document_prompt, limits=cfg.limits, top_k=cfg.top_k,
+                    reranker_prompt=(cfg.reranker.prompt or None) if cfg.reranker is not None else None,
+                    reranker_batch_size=(cfg.reranker.encode_kwargs.get("batch_size")
+                                         if cfg.reranker is not None else None))
+                extra = {"mteb": {"tool": cfg.tool, "config_shape": cfg.shape, "task_name": task.name,
+                                  "split": split, "top_k": cfg.top_k if reranker is not None else None,
+                                  "overwrite_results": cfg.overwrite_results}}
+                yield from text_retrieval_results(model, task.data_path, params, reranker=reranker,
+                                                  output_dir=cfg.output_dir, dataset_name=dataset,
+                                                  skip_existing=not cfg.overwrite_results, extra_meta=extra)

@@ -2,7 +2,8 @@
 
 For one query, take its retrieved documents in trec_eval's order: **score descending, then
 document id descending** (``strcmp`` on the id bytes; trec_eval ignores the rank column of a
-run). ``rel(i)`` is the qrels score of the document at 0-based position ``i`` (documents not
+run). trec_eval (and so pytrec_eval) holds every score as a float32, so scores are compared
+after rounding to float32: two float64 scores that round to the same float32 are a tie. ``rel(i)`` is the qrels score of the document at 0-based position ``i`` (documents not
 in the qrels are non-relevant); a document is *relevant* when ``rel >= 1`` (trec_eval's default
 ``relevance_level``). ``R`` is the number of relevant documents in the qrels of the query,
 retrieved or not. Positions past the end of a short run count as non-relevant.
@@ -15,6 +16,10 @@ retrieved or not. Positions past the end of a short run count as non-relevant.
   the share of relevant documents in the first ``i + 1``; 0 when ``R = 0``.
 * ``mrr_at_k`` (``recip_rank`` on the run cut to its first k documents): ``1 / (i + 1)`` for
   the first relevant position ``i < k``, else 0.
+* ``precision_at_k`` (``P.k``): relevant documents in the first k / k (k, not the number
+  retrieved, as trec_eval divides).
+* ``hit_rate_at_k`` (``success.k``, MTEB's ``hit_rate_at_k``): 1 when a relevant document is in
+  the first k, else 0.
 
 Each is averaged over the evaluated queries: those in the qrels that were run (pytrec_eval
 returns per-query values; BEIR and MTEB average them the same way).
@@ -32,12 +37,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_K", "METRICS", "RankedRun", "gains_from_run", "metric_name", "score_gains",
-           "score_ranked", "score_run_dict", "trec_order"]
+__all__ = ["DEFAULT_K", "METRICS", "MTEB_K", "RankedRun", "as_trec_score", "gains_from_run", "metric_name",
+           "score_gains", "score_ranked", "score_run_dict", "trec_order"]
 
 DEFAULT_K = (1, 3, 5, 10, 100)
-METRICS = ("ndcg", "map", "recall", "mrr")
+# mteb's k list (mteb/abstasks/retrieval.py, k_values)
+MTEB_K = (1, 3, 5, 10, 20, 100, 1000)
+METRICS = ("ndcg", "map", "recall", "precision", "mrr", "hit_rate")
 RELEVANCE_LEVEL = 1
+
+
+def as_trec_score(score: float) -> float:
+    """``score`` as trec_eval holds it: rounded to float32 (returned as the float64 of that value)."""
+    return float(np.float32(score))
 
 
 def metric_name(metric: str, k: int) -> str:
@@ -46,8 +58,8 @@ def metric_name(metric: str, k: int) -> str:
 
 
 def trec_order(doc_ids: Sequence[str], scores: Sequence[float]) -> list[int]:
-    """Positions of ``doc_ids`` in trec_eval's order: score descending, then id descending."""
-    return sorted(range(len(doc_ids)), key=lambda i: (-float(scores[i]), _Desc(doc_ids[i])))
+    """Positions of ``doc_ids`` in trec_eval's order: float32 score descending, then id descending."""
+    return sorted(range(len(doc_ids)), key=lambda i: (-as_trec_score(scores[i]), _Desc(doc_ids[i])))
 
 
 class _Desc:
@@ -137,7 +149,9 @@ def score_gains(g: Gains, ks: Sequence[int]) -> tuple[dict[str, float], dict[str
         per_query[metric_name("ndcg", k)] = ndcg
         per_query[metric_name("map", k)] = np.where(has_rel, ap_sum[:, c] / safe_r, 0.0)
         per_query[metric_name("recall", k)] = np.where(has_rel, hits[:, c] / safe_r, 0.0)
+        per_query[metric_name("precision", k)] = hits[:, c] / float(k)
         per_query[metric_name("mrr", k)] = np.where(first < k, 1.0 / (first + 1.0), 0.0)
+        per_query[metric_name("hit_rate", k)] = np.where(first < k, 1.0, 0.0)
     order = [metric_name(m, k) for m in METRICS for k in ks]
     means = {name: float(per_query[name].mean()) if n_q else 0.0 for name in order}
     return means, {name: per_query[name] for name in order}

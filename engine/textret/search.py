@@ -9,15 +9,18 @@ filtered: a document is never dropped because its id equals the query's.
 
 Scores
 ------
-As in :mod:`clipeval.engine.kernels.rank`, the scores that decide the ranking are
-*canonical*: float64 sums, in a fixed order, of the exact float32 products, so they depend
-only on the two vectors and never on block sizes, threads or the BLAS. A float32 GEMM over a
-(query block x document block) tile only *filters*: a GEMM value differs from the canonical
-score by at most ``gamma * ||q|| * ||d||`` (``gamma`` the worst-case error bound of a float32
-dot product of length D in any summation order), so a document whose GEMM value is below the
-query's current k-th canonical score minus that margin cannot enter its top k and is skipped;
-every other document is scored canonically and offered to the query's heap. The result is
-identical for any block sizes and thread count.
+As in :mod:`clipeval.engine.kernels.rank`, scores start *canonical*: float64 sums, in a fixed
+order, of the exact float32 products, so they depend only on the two vectors and never on
+block sizes, threads or the BLAS. The canonical sum is then rounded to float32, the precision
+trec_eval holds a run's scores in: the ranking uses (and returns) these float32 values, so two
+documents whose float64 scores differ only below float32 resolution are a tie, broken by the
+tie key, exactly as trec_eval breaks it on the run file. A float32 GEMM over a (query block x
+document block) tile only *filters*: a GEMM value differs from the canonical score by at most
+``gamma * ||q|| * ||d||`` (``gamma`` the worst-case error bound of a float32 dot product of
+length D in any summation order), so a document whose GEMM value plus that margin, rounded to
+float32, is below the query's current k-th score cannot enter its top k (rounding is monotone)
+and is skipped; every other document is scored canonically and offered to the query's heap.
+The result is identical for any block sizes and thread count.
 
 Memory: one float32 tile of ``block_rows x block_cols`` and three ``[Q, k]`` heaps.
 
@@ -83,15 +86,16 @@ def _sift_up(hs, ht, hi, pos):
 def _scan_row(tile_row, query, col0, doc_emb, tie, margin, hs, ht, hi, filled):
     """Offer documents ``col0 .. col0 + len(tile_row)`` to one query's heap; return its new size.
 
-    ``tile_row`` holds their GEMM values; a value below the heap's worst canonical score minus
-    ``margin`` is skipped, the others are scored canonically.
+    ``tile_row`` holds their GEMM values; a value whose upper bound (plus ``margin``, rounded to
+    float32) is below the heap's worst score is skipped, the others are scored canonically and
+    rounded to float32.
     """
     k = hs.shape[0]
     for j in range(tile_row.shape[0]):
-        if filled == k and np.float64(tile_row[j]) < hs[0] - margin:
+        if filled == k and np.float64(np.float32(np.float64(tile_row[j]) + margin)) < hs[0]:
             continue
         d = col0 + j
-        s = dot64(query, doc_emb[d])
+        s = np.float64(np.float32(dot64(query, doc_emb[d])))
         t = tie[d]
         if filled < k:
             hs[filled] = s
@@ -150,8 +154,8 @@ def top_k(
             depend on it.
 
     Returns:
-        ``(indices, scores)``: int64 ``[Q, k]`` document indices and float64 ``[Q, k]`` canonical
-        scores, best first.
+        ``(indices, scores)``: int64 ``[Q, k]`` document indices and float64 ``[Q, k]`` scores
+        (canonical sums rounded to float32, so each is exactly a float32 value), best first.
 
     Raises:
         ValueError / TypeError: invalid shapes, values or arguments (the message says which).
