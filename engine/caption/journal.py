@@ -77,7 +77,8 @@ def _read(data: bytes, path: Path) -> tuple[dict[str, str], dict | None, int, in
             header = rec
             continue
         key, text = rec.get("key"), rec.get("text")
-        if isinstance(key, str) and isinstance(text, str) and key not in captions:
+        # an empty caption (kept by earlier versions) is not a caption: that image is asked again
+        if isinstance(key, str) and isinstance(text, str) and text.strip() and key not in captions:
             captions[key] = text
     if bad:
         log.warning("%s: skipped %d unreadable line(s)", path, bad)
