@@ -66,7 +66,8 @@ def test_coco_json_and_coco_cn(tmp_path):
     ann["annotations"] = [{"image_id": 3, "caption": "一只猫"}]
     (tmp_path / "coco_test_karpathy_zh.json").write_text(json.dumps(ann, ensure_ascii=False), encoding="utf-8")
     cn = read_dataset("coco-cn", tmp_path, "test", "fail")
-    assert cn.texts == ["一只猫"] and cn.num_images == 1
+    # b.jpg has no Chinese caption: it stays in the gallery as a distractor
+    assert cn.texts == ["一只猫"] and cn.num_images == 2 and cn.text_to_image.tolist() == [1]
 
 
 def test_unknown_language_and_dataset_are_listed():

@@ -277,6 +277,7 @@ def run_caption(cfg: EvalConfig, model: dict[str, Any], dataset_name: str, data_
             "failed": [{"where": w, "reason": r} for w, r in failures],
             "skipped": skipped,
             "dropped_queries": dropped_queries,
+            "data_left_out": dataset.left_out,
             "merged_rows": dataset.merged_rows,
             "id_style": cfg.id_style,
             "requests": stats,
