@@ -228,3 +228,16 @@ def test_an_empty_caption_in_an_older_journal_is_asked_again(tmp_path):
         assert srv.total_requests == 1
     assert read_beir(second["metrics"]["save_path"]).corpus == read_beir(first["metrics"]["save_path"]).corpus
     assert JOURNAL_NAME == path.name
+
+
+def test_a_journal_saved_with_a_bom_keeps_its_captions(tmp_path):
+    path = tmp_path / JOURNAL_NAME
+    settings = {"model_name": "m", "prompt": "p"}
+    with Journal.open(path, settings) as j:
+        j.add_caption("k0", "a caption")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with Journal.open(path, settings) as j:
+        assert j.captions == {"k0": "a caption"}
+        j.add_caption("k1", "another")
+    with Journal.open(path, settings) as j:
+        assert j.captions == {"k0": "a caption", "k1": "another"}
