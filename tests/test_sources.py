@@ -323,3 +323,18 @@ def test_a_damaged_download_manifest_is_ignored(served, tmp_path, manifest, capl
     served.requests.clear()
     fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
     assert served.requests == []  # and whole again
+
+
+def test_a_local_folder_is_never_repaired(served, tmp_path):
+    """A --data-dir folder holding a manifest.json of the cache's shape is still the user's: a
+    damaged shard there is reported, never deleted."""
+    url = f"{served.url}/flickr8k"
+    folder, _ = fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    local = tmp_path / "mine"
+    shutil.copytree(folder, local)
+    (local / "test/1.tar").write_bytes(b"<html></html>" * 100)
+    with pytest.raises(DatasetError) as err:
+        read_dataset("flickr8k", local, "test", "fail")
+    assert "test/1.tar" in err.value.message and "replace the damaged shard" in err.value.remedy
+    assert (local / "test/1.tar").read_bytes() == b"<html></html>" * 100
+    assert "test/1.tar" in json.loads((local / "manifest.json").read_text())["files"]

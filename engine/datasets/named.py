@@ -86,7 +86,7 @@ def read_named_retrieval(name: str, data_dir, split: str, on_error: str, *, lang
         raise DatasetError(f"{name} is not hosted as a webdataset", "pass --data-dir with the raw annotations and images")
     root = sources.dataset_root(wds_name(base), data_dir, split, dataset_url=dataset_url, cache_dir=cache_dir,
                                 progress=progress, need_classes=False)
-    with _cache_repairs(root) as repair:
+    with _cache_repairs(root, downloaded=_downloaded(data_dir)) as repair:
         kind = wds.dataset_type(root)
         if kind != "retrieval" and (root / wds.CLASSNAMES).is_file():
             raise DatasetError(f"{root} holds a {kind} dataset, not a retrieval one", "use --task zeroshot_classification")
@@ -97,12 +97,18 @@ _CACHE_REMEDY = ("the damaged file(s) were removed from the download cache: run 
                  "(if they come back damaged, check --dataset-url)")
 
 
+def _downloaded(data_dir) -> bool:
+    """Whether the dataset is read from the download cache (no local ``data_dir``)."""
+    return not data_dir or sources.is_url(str(data_dir))
+
+
 @contextmanager
-def _cache_repairs(root: Path):
+def _cache_repairs(root: Path, downloaded: bool):
     """Inside a download cache folder, a side file or shard found damaged is forgotten (deleted and
     dropped from the manifest) so that the next run fetches it again, and the error says so.
-    Yields the keyword arguments for the webdataset readers (``on_damaged``, ``damaged_remedy``)."""
-    if not sources.is_cache_folder(root):
+    A local folder (``--data-dir``) is never touched. Yields the keyword arguments for the
+    webdataset readers (``on_damaged``, ``damaged_remedy``)."""
+    if not downloaded or not sources.is_cache_folder(root):
         yield {}
         return
     try:
@@ -155,7 +161,7 @@ def read_named_classification(name: str, data_dir, split: str, on_error: str, *,
     if lang != "en" and not (classnames_file and templates_file):
         # the language files are optional on a hub: fetch them when the folder is a cache
         _fetch_language_files(root, lang)
-    with _cache_repairs(root) as repair:
+    with _cache_repairs(root, downloaded=_downloaded(data_dir)) as repair:
         classnames, templates = class_texts(root, name, lang, classnames_file, templates_file)
         return wds.read_wds_classification(root, split, name=name, classnames=classnames, templates=templates,
                                            on_error=on_error, limit=limit, **repair)

@@ -28,10 +28,12 @@ The retrieval ranking needs every text and every image embedding, not every imag
 all it needs.
 
 Bad samples (no image, an unreadable label or caption, a member cut off by a truncated shard)
-are collected as :class:`~clipeval.engine.datasets.base.BadItem` named ``{shard}#{key}``. With
-``on_error="skip"`` they are left out and reported; with ``"fail"`` they are all listed in one
-:class:`DatasetError`. Images that do not decode are found later, by the decode pipeline, and
-are named the same way.
+are collected as :class:`~clipeval.engine.datasets.base.BadItem` named ``{shard}#{key}``, and
+bad shards (0 bytes, not a tar, cut off, without members) by their name. With
+``on_error="skip"`` they are left out, counted by reason (:mod:`.leftout`) and reported; with
+``"fail"`` they are all listed in one :class:`DatasetError`. Images that do not decode are found
+later, by the decode pipeline, and are named the same way. The shard files must match
+``nshards.txt`` (or, without it, number ``0.tar`` ... without a gap): see :func:`shard_paths`.
 """
 
 from __future__ import annotations
@@ -325,7 +327,7 @@ class ShardScan:
         self.left_out.add("images", reason)
         self.left_out.add("texts", "image_left_out", s.text_lines)
 
-    def fail_or_report(self, on_error: str, name: str, damaged_remedy: str | None = None) -> None:
+    def fail_or_report(self, on_error: str, damaged_remedy: str | None = None) -> None:
         """Raise one :class:`DatasetError` listing every bad sample and shard (``on_error`` fail),
         else log each and the counts."""
         if self.bad and on_error != "skip":
@@ -370,7 +372,7 @@ def scan(shards: list[Path], kind: str, on_error: str, limit: int | None = None,
         if limit is not None and len(out.samples) >= limit:
             break
     if raise_now:
-        out.fail_or_report(on_error, "", damaged_remedy)
+        out.fail_or_report(on_error, damaged_remedy)
     return out
 
 
@@ -563,7 +565,7 @@ def read_wds_classification(root, split: str, *, name: str, classnames: list[str
             continue
         if limit is None or len(good) < limit:
             good.append(s)
-    result.fail_or_report(on_error, name, damaged_remedy)
+    result.fail_or_report(on_error, damaged_remedy)
     if not good:
         raise DatasetError(f"no usable samples in {Path(root) / split}", "check the shards listed above")
     result.samples = good
