@@ -375,6 +375,9 @@ DAMAGES = {
 }
 
 
+SURELY_NOTICED = {"not-sqlite", "header-garbage"}  # others may leave a database SQLite can still use
+
+
 @pytest.mark.parametrize("name", sorted(DAMAGES))
 def test_a_generated_damage_never_stops_a_run_and_cache_clear_repairs_it(tiny_bundle, tmp_path, name):
     root = tmp_path / "cache"
@@ -389,7 +392,8 @@ def test_a_generated_damage_never_stops_a_run_and_cache_clear_repairs_it(tiny_bu
     for _ in range(2):
         run = _cli(eval_args, root)
         assert run.exit_code == 0 and "Traceback" not in run.output, run.output
-        assert len(_cache_warnings(run.stderr)) <= 1
+        warnings = _cache_warnings(run.stderr)
+        assert len(warnings) == 1 if name in SURELY_NOTICED else len(warnings) <= 1
         assert json.loads(run.stdout)["metrics"] == json.loads(first.stdout)["metrics"]
     cleared = _cli(["cache", "clear"], root)
     assert cleared.exit_code == 0 and "Traceback" not in cleared.output, cleared.output
