@@ -53,7 +53,9 @@ from ..errors import DatasetError, listing
 from . import sidefiles
 from .base import BadItem, RetrievalDataset
 from .leftout import LeftOut
-from .sidefiles import CLASSNAMES, DATASET_TYPE, DATASET_TYPES, NSHARDS, TEMPLATES, dataset_type, read_lines
+# the layout's file names and readers, re-exported for the callers of this module (wds.CLASSNAMES ...)
+from .sidefiles import (CLASSNAMES, DATASET_TYPE, DATASET_TYPES, NSHARDS, TEMPLATES,  # noqa: F401
+                        dataset_type, read_lines)
 
 log = logging.getLogger(__name__)
 
