@@ -46,7 +46,7 @@ def info_cmd(cache_dir):
                f"(bound {_size(info['max_bytes'])}, {_size(info['file_bytes'])} on disk)", err=True)
     for space in info["spaces"]:
         click.echo(f"  {space['bundle'][:12]}  {space['precision']:5s} {space['kind']:10s} "
-                   f"{space['entries']:8d} entries  {_size(space['bytes']):>10s}  last used {space['last_used']}",
+                   f"{space['entries']:8d} entries  {_size(space['bytes']):>10s}  last used {space['last_used'] or '?'}",
                    err=True)
     emit(info)
 

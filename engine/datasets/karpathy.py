@@ -97,6 +97,8 @@ def _build(name: str, data_dir: Path, ann: Path, images: list[tuple[str, str]],
                             if missing else "fix or remove these records")
                            + ", or pass --on-error skip to leave them out")
     left.add("images", "missing_file", len(missing))
+    for it in problems[:50]:
+        log.warning("skipping %s: %s", it.where, it.reason)
     texts: list[str] = []
     t2i: list[int] = []
     for index, caption, _where in captions:
@@ -105,13 +107,14 @@ def _build(name: str, data_dir: Path, ann: Path, images: list[tuple[str, str]],
             continue
         texts.append(caption)
         t2i.append(keep[index])
+    left.report(name, log)
     if not paths:
-        raise DatasetError(f"{ann} names no usable image")
+        raise DatasetError(f"{ann} names no usable image",
+                           f"check that it lists images and that they are under {data_dir} (see the warnings above)")
     without = len(paths) - len(set(t2i))
     if without:
         log.warning("%s: %d image(s) have no caption; they stay in the gallery as distractors "
                     "(meta.images_without_texts)", name, without)
-    left.report(name, log)
     return RetrievalDataset(name=name, images=paths, texts=texts, text_to_image=t2i,
                             image_where=[w for (_, w), k in zip(images, keep) if k >= 0], skipped=problems,
                             left_out=left.as_dict())
@@ -140,7 +143,8 @@ def read_flickr(data_dir, split: str, *, name: str, base: str, language: str = "
     try:
         raw = strip_bom(ann.read_bytes())
     except OSError as exc:
-        raise DatasetError(f"{ann} cannot be read ({exc.strerror or exc})") from None
+        raise DatasetError(f"{ann} cannot be read ({exc.strerror or exc})",
+                           "check the file and its permissions") from None
     index: dict[str, int] = {}
     images: list[tuple[str, str]] = []
     captions: list[tuple[int, str, str]] = []
@@ -199,7 +203,8 @@ def read_coco(data_dir, split: str, *, name: str, language: str = "en", on_error
     try:
         data = read_json(ann)
     except OSError as exc:
-        raise DatasetError(f"{ann} cannot be read ({exc.strerror or exc})") from None
+        raise DatasetError(f"{ann} cannot be read ({exc.strerror or exc})",
+                           "check the file and its permissions") from None
     except ValueError as exc:
         raise DatasetError(f"{ann} is not valid JSON ({exc})", shape) from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
