@@ -30,7 +30,7 @@ root the model cache uses).
 * **Safety with concurrent runs.** The database runs in WAL mode: readers never block, writes
   are whole transactions (``BEGIN IMMEDIATE``), so two runs filling the same cache never see a
   torn or mixed entry. The same key written twice keeps the first row (``INSERT OR IGNORE``;
-  both rows are the same embedding).
+  both rows are the same embedding), unless a verified run replaces an unverified row (above).
 * **Size bound.** The total size (kept by triggers in a one-row ``stats`` table, so it never
   needs a scan) is held under ``max_bytes`` (``$CLIPEVAL_CACHE_MAX_BYTES``, default
   :data:`DEFAULT_MAX_BYTES`): after a write that passes it, least-recently-used entries are
