@@ -12,14 +12,10 @@ def _cache_dir_option(f):
                         help="Cache root. Default: $CLIPEVAL_CACHE_DIR, else ~/.cache/clipeval.")(f)
 
 
-def _open(cache_dir):
-    from clipeval.engine.cache import CacheUnavailable, EmbeddingCache
+def _user_error(exc):
     from clipeval.engine.errors import ClipevalError
 
-    try:
-        return EmbeddingCache(cache_dir)
-    except CacheUnavailable as exc:
-        raise ClipevalError(str(exc), "remove the file named, or pass another --cache-dir") from None
+    return ClipevalError(exc.message, exc.remedy)
 
 
 def _size(n: int) -> str:
@@ -39,13 +35,18 @@ def cache_group():
 @_cache_dir_option
 def info_cmd(cache_dir):
     """Entries and size per bundle (a table on stderr, JSON on stdout)."""
-    with _open(cache_dir) as cache:
-        info = cache.info()
+    from clipeval.engine.cache import CacheUnavailable, EmbeddingCache
+
+    try:
+        with EmbeddingCache(cache_dir) as cache:
+            info = cache.info()
+    except CacheUnavailable as exc:
+        raise _user_error(exc) from None
     click.echo(f"{info['path']}: {info['entries']} entries, {_size(info['bytes'])} "
                f"(bound {_size(info['max_bytes'])}, {_size(info['file_bytes'])} on disk)", err=True)
     for space in info["spaces"]:
         click.echo(f"  {space['bundle'][:12]}  {space['precision']:5s} {space['kind']:10s} "
-                   f"{space['entries']:8d} entries  {_size(space['bytes']):>10s}  last used {space['last_used']}",
+                   f"{space['entries']:8d} entries  {_size(space['bytes']):>10s}  last used {space['last_used'] or '?'}",
                    err=True)
     emit(info)
 
@@ -55,8 +56,23 @@ def info_cmd(cache_dir):
 @click.option("--bundle", default=None, metavar="IDENTITY",
               help="Only the entries of this bundle identity (or a prefix of it; see `cache info`).")
 def clear_cmd(cache_dir, bundle):
-    """Delete cached embeddings (all, or one bundle's)."""
-    with _open(cache_dir) as cache:
-        result = cache.clear(bundle)
-    click.echo(f"removed {result['removed_entries']} entries ({_size(result['freed_bytes'])})", err=True)
+    """Delete cached embeddings (all, or one bundle's). A damaged cache database is removed and
+    an empty one created (every entry is gone then, whatever --bundle says)."""
+    from clipeval.engine.cache import CacheUnavailable, EmbeddingCache, reset_cache
+
+    try:
+        with EmbeddingCache(cache_dir) as cache:
+            result = {**cache.clear(bundle), "recreated": False}
+    except CacheUnavailable as damage:
+        try:
+            reset = reset_cache(cache_dir)
+        except CacheUnavailable as exc:
+            raise _user_error(exc) from None
+        result = {"path": reset["path"], "removed_entries": None, "freed_bytes": reset["freed_bytes"],
+                  "recreated": True, "reason": damage.message}
+        click.echo(f"{damage.message}\nremoved it and created an empty cache at {reset['path']} "
+                   f"({_size(reset['freed_bytes'])} freed{'; all bundles, not only ' + bundle if bundle else ''})",
+                   err=True)
+    else:
+        click.echo(f"removed {result['removed_entries']} entries ({_size(result['freed_bytes'])})", err=True)
     emit(result)

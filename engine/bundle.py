@@ -78,6 +78,9 @@ class Bundle:
     manifest: dict[str, Any]
     identity: str
     preprocess: dict[str, Any] = field(repr=False)
+    # True when every file's sha256 was computed and matched during this load (none was taken on
+    # the trust of an earlier size-and-mtime stamp); the embedding cache keys its trust on it.
+    verified: bool = False
 
     @property
     def family(self) -> str:
@@ -324,6 +327,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, trust_stamp: bool 
     stamp = _read_stamp(stamp_path) if (verify and trust_stamp) else {}
     fresh: dict[str, list[int]] = {}
     root_real = os.path.realpath(root)
+    hashed_all = verify  # every file hashed in this load (none trusted from the stamp)
     for name, digest in sorted(manifest["files"].items()):
         fpath = root / name
         try:
@@ -339,6 +343,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, trust_stamp: bool 
             key = _stat_key(fpath)
             if stamp.get(name) == key:
                 fresh[name] = key
+                hashed_all = False
             elif sha256_file(fpath) != digest:
                 problems.append(f"{name}: sha256 does not match the manifest")
             else:
@@ -354,7 +359,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, trust_stamp: bool 
         _write_stamp(stamp_path, fresh)
     preprocess = _read_json_object(root / "preprocess.json", "preprocess config")
     _read_json_object(root / "tokenizer.json", "tokenizer")
-    return Bundle(path=root, manifest=manifest, identity=identity, preprocess=preprocess)
+    return Bundle(path=root, manifest=manifest, identity=identity, preprocess=preprocess, verified=hashed_all)
 
 
 def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> str:

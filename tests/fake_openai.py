@@ -10,7 +10,10 @@ Faults are injected per request at ``fault_rate``, decided by a hash of (seed, i
 number), so a run sees the same faults whatever order its requests arrive in. Kinds: ``429``
 (with ``Retry-After``), ``500``, ``503``, ``timeout`` (answers after ``slow_s``), ``malformed``
 (a 200 with a cut JSON body) and ``drop`` (the connection is closed without an answer).
-``refuse=(status, message)`` answers every request with that error.
+``refuse=(status, message)`` answers every request with that error. ``answer_shape``, when set
+on an instance, reshapes each successful answer: ``answer_shape(payload, image id, attempt)``
+returns the chat-completion object to send (response modes: empty or null content, refusals,
+content parts, no choices ...).
 
 Use as a context manager: ``with FakeOpenAI(...) as server: server.url``.
 """
@@ -82,6 +85,8 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
 
 
 class FakeOpenAI:
+    answer_shape = None  # callable(payload, image id, attempt number) -> payload; see the module docstring
+
     def __init__(self, *, model: str = "fake-vlm", api_key: str | None = None, captioner="auto",
                  fault_rate: float = 0.0, fault_kinds=FAULT_KINDS, seed: int = 0, retry_after: str = "0",
                  slow_s: float = 2.0, delay_s: float = 0.0, refuse: tuple[int, str] | None = None):
@@ -269,6 +274,8 @@ class FakeOpenAI:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 100, "completion_tokens": len(text.split()), "total_tokens": 100 + len(text.split())},
         }
+        if self.answer_shape is not None:
+            payload = self.answer_shape(payload, ident, attempt)
         raw = orjson.dumps(payload)
         if fault == "malformed":
             return web.Response(status=200, body=raw[: len(raw) // 2], content_type="application/json")

@@ -269,3 +269,294 @@ def test_a_damaged_database_does_not_stop_a_run(tiny_bundle, tmp_path):
     assert result["meta"]["cache"] is None and result["meta"]["num_images"] == 3
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(db).execute("SELECT * FROM entries").fetchall()
+
+
+# --- a damaged database ------------------------------------------------------------------------
+
+def _cli(args, cache_root):
+    return CliRunner().invoke(cli, [str(a) for a in args], env={"CLIPEVAL_CACHE_DIR": str(cache_root)})
+
+
+def _cache_warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "embedding cache" in line and "WARNING" in line]
+
+
+def test_the_damage_of_the_issue_leaves_runs_and_cache_clear_working(tmp_path):
+    """Fill the cache with one demo eval, overwrite 64 bytes with 0xff at offset 16392: later runs
+    warn once and go on without the cache; `cache clear` removes and recreates the database."""
+    root = tmp_path / "cache"
+    db = root / "embeddings" / "embeddings.sqlite3"
+    eval_args = ["eval", "--quiet", "--output-dir", tmp_path / "out"]
+    first = _cli(eval_args, root)
+    assert first.exit_code == 0, first.output
+    assert db.stat().st_size > 16392 + 64
+    with open(db, "r+b") as f:
+        f.seek(16392)
+        f.write(b"\xff" * 64)
+    raw = sqlite3.connect(db)  # the damage is real: the (ns, key) index that lookups use is broken
+    assert [r[0] for r in raw.execute("PRAGMA quick_check")] != ["ok"]
+    with pytest.raises(sqlite3.DatabaseError):
+        raw.execute("SELECT vec FROM entries WHERE ns > '' AND key > x''").fetchall()
+    raw.close()
+
+    second = _cli(eval_args, root)
+    assert second.exit_code == 0 and "Traceback" not in second.output
+    assert len(_cache_warnings(second.stderr)) == 1 and "cache clear" in second.stderr
+    assert json.loads(second.stdout)["metrics"] == json.loads(first.stdout)["metrics"]
+
+    info = _cli(["cache", "info"], root)
+    assert info.exit_code == 2 and "Traceback" not in info.output
+    assert info.stderr.startswith("error: ") and "cache clear" in info.stderr
+
+    cleared = _cli(["cache", "clear"], root)
+    assert cleared.exit_code == 0, cleared.output
+    out = json.loads(cleared.stdout)
+    assert out["recreated"] is True and out["path"] == str(db) and "damaged" in out["reason"]
+    assert "created an empty cache" in cleared.stderr
+    assert json.loads(_cli(["cache", "info"], root).stdout)["entries"] == 0
+
+    third = _cli(eval_args, root)
+    fourth = _cli(eval_args, root)  # the recreated cache serves the next run again
+    assert third.exit_code == fourth.exit_code == 0 and not _cache_warnings(third.stderr + fourth.stderr)
+    meta = json.loads(fourth.stdout)["meta"]
+    assert meta["cache"]["image_hits"] == meta["num_images"] and meta["provider"] == "none"
+    assert json.loads(fourth.stdout)["metrics"] == json.loads(first.stdout)["metrics"]
+
+
+def _overwrite(db, rng):
+    size = db.stat().st_size
+    offset = int(rng.integers(0, size))
+    length = int(rng.integers(1, 4097))
+    with open(db, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(rng.integers(0, 256, length, dtype=np.uint8)))
+
+
+def _truncate(fraction):
+    def damage(db, rng):
+        os.truncate(db, int(db.stat().st_size * fraction))
+    return damage
+
+
+def _garbage_wal(db, rng):
+    (db.parent / (db.name + "-wal")).write_bytes(bytes(rng.integers(0, 256, 40000, dtype=np.uint8)))
+
+
+def _not_sqlite(db, rng):
+    db.write_bytes(b"this is not a database" * 300)
+
+
+def _empty(db, rng):
+    db.write_bytes(b"")
+
+
+def _header_only(db, rng):
+    with open(db, "r+b") as f:
+        f.seek(0)
+        f.write(b"\xff" * 100)
+
+
+def _zeros_page(db, rng):
+    with open(db, "r+b") as f:
+        f.seek(4096 * int(rng.integers(1, max(2, db.stat().st_size // 4096))))
+        f.write(bytes(4096))
+
+
+DAMAGES = {
+    **{f"overwrite-{seed}": _overwrite for seed in range(6)},
+    "truncate-half": _truncate(0.5),
+    "truncate-to-header": _truncate(100 / 1e9),
+    "truncate-one-byte-short": lambda db, rng: os.truncate(db, db.stat().st_size - 1),
+    "garbage-wal": _garbage_wal,
+    "not-sqlite": _not_sqlite,
+    "empty-file": _empty,
+    "header-garbage": _header_only,
+    "page-of-zeros": _zeros_page,
+}
+
+
+SURELY_NOTICED = {"not-sqlite", "header-garbage"}  # others may leave a database SQLite can still use
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGES))
+def test_a_generated_damage_never_stops_a_run_and_cache_clear_repairs_it(tiny_bundle, tmp_path, name):
+    root = tmp_path / "cache"
+    db = root / "embeddings" / "embeddings.sqlite3"
+    data = _dataset(tmp_path / "ds", 24)
+    eval_args = ["eval", "--model", tiny_bundle, "--data-dir", data, "--output-dir", tmp_path / "out", "--quiet",
+                 "--recall-k", "1", "--batch-size", "8", "--num-workers", "0"]
+    first = _cli(eval_args, root)
+    assert first.exit_code == 0, first.output
+    seed = int(name.rsplit("-", 1)[1]) if name.startswith("overwrite") else 0
+    DAMAGES[name](db, np.random.default_rng(seed))
+    for _ in range(2):
+        run = _cli(eval_args, root)
+        assert run.exit_code == 0 and "Traceback" not in run.output, run.output
+        warnings = _cache_warnings(run.stderr)
+        assert len(warnings) == 1 if name in SURELY_NOTICED else len(warnings) <= 1
+        assert json.loads(run.stdout)["metrics"] == json.loads(first.stdout)["metrics"]
+    cleared = _cli(["cache", "clear"], root)
+    assert cleared.exit_code == 0 and "Traceback" not in cleared.output, cleared.output
+    assert _cli(eval_args, root).exit_code == 0
+    again = _cli(eval_args, root)
+    assert again.exit_code == 0 and not _cache_warnings(again.stderr)
+    assert json.loads(again.stdout)["meta"]["cache"]["image_hits"] == 24
+
+
+def test_a_directory_in_the_databases_place(tiny_bundle, tmp_path):
+    root = tmp_path / "cache"
+    db = root / "embeddings" / "embeddings.sqlite3"
+    (db / "inside").mkdir(parents=True)
+    data = _dataset(tmp_path / "ds", 3)
+    run = _cli(["eval", "--model", tiny_bundle, "--data-dir", data, "--output-dir", tmp_path / "out", "--quiet",
+                "--recall-k", "1"], root)
+    assert run.exit_code == 0 and len(_cache_warnings(run.stderr)) == 1 and "is a directory" in run.stderr
+    assert json.loads(run.stdout)["meta"]["cache"] is None
+    for sub in (["cache", "clear"], ["cache", "info"]):
+        r = _cli(sub, root)
+        assert r.exit_code == 2 and "Traceback" not in r.output
+        assert r.stderr.startswith("error: ") and "is a directory" in r.stderr and "rm -r" in r.stderr
+    assert (db / "inside").is_dir()  # never removed
+
+
+def test_a_read_or_write_that_fails_mid_run_turns_the_cache_off_once(tmp_path, caplog):
+    with EmbeddingCache(tmp_path) as cache:
+        space = cache.space("d" * 64, "fp32", "text")
+        space.store([key_for(0)], vec_for(0)[None])
+        cache._db.execute("DROP TABLE entries")  # every later statement on it fails
+        with caplog.at_level("WARNING", logger="clipeval.engine.cache"):
+            assert space.lookup([key_for(0), key_for(1)]) == {}
+            space.store([key_for(2)], vec_for(2)[None])
+            assert space.lookup([key_for(2)]) == {}
+        assert cache.disabled and "no such table" in cache.disabled
+        assert len([r for r in caplog.records if "running without it" in r.getMessage()]) == 1
+
+
+def test_schema_1_databases_are_migrated_and_their_entries_stay_untrusted(tmp_path):
+    db_path = tmp_path / "embeddings" / "embeddings.sqlite3"
+    db_path.parent.mkdir(parents=True)
+    ns = EmbeddingCache.space_name("a" * 64, "fp32", "text")
+    raw = vec_for(0).tobytes()
+    old = sqlite3.connect(db_path)
+    old.executescript("""
+        CREATE TABLE meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
+        CREATE TABLE entries(ns TEXT NOT NULL, key BLOB NOT NULL, vec BLOB NOT NULL, digest BLOB NOT NULL,
+                             used INTEGER NOT NULL, UNIQUE(ns, key));
+        CREATE TABLE stats(id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL, count INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+    """)
+    old.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", (ns, key_for(0), raw, cache_mod._digest(ns, key_for(0), raw), 1))
+    old.execute("INSERT INTO stats VALUES (0, ?, 1)", (len(raw) + 32 + len(ns) + ENTRY_OVERHEAD,))
+    old.commit()
+    old.close()
+    with EmbeddingCache(tmp_path) as cache:
+        untrusted = cache.space("a" * 64, "fp32", "text")
+        trusted = cache.space("a" * 64, "fp32", "text", verified=True)
+        np.testing.assert_array_equal(untrusted.lookup([key_for(0)])[0], vec_for(0))
+        assert trusted.lookup([key_for(0)]) == {}
+        assert cache._db.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()[0] == str(cache_mod.SCHEMA_VERSION)
+
+
+# --- trust: entries of runs that did not verify their bundle ------------------------------------
+
+def test_trusted_and_untrusted_entries(tmp_path):
+    with EmbeddingCache(tmp_path) as cache:
+        plain = cache.space("t" * 64, "fp32", "text")
+        verified = cache.space("t" * 64, "fp32", "text", verified=True)
+        poisoned = vec_for(100)
+        plain.store([key_for(0), key_for(1)], np.stack([poisoned, vec_for(1)]))
+        assert verified.lookup([key_for(0), key_for(1)]) == {}  # never served to a verified run
+        verified.store([key_for(0)], vec_for(0)[None])  # replaces the untrusted row
+        np.testing.assert_array_equal(plain.lookup([key_for(0)])[0], vec_for(0))
+        np.testing.assert_array_equal(verified.lookup([key_for(0)])[0], vec_for(0))
+        plain.store([key_for(0)], poisoned[None])  # an untrusted write never replaces a row
+        np.testing.assert_array_equal(verified.lookup([key_for(0)])[0], vec_for(0))
+        info = cache.info()
+        assert info["entries"] == 2 and info["bytes"] == 2 * entry_bytes(plain.ns)
+        assert info["spaces"][0]["verified_entries"] == 1
+        # the trust mark is covered by the digest: a flipped mark is a corrupt entry
+        cache._db.execute("UPDATE entries SET trusted = 1 WHERE key = ?", (key_for(1),))
+        assert verified.lookup([key_for(1)]) == {} and verified.stats.corrupt == 1
+
+
+def _tamper_in_place(path, seed=0):
+    """Permute the rows of the largest float32 initializer of an ONNX file, byte for byte in
+    place: same size, and the modification time put back, as the issue's scenario does."""
+    import onnx
+    from onnx import numpy_helper
+
+    st = os.stat(path)
+    model = onnx.load(str(path))
+    init = max((t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.raw_data),
+               key=lambda t: len(t.raw_data))
+    array = numpy_helper.to_array(init)
+    tampered = array[np.random.default_rng(seed).permutation(array.shape[0])]
+    data = bytearray(path.read_bytes())
+    at = data.find(init.raw_data)
+    assert at >= 0 and data.find(init.raw_data, at + 1) < 0
+    data[at:at + len(init.raw_data)] = np.ascontiguousarray(tampered).tobytes()
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+
+
+def test_a_verified_run_never_serves_entries_of_a_tampered_tower(tiny_bundle, tmp_path):
+    """text.onnx changed in place (size and mtime kept) is not re-hashed; the embeddings it gives
+    are cached under the genuine identity. After the file is restored, a --verify-cache run must
+    recompute them, not serve them."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    root = tmp_path / "cache"
+    data = _dataset(tmp_path / "ds", 6)
+    args = ["eval", "--model", bundle, "--data-dir", data, "--output-dir", tmp_path / "out", "--quiet",
+            "--recall-k", "1", "--num-workers", "0"]
+    genuine = _cli(args + ["--no-cache"], root)  # hashes the bundle and stamps it
+    assert genuine.exit_code == 0, genuine.output
+    text_onnx = bundle / "text.onnx"
+    original = text_onnx.read_bytes()
+    st = os.stat(text_onnx)
+    _tamper_in_place(text_onnx)
+
+    poisoned_run = _cli(args, root)  # trusts the stamp: the tampered tower runs, its output is cached
+    assert poisoned_run.exit_code == 0, poisoned_run.output
+    identity = load_bundle(tiny_bundle).identity
+    texts = [q for i in range(6) for q in (f"a photo of a cat {i}", f"a dog {i}")]
+    genuine_model = load_model(load_bundle(tiny_bundle), provider="cpu", threads=1)
+    want = embed_texts(genuine_model.text, genuine_model.tokenizer, texts, batch_size=8, progress=False).embeds
+    with EmbeddingCache(root) as cache:
+        stored = cache.space(identity, "fp32", "text").lookup([text_key(t) for t in texts])
+        assert len(stored) == len(texts)
+        assert max(float(np.abs(stored[i] - want[i]).max()) for i in stored) > 1e-3  # really poisoned
+        assert cache.space(identity, "fp32", "text", verified=True).lookup([text_key(t) for t in texts]) == {}
+
+    text_onnx.write_bytes(original)  # the genuine file is back, same size and mtime
+    os.utime(text_onnx, ns=(st.st_atime_ns, st.st_mtime_ns))
+    verified_run = _cli(args + ["--verify-cache"], root)
+    assert verified_run.exit_code == 0, verified_run.output
+    out = json.loads(verified_run.stdout)
+    assert out["meta"]["cache"]["text_hits"] == 0  # nothing of the unverified run was served
+    assert out["metrics"] == json.loads(genuine.stdout)["metrics"]
+    with EmbeddingCache(root) as cache:  # the verified run replaced the poisoned entries
+        stored = cache.space(identity, "fp32", "text", verified=True).lookup([text_key(t) for t in texts])
+        assert len(stored) == len(texts)
+        np.testing.assert_allclose(np.stack([stored[i] for i in range(len(texts))]), want, atol=1e-6)
+    later = _cli(args, root)  # an ordinary run now gets the genuine entries
+    assert json.loads(later.stdout)["metrics"] == json.loads(genuine.stdout)["metrics"]
+    assert json.loads(later.stdout)["meta"]["cache"]["text_hits"] == len(texts)
+
+
+def test_bundle_verified_means_every_file_was_hashed_in_this_load(tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("CLIPEVAL_CACHE_DIR", str(tmp_path / "root"))
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    assert load_bundle(bundle).verified is True  # no stamp yet: every file hashed
+    assert load_bundle(bundle).verified is False  # the stamp vouched for them
+    assert load_bundle(bundle, trust_stamp=False).verified is True
+    assert load_bundle(bundle, verify=False).verified is False
+    os.utime(bundle / "text.onnx", ns=(1, 1))  # one file re-hashed, the others from the stamp
+    assert load_bundle(bundle).verified is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -179,6 +180,7 @@ def test_multilabel_language_custom_files_limit_and_corrupt_images(tiny_bundle, 
 
     samples = classification_samples(6, 3)
     samples[4] = {"__key__": samples[4]["__key__"], "png": b"not an image", "cls": b"1"}
+    shutil.rmtree(cls / "test")  # the earlier split had more shards: a stale 2.tar would be an error
     write_split(cls, "test", samples, 3)
     r = eval_cli(tiny_bundle, "--dataset", "mnist", "--data-dir", cls, "--output-dir", tmp_path / "o")
     assert r.exit_code == 2 and "test/1.tar#s0000004" in r.stderr
@@ -187,3 +189,25 @@ def test_multilabel_language_custom_files_limit_and_corrupt_images(tiny_bundle, 
     meta = json.loads(r.stdout)["meta"]
     assert meta["num_images"] == 5 and meta["num_skipped_images"] == 1
     assert meta["skipped"][0]["where"] == "test/1.tar#s0000004"
+    assert meta["data_left_out"] == {"images": {"undecodable": 1}}
+
+
+def test_left_out_samples_are_counted_in_the_result(tiny_bundle, tmp_path):
+    """A label out of range and a sample without image are left out (--on-error skip), counted in
+    meta.data_left_out and said on stderr; the used images plus those equal the samples."""
+    from wdsgen import classification_samples, write_split
+
+    cls = tmp_path / "cls"
+    samples = classification_samples(8, 3)
+    samples[2]["cls"] = b"9"
+    del samples[5]["png" if "png" in samples[5] else "webp"]
+    write_split(cls, "test", samples, 4)
+    (cls / "classnames.txt").write_text("zero\none\ntwo\n")
+    (cls / "zeroshot_classification_templates.txt").write_text("a {c}\n")
+    r = eval_cli(tiny_bundle, "--dataset", "mnist", "--data-dir", cls, "--on-error", "skip",
+                 "--output-dir", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(r.stdout)["meta"]
+    assert meta["data_left_out"] == {"images": {"label_out_of_range": 1, "no_image": 1}}
+    assert meta["num_images"] + 2 == len(samples)
+    assert "left out 2 images (1 label_out_of_range, 1 no_image)" in r.stderr

@@ -66,7 +66,8 @@ def test_coco_json_and_coco_cn(tmp_path):
     ann["annotations"] = [{"image_id": 3, "caption": "一只猫"}]
     (tmp_path / "coco_test_karpathy_zh.json").write_text(json.dumps(ann, ensure_ascii=False), encoding="utf-8")
     cn = read_dataset("coco-cn", tmp_path, "test", "fail")
-    assert cn.texts == ["一只猫"] and cn.num_images == 1
+    # b.jpg has no Chinese caption: it stays in the gallery as a distractor
+    assert cn.texts == ["一只猫"] and cn.num_images == 2 and cn.text_to_image.tolist() == [1]
 
 
 def test_unknown_language_and_dataset_are_listed():
@@ -97,3 +98,66 @@ def test_cli_on_a_karpathy_folder_and_a_dataset_list(tiny_bundle, tmp_path):
     out = [json.loads(x) for x in r.stdout.strip().splitlines()]
     assert [o["dataset"] for o in out] == ["flickr8k", "flickr30k"]
     assert out[0]["metrics"] == out[1]["metrics"] and out[0]["meta"]["num_texts"] == 12
+
+
+def _issue_coco_folder(root):
+    """The issue's file: image 4 listed without annotation, annotation 13 with a null caption,
+    annotation 15 only whitespace."""
+    images(root, [f"{i}.jpg" for i in range(5)], folder="val2014")
+    ann = {"images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(5)],
+           "annotations": [{"id": 10, "image_id": 0, "caption": "a red square"},
+                           {"id": 11, "image_id": 0, "caption": "a square in red"},
+                           {"id": 12, "image_id": 1, "caption": "a blue circle"},
+                           {"id": 13, "image_id": 2, "caption": None},
+                           {"id": 14, "image_id": 2, "caption": "a green triangle"},
+                           {"id": 15, "image_id": 3, "caption": " \t "},
+                           {"id": 16, "image_id": 3, "caption": "a yellow star"}]}
+    (root / "coco_test_karpathy.json").write_text(json.dumps(ann))
+    return ann
+
+
+def test_the_issues_coco_file_keeps_the_distractor_and_reports_the_bad_caption(tiny_bundle, tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+
+    from clipeval.cli.main import cli
+    from clipeval.engine.bundle import load_bundle
+    from clipeval.engine.embed import embed_images, embed_texts
+    from clipeval.engine.tasks.context import load_model
+
+    _issue_coco_folder(tmp_path)
+    args = ["eval", "--model", str(tiny_bundle), "--dataset", "mscoco_captions", "--data-dir", str(tmp_path),
+            "--output-dir", str(tmp_path / "o"), "--quiet", "--recall-k", "1", "--recall-k", "2", "--num-workers", "0",
+            "--no-cache"]
+    failed = CliRunner().invoke(cli, args)
+    assert failed.exit_code == 2 and "Traceback" not in failed.output
+    assert "annotation id 13" in failed.stderr and "'caption' is null" in failed.stderr
+    assert "--on-error skip" in failed.stderr
+
+    r = CliRunner().invoke(cli, args + ["--on-error", "skip"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    meta = result["meta"]
+    assert meta["num_images"] == 5 and meta["num_texts"] == 5 and meta["images_without_texts"] == 1
+    assert meta["data_left_out"] == {"texts": {"bad_annotation": 1, "blank": 1}}
+    assert "left out 2 texts (1 bad_annotation, 1 blank)" in r.stderr
+    assert any("annotation id 13" in s["where"] for s in meta["skipped"])
+    ds = read_dataset("mscoco_captions", tmp_path, "test", "skip")
+    assert ds.texts == ["a red square", "a square in red", "a blue circle", "a green triangle", "a yellow star"]
+    assert ds.text_to_image.tolist() == [0, 0, 1, 2, 3] and ds.num_images == 5
+
+    # oracle from the same embeddings: text -> image ranks among all 5 images (the distractor
+    # competes), image -> text over the 4 images that have texts (the distractor has no positive)
+    model = load_model(load_bundle(tiny_bundle), provider="cpu", threads=1)
+    img = embed_images(model.vision, model.preprocessor, ds.images, batch_size=8, num_workers=0, progress=False).embeds
+    txt = embed_texts(model.text, model.tokenizer, ds.texts, batch_size=8, progress=False).embeds
+    s = txt.astype(np.float64) @ img.astype(np.float64).T
+    t2i = np.array([(s[t] > s[t, i]).sum() + (s[t, :i] == s[t, i]).sum() for t, i in enumerate(ds.text_to_image)])
+    i2t = np.array([min((s[:, j] > s[t, j]).sum() + (s[:t, j] == s[t, j]).sum()
+                        for t in np.flatnonzero(ds.text_to_image == j)) for j in range(4)])
+    m = result["metrics"]
+    for k in (1, 2):
+        assert m[f"image_retrieval_recall@{k}"] == pytest.approx(np.mean(t2i < k), abs=1e-12)
+        assert m[f"text_retrieval_recall@{k}"] == pytest.approx(np.mean(i2t < k), abs=1e-12)
+    assert m["image_retrieval_mean_rank"] == pytest.approx(np.mean(t2i + 1.0), abs=1e-12)
+    assert m["text_retrieval_mean_rank"] == pytest.approx(np.mean(i2t + 1.0), abs=1e-12)

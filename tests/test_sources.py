@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import threading
@@ -15,13 +16,38 @@ from clipeval.engine.errors import DatasetError
 from wdsgen import write_classification_set, write_retrieval_set
 
 
+def _html_of_length(n: int) -> bytes:
+    page = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head><body>checking your browser"
+    return (page + b" " * n)[:max(0, n - 14)] + b"</body></html>"[:n]
+
+
+# mode -> file bytes -> (headers, body) of a 200 answer that is not the file
+BAD_BODIES = {
+    "html of the right length": lambda d: ({"Content-Length": str(len(d)), "Content-Type": "text/html"},
+                                           _html_of_length(len(d))),
+    "truncated without Content-Length": lambda d: ({}, d[: len(d) // 2]),
+    "cut at a member boundary without Content-Length": lambda d: ({}, d[:1536]),
+    "gzip file as the body": lambda d: ({"Content-Length": str(len(gzip.compress(d)))}, gzip.compress(d)),
+    "empty": lambda d: ({"Content-Length": "0"}, b""),
+    "garbage of the right length": lambda d: ({"Content-Length": str(len(d))},
+                                              bytes((i * 131 + 7) % 256 for i in range(len(d)))),
+    "zeros of the right length": lambda d: ({"Content-Length": str(len(d))}, bytes(len(d))),
+    # not a wrong body: the shard itself, gzip-encoded as HTTP allows; the client decodes it
+    "gzip-encoded shard": lambda d: ({"Content-Length": str(len(gzip.compress(d))), "Content-Encoding": "gzip"},
+                                     gzip.compress(d)),
+}
+WRONG = [m for m in BAD_BODIES if m != "gzip-encoded shard"]
+
+
 class Server:
-    """Serves ``root`` with Range support; counts requests; can cut chosen files short."""
+    """Serves ``root`` with Range support; counts requests; can cut chosen files short or answer
+    them with a wrong body (``bad``)."""
 
     def __init__(self, root):
         self.root = root
         self.requests: list[tuple[str, str | None]] = []
         self.drop: dict[str, int] = {}  # path -> how many more times to cut it off mid-body
+        self.bad: dict[str, list[str]] = {}  # path -> the wrong bodies to answer next (see BAD_BODIES)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,6 +62,9 @@ class Server:
                     self.send_error(404)
                     return
                 data = path.read_bytes()
+                if server.bad.get(rel):
+                    self._bad_body(server.bad[rel].pop(0), data)
+                    return
                 start = 0
                 rng = self.headers.get("Range")
                 if rng:
@@ -60,6 +89,16 @@ class Server:
                     self.close_connection = True
                     return
                 self.wfile.write(body)
+
+            def _bad_body(self, mode, data):
+                headers, body = BAD_BODIES[mode](data)
+                self.send_response(200)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+                self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -175,3 +214,127 @@ def test_cli_folder_and_server_give_identical_metrics(served, tiny_bundle, tmp_p
     assert remote[1]["metrics"] == again[1]["metrics"] == local_c[0]["metrics"]
     assert set(remote[1]["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert remote[0]["meta"]["num_images"] == 9 and remote[1]["meta"]["num_images"] == 12
+
+
+# --- wrong bodies are never kept ---------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", list(BAD_BODIES))
+def test_a_wrong_shard_body_is_fetched_again_within_the_run(served, tmp_path, mode):
+    served.bad["flickr8k/test/1.tar"] = [mode]
+    url = f"{served.url}/flickr8k"
+    folder, _ = fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    real = (served.root / "flickr8k/test/1.tar").read_bytes()
+    assert (folder / "test/1.tar").read_bytes() == real
+    asked = [p for p, _ in served.requests if p == "flickr8k/test/1.tar"]
+    assert len(asked) == (1 if mode == "gzip-encoded shard" else 2)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["files"]["test/1.tar"] == len(real)
+    assert not list(folder.rglob("*.part"))
+    ds = read_dataset("flickr8k", None, "test", "fail", dataset_url=f"{served.url}/{{name}}",
+                      cache_dir=tmp_path / "cache", progress=False)
+    assert ds.num_images == 9
+
+
+@pytest.mark.parametrize("mode", WRONG)
+def test_a_server_that_keeps_sending_a_wrong_body_is_an_error_and_nothing_is_kept(served, tmp_path, mode):
+    served.bad["flickr8k/test/1.tar"] = [mode] * 5
+    url = f"{served.url}/flickr8k"
+    with pytest.raises(DatasetError) as err:
+        fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    assert "test/1.tar" in err.value.message and "not a whole tar shard" in err.value.message
+    folder = cache_folder("flickr8k", url, tmp_path / "cache")
+    assert "test/1.tar" not in json.loads((folder / "manifest.json").read_text())["files"]
+    assert not (folder / "test/1.tar").exists() and not list(folder.rglob("*.part"))
+    served.requests.clear()  # the server is fixed: the next run fetches just that shard
+    fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    assert [p for p, _ in served.requests] == ["flickr8k/test/1.tar"]
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_a_cached_shard_that_fails_the_tar_scan_is_dropped_and_fetched_by_the_next_run(served, tmp_path, on_error):
+    """What an earlier version kept (an HTML page of the right length recorded as the shard): the
+    reader drops it from the manifest, and the next run fetches it, instead of failing forever."""
+    opts = dict(dataset_url=f"{served.url}/{{name}}", cache_dir=tmp_path / "cache", progress=False)
+    read_dataset("flickr8k", None, "test", "fail", **opts)
+    folder = cache_folder("flickr8k", f"{served.url}/flickr8k", tmp_path / "cache")
+    shard = folder / "test/1.tar"
+    shard.write_bytes(_html_of_length(shard.stat().st_size))
+    served.requests.clear()
+    if on_error == "fail":
+        with pytest.raises(DatasetError) as err:
+            read_dataset("flickr8k", None, "test", "fail", **opts)
+        assert "test/1.tar" in err.value.message and "removed from the download cache" in err.value.remedy
+    else:
+        ds = read_dataset("flickr8k", None, "test", "skip", **opts)
+        assert ds.num_images == 6 and ds.left_out["shards"] == {"damaged": 1}
+    assert served.requests == []  # no request to find out
+    assert "test/1.tar" not in json.loads((folder / "manifest.json").read_text())["files"]
+    ds = read_dataset("flickr8k", None, "test", "fail", **opts)
+    assert [p for p, _ in served.requests] == ["flickr8k/test/1.tar"] and ds.num_images == 9
+
+
+@pytest.mark.parametrize("body", ["<html>not found</html>", "", "-3", "2.5", "\u00b2"])
+def test_a_wrong_nshards_from_the_server_is_an_error_and_not_kept(served, tmp_path, body):
+    real = (served.root / "flickr8k/test/nshards.txt").read_bytes()
+    (served.root / "flickr8k/test/nshards.txt").write_text(body, encoding="utf-8")
+    url = f"{served.url}/flickr8k"
+    with pytest.raises(DatasetError) as err:
+        fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    assert "nshards.txt" in err.value.message and "not kept" in err.value.remedy
+    (served.root / "flickr8k/test/nshards.txt").write_bytes(real)
+    folder, _ = fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    assert same_tree(served.root / "flickr8k", folder)
+
+
+@pytest.mark.parametrize("name, body, words", [
+    ("dataset_type.txt", "<html>oops</html>", "dataset_type.txt"),
+    ("classnames.txt", "", "holds no class names"),
+    ("classnames.txt", "cat\ndog\ncat\n", "duplicate class name"),
+    ("zeroshot_classification_templates.txt", "a photo\n", "has no {c}"),
+])
+def test_a_wrong_downloaded_side_file_is_forgotten(served, tmp_path, name, body, words):
+    remote = served.root / "vtab-cifar10" / name
+    real = remote.read_bytes() if remote.exists() else None
+    remote.write_text(body, encoding="utf-8")
+    opts = dict(dataset_url=f"{served.url}/{{name}}", cache_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(DatasetError) as err:
+        read_classification_dataset("vtab/cifar10", None, "test", "fail", **opts)
+    assert words in err.value.message and "removed from the download cache" in err.value.remedy
+    if real is None:
+        remote.unlink()
+    else:
+        remote.write_bytes(real)
+    served.requests.clear()
+    ds = read_classification_dataset("vtab/cifar10", None, "test", "fail", **opts)
+    assert ds.num_images == 12 and [p for p, _ in served.requests] == [f"vtab-cifar10/{name}"]
+
+
+@pytest.mark.parametrize("manifest", [b"[]", b"{}", b'{"url": 3, "files": {}}', b"not json",
+                                      b'{"url": "URL", "files": []}', b'{"url": "URL", "files": {"test/0.tar": -5}}',
+                                      b'\xef\xbb\xbf{"url": "URL", "files": {"test/0.tar": "big"}}'])
+def test_a_damaged_download_manifest_is_ignored(served, tmp_path, manifest, caplog):
+    url = f"{served.url}/flickr8k"
+    folder, _ = fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    (folder / "manifest.json").write_bytes(manifest.replace(b"URL", url.encode()))
+    served.requests.clear()
+    fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    assert served.requests  # checked against the server again
+    assert same_tree(served.root / "flickr8k", folder)
+    served.requests.clear()
+    fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    assert served.requests == []  # and whole again
+
+
+def test_a_local_folder_is_never_repaired(served, tmp_path):
+    """A --data-dir folder holding a manifest.json of the cache's shape is still the user's: a
+    damaged shard there is reported, never deleted."""
+    url = f"{served.url}/flickr8k"
+    folder, _ = fetch_dataset("flickr8k", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    local = tmp_path / "mine"
+    shutil.copytree(folder, local)
+    (local / "test/1.tar").write_bytes(b"<html></html>" * 100)
+    with pytest.raises(DatasetError) as err:
+        read_dataset("flickr8k", local, "test", "fail")
+    assert "test/1.tar" in err.value.message and "replace the damaged shard" in err.value.remedy
+    assert (local / "test/1.tar").read_bytes() == b"<html></html>" * 100
+    assert "test/1.tar" in json.loads((local / "manifest.json").read_text())["files"]

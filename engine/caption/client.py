@@ -4,9 +4,10 @@ One :class:`CaptionClient` holds one ``aiohttp`` session whose connector allows 
 ``concurrency`` connections. :meth:`CaptionClient.caption` asks for one caption and retries what
 is worth retrying:
 
-* connection errors, dropped connections, timeouts, a 200 whose body is not a chat completion,
-  and HTTP 408, 409, 429 and 5xx are retried, up to ``max_attempts`` attempts in all, after an
-  exponential backoff with jitter (``backoff_base * 2**attempt``, capped at ``backoff_max``, then
+* connection errors, dropped connections, timeouts, a 200 whose body is not a chat completion
+  or holds no caption (an empty or whitespace-only text, a null content, a refusal: see
+  :func:`caption_text`), and HTTP 408, 409, 429 and 5xx are retried, up to ``max_attempts``
+  attempts in all, after an exponential backoff with jitter (``backoff_base * 2**attempt``, capped at ``backoff_max``, then
   a random point in its upper half);
 * a ``Retry-After`` (or ``retry-after-ms``) header is honoured: that attempt waits at least as
   long (capped at ``retry_after_max``), and so does every other request of the client, so a rate
@@ -131,15 +132,69 @@ def parse_retry_after(headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class NoCaption(Exception):
+    """A well-formed chat completion that holds no usable caption: an empty or whitespace-only
+    text, a null content, a refusal. ``kind`` is ``"empty"`` or ``"refusal"``."""
+
+    def __init__(self, reason: str, kind: str = "empty"):
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+# Content part types whose "text" is answer text (Chat Completions "text"; "output_text" as some
+# servers relay the Responses API shape).
+_TEXT_PARTS = ("text", "output_text")
+
+
 def caption_text(raw: bytes) -> str:
-    """The caption in a chat-completion body; raises ValueError if the body is not one."""
+    """The caption in a chat-completion body (``choices[0].message.content``), stripped.
+
+    ``content`` may be a string or a list of content parts (the OpenAI multi-part shape): the
+    text of the ``text`` parts is joined; other parts (images, audio) are ignored.
+
+    Raises ValueError when the body is not a chat completion (not JSON, no ``choices``, an
+    empty ``choices`` list, no ``message``, a content of another type) and :class:`NoCaption`
+    when it is one without a caption: ``refusal`` set (or a ``refusal`` part), a null content,
+    or a text that is empty or only whitespace. Both count as a failed attempt for the image.
+    """
     obj = orjson.loads(raw)
-    content = obj["choices"][0]["message"]["content"]
-    if isinstance(content, list):  # some servers answer with content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if not isinstance(obj, dict):
+        raise ValueError(f"the body is a JSON {type(obj).__name__}, not an object")
+    if "choices" not in obj:
+        raise ValueError("the answer has no 'choices'")
+    choices = obj["choices"]
+    if not isinstance(choices, list) or not choices:
+        raise ValueError(f"'choices' is {'an empty list' if choices == [] else type(choices).__name__}")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise ValueError("choices[0] has no 'message' object")
+    finish = choice.get("finish_reason")
+    refusal = message.get("refusal")
+    content = message.get("content")
+    if isinstance(content, list):
+        texts, refusals = [], []
+        for part in content:
+            if not isinstance(part, dict):
+                raise ValueError(f"a content part is a {type(part).__name__}, not an object")
+            if part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+                refusals.append(part["refusal"])
+            elif part.get("type", "text") in _TEXT_PARTS and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+        content = "".join(texts)
+        refusal = refusal or " ".join(refusals) or None
+    if isinstance(refusal, str) and refusal.strip():
+        raise NoCaption(f"the model refused: {' '.join(refusal.split())[:200]}", "refusal")
+    why = f" (finish_reason {finish!r})" if isinstance(finish, str) and finish != "stop" else ""
+    if content is None:
+        raise NoCaption(f"the answer's content is null{why}")
     if not isinstance(content, str):
         raise ValueError(f"message content is {type(content).__name__}, not text")
-    return content.strip()
+    text = content.strip()
+    if not text:
+        raise NoCaption(f"the caption is {'empty' if not content else 'only whitespace'}{why}")
+    return text
 
 
 @dataclass
@@ -169,7 +224,8 @@ class ClientStats:
     requests: int = 0
     retries: int = 0
     captions: int = 0
-    outcomes: Counter = field(default_factory=Counter)  # "200", "429", "timeout", "connection", "malformed"
+    # "200", "429", "timeout", "connection", "malformed", "empty", "refusal"
+    outcomes: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict:
         return {"requests": self.requests, "retries": self.retries, "captions": self.captions,
@@ -254,6 +310,9 @@ class CaptionClient:
         if 200 <= status < 300:
             try:
                 text = caption_text(raw)
+            except NoCaption as exc:
+                self.stats.outcomes[exc.kind] += 1
+                raise _Retry(exc.reason, exc.kind) from None
             except (orjson.JSONDecodeError, ValueError, KeyError, IndexError, TypeError) as exc:
                 self.stats.outcomes["malformed"] += 1
                 raise _Retry(f"the answer is not a chat completion ({type(exc).__name__}: "

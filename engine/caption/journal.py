@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from ..errors import ConfigError
+from ..textio import BOM
 
 try:
     import fcntl
@@ -61,7 +62,8 @@ def _read(data: bytes, path: Path) -> tuple[dict[str, str], dict | None, int, in
         torn = 1
         log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run", path, len(data) - end)
     keep = end
-    for raw in data[:end].split(b"\n")[:-1]:
+    start = len(BOM) if data.startswith(BOM) else 0  # a journal saved by an editor that adds a BOM
+    for raw in data[start:end].split(b"\n")[:-1]:
         try:
             rec = orjson.loads(raw)
             if not isinstance(rec, dict):
@@ -77,7 +79,8 @@ def _read(data: bytes, path: Path) -> tuple[dict[str, str], dict | None, int, in
             header = rec
             continue
         key, text = rec.get("key"), rec.get("text")
-        if isinstance(key, str) and isinstance(text, str) and key not in captions:
+        # an empty caption (kept by earlier versions) is not a caption: that image is asked again
+        if isinstance(key, str) and isinstance(text, str) and text.strip() and key not in captions:
             captions[key] = text
     if bad:
         log.warning("%s: skipped %d unreadable line(s)", path, bad)

@@ -36,6 +36,8 @@ class RetrievalDataset:
     skipped: list[BadItem] = field(default_factory=list)
     merged_rows: int = 0
     limited_from: int | None = None
+    # what the reader left out, {"images"|"texts"|"shards": {reason: count}} (see .leftout)
+    left_out: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.text_to_image = np.asarray(self.text_to_image, dtype=np.int64)

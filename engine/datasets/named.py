@@ -20,12 +20,11 @@ way, as ``cn_classnames.json``), unless custom files are given.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
-import orjson
-
 from ..errors import ConfigError, DatasetError
-from . import karpathy, sources, wds
+from . import karpathy, sidefiles, sources, wds
 from .base import RetrievalDataset
 
 log = logging.getLogger(__name__)
@@ -87,75 +86,70 @@ def read_named_retrieval(name: str, data_dir, split: str, on_error: str, *, lang
         raise DatasetError(f"{name} is not hosted as a webdataset", "pass --data-dir with the raw annotations and images")
     root = sources.dataset_root(wds_name(base), data_dir, split, dataset_url=dataset_url, cache_dir=cache_dir,
                                 progress=progress, need_classes=False)
-    kind = wds.dataset_type(root)
-    if kind != "retrieval" and (root / wds.CLASSNAMES).is_file():
-        raise DatasetError(f"{root} holds a {kind} dataset, not a retrieval one", "use --task zeroshot_classification")
-    return wds.read_wds_retrieval(root, split, name=name, on_error=on_error, limit=limit)
+    with _cache_repairs(root, downloaded=_downloaded(data_dir)) as repair:
+        kind = wds.dataset_type(root)
+        if kind != "retrieval" and (root / wds.CLASSNAMES).is_file():
+            raise DatasetError(f"{root} holds a {kind} dataset, not a retrieval one", "use --task zeroshot_classification")
+        return wds.read_wds_retrieval(root, split, name=name, on_error=on_error, limit=limit, **repair)
 
 
-def _load_list_file(path, name: str, what: str):
-    """A custom classnames/templates file: ``.json`` (a list, or a mapping keyed by dataset name,
-    as CLIP_benchmark's ``--custom_*_file``) or text with one entry per line."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{what} file {path} does not exist")
-    if path.suffix.lower() == ".json":
-        try:
-            data = orjson.loads(path.read_bytes())
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON ({exc})") from None
-        if isinstance(data, dict) and not (what == "templates" and _is_cupl(data)):
-            key = name if name in data else wds_name(name) if wds_name(name) in data else None
-            if key is None:
-                raise ConfigError(f"{path} has no entry for dataset {name!r}",
-                                  f"keys there: {', '.join(list(data)[:20])}")
-            data = data[key]
-        return data
-    return wds.read_lines(path)
+_CACHE_REMEDY = ("the damaged file(s) were removed from the download cache: run again to fetch them anew "
+                 "(if they come back damaged, check --dataset-url)")
 
 
-def _is_cupl(data: dict) -> bool:
-    return all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in data.values()) and \
-        not any("{c}" in t for v in data.values() for t in v)
+def _downloaded(data_dir) -> bool:
+    """Whether the dataset is read from the download cache (no local ``data_dir``)."""
+    return not data_dir or sources.is_url(str(data_dir))
 
 
-def _check_templates(templates, classnames: list[str], where: str):
-    if isinstance(templates, dict):
-        missing = [c for c in classnames if not templates.get(c)]
-        if missing:
-            raise DatasetError(f"{where}: per-class templates lack {len(missing)} class(es), e.g. {missing[:5]}")
-        return templates
-    if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
-        raise DatasetError(f"{where}: templates must be a non-empty list of strings")
-    bad = [t for t in templates if "{c}" not in t]
-    if bad:
-        raise DatasetError(f"{where}: template(s) without {{c}}: {bad[:3]}", "write the class name's place as {c}")
-    return templates
+@contextmanager
+def _cache_repairs(root: Path, downloaded: bool):
+    """Inside a download cache folder, a side file or shard found damaged is forgotten (deleted and
+    dropped from the manifest) so that the next run fetches it again, and the error says so.
+    A local folder (``--data-dir``) is never touched. Yields the keyword arguments for the
+    webdataset readers (``on_damaged``, ``damaged_remedy``)."""
+    if not downloaded or not sources.is_cache_folder(root):
+        yield {}
+        return
+    try:
+        yield {"on_damaged": lambda path: sources.forget(root, path), "damaged_remedy": _CACHE_REMEDY}
+    except sidefiles.SideFileError as exc:
+        sources.forget(root, exc.path)
+        raise DatasetError(exc.message, _CACHE_REMEDY) from None
 
 
 def class_texts(root: Path, name: str, language: str, classnames_file=None, templates_file=None):
-    """(classnames, templates) for a classification set: custom files first, then the folder's."""
+    """(classnames, templates) for a classification set: custom files first, then the folder's.
+
+    Every file is checked (see :mod:`.sidefiles`): class names non-empty and distinct, templates
+    holding ``{c}`` (or per-class prompts covering every class)."""
     prefix = "" if language == "en" else f"{language}_"
+    aliases = (wds_name(name),)
     if classnames_file:
-        classnames = _load_list_file(classnames_file, name, "classnames")
-        where_c = str(classnames_file)
+        entries, source = sidefiles.load_custom_file(classnames_file, name, aliases, "classnames")
+        if isinstance(entries, dict):
+            raise sidefiles.SideFileError(source, f"{source} maps names to lists; class names are a list",
+                                          "give a JSON list of class names (or an object keyed by dataset name)")
+        if not entries:
+            raise sidefiles.SideFileError(source, f"{source} holds no class names", "give one class name per entry")
+        classnames = sidefiles.check_classnames(entries, source)
     else:
         path = root / f"{prefix}{wds.CLASSNAMES}"
-        if not path.is_file():
+        if not path.exists():
             raise DatasetError(f"no class names for {name} in language {language}: {path} does not exist",
                                "pass --classnames-file (one class name per line, or JSON keyed by dataset)")
-        classnames, where_c = wds.read_lines(path), str(path)
-    if not isinstance(classnames, list) or not classnames or not all(isinstance(c, str) and c for c in classnames):
-        raise DatasetError(f"{where_c}: class names must be a non-empty list of strings")
+        classnames = sidefiles.read_classnames(path)
     if templates_file:
-        templates, where_t = _load_list_file(templates_file, name, "templates"), str(templates_file)
+        entries, source = sidefiles.load_custom_file(templates_file, name, aliases, "templates")
+        templates = (sidefiles.check_cupl(entries, classnames, source) if isinstance(entries, dict)
+                     else sidefiles.check_templates(entries, source))
     else:
         path = root / f"{prefix}{wds.TEMPLATES}"
-        if not path.is_file():
+        if not path.exists():
             raise DatasetError(f"no zero-shot templates for {name} in language {language}: {path} does not exist",
                                "pass --templates-file (one template with {c} per line, or JSON keyed by dataset)")
-        templates, where_t = wds.read_lines(path), str(path)
-    return classnames, _check_templates(templates, classnames, where_t)
+        templates = sidefiles.read_templates(path)
+    return classnames, templates
 
 
 def read_named_classification(name: str, data_dir, split: str, on_error: str, *, language: str | None = None,
@@ -167,21 +161,21 @@ def read_named_classification(name: str, data_dir, split: str, on_error: str, *,
     if lang != "en" and not (classnames_file and templates_file):
         # the language files are optional on a hub: fetch them when the folder is a cache
         _fetch_language_files(root, lang)
-    classnames, templates = class_texts(root, name, lang, classnames_file, templates_file)
-    return wds.read_wds_classification(root, split, name=name, classnames=classnames, templates=templates,
-                                       on_error=on_error, limit=limit)
+    with _cache_repairs(root, downloaded=_downloaded(data_dir)) as repair:
+        classnames, templates = class_texts(root, name, lang, classnames_file, templates_file)
+        return wds.read_wds_classification(root, split, name=name, classnames=classnames, templates=templates,
+                                           on_error=on_error, limit=limit, **repair)
 
 
 def _fetch_language_files(root: Path, lang: str) -> None:
-    manifest = root / sources.MANIFEST
-    if not manifest.is_file():
+    manifest = sources.load_manifest(root)
+    if manifest is None:
         return
     import asyncio
 
     import aiohttp
 
-    url = orjson.loads(manifest.read_bytes()).get("url")
-    fetcher = sources.Fetcher(url, root, progress=False)
+    fetcher = sources.Fetcher(manifest["url"], root, progress=False)
 
     async def go():
         async with aiohttp.ClientSession() as session:

@@ -11,12 +11,18 @@
   the working directory), else ``$CLIPEVAL_CACHE_DIR``, else ``~/.cache/clipeval``.
 
 Every file is fetched to ``NAME.part`` and renamed into place only once its size equals what the
-server announced (Content-Length, or the total of Content-Range). An interrupted transfer
+server announced (Content-Length, or the total of Content-Range) and, for a shard, once it reads
+as a whole tar file (:func:`~.wds.check_tar`: an HTML page of the right length, a gzip file, a
+transfer cut short without Content-Length, an empty body are not kept, and are fetched again
+within the same tries). Requests ask for ``Accept-Encoding: identity``; a body the server
+encodes anyway (``Content-Encoding: gzip``) is decoded, and then only the tar check vouches for it. An interrupted transfer
 resumes from the bytes already there with an HTTP ``Range`` request (up to ``ATTEMPTS`` tries per
 file); a server that ignores ``Range`` sends the whole file again. ``manifest.json`` in the
 cache folder records each file's size (or that an optional file is absent); a file whose size on
-disk no longer matches it is fetched again. When every file a run needs is in the manifest, no
-request is made at all.
+disk no longer matches it is fetched again, and so is a file that a reader finds damaged (a shard
+that does not read as a tar, an ``nshards.txt`` or other side file that is not what it should be):
+the reader drops it from the manifest (:func:`forget`). When every file a run needs is in the
+manifest, no request is made at all.
 
 A split the server does not have (no ``{split}/nshards.txt``) is an error that lists the
 splits that do exist among the usual names (``test``, ``train``, ``val``, ...), which are probed
@@ -37,7 +43,8 @@ from ..errors import DatasetError
 from ..paths import cache_root
 from ..progress import Progress
 from ..results import write_atomic
-from . import wds
+from ..textio import read_json
+from . import sidefiles, wds
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +95,20 @@ class _Missing(Exception):
 
 
 class _Manifest:
-    def __init__(self, folder: Path, url: str):
+    """``manifest.json`` of a cache folder: ``{"url": str, "files": {relative path: size or null}}``.
+
+    A manifest that is not JSON, not of this shape, or made for another URL is ignored (every
+    file is then checked against the server again); an entry of the wrong type is dropped."""
+
+    def __init__(self, folder: Path, url: str | None):
         self.folder = folder
         self.path = folder / MANIFEST
         self.url = url
         self.files: dict[str, int | None] = {}
-        if self.path.is_file():
-            try:
-                data = orjson.loads(self.path.read_bytes())
-                if data.get("url") == url:
-                    self.files = dict(data.get("files", {}))
-            except orjson.JSONDecodeError:
-                log.warning("ignoring unreadable %s", self.path)
+        data = load_manifest(folder)
+        if data is not None and (url is None or data["url"] == url):
+            self.url = data["url"]
+            self.files = data["files"]
 
     def fresh(self, rel: str) -> bool:
         """Whether ``rel`` is known: absent on the server, or on disk with its recorded size."""
@@ -113,7 +122,64 @@ class _Manifest:
 
     def record(self, rel: str, size: int | None) -> None:
         self.files[rel] = size
+        self._write()
+
+    def forget(self, rel: str) -> bool:
+        """Drop ``rel`` (so the next run fetches it); returns whether it was recorded."""
+        known = self.files.pop(rel, "absent") != "absent"
+        if known:
+            self._write()
+        return known
+
+    def _write(self) -> None:
         write_atomic(self.path, orjson.dumps({"url": self.url, "files": self.files}, option=orjson.OPT_INDENT_2))
+
+
+def load_manifest(folder: Path) -> dict | None:
+    """The download manifest of ``folder`` as ``{"url", "files"}``, or None when there is none
+    or it is unreadable (with a warning; the files are then checked against the server again)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the unreadable download manifest %s (%s)", path, exc)
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str) or not isinstance(data.get("files"), dict):
+        log.warning("ignoring the download manifest %s: not of the form {\"url\": ..., \"files\": {...}}", path)
+        return None
+    files = {}
+    for rel, size in data["files"].items():
+        if size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+            files[rel] = size
+        else:
+            log.warning("download manifest %s: dropping the entry %r (size %r)", path, rel, size)
+    return {"url": data["url"], "files": files}
+
+
+def is_cache_folder(root: Path) -> bool:
+    """Whether ``root`` is a download cache folder (it holds a usable download manifest)."""
+    return load_manifest(root) is not None
+
+
+def forget(root: Path, path: Path) -> None:
+    """Remove ``path`` (a file of the download cache folder ``root``) and drop it from the
+    manifest, so that the next run fetches it again."""
+    root, path = Path(root), Path(path)
+    try:
+        rel = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return
+    manifest = _Manifest(root, None)
+    if manifest.url is None:
+        return
+    manifest.forget(rel)
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    log.warning("%s was damaged: removed from the download cache, the next run fetches it again", path)
 
 
 class Fetcher:
@@ -135,15 +201,18 @@ class Fetcher:
         last_error = "no attempt made"
         for attempt in range(1, ATTEMPTS + 1):
             have = part.stat().st_size if part.is_file() else 0
-            headers = {"Range": f"bytes={have}-"} if have else {}
+            headers = {"Accept-Encoding": "identity"}
+            if have:
+                headers["Range"] = f"bytes={have}-"
             try:
                 self.requests += 1
                 async with session.get(f"{self.url}/{rel}", headers=headers) as resp:
                     if resp.status in (404, 410):
                         raise _Missing(rel)
+                    encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
                     if resp.status == 416 and have:  # nothing left to send: maybe complete, verify below
                         total = _total_from_range(resp.headers.get("Content-Range"))
-                        if total == have:
+                        if total == have and self._usable(rel, part) is None:
                             os.replace(part, dest)
                             return have
                         part.unlink()
@@ -155,12 +224,17 @@ class Fetcher:
                             break
                         await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
                         continue
+                    if resp.status == 206 and encoded:  # an encoded part cannot be appended to decoded bytes
+                        part.unlink()
+                        last_error = "server answered a resume with an encoded part"
+                        continue
                     if resp.status == 206:
                         total = _total_from_range(resp.headers.get("Content-Range"))
                         mode = "ab"
                     else:
                         length = resp.headers.get("Content-Length")
-                        total = int(length) if length and length.isdigit() else None
+                        # an encoded body's Content-Length is its encoded size, not the file's
+                        total = int(length) if length and length.isdigit() and not encoded else None
                         mode, have = "wb", 0
                     with open(part, mode) as f:
                         async for chunk in resp.content.iter_chunked(CHUNK):
@@ -169,6 +243,12 @@ class Fetcher:
                     if total is not None and size != total:
                         last_error = f"transfer ended at {size} of {total} bytes"
                         log.warning("%s: %s; resuming (attempt %d of %d)", rel, last_error, attempt, ATTEMPTS)
+                        continue
+                    problem = self._usable(rel, part)
+                    if problem is not None:
+                        last_error = problem
+                        log.warning("%s: %s; fetching it again (attempt %d of %d)", rel, problem, attempt, ATTEMPTS)
+                        part.unlink()
                         continue
                     os.replace(part, dest)
                     return size
@@ -180,6 +260,18 @@ class Fetcher:
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
         raise DatasetError(f"could not download {self.url}/{rel} ({last_error})",
                            "check the network and the URL (--dataset-url), then run again: finished files are kept")
+
+    @staticmethod
+    def _usable(rel: str, part: Path) -> str | None:
+        """What is wrong with a fetched shard (None for other files, and for a whole tar)."""
+        if not rel.endswith(".tar"):
+            return None
+        problem = wds.check_tar(part, rel)
+        if problem is None:
+            return None
+        with open(part, "rb") as f:
+            head = f.read(24)
+        return f"the body is not a whole tar shard: {problem}; it starts with {head!r}"
 
     async def fetch(self, session, rel: str, optional: bool = False) -> Path | None:
         """``rel`` from the cache if the manifest vouches for it, else from the server."""
@@ -226,14 +318,19 @@ async def _fetch_all(fetcher: Fetcher, name: str, split: str, need_classes: bool
                 + (f"(splits there: {', '.join(found)})" if found else f"(none of {', '.join(COMMON_SPLITS)} found either)"),
                 f"pass --split {found[0]}" if found else "check the dataset name and --dataset-url",
             ) from None
-        text = nshards_path.read_text(encoding="utf-8").strip()
-        if not text.isdigit() or int(text) < 1:
-            raise DatasetError(f"{fetcher.url}/{split}/{wds.NSHARDS} holds {text[:40]!r}, not a shard count")
+        try:
+            count = sidefiles.parse_count(sidefiles.read_text(nshards_path), f"{fetcher.url}/{split}/{wds.NSHARDS}",
+                                          nshards_path)
+        except sidefiles.SideFileError as exc:
+            fetcher.manifest.forget(f"{split}/{wds.NSHARDS}")
+            nshards_path.unlink(missing_ok=True)
+            raise DatasetError(exc.message, "the server sent something else than a shard count (it was not kept); "
+                               "check --dataset-url and the split, then run again") from None
         await fetcher.fetch(session, wds.DATASET_TYPE, optional=True)
         if need_classes:
             await fetcher.fetch(session, wds.CLASSNAMES, optional=True)
             await fetcher.fetch(session, wds.TEMPLATES, optional=True)
-        names = [f"{split}/{i}.tar" for i in range(int(text))]
+        names = [f"{split}/{i}.tar" for i in range(count)]
         todo = [n for n in names if not fetcher.manifest.fresh(n)]
         if not todo:
             return

@@ -264,9 +264,6 @@ def run_caption(cfg: EvalConfig, model: dict[str, Any], dataset_name: str, data_
         if kept.num_images == 0:
             raise DatasetError(f"no image of dataset {dataset_name} got a caption", "see the failures listed above")
         kept_captions = [captions[k] for i, k in enumerate(keys) if i not in missing]
-        empty = sum(1 for c in kept_captions if not c.strip())
-        if empty:
-            log.warning("%d caption(s) came back empty", empty)
         corpus, queries, qrels = beir_rows(kept_captions, kept.texts, kept.text_to_image, cfg.id_style)
         publish_beir(retrieval_dir, corpus, queries, qrels)
 
@@ -281,7 +278,7 @@ def run_caption(cfg: EvalConfig, model: dict[str, Any], dataset_name: str, data_
             "failed": [{"where": w, "reason": r} for w, r in failures],
             "skipped": skipped,
             "dropped_queries": dropped_queries,
-            "empty_captions": empty,
+            "data_left_out": dataset.left_out,
             "merged_rows": dataset.merged_rows,
             "id_style": cfg.id_style,
             "requests": stats,

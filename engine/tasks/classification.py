@@ -18,6 +18,7 @@ import numpy as np
 
 from ..classification_metrics import multilabel_metrics, rank_metrics
 from ..datasets import read_classification_dataset
+from ..datasets.leftout import LeftOut
 from ..datasets.wds import ClassificationDataset
 from ..embed import embed_images, embed_texts
 from ..errors import DatasetError, ImageError, listing
@@ -99,8 +100,11 @@ def run_classification(model: ModelContext, dataset: ClassificationDataset, para
         metrics, notes = rank_metrics(ranks, labels, len(dataset.classnames))
     timings["scoring_s"] = time.perf_counter() - t0
     skipped = [it.to_dict() for it in dataset.skipped] + [it.to_dict() for it in images.failures]
+    left_out = LeftOut(dataset.left_out)  # what the reader left out, and the images that did not decode
+    left_out.add("images", "undecodable", len(images.failures))
     meta = {
         "num_images": int(len(images.indices)),
+        "data_left_out": left_out.as_dict(),
         "decode": images.decode,
         "num_templates": len(dataset.templates) if not isinstance(dataset.templates, dict) else None,
         "num_prompts": n_prompts,

@@ -81,7 +81,8 @@ class ModelContext:
         if self.cache is None:
             return None
         if kind not in self.cache_spaces:
-            self.cache_spaces[kind] = self.cache.space(self.bundle.identity, self.precision, kind)
+            self.cache_spaces[kind] = self.cache.space(self.bundle.identity, self.precision, kind,
+                                                       verified=self.bundle.verified)
         return self.cache_spaces[kind]
 
     def image_cache(self, fast_decode: bool = False) -> CacheSpace | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..datasets import read_dataset
 from ..datasets.base import RetrievalDataset
+from ..datasets.leftout import LeftOut
 from ..embed import embed_images, embed_texts
 from ..errors import DatasetError, ImageError, MetricError, listing
 from ..metrics import evaluate_retrieval
@@ -77,9 +78,13 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
                                         k_explicit=params.recall_k is not None, num_threads=params.num_threads)
     timings["ranking_s"] = time.perf_counter() - t0
     skipped = [it.to_dict() for it in dataset.skipped] + [it.to_dict() for it in images.failures]
+    left_out = LeftOut(dataset.left_out)  # what the reader left out, and the images that did not decode
+    left_out.add("images", "undecodable", len(images.failures))
+    left_out.add("texts", "image_left_out", dropped_texts)
     meta = {
         "num_images": dataset.num_images,
         "num_texts": dataset.num_texts,
+        "data_left_out": left_out.as_dict(),
         "num_skipped_images": len(skipped),
         "skipped": skipped,
         "dropped_texts": dropped_texts,
