@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .detail import DETAIL_MODES
 from .errors import ConfigError
 
 TOP_KEYS = ("eval_backend", "eval_config", "work_dir", "no_timestamp")
@@ -54,6 +55,8 @@ class EvalConfig:
     # Decode backend: threads, processes, or auto (engine/embed.resolve_decode)
     decode: str = "auto"
     num_threads: int | None = None
+    # Per-query detail beside each result (engine/detail.py): auto (when under 8 MiB), on, off
+    detail: str = "auto"
     # Embedding cache (engine/cache.py): off with no_cache; verify_cache keys image files by the
     # sha256 of their content instead of path, size and mtime; cache_max_bytes bounds its size
     # (default: env CLIPEVAL_CACHE_MAX_BYTES, else 4 GiB). It lives under cache_dir/embeddings.
@@ -228,6 +231,7 @@ def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
     cfg.cache_max_bytes = _int("cache_max_bytes", cfg.cache_max_bytes, minimum=0, allow_none=True)
     cfg.on_error = _choice("on_error", cfg.on_error, ON_ERROR)
     cfg.decode = _choice("decode", cfg.decode, DECODE_CHOICES)
+    cfg.detail = _choice("detail", cfg.detail, DETAIL_MODES)
     cfg.provider = _choice("provider", cfg.provider, PROVIDERS)
     cfg.recall_k = _k_list(cfg.recall_k)
     _caption_keys(cfg)

@@ -14,6 +14,7 @@ from .bundle import Bundle, is_bundle_dir, load_bundle
 from .cache import open_cache
 from .config import EvalConfig, parse_task_cfg
 from .datasets import default_task
+from .detail import detail_satisfied, write_detail
 from .embed import resolve_decode
 from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME
 from .errors import BundleError, ConfigError, DatasetError
@@ -129,7 +130,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
             out = result_path(cfg.output_dir, model_name, dataset_name, task)
             if cfg.skip_existing:
                 previous = existing_result(out, bundle.identity, key)
-                if previous is not None:
+                if previous is not None and detail_satisfied(out, previous, cfg.detail):
                     log.info("skip_existing: %s already holds this result", out)
                     yield previous
                     continue
@@ -144,7 +145,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
                                      split=cfg.split, limit=cfg.limit, language=cfg.language,
                                      dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir,
                                      classnames_file=cfg.classnames_file, templates_file=cfg.templates_file)
-            metrics, meta = TASKS[task](context, dataset_name, data_dir, task_params)
+            metrics, meta, per_query = TASKS[task](context, dataset_name, data_dir, task_params)
             meta["timings"] = {"model_load_s": context.model_load_s, **meta["timings"],
                                "total_s": time.perf_counter() - t_start}
             meta.update({
@@ -163,6 +164,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
                 meta["warnings"] = context.warnings
             meta["cache"] = {"path": str(cache.path), **meta.get("cache", {})} if cache is not None else None
             meta["result_file"] = str(out)
+            meta["detail"] = write_detail(out, per_query, cfg.detail, num_threads=cfg.num_threads)
             result = {"dataset": dataset_name, "model": model_name, "task": task, "metrics": metrics, "meta": meta}
             write_result(out, result)
             log.info("wrote %s", out)
