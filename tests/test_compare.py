@@ -341,7 +341,7 @@ def test_compare_classification_results(tiny_bundle, tmp_path):
     assert "mcnemar" in c["metrics"]["acc1"] and "mcnemar" not in c["metrics"]["mean_per_class_recall"]
 
 
-def test_compare_has_help():
-    for args in (["compare", "-h"], ["compare", "--help"]):
+def test_compare_and_report_have_help():
+    for args in (["compare", "-h"], ["report", "--help"]):
         r = run(*args)
         assert r.exit_code == 0 and "Usage:" in r.output
