@@ -345,3 +345,53 @@ def test_compare_and_report_have_help():
     for args in (["compare", "-h"], ["report", "--help"]):
         r = run(*args)
         assert r.exit_code == 0 and "Usage:" in r.output
+
+
+def _loaded(path, dataset="custom", precision="fp32", fingerprint=None, split="test"):
+    from clipeval.engine.resultset import LoadedResult
+
+    meta = {"precision": precision, "split": split, **({"data_fingerprint": fingerprint} if fingerprint else {})}
+    return LoadedResult(path, {"dataset": dataset, "task": "zeroshot_retrieval", "model": "m", "metrics": {},
+                               "meta": meta})
+
+
+def test_pairing_folders_by_what_was_measured(tmp_path):
+    from clipeval.engine.errors import ResultError
+    from clipeval.engine.resultset import pair_results
+
+    a_fp32, a_int8 = _loaded(tmp_path / "a1"), _loaded(tmp_path / "a2", precision="int8")
+    b_fp32, b_int8 = _loaded(tmp_path / "b1"), _loaded(tmp_path / "b2", precision="int8")
+    pairs, notes = pair_results([a_fp32, a_int8], [b_int8, b_fp32])  # tagged variants in one folder
+    assert pairs == [(a_fp32, b_fp32), (a_int8, b_int8)] and notes == []
+    pairs, notes = pair_results([a_fp32, a_int8], [b_fp32])
+    assert pairs == [(a_fp32, b_fp32)] and notes == [f"no int8 counterpart in B: custom zeroshot_retrieval ({a_int8.path})"]
+    # one result each side: paired whatever the precision (fp32 against int8 is a comparison people make)
+    assert pair_results([a_fp32], [b_int8])[0] == [(a_fp32, b_int8)]
+    # other data, split or dataset: not paired, and named
+    for other in (_loaded(tmp_path / "x", fingerprint="f1"), _loaded(tmp_path / "y", split="val"),
+                  _loaded(tmp_path / "z", dataset="flickr30k")):
+        a = _loaded(tmp_path / "a", fingerprint="f0")
+        pairs, notes = pair_results([a], [other])
+        assert pairs == [] and len(notes) == 2
+    # a fingerprint on one side only does not prevent pairing (results from before fingerprints)
+    assert pair_results([_loaded(tmp_path / "a", fingerprint="f0")], [b_fp32])[0]
+    with pytest.raises(ResultError) as err:
+        pair_results([a_fp32], [b_fp32, _loaded(tmp_path / "b3")])
+    assert "cannot be told apart" in str(err.value) and "FILE_A FILE_B" in str(err.value)
+
+
+def test_folders_are_searched_by_content_one_level_deep(two_runs, tmp_path):
+    from clipeval.engine.resultset import find_results
+
+    root, _, file_a, _ = two_runs
+    folder = tmp_path / "runs"
+    kept = copy_result(file_a, folder / "model")
+    renamed = kept.rename(folder / "model" / "any name.json")  # results are recognised by content
+    (folder / "top.json").write_text(file_a.read_text())  # in the folder itself
+    (folder / "config.json").write_text('{"eval_backend": "RAGEval"}')
+    (folder / "model" / "text.json").write_text(json.dumps({"dataset": "d", "model": "m", "task": "text_retrieval",
+                                                            "metrics": {}, "meta": {}}))
+    (folder / "model" / "broken.json").write_text("{")
+    copy_result(file_a, folder / "a" / "b")  # two levels down: not searched
+    assert sorted(r.path for r in find_results([folder])) == sorted([renamed, folder / "top.json"])
+    assert [r.path for r in find_results([folder / "model"])] == [renamed]

@@ -215,6 +215,8 @@ def test_report_of_classification_and_of_results_without_detail(tiny_bundle, two
     assert r.exit_code == 0, r.output
     text = out.read_text(encoding="utf-8")
     assert text.count("<svg") == 2 and "<!-- image → class -->" in text  # the classification set's top-k accuracy
+    r = run("report", root / "a", "-o", tmp_path / "none.html", "--worst", 0)
+    assert r.exit_code == 0 and "Worst queries" not in (tmp_path / "none.html").read_text(encoding="utf-8")
     assert "imagenet1k" in text and "acc@1" in text and "No per-query detail: " in text
     assert "no interval:" in text and "--detail on" in text
 

@@ -291,7 +291,7 @@ def collect(results: list[LoadedResult], *, worst: int = WORST, resamples: int =
     sections = []
     for gi, g in enumerate(groups):
         runs = []
-        for key, r in g.results.items():
+        for key, r in (g.results.items() if worst > 0 else ()):
             detail = g.details[key]
             worst_part = {"t2i": [], "i2t": [], "classification": [], "missing": None}
             if isinstance(detail, RetrievalDetail):
