@@ -69,8 +69,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AUTO_MAX_BYTES", "DETAIL_MODES", "TOP_K", "ClassificationDetail", "ClassificationPerQuery",
-    "RetrievalDetail", "RetrievalPerQuery", "detail_path", "gallery_ids", "load_detail", "top_k",
-    "write_detail",
+    "RetrievalDetail", "RetrievalPerQuery", "best_true_rank", "detail_path", "detail_satisfied", "gallery_ids",
+    "load_detail", "pack_strings", "top_k", "unpack_strings", "write_detail",
 ]
 
 FORMAT = 1
@@ -137,6 +137,17 @@ class ClassificationPerQuery:
         if self.label is not None:
             out["label"] = _int32(self.label)
         return out
+
+
+def best_true_rank(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per image of a multi-label set, the best 0-based rank of its true classes among its class
+    scores (ties to the lower class index); -1 for an image without a true class. int64 [N]."""
+    position = np.empty(scores.shape, dtype=np.int64)
+    np.put_along_axis(position, np.argsort(-scores, axis=1, kind="stable"),
+                      np.arange(scores.shape[1])[None, :].repeat(scores.shape[0], axis=0), axis=1)
+    ranked = np.where(np.asarray(targets, dtype=bool), position, scores.shape[1])
+    best = ranked.min(axis=1)
+    return np.where(best == scores.shape[1], -1, best)
 
 
 def gallery_ids(images: Sequence) -> list[str]:

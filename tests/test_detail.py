@@ -18,6 +18,7 @@ from clipeval.cli.main import cli
 from clipeval.engine.detail import (
     TOP_K,
     ClassificationPerQuery,
+    best_true_rank,
     RetrievalPerQuery,
     detail_path,
     gallery_ids,
@@ -30,7 +31,6 @@ from clipeval.engine.detail import (
 from clipeval.engine.errors import ResultError
 from clipeval.engine.kernels.topk_small import top_k_small
 from clipeval.engine.metrics import retrieval_metrics, score_retrieval
-from clipeval.engine.tasks.classification import best_true_rank
 from clipeval.engine.textret.search import top_k as top_k_numba
 from datagen import noise_image, write_dataset
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..classification_metrics import multilabel_metrics, rank_metrics
 from ..datasets import read_classification_dataset
 from ..datasets.wds import ClassificationDataset
-from ..detail import ClassificationPerQuery, gallery_ids
+from ..detail import ClassificationPerQuery, best_true_rank, gallery_ids
 from ..embed import embed_images, embed_texts
 from ..errors import DatasetError, ImageError, listing
 from .context import ModelContext
@@ -127,17 +127,6 @@ def run_classification(model: ModelContext, dataset: ClassificationDataset,
     per_query = ClassificationPerQuery(ranks, predicted, labels, [image_ids[i] for i in images.indices],
                                        dataset.classnames)
     return metrics, meta, per_query
-
-
-def best_true_rank(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per image of a multi-label set, the best 0-based rank of its true classes among its class
-    scores (ties to the lower class index); -1 for an image without a true class. int64 [N]."""
-    position = np.empty(scores.shape, dtype=np.int64)
-    np.put_along_axis(position, np.argsort(-scores, axis=1, kind="stable"),
-                      np.arange(scores.shape[1])[None, :].repeat(scores.shape[0], axis=0), axis=1)
-    ranked = np.where(np.asarray(targets, dtype=bool), position, scores.shape[1])
-    best = ranked.min(axis=1)
-    return np.where(best == scores.shape[1], -1, best)
 
 
 def classification_task(model: ModelContext, dataset_name: str, data_dir,
