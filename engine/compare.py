@@ -142,11 +142,20 @@ def bootstrap_intervals(stats: Sequence[PairedStatistic], *, resamples: int = DE
         if any(stats[i].n != n for i in members):
             raise ValueError("statistics over the same queries must have the same number of values")
         diffs = {i: [] for i in members}
-        a_rows = {i: stats[i].a[None, :] for i in members}
-        b_rows = {i: stats[i].b[None, :] for i in members}
+        means = [i for i in members if stats[i].kind == "mean"]
+        # every mean at once: the resample's count of each query times the values, one product
+        values = np.stack([stats[i].a for i in means] + [stats[i].b for i in means], axis=1) if means else None
+        others = [i for i in members if stats[i].kind != "mean"]
         for idx in resample_rows(n, resamples, seed):
-            for i in members:
-                diffs[i].append(_evaluate(stats[i], b_rows[i], idx) - _evaluate(stats[i], a_rows[i], idx))
+            if means:
+                rows = idx.shape[0]
+                counts = np.bincount((np.arange(rows)[:, None] * n + idx).ravel(), minlength=rows * n)
+                resampled = counts.reshape(rows, n).astype(np.float64) @ values / n
+                for j, i in enumerate(means):
+                    diffs[i].append(resampled[:, len(means) + j] - resampled[:, j])
+            for i in others:
+                diffs[i].append(_evaluate(stats[i], stats[i].b[None, :], idx)
+                                - _evaluate(stats[i], stats[i].a[None, :], idx))
         tail = (1.0 - confidence) / 2.0
         for i in members:
             d = np.concatenate(diffs[i])
