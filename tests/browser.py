@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -62,15 +63,28 @@ def open_page(url: str, expressions: list[str], *, window=(1280, 1800)) -> PageR
     binary = chromium_binary()
     if binary is None:
         raise RuntimeError("no chromium binary")
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
                                  f"--window-size={window[0]},{window[1]}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             return asyncio.run(asyncio.wait_for(_drive(Path(profile), url, expressions, proc), PATIENCE_S))
         finally:
-            proc.kill()
-            proc.wait()
+            _stop(proc)
+
+
+def _stop(proc) -> None:
+    """Let Chromium exit after Browser.close; then end its process group (its renderer and helper
+    processes, which this test started) so none writes into the profile being removed."""
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group Popen(start_new_session=True) made for it
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 async def _browser_ws(profile: Path, proc) -> str:
@@ -156,11 +170,3 @@ async def _drive(profile: Path, url: str, expressions: list[str], proc) -> PageR
             finally:
                 task.cancel()
     return run
-
-
-def screenshot(url: str, out: str | os.PathLike, *, window=(1280, 1800)) -> None:
-    """``chromium --screenshot`` of ``url`` into the PNG ``out``."""
-    binary = chromium_binary()
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        subprocess.run([binary, *FLAGS, f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
-                        f"--screenshot={os.fspath(out)}", url], check=True, capture_output=True, timeout=PATIENCE_S)
