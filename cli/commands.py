@@ -79,11 +79,14 @@ def _cache_options(f):
               help="Decode JPEGs with DCT scaling (faster, not bit-exact; see README).")
 @decode_option
 @threads_option
+@click.option("--detail", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Keep each result's per-query ranks and top-10 lists in RESULT.detail.npz (auto: when under "
+                   "8 MiB; clipeval compare and clipeval report read it).")
 @_named_dataset_options
 @_cache_options
 @verbosity_option
 def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, num_workers, limit, recall_k,
-             skip_existing, on_error, provider, precision, fast_decode, decode, num_threads, quiet, no_cache,
+             skip_existing, on_error, provider, precision, fast_decode, decode, num_threads, detail, quiet, no_cache,
              verify_cache, **named_dataset):
     """Evaluate models on datasets; prints one JSON line per result on stdout."""
     from clipeval.engine.config import make_eval_config
@@ -96,7 +99,7 @@ def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, nu
         "batch_size": batch_size, "num_workers": num_workers, "limit": limit,
         "recall_k": list(recall_k) or None, "skip_existing": skip_existing, "on_error": on_error,
         "provider": provider, "precision": precision, "fast_decode": fast_decode, "decode": decode,
-        "num_threads": num_threads, "verbose": not quiet,
+        "num_threads": num_threads, "detail": detail, "verbose": not quiet,
         "no_cache": no_cache, "verify_cache": verify_cache,
         **named_dataset,
     }

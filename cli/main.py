@@ -141,7 +141,7 @@ def verbosity_option(f):
     return click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs on stderr.")(f)
 
 
-from . import bench_cmd, cache_cmd, caption_cmd, commands, export_cmd, text_eval_cmd  # noqa: E402,F401  (registers the commands on `cli`)
+from . import bench_cmd, cache_cmd, caption_cmd, commands, compare_cmd, export_cmd, report_cmd, text_eval_cmd  # noqa: E402,F401,E501  (registers the commands on `cli`)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 from pydantic_core import PydanticCustomError
 
+from .detail import DETAIL_MODES
 from .errors import ConfigError
 from .fsutil import check_path_text
 
@@ -326,6 +327,8 @@ class EvalConfig(BaseModel):
     # Decode backend: threads, processes, or auto (engine/embed.resolve_decode)
     decode: Annotated[str, _choice(DECODE_CHOICES)] = "auto"
     num_threads: Annotated[int | None, _int(1, MAX_WORKERS, nullable=True)] = None
+    # Per-query detail beside each result (engine/detail.py): auto (when under 8 MiB), on, off
+    detail: Annotated[str, _choice(DETAIL_MODES)] = "auto"
     # Embedding cache (engine/cache.py): off with no_cache; verify_cache keys image files by the
     # sha256 of their content instead of path, size and mtime; cache_max_bytes bounds its size
     # (default: env CLIPEVAL_CACHE_MAX_BYTES, else 4 GiB). It lives under cache_dir/embeddings.

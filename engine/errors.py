@@ -61,3 +61,7 @@ class MetricError(ClipevalError):
 
 class ExportError(ClipevalError):
     """A checkpoint could not be exported or failed validation."""
+
+
+class ResultError(ClipevalError):
+    """A result or per-query detail file is missing, malformed, stale or not comparable."""

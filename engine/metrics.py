@@ -18,7 +18,7 @@ import numpy as np
 from .errors import MetricError
 from .kernels import positive_ranks
 
-__all__ = ["DEFAULT_RECALL_K", "evaluate_retrieval", "retrieval_metrics"]
+__all__ = ["DEFAULT_RECALL_K", "evaluate_retrieval", "retrieval_metrics", "score_retrieval"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,21 @@ def evaluate_retrieval(
     ``k`` is checked against the gallery sizes before any ranking work. Invalid embeddings or
     indices raise ``MetricError`` (with the kernel's message).
     """
+    metrics, notes, _ = score_retrieval(text_emb, image_emb, text_to_image, recall_k, k_explicit, num_threads)
+    return metrics, notes
+
+
+def score_retrieval(
+    text_emb: np.ndarray,
+    image_emb: np.ndarray,
+    text_to_image: np.ndarray,
+    recall_k: Sequence[int] | None = None,
+    k_explicit: bool = False,
+    num_threads: int | None = None,
+) -> tuple[dict[str, float], dict, tuple[np.ndarray, np.ndarray]]:
+    """:func:`evaluate_retrieval` that also returns the ranks the metrics were computed from:
+    ``(metrics, notes, (t2i_ranks, i2t_ranks))``, the ranks as ``positive_ranks`` returns them
+    (int64 ``[T]`` and ``[I]``, 0-based, -1 for an image without texts)."""
     _recall_k_list(recall_k)
     try:
         t2i, i2t = positive_ranks(text_emb, image_emb, text_to_image, num_threads=num_threads)
@@ -132,7 +147,8 @@ def evaluate_retrieval(
             f"cannot rank retrieval results: {exc}",
             "pass [texts, dim] and [images, dim] float embeddings and one image index per text",
         ) from exc
-    return retrieval_metrics(t2i, i2t, recall_k, k_explicit=k_explicit)
+    metrics, notes = retrieval_metrics(t2i, i2t, recall_k, k_explicit=k_explicit)
+    return metrics, notes, (t2i, i2t)
 
 
 def _recall_k_list(recall_k) -> list[int]:

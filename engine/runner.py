@@ -16,6 +16,7 @@ from .bundle import Bundle, is_bundle_dir, load_bundle
 from .cache import open_cache
 from .config import EvalConfig, parse_task_cfg
 from .datasets import default_task
+from .detail import detail_satisfied, write_detail
 from .embed import resolve_decode
 from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME
 from .errors import BundleError, ConfigError, DatasetError
@@ -156,7 +157,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
                                   slot_tags(precision, bundle.manifest["precision"], cfg.language, cfg.split))
             if cfg.skip_existing:
                 found = find_existing(primary, slot, key)
-                if found is not None:
+                if found is not None and detail_satisfied(found[0], found[1], cfg.detail):
                     log.info("skip_existing: %s already holds this result", found[0])
                     yield found[1]
                     continue
@@ -171,7 +172,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
                                      split=cfg.split, limit=cfg.limit, language=cfg.language,
                                      dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir,
                                      classnames_file=cfg.classnames_file, templates_file=cfg.templates_file)
-            metrics, meta = TASKS[task](context, dataset_name, data_dir, task_params)
+            metrics, meta, per_query = TASKS[task](context, dataset_name, data_dir, task_params)
             if data_dir is None or "://" in data_dir:  # downloaded during the task: now it can be fingerprinted
                 fingerprint = _fingerprint(cfg, dataset_name, data_dir)
                 params["data_fingerprint"] = fingerprint
@@ -198,6 +199,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
             meta["cache"] = {"path": str(cache.path), **meta.get("cache", {})} if cache is not None else None
             out = destination(primary, slot)
             meta["result_file"] = str(out)
+            meta["detail"] = write_detail(out, per_query, cfg.detail, num_threads=cfg.num_threads)
             result = {"dataset": dataset_name, "model": model_name, "task": task, "metrics": metrics, "meta": meta}
             write_result(out, result)
             log.info("%s", result_line(result))

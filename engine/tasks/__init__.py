@@ -1,6 +1,7 @@
 """Tasks: the registry of task names.
 
-Each entry is ``fn(model: ModelContext, dataset_name, data_dir, params: TaskParams) -> (metrics, meta)``.
+Each entry is ``fn(model: ModelContext, dataset_name, data_dir, params: TaskParams) -> (metrics, meta, per_query)``;
+``per_query`` (:mod:`clipeval.engine.detail`) is what the runner writes beside the result.
 """
 
 from .classification import classification_task

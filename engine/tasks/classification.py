@@ -20,6 +20,7 @@ from ..classification_metrics import multilabel_metrics, rank_metrics
 from ..datasets import read_classification_dataset
 from ..datasets.leftout import LeftOut
 from ..datasets.wds import ClassificationDataset
+from ..detail import ClassificationPerQuery, best_true_rank, gallery_ids
 from ..embed import embed_images, embed_texts
 from ..errors import DatasetError, ImageError, listing
 from .context import ModelContext
@@ -65,7 +66,9 @@ def class_embeddings(model: ModelContext, classnames: list[str], templates, *, b
     return average_class_embeddings(texts.embeds, offsets), len(prompts), texts.truncated
 
 
-def run_classification(model: ModelContext, dataset: ClassificationDataset, params: TaskParams) -> tuple[dict, dict]:
+def run_classification(model: ModelContext, dataset: ClassificationDataset,
+                       params: TaskParams) -> tuple[dict, dict, ClassificationPerQuery]:
+    """Returns ``(metrics, meta, per-query ranks and predictions)`` (see :mod:`clipeval.engine.detail`)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     classes, n_prompts, truncated = class_embeddings(model, dataset.classnames, dataset.templates,
@@ -87,16 +90,22 @@ def run_classification(model: ModelContext, dataset: ClassificationDataset, para
     emb = images.embeds
     if dataset.multilabel:
         scores = emb @ classes.T
-        metrics, notes = multilabel_metrics(scores, dataset.targets[images.indices])
+        targets = dataset.targets[images.indices]
+        metrics, notes = multilabel_metrics(scores, targets)
+        predicted = np.argmax(scores, axis=1)
+        ranks = best_true_rank(scores, targets)
+        labels = None
     else:
         from ..kernels.topk import label_ranks  # numba: imported when first needed
 
         labels = dataset.labels[images.indices]
         ranks = np.empty(len(labels), dtype=np.int64)
+        predicted = np.empty(len(labels), dtype=np.int64)
         for start in range(0, len(labels), SCORE_BLOCK):
             block = emb[start:start + SCORE_BLOCK] @ classes.T
             ranks[start:start + SCORE_BLOCK] = label_ranks(block, labels[start:start + SCORE_BLOCK],
                                                            num_threads=params.num_threads)
+            predicted[start:start + SCORE_BLOCK] = np.argmax(block, axis=1)  # first maximum: rank 0
         metrics, notes = rank_metrics(ranks, labels, len(dataset.classnames))
     timings["scoring_s"] = time.perf_counter() - t0
     skipped = [it.to_dict() for it in dataset.skipped] + [it.to_dict() for it in images.failures]
@@ -118,10 +127,14 @@ def run_classification(model: ModelContext, dataset: ClassificationDataset, para
     }
     if dataset.limited_from is not None:
         meta["limited_from_images"] = dataset.limited_from
-    return metrics, meta
+    image_ids = gallery_ids(dataset.images)
+    per_query = ClassificationPerQuery(ranks, predicted, labels, [image_ids[i] for i in images.indices],
+                                       dataset.classnames)
+    return metrics, meta, per_query
 
 
-def classification_task(model: ModelContext, dataset_name: str, data_dir, params: TaskParams) -> tuple[dict, dict]:
+def classification_task(model: ModelContext, dataset_name: str, data_dir,
+                        params: TaskParams) -> tuple[dict, dict, ClassificationPerQuery]:
     """The registered entry of ``zeroshot_classification``: read the dataset, then :func:`run_classification`."""
     dataset = read_classification_dataset(dataset_name, data_dir, params.split, params.on_error,
                                           classnames_file=params.classnames_file,

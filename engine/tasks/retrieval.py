@@ -11,7 +11,8 @@ from ..datasets.base import RetrievalDataset
 from ..datasets.leftout import LeftOut
 from ..embed import embed_images, embed_texts
 from ..errors import DatasetError, ImageError, MetricError, listing
-from ..metrics import evaluate_retrieval
+from ..detail import RetrievalPerQuery, gallery_ids
+from ..metrics import score_retrieval
 from .context import ModelContext
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ class TaskParams:
                 "progress": self.progress, "limit": self.limit}
 
 
-def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskParams) -> tuple[dict, dict]:
-    """Returns ``(metrics, meta)``."""
+def run_retrieval(model: ModelContext, dataset: RetrievalDataset,
+                  params: TaskParams) -> tuple[dict, dict, RetrievalPerQuery]:
+    """Returns ``(metrics, meta, per-query ranks and embeddings)`` (see :mod:`clipeval.engine.detail`)."""
     too_large = [k for k in (params.recall_k or []) if k > min(dataset.num_images, dataset.num_texts)]
     if too_large:  # an explicit k the gallery cannot satisfy: say so before any model work
         raise MetricError(
@@ -74,8 +76,9 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
                         progress=params.progress, cache=model.text_cache())
     timings["texts_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    metrics, notes = evaluate_retrieval(texts.embeds, images.embeds, dataset.text_to_image, params.recall_k,
-                                        k_explicit=params.recall_k is not None, num_threads=params.num_threads)
+    metrics, notes, (t2i, i2t) = score_retrieval(texts.embeds, images.embeds, dataset.text_to_image, params.recall_k,
+                                                 k_explicit=params.recall_k is not None,
+                                                 num_threads=params.num_threads)
     timings["ranking_s"] = time.perf_counter() - t0
     skipped = [it.to_dict() for it in dataset.skipped] + [it.to_dict() for it in images.failures]
     left_out = LeftOut(dataset.left_out)  # what the reader left out, and the images that did not decode
@@ -98,10 +101,13 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
         meta["cache"] = {"image_hits": images.cache_hits, "text_hits": texts.cache_hits}
     if dataset.limited_from is not None:
         meta["limited_from_images"] = dataset.limited_from
-    return metrics, meta
+    per_query = RetrievalPerQuery(texts.embeds, images.embeds, dataset.text_to_image, t2i, i2t, dataset.texts,
+                                  gallery_ids(dataset.images))
+    return metrics, meta, per_query
 
 
-def retrieval_task(model: ModelContext, dataset_name: str, data_dir: str, params: TaskParams) -> tuple[dict, dict]:
+def retrieval_task(model: ModelContext, dataset_name: str, data_dir: str,
+                   params: TaskParams) -> tuple[dict, dict, RetrievalPerQuery]:
     """The registered entry of ``zeroshot_retrieval``: read the dataset, then :func:`run_retrieval`."""
     dataset = read_dataset(dataset_name, data_dir, params.split, params.on_error,
                            **params.dataset_options()).limit(params.limit)
