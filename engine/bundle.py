@@ -49,6 +49,7 @@ from typing import Any
 
 from .errors import BundleError
 from .paths import cache_root
+from .textio import read_json, to_utf8
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -164,7 +165,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, trust_stamp: bool 
         )
     raw = manifest_path.read_bytes()
     try:
-        manifest = json.loads(raw)
+        manifest = json.loads(to_utf8(raw))
     except ValueError as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc})", "re-export the bundle") from None
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
@@ -204,8 +205,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, trust_stamp: bool 
         )
     if verify and fresh != stamp:
         _write_stamp(stamp_path, fresh)
-    with open(root / "preprocess.json", "rb") as f:
-        preprocess = json.load(f)
+    preprocess = read_json(root / "preprocess.json")
     return Bundle(path=root, manifest=manifest, identity=identity, preprocess=preprocess)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .textio import to_utf8
 
 TOP_KEYS = ("eval_backend", "eval_config", "work_dir", "no_timestamp")
 EVAL_CONFIG_KEYS = ("tool", "eval")
@@ -277,9 +278,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     try:
+        text = to_utf8(path.read_bytes()).decode("utf-8")  # a byte-order mark is allowed
         if suffix == ".json":
             import json
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from .textio import read_json
+
 
 def _safe(name: str) -> str:
     return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in name) or "_"
@@ -57,7 +59,7 @@ def params_key(params: dict[str, Any]) -> str:
 def existing_result(path: str | os.PathLike, identity: str, key: str) -> dict[str, Any] | None:
     """The result at ``path`` if it was made with the same bundle identity and parameters."""
     try:
-        data = orjson.loads(Path(path).read_bytes())
+        data = read_json(path)
     except (OSError, orjson.JSONDecodeError):
         return None
     meta = data.get("meta") or {}
