@@ -56,7 +56,7 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
     images = embed_images(model.vision, model.preprocessor, dataset.images, batch_size=params.batch_size,
                           num_workers=params.num_workers, fast_decode=params.fast_decode, decode=params.decode,
                           where=dataset.image_where or None, progress=params.progress,
-                          cache=model.image_cache(params.fast_decode))
+                          cache=model.image_cache(params.fast_decode), on_error=params.on_error)
     timings["images_s"] = time.perf_counter() - t0
     if images.failures and params.on_error != "skip":
         raise ImageError(
@@ -65,6 +65,7 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
         )
     failed = set(range(dataset.num_images)) - set(images.indices.tolist())
     dataset, dropped_texts = dataset.drop_images(failed)
+    dropped_texts += sum(item.texts for item in dataset.skipped)  # rows the reader left out
     if dataset.num_images == 0 or dataset.num_texts == 0:
         raise DatasetError(f"no usable {'images' if dataset.num_images == 0 else 'texts'} left in dataset {dataset.name}",
                            "check the skipped items listed above")
