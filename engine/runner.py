@@ -15,7 +15,7 @@ from .cache import open_cache
 from .config import EvalConfig, parse_task_cfg
 from .datasets import default_task
 from .embed import resolve_decode
-from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME
+from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME, is_demo_name
 from .errors import BundleError, ConfigError, DatasetError
 from .results import existing_result, params_key, result_path, write_result
 from .session import default_threads
@@ -28,7 +28,7 @@ ModelResolver = Callable[[dict[str, Any], EvalConfig], Bundle]
 
 
 def is_demo(model: dict[str, Any]) -> bool:
-    return model.get("model_name") in (None, DEMO_NAME)
+    return is_demo_name(model.get("model_name"))
 
 
 def resolve_bundle(model: dict[str, Any], cfg: EvalConfig) -> Bundle:
@@ -111,6 +111,7 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
 
 
 def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[str, Any]]:
+    logged: set[str] = set()  # provider warnings said once per run, not per tower or model
     for model in models:
         bundle = resolve(model, cfg)
         precision = model.get("precision") or cfg.precision or default_precision(bundle, cfg.provider)
@@ -136,7 +137,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
             t_start = time.perf_counter()
             if context is None:
                 context = load_model(bundle, provider=cfg.provider, precision=precision, threads=cfg.num_threads,
-                                     cache=cache, lazy=cache is not None)
+                                     cache=cache, lazy=cache is not None, logged=logged)
             task_params = TaskParams(batch_size=cfg.batch_size, num_workers=workers, recall_k=cfg.recall_k,
                                      on_error=cfg.on_error, fast_decode=cfg.fast_decode,
                                      decode=cfg.decode,
