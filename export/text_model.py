@@ -289,9 +289,11 @@ def resolve_text_bundle(model: str | os.PathLike, cache_dir: str | os.PathLike |
     """A text bundle for ``model``: a bundle directory as it is; a checkpoint directory exported
     once into the model cache (``cache_dir`` / ``$CLIPEVAL_CACHE_DIR`` / ``~/.cache/clipeval``,
     then ``models/``) and reused after (keyed by the checkpoint's path and file sizes and times)."""
+    from clipeval.engine.demo import model_path
+
     from .resolve import cache_root, cached_bundle_dir
 
-    path = Path(os.path.expanduser(str(model)))
+    path = Path(os.path.expanduser(str(model_path(model))))  # `demo`: the embedded bundle
     if is_bundle_dir(path):
         return load_bundle(path)
     if not is_text_checkpoint(path):
