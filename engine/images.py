@@ -82,6 +82,60 @@ def to_rgb(img: Image.Image) -> Image.Image:
                          "convert the image to RGB, PNG or JPEG first") from None
 
 
+# How much reading a header may take. Pillow's JPEG reader skips junk before a marker one byte
+# (one read call) at a time, so a file that starts like a JPEG and goes on with 2 GB of anything
+# would be read whole, slowly, before it is refused. Real headers take a few reads per segment or
+# chunk (EXIF, ICC profiles, XMP, PNG text chunks, GIF sub-blocks) and stay far below both limits.
+HEADER_READS = 50_000
+HEADER_BYTES = 64 * 1024 * 1024
+
+
+class _HeaderTooLong(Exception):
+    pass
+
+
+class _Budgeted:
+    """A file object for ``Image.open`` that allows ``HEADER_READS`` read calls and
+    ``HEADER_BYTES`` bytes until :meth:`lift` (once the header is parsed, decoding reads what it
+    needs)."""
+
+    def __init__(self, fp):
+        self._fp = fp
+        self._limited = True
+        self._reads = HEADER_READS
+        self._bytes = HEADER_BYTES
+
+    def lift(self) -> None:
+        self._limited = False
+
+    def _read(self, method, size):
+        if not self._limited:
+            return method(size)
+        self._reads -= 1
+        if size is None or size < 0 or size > self._bytes + 1:
+            size = self._bytes + 1
+        data = method(size)
+        self._bytes -= len(data)
+        if self._reads < 0 or self._bytes < 0:
+            raise _HeaderTooLong()
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        return self._read(self._fp.read, size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._read(self._fp.readline, size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
+
+
 def _file_problem(path: str) -> ImageError | None:
     """Why ``path`` cannot be an image file (missing, a directory, empty, unreadable), from its
     ``stat`` alone; None when it is a non-empty regular file."""
@@ -133,8 +187,13 @@ def _opened(source: ImageSource, what: str) -> Iterator[Image.Image]:
             except OSError as exc:
                 raise ImageError(f"image file {path} cannot be read ({exc.strerror or exc})",
                                  "check its permissions") from None
+        fp = _Budgeted(fp)
         try:
             img = Image.open(fp)
+        except _HeaderTooLong:
+            raise ImageError(f"{what} has no image header Pillow can read (it is not an image, or it is "
+                             "damaged)",
+                             "convert it to JPEG or PNG, or remove it (or skip bad images)") from None
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{what}: {exc}", "resize the image, or skip bad images") from None
         except Image.UnidentifiedImageError:
@@ -145,6 +204,7 @@ def _opened(source: ImageSource, what: str) -> Iterator[Image.Image]:
         except Exception as exc:  # Pillow's plugins raise many types on corrupt or cut headers
             raise ImageError(f"{what} cannot be opened ({type(exc).__name__}: {exc})",
                              "replace the file, or skip bad images") from None
+        fp.lift()
         yield img
 
 
