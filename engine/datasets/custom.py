@@ -104,7 +104,8 @@ class _Row:
 
 @dataclass
 class _Checked:
-    """One row's image after resolving and probing: its identity (real path) or its problem."""
+    """One row's image after resolving and probing: its identity (real path; None when it was not
+    found) and its problem (None when it can be used)."""
 
     key: str | None = None
     resolved: str | None = None
@@ -116,11 +117,12 @@ def _check_image(row: _Row, data_dir: Path, max_pixels: int | None) -> _Checked:
     if resolved is None:
         places = " or ".join(str(p) for p in tried)
         return _Checked(problem=f"image not found (tried {places})" + (f": {why}" if why else ""))
+    checked = _Checked(key=os.path.realpath(resolved), resolved=str(resolved))
     try:
         probe_image(resolved, max_pixels=max_pixels)
     except ImageError as exc:
-        return _Checked(problem=exc.message)
-    return _Checked(key=os.path.realpath(resolved), resolved=str(resolved))
+        checked.problem = exc.message
+    return checked
 
 
 def check_split(split: str | None) -> None:
@@ -188,7 +190,8 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
     full = False
     todo = iter(rows)
     with ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="clipeval-probe") as pool:
-        while chunk := list(islice(todo, PROBE_CHUNK)):
+        while chunk := list(islice(todo, PROBE_CHUNK if limit is None or full else
+                                   max(1, min(PROBE_CHUNK, limit - len(images))))):
             if full:  # past the limit: only rows naming a gallery image already in count
                 checked = [_unchecked(row, data_dir) for row in chunk]
             else:
@@ -197,7 +200,7 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
                 where = f"{jsonl}:{row.line}"
                 index = by_key.get(c.key) if c.key is not None else None
                 if index is None:
-                    if full:
+                    if full:  # a gallery image past the limit: counted, not used
                         if c.key is not None:
                             unchecked.add(c.key)
                         continue
@@ -214,7 +217,7 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
                     texts.append(q)
                     text_to_image.append(index)
     if bad_rows or (problems and on_error != "skip"):
-        listed = sorted(bad_rows + problems, key=lambda it: it.line)
+        listed = sorted(bad_rows + (problems if on_error != "skip" else []), key=lambda it: it.line)
         remedy = "fix or remove these rows"
         if problems and not bad_rows:
             remedy += ", or pass --on-error skip to leave out rows whose image is missing or unusable"
