@@ -8,8 +8,8 @@
   with nothing to compute and no bar at all, ``images: 300 from cache``.
 * On a terminal the bar redraws in place. Log records do not tear it: the CLI's log handler
   writes through ``tqdm.write`` (:func:`clipeval.cli.main.setup_logging`), and while a bar is
-  drawn, console handlers of the root logger that others installed are routed the same way
-  (``tqdm.contrib.logging.logging_redirect_tqdm``).
+  drawn, plain console handlers of the root logger (``logging.basicConfig`` in a user's
+  script) are routed the same way (``tqdm.contrib.logging.logging_redirect_tqdm``).
 * Elsewhere (a file, a pipe, a CI log) there is no carriage-return redrawing: the bar is
   written as a plain line every ``interval`` seconds (default 10) and once at the end.
 * ``enabled=False`` (``--quiet``, ``verbose: false``) shows nothing.
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 from tqdm import tqdm
@@ -32,6 +33,13 @@ def _isatty(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+def _console_handlers() -> bool:
+    """Whether the root logger writes to the console through a plain stream handler (one that
+    ``logging_redirect_tqdm`` replaces; the CLI's own handler writes through tqdm already)."""
+    return any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+               for h in logging.getLogger().handlers)
 
 
 class _Lines:
@@ -79,7 +87,7 @@ class Progress:
                 ascii=not self.tty, dynamic_ncols=self.tty,
                 delay=0 if self.tty else self.interval,  # a log gets no "0%" line, only timed and final ones
             )
-            if self.tty:
+            if self.tty and _console_handlers():
                 self._redirect.enter_context(logging_redirect_tqdm())
         return self
 
