@@ -137,7 +137,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
             t_start = time.perf_counter()
             if context is None:
                 context = load_model(bundle, provider=cfg.provider, precision=precision, threads=cfg.num_threads,
-                                     cache=cache, lazy=cache is not None, logged=logged)
+                                     cache=cache, lazy=True, logged=logged)  # towers open after the data checks
             task_params = TaskParams(batch_size=cfg.batch_size, num_workers=workers, recall_k=cfg.recall_k,
                                      on_error=cfg.on_error, fast_decode=cfg.fast_decode,
                                      decode=cfg.decode,

@@ -360,3 +360,23 @@ def test_a_split_other_than_test_is_refused_for_custom(tmp_path, split):
     assert repr(split) in info.value.message and "--data-dir" in info.value.remedy
     assert read_dataset("custom", d, "test", "fail").num_images == 1
     assert read_custom(d, split=None).num_images == 1
+
+
+@pytest.mark.parametrize("no_cache", [False, True])
+def test_bad_images_fail_the_run_before_a_tower_is_opened(tmp_path, monkeypatch, no_cache):
+    from clipeval import run_task
+    from clipeval.engine.tasks import context
+
+    def no_model_work(*args, **kwargs):
+        raise AssertionError("a tower was opened before the data was checked")
+
+    monkeypatch.setattr(context, "open_tower", no_model_work)
+    d = tmp_path / "ds"
+    _img(d / "a.png")
+    (d / "empty.png").write_bytes(b"")
+    _write(d, [{"image_path": "a.png", "query": ["x"]}, {"image_path": "empty.png", "query": ["y"]},
+               {"image_path": "gone.png", "query": ["z"]}])
+    with pytest.raises(DatasetError) as info:
+        run_task({"models": [{"model_name": "demo"}], "data_dir": str(d), "output_dir": str(tmp_path / "out"),
+                  "verbose": False, "no_cache": no_cache})
+    assert "2 bad row(s)" in info.value.message and "empty.png" in info.value.message and "gone.png" in info.value.message
