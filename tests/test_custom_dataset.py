@@ -380,3 +380,33 @@ def test_bad_images_fail_the_run_before_a_tower_is_opened(tmp_path, monkeypatch,
         run_task({"models": [{"model_name": "demo"}], "data_dir": str(d), "output_dir": str(tmp_path / "out"),
                   "verbose": False, "no_cache": no_cache})
     assert "2 bad row(s)" in info.value.message and "empty.png" in info.value.message and "gone.png" in info.value.message
+
+
+def test_a_cached_rerun_reads_no_headers_and_a_changed_file_is_probed_again(tmp_path, monkeypatch):
+    from clipeval import run_task
+    from clipeval.engine.datasets import custom
+
+    d = tmp_path / "ds"
+    rows = []
+    for i in range(5):
+        _img(d / f"{i}.png", (40 * i, 0, 0))
+        rows.append({"image_path": f"{i}.png", "query": [f"q{i}"]})
+    _write(d, rows)
+    probed = []
+    real = custom.probe_image
+    monkeypatch.setattr(custom, "probe_image", lambda p, **kw: probed.append(os.path.basename(p)) or real(p, **kw))
+    block = {"models": [{"model_name": "demo"}], "data_dir": str(d), "output_dir": str(tmp_path / "out"),
+             "verbose": False, "cache_dir": str(tmp_path / "cache"), "recall_k": [1]}
+    run_task(block)
+    assert sorted(probed) == [f"{i}.png" for i in range(5)]  # first run: every header
+    probed.clear()
+    (second,) = run_task(block)
+    assert probed == [] and second["meta"]["cache"]["image_hits"] == 5  # cached: none
+    (d / "3.png").write_text("no longer an image\n")  # a new size and mtime: not the cached file
+    with pytest.raises(DatasetError, match=r"image_queries.jsonl:4: .*3.png is not an image"):
+        run_task(block)
+    assert probed == ["3.png"]
+    with pytest.raises(DatasetError):  # --verify-cache keys by content: every header is read
+        probed.clear()
+        run_task({**block, "verify_cache": True})
+    assert sorted(probed) == [f"{i}.png" for i in range(5)]

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Callable
 
 import orjson
 
@@ -112,17 +113,20 @@ class _Checked:
     problem: str | None = None
 
 
-def _check_image(row: _Row, data_dir: Path, max_pixels: int | None) -> _Checked:
+def _locate(row: _Row, data_dir: Path) -> _Checked:
+    """Where a row's image is (its real path as its identity), or why it is not found."""
     resolved, tried, why = _resolve(row.path, data_dir)
     if resolved is None:
         places = " or ".join(str(p) for p in tried)
         return _Checked(problem=f"image not found (tried {places})" + (f": {why}" if why else ""))
-    checked = _Checked(key=os.path.realpath(resolved), resolved=str(resolved))
+    return _Checked(key=os.path.realpath(resolved), resolved=str(resolved))
+
+
+def _probe(checked: _Checked, max_pixels: int | None) -> None:
     try:
-        probe_image(resolved, max_pixels=max_pixels)
+        probe_image(checked.resolved, max_pixels=max_pixels)
     except ImageError as exc:
         checked.problem = exc.message
-    return checked
 
 
 def check_split(split: str | None) -> None:
@@ -154,7 +158,8 @@ def _read_rows(jsonl: Path) -> tuple[list[_Row], list[BadItem]]:
 
 
 def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: str | None = SPLIT,
-                limit: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> RetrievalDataset:
+                limit: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                known_good: Callable[[list[str]], set[int]] | None = None) -> RetrievalDataset:
     """Read and check ``image_queries.jsonl``.
 
     Malformed rows always fail. Rows whose image is missing or unusable by its header
@@ -167,6 +172,10 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
     but their own images are not opened. ``dataset.limited_from`` then counts the gallery images
     found (without opening the unchecked ones). ``split`` other than ``test`` raises
     :class:`DatasetError` (:func:`check_split`).
+
+    ``known_good(paths)``: the positions in ``paths`` of images known to decode as they are now
+    (the embedding cache holds them under their current size and modification time); their
+    headers are not read again, so a re-run of a cached evaluation stays cheap.
     """
     check_split(split)
     data_dir = Path(data_dir)
@@ -192,10 +201,11 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
     with ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="clipeval-probe") as pool:
         while chunk := list(islice(todo, PROBE_CHUNK if limit is None or full else
                                    max(1, min(PROBE_CHUNK, limit - len(images))))):
-            if full:  # past the limit: only rows naming a gallery image already in count
-                checked = [_unchecked(row, data_dir) for row in chunk]
-            else:
-                checked = list(pool.map(lambda row: _check_image(row, data_dir, max_pixels), chunk))
+            checked = [_locate(row, data_dir) for row in chunk]
+            if not full:  # past the limit, images are located (to merge or count rows), not opened
+                found = [c for c in checked if c.problem is None]
+                good = known_good([c.resolved for c in found]) if known_good is not None and found else set()
+                list(pool.map(lambda c: _probe(c, max_pixels), [c for i, c in enumerate(found) if i not in good]))
             for row, c in zip(chunk, checked):
                 where = f"{jsonl}:{row.line}"
                 index = by_key.get(c.key) if c.key is not None else None
@@ -239,11 +249,3 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
         merged_rows=merged,
         limited_from=len(images) + len(unchecked) if unchecked else None,
     )
-
-
-def _unchecked(row: _Row, data_dir: Path) -> _Checked:
-    """A row past the limit: where its image is (to merge it or count it), without opening it."""
-    resolved, _, _ = _resolve(row.path, data_dir)
-    if resolved is None:
-        return _Checked()
-    return _Checked(key=os.path.realpath(resolved), resolved=str(resolved))

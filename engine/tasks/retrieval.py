@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from ..cache import CacheSpace, image_key
 from ..datasets import read_dataset
 from ..datasets.base import RetrievalDataset
 from ..embed import embed_images, embed_texts
@@ -99,6 +100,24 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset, params: TaskPa
 
 def retrieval_task(model: ModelContext, dataset_name: str, data_dir: str, params: TaskParams) -> tuple[dict, dict]:
     """The registered entry of ``zeroshot_retrieval``: read the dataset, then :func:`run_retrieval`."""
-    dataset = read_dataset(dataset_name, data_dir, params.split, params.on_error,
-                           **params.dataset_options()).limit(params.limit)
+    options = params.dataset_options()
+    if dataset_name == "custom":
+        options["known_good"] = _cached_images(model.image_cache(params.fast_decode))
+    dataset = read_dataset(dataset_name, data_dir, params.split, params.on_error, **options).limit(params.limit)
     return run_retrieval(model, dataset, params)
+
+
+def _cached_images(space: CacheSpace | None):
+    """For the custom reader's pre-check: which image files the embedding cache holds as they are
+    now (keyed by path, size and modification time; an image is only stored after it decoded).
+    None without a cache, or with ``--verify-cache`` (its keys hash every file: dearer than the
+    header probe it would spare)."""
+    if space is None or space.verify:
+        return None
+
+    def known_good(paths: list[str]) -> set[int]:
+        keys = [image_key(p) for p in paths]
+        found, _ = space.cache.get_many(space.ns, [k for k in keys if k is not None])
+        return {i for i, k in enumerate(keys) if k is not None and k in found}
+
+    return known_good
