@@ -95,7 +95,8 @@ def _quiet_hugging_face(verbose: bool) -> None:
     and through their API when they are imported already."""
     import os
 
-    bars = verbose and sys.stderr.isatty()
+    isatty = getattr(sys.stderr, "isatty", None)
+    bars = verbose and callable(isatty) and bool(isatty())
     if not bars:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if not verbose:

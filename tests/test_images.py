@@ -394,6 +394,7 @@ VALID = {
 
 
 @pytest.mark.parametrize("ext", sorted(VALID))
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's TIFF reader warns of the cut EXIF it reads
 def test_every_cut_of_a_valid_file_probe_never_refuses_what_decodes(tmp_path, ext):
     """The kind "a file cut short": at every cut length (the whole header byte by byte, then
     coarser) the probe refuses only files that do not decode, and every failure is an ImageError."""
@@ -420,6 +421,7 @@ def test_every_cut_of_a_valid_file_probe_never_refuses_what_decodes(tmp_path, ex
     assert refused >= min(10, len(cuts) // 4)  # a header cut short is caught by the probe
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_probe_kinds_of_bad_file(tmp_path):
     """One of each kind the pre-check must catch, and what it says."""
     long_name = tmp_path / ("x" * 300 + ".jpg")
