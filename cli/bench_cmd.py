@@ -85,7 +85,8 @@ def _ratio(a, b):
 
 
 @cli.command("bench")
-@click.option("--model", required=True, metavar="BUNDLE|CHECKPOINT", help="Model bundle or checkpoint directory.")
+@click.option("--model", required=True, metavar="BUNDLE|CHECKPOINT|demo",
+              help="Model bundle or checkpoint directory, or demo (the embedded model).")
 @click.option("--data-dir", required=True, help="A custom dataset folder (image_queries.jsonl).")
 @click.option("--vs-reference", is_flag=True,
               help="Also run the PyTorch reference pipeline on the same data and checkpoint (needs the export extra).")

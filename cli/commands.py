@@ -60,7 +60,8 @@ def _cache_options(f):
 @click.option("--dataset", "datasets", multiple=True, metavar="NAME",
               help="Dataset name (repeatable). Default: custom.")
 @click.option("--data-dir", default=None, help="Dataset folder (for custom: the folder holding image_queries.jsonl).")
-@click.option("--split", default="test", show_default=True, help="Dataset split.")
+@click.option("--split", default="test", show_default=True,
+              help="Dataset split of a named set (a custom folder has only test).")
 @click.option("--task", default=None, help="Task (default: the dataset's own).")
 @output_option
 @batch_option

@@ -26,10 +26,17 @@ def export_cmd(source, out_dir, precision, opset, hub, revision, force, no_valid
     ChineseCLIPModel, SiglipModel. --precision fp16 / int8 add that variant beside fp32 and make it
     the default; both = fp32 + fp16 (default fp32). See docs/export.md.
     """
+    from clipeval.engine.demo import DEMO_MODEL_DIR, is_demo_name
+    from clipeval.engine.errors import ExportError
     from clipeval.engine.fsutil import check_writable_dir
     from clipeval.export import export_checkpoint
 
     setup_logging(not quiet)
+    if is_demo_name(source):
+        raise ExportError("`demo` names the embedded demo model, which is a model bundle already; there is "
+                          "no checkpoint to export",
+                          f"pass --model demo to eval, text-eval or bench as it is, or copy {DEMO_MODEL_DIR} "
+                          "to use the bundle elsewhere")
     check_writable_dir(out_dir, "bundle folder (-o)")
     path = export_checkpoint(source, out_dir, precision=precision, opset=opset, force=force,
                              validate=not no_validate, hub=hub, revision=revision)

@@ -17,9 +17,9 @@ from .main import (
 
 
 @cli.command("text-eval")
-@click.option("--model", "model", required=True, metavar="BUNDLE|CHECKPOINT",
-              help="Text bundle directory, or a sentence-transformers checkpoint directory "
-                   "(exported once into the model cache).")
+@click.option("--model", "model", required=True, metavar="BUNDLE|CHECKPOINT|demo",
+              help="Text bundle directory, a sentence-transformers checkpoint directory "
+                   "(exported once into the model cache), or demo (the embedded model's text tower).")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False),
               help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv or qrels.jsonl.")
 @click.option("--k", "k", multiple=True, metavar="K|mteb",

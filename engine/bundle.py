@@ -52,6 +52,7 @@ import orjson
 
 from .errors import BundleError
 from .paths import cache_root
+from .textio import read_json, to_utf8
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -280,8 +281,8 @@ def _inside(root_real: str, path: Path) -> bool:
 def _read_json_object(path: Path, what: str) -> dict:
     """The JSON object in bundle file ``path``; BundleError if it is unreadable or not an object."""
     try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
+        data = read_json(path)
+    except (OSError, ValueError) as exc:
         raise BundleError(f"{what} {path} cannot be read as JSON ({exc})", "re-export the bundle") from None
     if not isinstance(data, dict):
         raise BundleError(f"{what} {path} must hold a JSON object, got {type(data).__name__}",
@@ -315,7 +316,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, trust_stamp: bool 
         raise BundleError(f"cannot read model bundle {root}: {exc.strerror or exc}",
                           "check the path and its permissions") from None
     try:
-        manifest = json.loads(raw)
+        manifest = json.loads(to_utf8(raw))
     except (ValueError, RecursionError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc})", "re-export the bundle") from None
     problems = manifest_problems(manifest)

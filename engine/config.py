@@ -46,6 +46,7 @@ from pydantic_core import PydanticCustomError
 from .detail import DETAIL_MODES
 from .errors import ConfigError
 from .fsutil import check_path_text
+from .textio import to_utf8
 
 TOP_KEYS = ("eval_backend", "eval_config", "work_dir", "no_timestamp")
 EVAL_CONFIG_KEYS = ("tool", "eval")
@@ -622,7 +623,7 @@ def _read_config_text(path: Path) -> str:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}",
                           "check the path and its permissions") from None
     try:
-        return data.decode("utf-8-sig")
+        return to_utf8(data).decode("utf-8")  # a UTF-8, UTF-16 or UTF-32 byte-order mark is allowed
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})",
                           "save it as UTF-8") from None

@@ -12,6 +12,7 @@ import numpy as np
 
 from .cache import CacheSpace, image_key, text_key
 from .datasets.base import BadItem
+from .errors import listing
 from .pipeline import iter_pixel_batches
 from .progress import Progress
 from .session import Tower
@@ -84,13 +85,20 @@ def resolve_decode(decode: str, num_workers: int, *, batch_size: int | None = No
 
 def embed_images(tower: Tower, preprocessor, sources: list, *, batch_size: int, num_workers: int,
                  fast_decode: bool = False, decode: str = "threads", where: list[str] | None = None,
-                 progress: bool = True, cache: CacheSpace | None = None) -> ImageEmbeddings:
+                 progress: bool = True, cache: CacheSpace | None = None,
+                 on_error: str | None = None) -> ImageEmbeddings:
     """Decode, preprocess and embed ``sources``; images that fail are returned as failures.
 
     Decoding runs in the pipeline's workers while this thread runs the tower, so the two overlap.
     With ``cache`` (a space of :class:`~clipeval.engine.cache.EmbeddingCache` for this bundle,
     precision and decode mode) images found there are neither decoded nor embedded, and each
-    computed batch is stored as soon as it is done (an interrupted run keeps what it finished).
+    computed batch is stored as soon as it is done (an interrupted run keeps what it finished);
+    the progress bar counts only the images computed, and a line says how many came from the
+    cache.
+
+    Every image is tried, whatever ``on_error`` says; the failures are returned for the caller to
+    raise or record. ``on_error="skip"`` also logs them (one warning listing them all), as they
+    are being left out; with ``"fail"`` or ``None`` nothing is logged.
     """
     decode = resolve_decode(decode, num_workers, batch_size=batch_size, pixel_shape=preprocessor.output_size)
     rows: list[np.ndarray] = []
@@ -106,8 +114,7 @@ def embed_images(tower: Tower, preprocessor, sources: list, *, batch_size: int, 
             rows.append(np.stack([hits[i] for i in order]))
             idx.append(np.asarray(order, dtype=np.int64))
     items = ((i, s) for i, s in enumerate(sources) if i not in hits)
-    with Progress("images", len(sources), unit="img", enabled=progress) as bar:
-        bar.update(len(hits))
+    with Progress("images", len(sources) - len(hits), unit="img", enabled=progress, cached=len(hits)) as bar:
         for batch in iter_pixel_batches(items, preprocessor, batch_size=batch_size, num_workers=num_workers,
                                         on_error="skip", fast_decode=fast_decode, decode=decode):
             for index, source, reason in batch.failures:
@@ -129,6 +136,8 @@ def embed_images(tower: Tower, preprocessor, sources: list, *, batch_size: int, 
     else:
         embeds = np.zeros((0, 0), dtype=np.float32)
         indices = np.zeros(0, dtype=np.int64)
+    if failures and on_error == "skip":
+        log.warning("skipping %d image(s) that could not be decoded:\n    %s", len(failures), listing(failures))
     return ImageEmbeddings(embeds, indices, failures, cache_hits=len(hits), decode=decode)
 
 
@@ -144,9 +153,14 @@ def embed_texts(tower: Tower, tokenizer: TextTokenizer, texts: list[str], *, bat
     """Embed ``texts`` in batches of similar length; rows come back in input order.
 
     With ``cache`` texts found there are not embedded (they are still tokenized, which is cheap,
-    so ``truncated`` counts every text); the others are stored batch by batch.
+    so ``truncated`` counts every text); the others are stored batch by batch, and the progress
+    bar counts only them. How many texts were truncated to the context length is logged.
     """
     encoded = tokenizer.encode(texts)
+    truncated = int(encoded.truncated.sum())
+    if truncated:
+        log.info("%d of %d text(s) are longer than the context length of %d tokens and were truncated",
+                 truncated, len(texts), tokenizer.context_length)
     hits: dict[int, np.ndarray] = {}
     keys: list = []
     if cache is not None:
@@ -160,8 +174,7 @@ def embed_texts(tower: Tower, tokenizer: TextTokenizer, texts: list[str], *, bat
         out = np.empty((len(texts), first.shape[0]), dtype=np.float32)
         for i, vec in hits.items():
             out[i] = vec
-    with Progress("texts", len(texts), unit="text", enabled=progress) as bar:
-        bar.update(len(hits))
+    with Progress("texts", len(texts) - len(hits), unit="text", enabled=progress, cached=len(hits)) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             feeds = tokenizer.pad([encoded.ids[i] for i in chunk])
@@ -174,4 +187,4 @@ def embed_texts(tower: Tower, tokenizer: TextTokenizer, texts: list[str], *, bat
             bar.update(len(chunk))
     if out is None:
         out = np.zeros((0, 0), dtype=np.float32)
-    return TextEmbeddings(out, int(encoded.truncated.sum()), cache_hits=len(hits))
+    return TextEmbeddings(out, truncated, cache_hits=len(hits))

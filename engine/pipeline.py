@@ -98,6 +98,7 @@ def collect(items: list[tuple[int, Any]], errors: Iterable[ImageError | None], p
     """The :class:`Batch` of ``items`` whose pixels were written to ``pixels`` (one row each);
     ``errors`` gives, in item order, None or the item's :class:`ImageError`. It is consumed
     lazily, so with ``on_error="fail"`` the first error raises before later items are waited for.
+    Nothing is logged: with ``on_error="skip"`` the failures are the caller's to report.
     """
     ok = []
     failures = []
@@ -107,7 +108,6 @@ def collect(items: list[tuple[int, Any]], errors: Iterable[ImageError | None], p
         elif on_error == "fail":
             raise ImageError(f"image #{index}: {error.message}", error.remedy)
         else:
-            log.warning("skipping image #%d: %s", index, error.message)
             failures.append((index, source, error.message))
     indices = np.array([items[s][0] for s in ok], dtype=np.int64)
     pixels = pixels if len(ok) == len(items) else pixels[ok]

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from .fsutil import file_mode
+from .textio import read_json
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def read_result(path: str | os.PathLike) -> dict[str, Any] | None:
     ``metrics`` and ``meta`` of the right types); ``None`` for anything else (missing,
     unreadable, not JSON, JSON of another shape). Never raises."""
     try:
-        data = orjson.loads(Path(path).read_bytes())
+        data = read_json(path)
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):

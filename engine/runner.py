@@ -18,7 +18,7 @@ from .config import EvalConfig, parse_task_cfg
 from .datasets import default_task
 from .detail import detail_satisfied, write_detail
 from .embed import resolve_decode
-from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME
+from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME, is_demo_name
 from .errors import BundleError, ConfigError, DatasetError
 from .datasets.fingerprint import data_fingerprint
 from .fsutil import check_writable_dir
@@ -33,7 +33,7 @@ ModelResolver = Callable[[dict[str, Any], EvalConfig], Bundle]
 
 
 def is_demo(model: dict[str, Any]) -> bool:
-    return model.get("model_name") in (None, DEMO_NAME)
+    return is_demo_name(model.get("model_name"))
 
 
 def resolve_bundle(model: dict[str, Any], cfg: EvalConfig) -> Bundle:
@@ -135,6 +135,7 @@ def _fingerprint(cfg: EvalConfig, dataset_name: str, data_dir: str | None) -> st
 
 
 def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[str, Any]]:
+    logged: set[str] = set()  # provider warnings said once per run, not per tower or model
     for model in models:
         bundle = resolve(model, cfg)
         precision = model.get("precision") or cfg.precision or default_precision(bundle, cfg.provider)
@@ -164,7 +165,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
             t_start = time.perf_counter()
             if context is None:
                 context = load_model(bundle, provider=cfg.provider, precision=precision, threads=cfg.num_threads,
-                                     cache=cache, lazy=cache is not None)
+                                     cache=cache, lazy=True, logged=logged)  # towers open after the data checks
             task_params = TaskParams(batch_size=cfg.batch_size, num_workers=workers, recall_k=cfg.recall_k,
                                      on_error=cfg.on_error, fast_decode=cfg.fast_decode,
                                      decode=cfg.decode,

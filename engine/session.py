@@ -113,8 +113,16 @@ def session_options(threads: int | None = None):
     return so
 
 
-def open_tower(path: str | os.PathLike, provider: str = "auto", threads: int | None = None) -> Tower:
-    """Open an ONNX tower on ``provider`` ("auto", "cuda" or "cpu")."""
+def open_tower(path: str | os.PathLike, provider: str = "auto", threads: int | None = None, *,
+               logged: set[str] | None = None) -> Tower:
+    """Open an ONNX tower on ``provider`` ("auto", "cuda" or "cpu").
+
+    Provider fallbacks (CUDA asked for but not usable) are in ``Tower.warnings`` and logged.
+    ``logged``: the warnings the run has logged already (for the other tower of a model, or for
+    another model); one in it is not logged again, and new ones are added, so a run says each
+    fallback once. Raises :class:`ProviderError` for an unknown provider and
+    :class:`BundleError` when onnxruntime cannot load the file.
+    """
     if provider not in PROVIDERS:
         raise ProviderError(
             f"unknown provider {provider!r}", f"use one of: {', '.join(PROVIDERS)}"
@@ -142,7 +150,10 @@ def open_tower(path: str | os.PathLike, provider: str = "auto", threads: int | N
         else:
             log.info(msg)
     for w in warnings:
-        log.warning(w)
+        if logged is None or w not in logged:
+            log.warning(w)
+            if logged is not None:
+                logged.add(w)
     return Tower(path=path, session=session, provider=used, warnings=warnings)
 
 

@@ -392,9 +392,11 @@ def resolve_text_bundle(model: str | os.PathLike, cache_dir: str | os.PathLike |
 
     Raises :class:`BundleError` for a path that is neither, or for ``pooling_mode`` /
     ``max_seq_length`` given with a bundle that was exported otherwise."""
+    from clipeval.engine.demo import model_path
+
     from .resolve import cache_root, cached_bundle_dir
 
-    path = Path(os.path.expanduser(str(model)))
+    path = Path(os.path.expanduser(str(model_path(model))))  # `demo`: the embedded bundle
     if is_bundle_dir(path):
         bundle = load_bundle(path)
         _check_bundle_matches(bundle, pooling_mode, max_seq_length)

@@ -8,9 +8,13 @@ the image's), else a deterministic text derived from the image bytes.
 
 Faults are injected per request at ``fault_rate``, decided by a hash of (seed, image, attempt
 number), so a run sees the same faults whatever order its requests arrive in. Kinds: ``429``
-(with ``Retry-After``), ``500``, ``503``, ``timeout`` (answers after ``slow_s``), ``malformed``
-(a 200 with a cut JSON body) and ``drop`` (the connection is closed without an answer).
-``refuse=(status, message)`` answers every request with that error. ``answer_shape``, when set
+(with ``Retry-After``), ``500``, ``503``, ``timeout`` (answers after ``slow_s``; with
+``slow_s=None`` never: the request is held until the client gives up, so a test does not race the
+client's timer), ``malformed`` (a 200 with a cut JSON body) and ``drop`` (the connection is closed
+without an answer). ``refuse=(status, message)`` answers every request with that error.
+
+``hold(after=n)`` lets ``n`` more requests through and holds every later one, unanswered, until
+``release()``: a test can interrupt a run at a known point instead of racing it. ``answer_shape``, when set
 on an instance, reshapes each successful answer: ``answer_shape(payload, image id, attempt)``
 returns the chat-completion object to send (response modes: empty or null content, refusals,
 content parts, no choices ...).
@@ -89,7 +93,7 @@ class FakeOpenAI:
 
     def __init__(self, *, model: str = "fake-vlm", api_key: str | None = None, captioner="auto",
                  fault_rate: float = 0.0, fault_kinds=FAULT_KINDS, seed: int = 0, retry_after: str = "0",
-                 slow_s: float = 2.0, delay_s: float = 0.0, refuse: tuple[int, str] | None = None):
+                 slow_s: float | None = 2.0, delay_s: float = 0.0, refuse: tuple[int, str] | None = None):
         self.model = model
         self.api_key = api_key
         self.fault_rate = fault_rate
@@ -115,6 +119,9 @@ class FakeOpenAI:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._allowance: int | None = None  # requests let through before holding; None: no hold
+        self._gate: asyncio.Event | None = None  # set: held requests go on
+        self.held = 0  # requests waiting at the gate now
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "FakeOpenAI":
@@ -132,6 +139,8 @@ class FakeOpenAI:
         return self.url
 
     async def _start(self) -> None:
+        self._gate = asyncio.Event()
+        self._gate.set()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -142,9 +151,44 @@ class FakeOpenAI:
         port = site._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/v1"
 
+    def hold(self, after: int) -> None:
+        """Let ``after`` more requests through, then hold every later one until :meth:`release`."""
+        def close_gate():
+            self._allowance = after
+            self._gate.clear()
+
+        self._call(close_gate)
+
+    def release(self) -> None:
+        """Let held requests (and every later one) go on."""
+        def open_gate():
+            self._allowance = None
+            self._gate.set()
+
+        self._call(open_gate)
+
+    def _call(self, fn) -> None:
+        async def run():
+            fn()
+
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
+
+    async def _pass_gate(self) -> None:
+        if self._allowance is None:
+            return
+        if self._allowance > 0:
+            self._allowance -= 1
+            return
+        self.held += 1
+        try:
+            await self._gate.wait()
+        finally:
+            self.held -= 1
+
     def stop(self) -> None:
         if self._loop is None:
             return
+        self.release()
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
@@ -247,6 +291,7 @@ class FakeOpenAI:
         self.bodies = self.bodies[-50:] + [{k: v for k, v in body.items() if k != "messages"}
                                            | {"messages": _strip_images(body["messages"])}]
 
+        await self._pass_gate()
         ident = image_id(jpeg)
         attempt = self.requests[ident]
         self.requests[ident] += 1
@@ -266,6 +311,8 @@ class FakeOpenAI:
             request.transport.close()
             return web.Response(status=200)
         if fault == "timeout":
+            if self.slow_s is None:  # held until the client gives up (aiohttp then cancels this handler)
+                await asyncio.Event().wait()
             await asyncio.sleep(self.slow_s)
         text = self.captioner(img.convert("RGB"), ident)
         payload = {

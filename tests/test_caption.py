@@ -28,7 +28,7 @@ from clipeval.engine.caption.client import CaptionAPIError, error_text, parse_re
 from clipeval.engine.caption.encode import encode_jpeg
 from clipeval.engine.caption.journal import JOURNAL_NAME, Journal
 from clipeval.engine.config import make_eval_config
-from clipeval.engine.errors import ConfigError, ImageError
+from clipeval.engine.errors import ConfigError, DatasetError
 from clipeval.engine.images import load_image
 from clipeval.engine.tasks.caption import run_caption
 from datagen import noise_image, write_dataset
@@ -142,8 +142,12 @@ def test_journal_is_held_by_one_run_at_a_time(tmp_path):
 def test_retry_after_forms():
     assert parse_retry_after({"Retry-After": "3"}) == 3.0
     assert parse_retry_after({"retry-after-ms": "250", "Retry-After": "9"}) == 0.25
-    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
-    assert 25 <= parse_retry_after({"Retry-After": date}) <= 31
+    target = int(time.time()) + 30  # an HTTP date has whole seconds
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(target))
+    before = time.time()
+    wait = parse_retry_after({"Retry-After": date})
+    after = time.time()
+    assert target - after <= wait <= target - before  # however long the call took
     assert parse_retry_after({"Retry-After": "soon"}) is None and parse_retry_after({}) is None
 
 
@@ -162,8 +166,10 @@ def test_error_text_shapes_and_redaction():
 def test_transient_failures_end_with_exactly_one_caption_per_image(tmp_path):
     n = 40
     data = dataset(tmp_path / "ds", n)
-    with FakeOpenAI(api_key=KEY, captioner="echo", fault_rate=0.3, seed=4, slow_s=0.6) as srv:
-        result = caption_lib(srv.url, data, tmp_path / "out", concurrency=8, timeout=0.3,
+    # A "timeout" fault is never answered (slow_s=None), so the client's timer decides every one of
+    # them, and the timeout is far above what an answered request takes on a loaded machine.
+    with FakeOpenAI(api_key=KEY, captioner="echo", fault_rate=0.3, seed=4, slow_s=None) as srv:
+        result = caption_lib(srv.url, data, tmp_path / "out", concurrency=8, timeout=5.0,
                              client={"max_attempts": 10})
     ids = server_ids(data, n)
     assert set(Counter(k for _, _, k in srv.events)) == {"429", "500", "503", "timeout", "malformed", "drop", "ok"}
@@ -201,7 +207,8 @@ def _start_cli(args, env):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for_captions(journal: Path, count: int, proc, deadline_s=30.0) -> None:
+def _wait_for_captions(journal: Path, count: int, proc, deadline_s=300.0) -> None:
+    """Until the journal holds ``count`` captions (the deadline only guards against a hang)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if journal.is_file() and sum(1 for r in journal_lines(journal) if "text" in r) >= count:
@@ -216,25 +223,30 @@ def test_interrupted_runs_resume_without_asking_twice_and_match_an_uninterrupted
     data = dataset(tmp_path / "ds", n)
     out, ref = tmp_path / "out", tmp_path / "ref"
     env = {**os.environ, "CLIPEVAL_API_KEY": KEY}
-    with FakeOpenAI(api_key=KEY, captioner="echo", model="org/fake-vlm", delay_s=0.04) as srv:
+    with FakeOpenAI(api_key=KEY, captioner="echo", model="org/fake-vlm") as srv:
         args = ["caption", "--api-base", srv.url, "--model-name", "org/fake-vlm", "--data-dir", data,
                 "--output-dir", out, "--concurrency", "2"]
         journal = out / "fake-vlm" / "custom" / JOURNAL_NAME
         asked_before: set[str] = set()
         for sig, at in ((signal.SIGINT, n // 3), (signal.SIGKILL, 2 * n // 3)):
+            # The server answers exactly up to `at` captions, then holds the run's requests: the
+            # signal always lands mid-run, however fast or slow the machine is.
+            srv.hold(after=at - len(asked_before))
             proc = _start_cli(args, env)
             _wait_for_captions(journal, at, proc)
             proc.send_signal(sig)
-            stdout, stderr = proc.communicate(timeout=30)
+            stdout, stderr = proc.communicate(timeout=300)
+            srv.release()
             assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), stderr
             assert stdout == b"" and KEY.encode() not in stderr
             assert not (out / "fake-vlm" / "custom" / "retrieval_data").exists()  # nothing half-made
             done = {r["key"] for r in journal_lines(journal) if "text" in r}
             # The rerun never asked for an image finished before it.
             assert not ({image_id(encode_jpeg(data / k)) for k in asked_before} & set(srv.requests))
+            assert len(done) == at  # nothing was answered past the hold
             asked_before = done
             srv.reset_counts()
-        assert 2 * n // 3 <= len(asked_before) < n
+        assert len(asked_before) == 2 * n // 3
         last = cli_run(*args, "--quiet", env={"CLIPEVAL_API_KEY": KEY})
         assert last.exit_code == 0, last.output
         finished_earlier = {image_id(encode_jpeg(data / k)) for k in asked_before}
@@ -387,12 +399,12 @@ def test_unreadable_images_are_listed_together_or_skipped(tmp_path):
     (data / "img001.png").write_bytes(b"not an image")
     (data / "img003.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     with FakeOpenAI(captioner="echo") as srv:
-        with pytest.raises(ImageError) as err:
+        with pytest.raises(DatasetError) as err:  # both, from their headers, before anything is sent
             caption_lib(srv.url, data, tmp_path / "out")
-        assert "2 image(s)" in err.value.message and "img001.png" in err.value.message and "img003.png" in err.value.message
-        asked = srv.total_requests
+        assert "2 bad row(s)" in err.value.message and "img001.png" in err.value.message and "img003.png" in err.value.message
+        assert srv.total_requests == 0
         result = caption_lib(srv.url, data, tmp_path / "out", on_error="skip")
-    assert asked == 3 and srv.total_requests == 3  # the good images were captioned once, kept, not asked again
+    assert srv.total_requests == 3  # the good images, each once
     assert result["meta"]["num_images"] == 3 and len(result["meta"]["skipped"]) == 2
 
 

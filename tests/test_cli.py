@@ -137,9 +137,21 @@ def _bad_image_dataset(tmp_path):
 
 def test_bad_images_are_reported_together(tiny_bundle, tmp_path):
     data = _bad_image_dataset(tmp_path)
+    with open(data / "image_queries.jsonl", "a") as f:
+        f.write(json.dumps({"image_path": "gone.png", "query": ["lost"]}) + "\n")
+    # Missing images and those whose header is bad: one error, before any model work.
     r = run(*eval_args(tiny_bundle, data, tmp_path / "out"))
-    assert_clean_failure(r, "4 image(s) could not be used", "zero.jpg", "truncated.jpg", "text.jpg", "bomb.png",
-                         "--on-error skip")
+    assert_clean_failure(r, "4 bad row(s)", "zero.jpg", "text.jpg", "bomb.png", "gone.png", "--on-error skip")
+    assert "truncated.jpg" not in r.stderr and "skipping" not in r.stderr
+    # Damage past the header is found while decoding, and reported at the end of the image pass.
+    for name in ("zero.jpg", "text.jpg", "bomb.png", "gone.png"):
+        (data / name).unlink(missing_ok=True)
+    rows = [line for line in (data / "image_queries.jsonl").read_text().splitlines()
+            if not any(n in line for n in ("zero.jpg", "text.jpg", "bomb.png", "gone.png"))]
+    (data / "image_queries.jsonl").write_text("\n".join(rows) + "\n")
+    r = run(*eval_args(tiny_bundle, data, tmp_path / "out"))
+    assert_clean_failure(r, "1 image(s) could not be used", "truncated.jpg", "--on-error skip")
+    assert "skipping" not in r.stderr
 
 
 def test_bad_images_skipped_are_counted_and_listed(tiny_bundle, tmp_path):
@@ -154,7 +166,7 @@ def test_bad_images_skipped_are_counted_and_listed(tiny_bundle, tmp_path):
     listed = " ".join(item["where"] + " " + item["reason"] for item in meta["skipped"])
     for name in [*BAD_IMAGES, "gone.png"]:
         assert name in listed
-    assert meta["dropped_texts"] == 4
+    assert meta["dropped_texts"] == len(BAD_IMAGES) + 1  # one query each, all left out
 
 
 def test_awkward_but_valid_images(tiny_bundle, tmp_path):

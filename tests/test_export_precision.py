@@ -131,6 +131,7 @@ def _run(*args):
 def test_cli_export_prints_the_bundle(ckpt, tmp_path):
     res = _run("export", str(ckpt), "-o", str(tmp_path / "b"), "--precision", "int8", "-q")
     assert res.exit_code == 0, res.output
+    assert res.stderr == ""  # -q: no logs, warnings or progress bars of onnxruntime or transformers
     assert json.loads(res.stdout.strip().splitlines()[-1]) == {"bundle": str(tmp_path / "b")}
     assert load_bundle(tmp_path / "b").manifest["precision"] == "int8"
 

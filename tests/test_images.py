@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -292,3 +293,181 @@ def test_draft_never_decodes_below_the_resize_target(tmp_path, size):
         assert w >= min(tw, size[0]) and h >= min(th, size[1]), (size, spec_size, (w, h), (tw, th))
         if w < size[0]:
             assert w >= tw and h >= th
+
+
+# --- header probe: bad files refused before their data is read ----------------------------------
+
+from clipeval.engine import images as images_mod  # noqa: E402
+from clipeval.engine.images import DEFAULT_MAX_PIXELS, HEADER_READS, probe_image  # noqa: E402
+
+
+class CountingRaw(io.RawIOBase):
+    """A raw file that counts the bytes read through it (all of PIL's reads pass here)."""
+
+    total = 0
+
+    def __init__(self, path):
+        self._f = io.FileIO(path, "r")
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, buf):
+        n = self._f.readinto(buf)
+        CountingRaw.total += n or 0
+        return n
+
+    def seek(self, offset, whence=0):
+        return self._f.seek(offset, whence)
+
+    def tell(self):
+        return self._f.tell()
+
+    def close(self):
+        self._f.close()
+        super().close()
+
+
+@pytest.fixture()
+def counted_reads(monkeypatch):
+    """Route the image module's file opens through :class:`CountingRaw`; yields the counter."""
+    CountingRaw.total = 0
+
+    def counting_open(path, mode="r", *args, **kwargs):
+        assert mode == "rb"
+        return io.BufferedReader(CountingRaw(path), buffer_size=8192)
+
+    monkeypatch.setattr(images_mod, "open", counting_open, raising=False)
+    yield CountingRaw
+
+
+TWO_GB = 2 * 1024 ** 3
+
+
+@pytest.mark.parametrize("head", [b"", b"this is not a picture, only text\n", b"\x00" * 64, b"GIF8", b"\x89PNG\r\n\x1a\n",
+                                  b"\xff\xd8\xff"])
+def test_a_2gb_file_that_is_not_an_image_is_refused_after_its_first_bytes(tmp_path, counted_reads, head):
+    """A 2 GB file named .jpg is refused without reading it: after the few bytes that identify
+    formats, or (a file that starts like a JPEG, whose reader skips junk one byte per read) after
+    ``HEADER_READS`` reads at most."""
+    bound = 64 * 1024 if not head.startswith(b"\xff\xd8") else HEADER_READS + 64 * 1024
+    path = tmp_path / "huge.jpg"
+    with open(path, "wb") as f:  # sparse: 2 GB on paper, nothing on disk
+        f.write(head)
+        f.truncate(TWO_GB)
+    assert path.stat().st_size == TWO_GB
+    for check in (probe_image, load_image):
+        counted_reads.total = 0
+        with pytest.raises(ImageError) as err:
+            check(path)
+        assert str(path) in str(err.value) and err.value.remedy
+        assert counted_reads.total <= bound, (check.__name__, counted_reads.total)
+
+
+def test_probe_reads_only_the_header_of_a_large_valid_image(tmp_path, counted_reads):
+    path = tmp_path / "big.png"
+    Image.fromarray(rgb_noise(1500, 1000)).save(path)  # ~4.5 MB of incompressible pixels
+    header = probe_image(path)
+    assert (header.format, header.width, header.height, header.mode) == ("PNG", 1500, 1000, "RGB")
+    assert counted_reads.total <= 64 * 1024 < path.stat().st_size
+    counted_reads.total = 0
+    assert load_image(path).size == (1500, 1000)
+    assert counted_reads.total >= path.stat().st_size - 64 * 1024  # decoding does read it all
+
+
+def _encoded(fmt: str, size=(37, 29), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(rgb_noise(*size))
+    if mode != "RGB":
+        img = img.convert(mode)
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+VALID = {
+    "jpg": _encoded("JPEG"), "png": _encoded("PNG"), "gif": _encoded("GIF", mode="P"),
+    "bmp": _encoded("BMP"), "webp": _encoded("WEBP"), "tif": _encoded("TIFF"), "ppm": _encoded("PPM"),
+}
+
+
+@pytest.mark.parametrize("ext", sorted(VALID))
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's TIFF reader warns of the cut EXIF it reads
+def test_every_cut_of_a_valid_file_probe_never_refuses_what_decodes(tmp_path, ext):
+    """The kind "a file cut short": at every cut length (the whole header byte by byte, then
+    coarser) the probe refuses only files that do not decode, and every failure is an ImageError."""
+    data = VALID[ext]
+    header = probe_image(data)
+    assert (header.width, header.height) == (37, 29)
+    cuts = sorted(set(range(0, min(len(data), 300))) | set(range(300, len(data), max(1, len(data) // 40))))
+    refused = 0
+    for n in cuts:
+        path = tmp_path / f"cut{n}.{ext}"
+        path.write_bytes(data[:n])
+        try:
+            probe_image(path)
+        except ImageError as exc:
+            refused += 1
+            assert str(path) in exc.message and exc.remedy
+            with pytest.raises(ImageError):  # a probe refusal is never a false alarm
+                load_image(path)
+            continue
+        try:
+            load_image(path)
+        except ImageError:
+            pass  # damage past the header: found while decoding
+    assert refused >= min(10, len(cuts) // 4)  # a header cut short is caught by the probe
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_probe_kinds_of_bad_file(tmp_path):
+    """One of each kind the pre-check must catch, and what it says."""
+    long_name = tmp_path / ("x" * 300 + ".jpg")
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image\n")
+    (tmp_path / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
+    (tmp_path / "over.png").write_bytes(png_header_only(10_000, 9_000))
+    (tmp_path / "cut.png").write_bytes(VALID["png"][:20])
+    (tmp_path / "a dir.jpg").mkdir()
+    cases = {
+        tmp_path / "missing.jpg": "does not exist",
+        long_name: "cannot be read",
+        fifo: "not a regular file",
+        tmp_path / "a dir.jpg": "directory",
+        tmp_path / "empty.jpg": "empty",
+        tmp_path / "text.jpg": "not an image",
+        tmp_path / "bomb.png": "pixels",
+        tmp_path / "over.png": f"limit of {DEFAULT_MAX_PIXELS}",
+        tmp_path / "cut.png": "cannot be opened",
+    }
+    for path, needle in cases.items():
+        with pytest.raises(ImageError) as err:
+            probe_image(path)
+        assert needle in str(err.value), (path.name[:20], str(err.value))
+        assert err.value.remedy
+    probe_image(tmp_path / "over.png", max_pixels=None)  # the limit is the only problem there
+
+
+def test_large_but_valid_headers_are_read(tmp_path):
+    """Metadata that real files carry (a 1 MB ICC profile in 16 JPEG segments, 60 KB of EXIF,
+    a GIF comment of 4,000 sub-blocks, a 900 KB PNG text chunk) is within the header budget."""
+    rng = np.random.default_rng(5)
+    img = Image.fromarray(rgb_noise(64, 48))
+    icc = bytes(rng.integers(0, 256, 1024 * 1024, dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 60_000  # ImageDescription
+    img.save(tmp_path / "meta.jpg", icc_profile=icc, exif=exif)
+    img.convert("P").save(tmp_path / "meta.gif", comment=b"c" * (255 * 4000))
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("workflow", "w" * 900_000)
+    img.save(tmp_path / "meta.png", pnginfo=info)
+    for name in ("meta.jpg", "meta.gif", "meta.png"):
+        header = probe_image(tmp_path / name)
+        assert (header.width, header.height) == (64, 48), name
+        assert load_image(tmp_path / name).size == (64, 48)

@@ -121,6 +121,7 @@ EVAL_VALUES = {
     "precision": either("fp32", "fp16", "int8", None),
     "fast_decode": either(True, False),
     "decode": either("threads", "processes", "auto"),
+    "detail": either("auto", "on", "off"),
     "num_threads": either(1, 2, None),
     "no_cache": either(True, False),
     "verify_cache": either(True, False),

@@ -16,8 +16,8 @@ from .named import CLASSIFICATION, RETRIEVAL, read_named_classification, read_na
 __all__ = ["BadItem", "RetrievalDataset", "DATASETS", "default_task", "read_dataset", "read_classification_dataset"]
 
 
-def _custom(data_dir, split, on_error, **_options):
-    return read_custom(data_dir, on_error=on_error)
+def _custom(data_dir, split, on_error, *, limit=None, known_good=None, **_options):
+    return read_custom(data_dir, on_error=on_error, split=split, limit=limit, known_good=known_good)
 
 
 def _named(reader, name):

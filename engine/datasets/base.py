@@ -9,12 +9,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class BadItem:
-    """A row, image or sample that could not be used: where it is and why."""
+    """A row, image or sample that could not be used: where it is and why; ``texts`` counts the
+    texts (queries) that were left out with it."""
 
     where: str
     reason: str
     line: int = 0
     source: str | None = None
+    texts: int = 0
 
     def to_dict(self) -> dict:
         return {"where": self.where, "reason": self.reason}

@@ -77,7 +77,7 @@ def run_classification(model: ModelContext, dataset: ClassificationDataset,
     t0 = time.perf_counter()
     images = embed_images(model.vision, model.preprocessor, dataset.images, batch_size=params.batch_size,
                           num_workers=params.num_workers, fast_decode=params.fast_decode, decode=params.decode, where=None,
-                          progress=params.progress)
+                          progress=params.progress, on_error=params.on_error)
     timings["images_s"] = time.perf_counter() - t0
     if images.failures and params.on_error != "skip":
         raise ImageError(

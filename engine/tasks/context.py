@@ -19,10 +19,11 @@ class LazyTower:
     """A :class:`Tower` opened on first use, so a run served wholly from the embedding cache never
     loads a model. Attribute access (``run``, ``provider``, ``session``...) opens it."""
 
-    def __init__(self, path, provider: str, threads: int | None, warnings: list[str]):
+    def __init__(self, path, provider: str, threads: int | None, warnings: list[str], logged: set[str]):
         self._args = (path, provider, threads)
         self._tower: Tower | None = None
         self._warnings = warnings
+        self._logged = logged
         self.load_s = 0.0
 
     @property
@@ -32,9 +33,9 @@ class LazyTower:
     def get(self) -> Tower:
         if self._tower is None:
             t0 = time.perf_counter()
-            self._tower = open_tower(*self._args)
+            self._tower = open_tower(*self._args, logged=self._logged)
             self.load_s = time.perf_counter() - t0
-            self._warnings.extend(self._tower.warnings)
+            self._warnings.extend(w for w in self._tower.warnings if w not in self._warnings)
         return self._tower
 
     def run(self, feeds):
@@ -111,19 +112,23 @@ def default_precision(bundle: Bundle, provider: str) -> str:
 
 def load_model(bundle: Bundle, *, provider: str = "auto", precision: str | None = None,
                threads: int | None = None, cache: EmbeddingCache | None = None,
-               lazy: bool = False) -> ModelContext:
+               lazy: bool = False, logged: set[str] | None = None) -> ModelContext:
     """Load a bundle's towers, preprocessor and tokenizer. ``lazy`` opens each tower on its first
-    use (what a run with an embedding ``cache`` wants: a fully cached run opens none)."""
+    use (what a run with an embedding ``cache`` wants: a fully cached run opens none).
+    ``logged``: the provider warnings the run has logged already (see
+    :func:`~clipeval.engine.session.open_tower`); ``ModelContext.warnings`` lists this model's
+    warnings, each once, logged or not."""
     t0 = time.perf_counter()
     precision = precision or default_precision(bundle, provider)
     warnings: list[str] = []
+    logged = set() if logged is None else logged
     if lazy:
-        vision = LazyTower(bundle.tower_path("vision", precision), provider, threads, warnings)
-        text = LazyTower(bundle.tower_path("text", precision), provider, threads, warnings)
+        vision = LazyTower(bundle.tower_path("vision", precision), provider, threads, warnings, logged)
+        text = LazyTower(bundle.tower_path("text", precision), provider, threads, warnings, logged)
     else:
-        vision = open_tower(bundle.tower_path("vision", precision), provider, threads)
-        text = open_tower(bundle.tower_path("text", precision), provider, threads)
-        warnings = vision.warnings + text.warnings
+        vision = open_tower(bundle.tower_path("vision", precision), provider, threads, logged=logged)
+        text = open_tower(bundle.tower_path("text", precision), provider, threads, logged=logged)
+        warnings = list(dict.fromkeys(vision.warnings + text.warnings))
     spec = PreprocessSpec.from_dict(bundle.preprocess)
     tokenizer = TextTokenizer(bundle.path / "tokenizer.json", bundle.tokenizer_rule, bundle.context_length)
     return ModelContext(

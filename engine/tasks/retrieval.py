@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from ..cache import CacheSpace, image_key
 from ..datasets import read_dataset
 from ..datasets.base import RetrievalDataset
 from ..datasets.leftout import LeftOut
@@ -59,7 +60,7 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset,
     images = embed_images(model.vision, model.preprocessor, dataset.images, batch_size=params.batch_size,
                           num_workers=params.num_workers, fast_decode=params.fast_decode, decode=params.decode,
                           where=dataset.image_where or None, progress=params.progress,
-                          cache=model.image_cache(params.fast_decode))
+                          cache=model.image_cache(params.fast_decode), on_error=params.on_error)
     timings["images_s"] = time.perf_counter() - t0
     if images.failures and params.on_error != "skip":
         raise ImageError(
@@ -68,6 +69,7 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset,
         )
     failed = set(range(dataset.num_images)) - set(images.indices.tolist())
     dataset, dropped_texts = dataset.drop_images(failed)
+    dropped_texts += sum(item.texts for item in dataset.skipped)  # rows the reader left out
     if dataset.num_images == 0 or dataset.num_texts == 0:
         raise DatasetError(f"no usable {'images' if dataset.num_images == 0 else 'texts'} left in dataset {dataset.name}",
                            "check the skipped items listed above")
@@ -109,6 +111,24 @@ def run_retrieval(model: ModelContext, dataset: RetrievalDataset,
 def retrieval_task(model: ModelContext, dataset_name: str, data_dir: str,
                    params: TaskParams) -> tuple[dict, dict, RetrievalPerQuery]:
     """The registered entry of ``zeroshot_retrieval``: read the dataset, then :func:`run_retrieval`."""
-    dataset = read_dataset(dataset_name, data_dir, params.split, params.on_error,
-                           **params.dataset_options()).limit(params.limit)
+    options = params.dataset_options()
+    if dataset_name == "custom":
+        options["known_good"] = _cached_images(model.image_cache(params.fast_decode))
+    dataset = read_dataset(dataset_name, data_dir, params.split, params.on_error, **options).limit(params.limit)
     return run_retrieval(model, dataset, params)
+
+
+def _cached_images(space: CacheSpace | None):
+    """For the custom reader's pre-check: which image files the embedding cache holds as they are
+    now (keyed by path, size and modification time; an image is only stored after it decoded).
+    None without a cache, or with ``--verify-cache`` (its keys hash every file: dearer than the
+    header probe it would spare)."""
+    if space is None or space.verify:
+        return None
+
+    def known_good(paths: list[str]) -> set[int]:
+        keys = [image_key(p) for p in paths]
+        found, _ = space.cache.get_many(space.ns, [k for k in keys if k is not None])
+        return {i for i, k in enumerate(keys) if k is not None and k in found}
+
+    return known_good
