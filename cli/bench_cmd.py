@@ -60,8 +60,16 @@ def _reference_checkpoint(model_arg: str, bundle, checkpoint: str | None) -> Pat
     if (given / "config.json").is_file():
         return given
     source = bundle.manifest.get("source")
-    if source and (Path(os.path.expanduser(str(source))) / "config.json").is_file():
-        return Path(os.path.expanduser(str(source)))
+    local = Path(os.path.expanduser(str(source))) if source else None
+    if local is not None and (local / "config.json").is_file():
+        return local
+    # The manifest says hub null for a local directory (clipeval export records its absolute path).
+    if source and bundle.manifest.get("hub") is None:
+        state = "holds no config.json" if local.is_dir() else "no longer exists"
+        raise ClipevalError(
+            f"--vs-reference needs the checkpoint {bundle.path} was exported from, {source}, which {state}",
+            "pass the checkpoint directory with --checkpoint DIR",
+        )
     if source and is_hub_id(str(source)):
         return local_checkpoint(str(source), hub=bundle.manifest.get("hub") or "hf",
                                 revision=bundle.manifest.get("revision"))

@@ -3,7 +3,9 @@
 Padding follows the bundle's rule: ``"longest"`` pads each batch to its longest text (exact for
 families whose pooled output ignores tokens after the end token, e.g. CLIP's causal text tower),
 ``"max_length"`` pads to the context length (SigLIP). Texts longer than the context length are
-truncated (the end token is kept by the tokenizer's post-processor) and counted.
+truncated (the end token is kept by the tokenizer's post-processor) and counted. Steps the
+manifest names beyond ``tokenizer.json`` (open_clip's text cleaning, SigLIP's SentencePiece
+procedure) are :mod:`.textprep`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BundleError
+from .textprep import text_preparation
 
 PADDING_RULES = ("longest", "max_length")
 
@@ -52,8 +55,14 @@ class TextTokenizer:
         self.text_inputs = tuple(rule.get("text_inputs", ("input_ids", "attention_mask")))
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=self.context_length)
+        self._clean, self._sentencepiece = text_preparation(os.path.dirname(os.fspath(path)), rule,
+                                                            self.context_length)
 
     def encode(self, texts: list[str]) -> Encoded:
+        if self._sentencepiece is not None:  # steps tokenizer.json cannot express (engine/textprep.py)
+            return Encoded(*self._sentencepiece.encode(texts))
+        if self._clean is not None:
+            texts = [self._clean(t) for t in texts]
         encodings = self._tok.encode_batch(list(texts))
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         truncated = np.fromiter((len(e.overflowing) > 0 for e in encodings), dtype=bool, count=len(encodings))

@@ -40,12 +40,12 @@ from . import validate as _validate
 from .families import FAMILIES, Family, ModelFacts, family_for
 from .hub import check_hub, local_checkpoint
 from .preprocess_config import preprocess_from_checkpoint, read_json_object
-from .tokenizer_export import check_pooling, encode_padded, export_tokenizer, tokenizer_rule
+from .tokenizer_export import TokenizerInfo, check_pooling, encode_padded, export_tokenizer, tokenizer_rule
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EXPORT_PRECISIONS", "FAMILIES", "Family", "ModelFacts", "export_checkpoint", "family_for",
-           "variants_for"]
+           "source_record", "variants_for"]
 
 # --precision -> (variants written, the bundle's default). fp32 is always written: it is the
 # reference the others are made from, and it runs everywhere.
@@ -178,8 +178,7 @@ def export_checkpoint(
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         manifest = _build(family, src, stage, precision=precision, opset=opset, validate=validate)
-        manifest.update({"source": str(source), "revision": revision,
-                         "hub": None if Path(os.path.expanduser(str(source))).is_dir() else hub})
+        manifest.update(source_record(source, src, hub=hub, revision=revision))
         write_manifest(stage, manifest)
         _check_out_dir(out, force)  # again: the export took a while
         _publish(stage, out)
@@ -188,6 +187,16 @@ def export_checkpoint(
         raise
     log.info("exported %s -> %s", source, out)
     return out
+
+
+def source_record(source: str | os.PathLike, local: Path, *, hub: str | None, revision: str | None) -> dict[str, Any]:
+    """The manifest's ``source``, ``revision`` and ``hub``: a local directory as its resolved
+    absolute path (so the record stays true from any working directory, e.g. for
+    ``clipeval bench --vs-reference``) with ``hub`` null; a hub id as given, with its hub."""
+    given = Path(os.path.expanduser(str(source)))
+    if given.is_dir():
+        return {"source": str(given.resolve()), "revision": None, "hub": None}
+    return {"source": str(source), "revision": revision, "hub": hub}
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -210,9 +219,9 @@ def validation_images(image_size: int, count: int = VALIDATION_IMAGES, seed: int
     return np.random.default_rng(seed).standard_normal((count, 3, image_size, image_size)).astype(np.float32)
 
 
-def _text_feeds(family: Family, tokenizer: Path, texts, facts: ModelFacts, pad_id: int) -> dict[str, np.ndarray]:
+def _text_feeds(family: Family, tokenizer: Path, texts, facts: ModelFacts, info: TokenizerInfo) -> dict[str, np.ndarray]:
     length = facts.context_length if family.padding == "max_length" else None
-    feeds = encode_padded(tokenizer, texts, facts.context_length, pad_id, length=length)
+    feeds = encode_padded(tokenizer, texts, facts.context_length, info.pad_id, length=length, extra=info.extra)
     return {name: feeds[name] for name in family.text_inputs}
 
 
@@ -229,15 +238,18 @@ def _build(family: Family, src: Path, stage: Path, *, precision: str, opset: int
     info = export_tokenizer(src, stage / "tokenizer.json", family.tokenizer)
     pool_eos = info.eos_id if facts.pooling == "max_id" else facts.pool_eos_id
     texts = list(VALIDATION_TEXTS)
-    full = encode_padded(stage / "tokenizer.json", texts, facts.context_length, info.pad_id)
+    full = encode_padded(stage / "tokenizer.json", texts, facts.context_length, info.pad_id, extra=info.extra)
     check_pooling(full, texts, facts.pooling, pool_eos, info.eos_id, facts.context_length, info.pad_id)
-    text_feeds = _text_feeds(family, stage / "tokenizer.json", texts, facts, info.pad_id)
+    text_feeds = _text_feeds(family, stage / "tokenizer.json", texts, facts, info)
+    if validate:  # token ids against the checkpoint's own tokenizer (manifest validation.tokenizer)
+        token_parity = _validate.tokenizer_parity(stage / "tokenizer.json", info, facts.context_length,
+                                                  _transformers_tokenizer(src), "transformers AutoTokenizer")
 
     preprocess = preprocess_from_checkpoint(src, image_size=facts.image_size)
     (stage / "preprocess.json").write_text(json.dumps(preprocess, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     images = validation_images(facts.image_size)
-    trace_text = _text_feeds(family, stage / "tokenizer.json", texts[:TRACE_TEXTS], facts, info.pad_id)
+    trace_text = _text_feeds(family, stage / "tokenizer.json", texts[:TRACE_TEXTS], facts, info)
     work = stage / ".work"
     work.mkdir()
     vision, text = _export_towers(model, family, work, images[:TRACE_IMAGES], trace_text, opset)
@@ -253,6 +265,7 @@ def _build(family: Family, src: Path, stage: Path, *, precision: str, opset: int
             "text_lengths": [int(n) for n in full["attention_mask"].sum(axis=1)],
             "text_shape": list(text_feeds["input_ids"].shape),
         }
+        validation["tokenizer"] = token_parity
     else:
         validation = {"skipped": True}
     log.info("export %.1f s, validation %.1f s", t_export, time.perf_counter() - t0 - t_export)
@@ -272,6 +285,22 @@ def _build(family: Family, src: Path, stage: Path, *, precision: str, opset: int
         "exported_with": tool_versions(),
         "created_by": f"clipeval {__version__}",
     }
+
+
+def _transformers_tokenizer(src: Path):
+    """The checkpoint's tokenizer as transformers loads it: the reference for token ids."""
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(str(src))
+    except Exception as exc:  # transformers raises many types for a missing or broken tokenizer
+        raise ExportError(f"cannot load the tokenizer of {src}: {type(exc).__name__}: {exc}",
+                          "save the tokenizer with the model (`processor.save_pretrained(dir)`)") from None
+
+    def ids(texts: list[str], context_length: int) -> list[list[int]]:
+        return [list(x) for x in hf(texts, truncation=True, max_length=context_length)["input_ids"]]
+
+    return ids
 
 
 def _export_towers(model: Any, family: Family, work: Path, images: np.ndarray,

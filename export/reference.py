@@ -4,7 +4,8 @@ It follows evalscope's ``clip_benchmark`` backend on a ``custom`` dataset, with
 CLIP_benchmark's metric code re-implemented from its definition:
 
 * the checkpoint loaded with transformers (``<Family>Model.from_pretrained``, eval mode) and its
-  image processor (the PIL implementation; torchvision is not needed) and tokenizer;
+  image processor (the PIL implementation; either config layout, see :mod:`.preprocess_config`)
+  and tokenizer;
 * a ``torch.utils.data.DataLoader`` over the gallery with ``num_workers`` worker processes
   (the reference tool's default: 1); each item is decoded with PIL and run through the image
   processor in the worker, the batch's captions travel with it;
@@ -102,16 +103,24 @@ def _load(checkpoint: Path, device: str):
 
     model = getattr(transformers, _model_class(checkpoint)).from_pretrained(str(checkpoint)).eval().to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
-    try:
-        from transformers import AutoImageProcessor
+    return model, tokenizer, _pil_image_processor(checkpoint)
 
-        processor = AutoImageProcessor.from_pretrained(str(checkpoint))
-    except Exception:  # noqa: BLE001 - no torchvision: the PIL processor class directly
-        cfg = json.loads((checkpoint / "preprocessor_config.json").read_text())
-        name = cfg.get("image_processor_type", "CLIPImageProcessor")
+
+def _pil_image_processor(checkpoint: Path):
+    """The checkpoint's image processor, PIL implementation (transformers 5 would otherwise pick its
+    torchvision backend, which differs by up to one grey level); either config layout."""
+    import transformers
+
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(str(checkpoint), backend="pil")
+    except Exception:  # noqa: BLE001 - older transformers: the processor class named in the config
+        from .preprocess_config import read_image_processor_config
+
+        cfg, _ = read_image_processor_config(checkpoint)
+        name = str(cfg.get("image_processor_type") or "CLIPImageProcessor")
+        name = name.removesuffix("Fast").removesuffix("Pil")
         cls = getattr(transformers, name + "Pil", None) or getattr(transformers, name)
-        processor = cls.from_pretrained(str(checkpoint))
-    return model, tokenizer, processor
+        return cls(**{k: v for k, v in cfg.items() if k != "image_processor_type"})
 
 
 def _features(output):
