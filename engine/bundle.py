@@ -109,7 +109,10 @@ class Bundle:
 
     @property
     def name(self) -> str:
-        """A short, human name: the source's last path component, else the directory name."""
+        """A short, human name: the manifest's ``name`` (open_clip exports: architecture and
+        pretrained tag), else the source's last path component, else the directory name."""
+        if isinstance(self.manifest.get("name"), str) and self.manifest["name"]:
+            return self.manifest["name"]
         source = self.manifest.get("source") or ""
         base = os.path.basename(str(source).rstrip("/")) if source else ""
         return base or self.path.name

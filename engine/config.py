@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .model_spec import apply_model_spellings
 
 TOP_KEYS = ("eval_backend", "eval_config", "work_dir", "no_timestamp")
 EVAL_CONFIG_KEYS = ("tool", "eval")
-MODEL_KEYS = ("model_name", "revision", "hub", "precision", "api_base", "api_key", "prompt")
+MODEL_KEYS = ("model_name", "pretrained", "revision", "hub", "precision", "api_base", "api_key", "prompt")
 ON_ERROR = ("fail", "skip")
 PROVIDERS = ("auto", "cuda", "cpu")
 DEFAULT_RECALL_K = (1, 5, 10)
@@ -145,6 +146,8 @@ def _models(value) -> list[dict[str, Any]]:
         _unknown(m, MODEL_KEYS, f"models[{i}]")
         if not m.get("model_name"):
             raise ConfigError(f"models[{i}] has no model_name", "give a bundle directory, checkpoint directory or hub id")
+        if m.get("pretrained") is not None and not isinstance(m["pretrained"], str):
+            raise ConfigError(f"models[{i}].pretrained must be a tag or a file path, got {m['pretrained']!r}")
         out.append(dict(m))
     return out
 
@@ -204,6 +207,7 @@ def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
     """Check an ``eval`` block and return an :class:`EvalConfig`."""
     if not isinstance(block, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(block).__name__}")
+    block = apply_model_spellings(block, where)  # CLIP_benchmark's model/pretrained/pretrained_model
     _unknown(block, EVAL_KEYS, where)
     cfg = EvalConfig()
     for key, value in block.items():

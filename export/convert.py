@@ -118,9 +118,9 @@ def _check_out_dir(out: Path, force: bool) -> None:
             )
 
 
-def _require_export_deps() -> None:
+def _require_export_deps(open_clip: bool = False) -> None:
     missing = []
-    for name in ("torch", "transformers", "onnx"):
+    for name in ("torch", "transformers", "onnx") + (("open_clip",) if open_clip else ()):
         try:
             importlib.import_module(name)
         except ImportError:
@@ -153,12 +153,15 @@ def export_checkpoint(
     validate: bool = True,
     hub: str = "hf",
     revision: str | None = None,
+    pretrained: str | None = None,
 ) -> Path:
-    """Export the checkpoint ``source`` to a model bundle at ``out_dir``; return its path.
+    """Export ``source`` to a model bundle at ``out_dir``; return its path.
 
     ``source`` is a directory written by ``save_pretrained`` or a hub id (``hub`` ``"hf"`` or
-    ``"modelscope"``, at ``revision``). ``precision`` is ``fp32``, ``fp16`` (fp32 + fp16,
-    default fp16), ``int8`` (fp32 + int8, default int8) or ``both`` (fp32 + fp16, default fp32).
+    ``"modelscope"``, at ``revision``), or an open_clip model (:mod:`.openclip_source`): an
+    architecture name with ``pretrained`` (a tag or a weights file), ``hf-hub:org/name``, a Hub id
+    or a folder in open_clip's layout. ``precision`` is ``fp32``, ``fp16`` (fp32 + fp16, default
+    fp16), ``int8`` (fp32 + int8, default int8) or ``both`` (fp32 + fp16, default fp32).
 
     Raises :class:`ExportError` for a source that is not a supported checkpoint, a non-empty
     ``out_dir`` without ``force`` (``force`` replaces only an existing bundle), missing export
@@ -170,15 +173,25 @@ def export_checkpoint(
     _check_options(precision, opset)
     out = Path(out_dir)
     _check_out_dir(out, force)
-    src = local_checkpoint(source, hub=hub, revision=revision)
-    family = family_for(_read_config(src).get("model_type"), f" in {src / 'config.json'}")
-    _require_export_deps()
+    open_clip_source = _open_clip_source(source, pretrained, hub, revision)
+    if open_clip_source is None:
+        src = local_checkpoint(source, hub=hub, revision=revision)
+        family = family_for(_read_config(src).get("model_type"), f" in {src / 'config.json'}")
+    _require_export_deps(open_clip=open_clip_source is not None)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        manifest = _build(family, src, stage, precision=precision, opset=opset, validate=validate)
-        manifest.update(source_record(source, src, hub=hub, revision=revision))
+        if open_clip_source is not None:
+            from . import openclip_export
+
+            manifest = openclip_export.build(open_clip_source, stage, precision=precision, opset=opset,
+                                             validate=validate)
+            manifest.update({"source": open_clip_source.source, "pretrained": open_clip_source.pretrained,
+                             "revision": open_clip_source.revision, "hub": open_clip_source.hub})
+        else:
+            manifest = _build(family, src, stage, precision=precision, opset=opset, validate=validate)
+            manifest.update(source_record(source, src, hub=hub, revision=revision))
         write_manifest(stage, manifest)
         _check_out_dir(out, force)  # again: the export took a while
         _publish(stage, out)
@@ -187,6 +200,18 @@ def export_checkpoint(
         raise
     log.info("exported %s -> %s", source, out)
     return out
+
+
+def _open_clip_source(source, pretrained: str | None, hub: str, revision: str | None):
+    """The open_clip model ``source`` names (see :mod:`.openclip_source`), or ``None``."""
+    from .openclip_source import classify
+
+    if hub != "hf":
+        if pretrained is not None:
+            raise ExportError(f"--pretrained was given with --hub {hub}",
+                              "open_clip models come from open_clip's table or the Hugging Face Hub: drop --hub")
+        return None
+    return classify(source, pretrained, hub=hub, revision=revision)
 
 
 def source_record(source: str | os.PathLike, local: Path, *, hub: str | None, revision: str | None) -> dict[str, Any]:
@@ -332,11 +357,14 @@ def _export_towers(model: Any, family: Family, work: Path, images: np.ndarray,
     return vision, text
 
 
-def _write_variants(family: Family, facts: ModelFacts, work: Path, stage: Path, variants, opset: int):
+def _write_variants(family: Family, facts: ModelFacts, work: Path, stage: Path, variants, opset: int,
+                    tolerate_fusion_failure: bool = False):
     """Fuse both towers, then write each variant's files into ``stage``.
 
     Returns ``(fused_ops, graph_ops)``: the fusion record per tower, and per variant and tower the
-    node count and ``Cast`` count of the written graph."""
+    node count and ``Cast`` count of the written graph. With ``tolerate_fusion_failure`` (open_clip
+    graphs, which onnxruntime's optimizer was not written for) a tower the optimizer fails on is
+    used unfused and its record says why."""
     from . import optimize
 
     fused_ops: dict[str, Any] = {}
@@ -347,8 +375,15 @@ def _write_variants(family: Family, facts: ModelFacts, work: Path, stage: Path, 
     }
     for tower, (layers, heads, hidden, kind) in shapes.items():
         raw, fused = work / f"{tower}.onnx", work / f"{tower}.fused.onnx"
-        counts = optimize.fuse(raw, fused, model_type=kind, num_heads=heads, hidden_size=hidden, opset=opset)
-        fused_ops[tower] = optimize.fusion_summary(counts, layers, kind)
+        try:
+            counts = optimize.fuse(raw, fused, model_type=kind, num_heads=heads, hidden_size=hidden, opset=opset)
+            fused_ops[tower] = optimize.fusion_summary(counts, layers, kind)
+        except ExportError as exc:
+            if not tolerate_fusion_failure:
+                raise
+            log.info("%s tower not fused: %s", tower, exc.message)
+            shutil.copyfile(raw, fused)
+            fused_ops[tower] = {"optimizer_model_type": kind, "layers": layers, "error": exc.message}
         for variant in variants:
             dst = stage / TOWER_FILES[variant][tower]
             if variant == "fp32":

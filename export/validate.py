@@ -177,16 +177,19 @@ TOKENIZER_CHECK_TEXTS = (
 
 
 def tokenizer_parity(tokenizer_path: str | Path, info: Any, context_length: int, reference, reference_name: str,
-                     texts=TOKENIZER_CHECK_TEXTS) -> dict[str, Any]:
+                     texts=TOKENIZER_CHECK_TEXTS, pad_to: int | None = None) -> dict[str, Any]:
     """Token ids of :data:`TOKENIZER_CHECK_TEXTS` from the bundle's tokenizer (as the engine runs it:
     ``tokenizer.json`` plus the manifest's ``info.extra`` steps) against ``reference(texts,
-    context_length) -> list of id lists``; the manifest's ``validation.tokenizer`` block.
+    context_length) -> list of id lists`` (rows padded with ``info.pad_id`` to ``pad_to`` when the
+    reference pads); the manifest's ``validation.tokenizer`` block.
 
     Raises :class:`ExportError` listing every text whose ids differ."""
     from clipeval.engine.tokenizer import TextTokenizer
 
     rule = {"pad_id": info.pad_id, "padding": "longest", **info.extra}
     ours = [list(map(int, x)) for x in TextTokenizer(tokenizer_path, rule, context_length).encode(list(texts)).ids]
+    if pad_to is not None:
+        ours = [x + [info.pad_id] * (pad_to - len(x)) for x in ours]
     theirs = [list(map(int, x)) for x in reference(list(texts), context_length)]
     differ = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
     if differ:
