@@ -9,6 +9,7 @@ its tokenizer and its image transform.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ pytest.importorskip("open_clip")
 pytest.importorskip("onnx")
 
 import onnxruntime as ort  # noqa: E402
+from clipeval.export.openclip_source import classify  # noqa: E402
 from fixtures_ckpt import write_custom_dataset  # noqa: E402
 from fixtures_openclip import (  # noqa: E402
     CONTEXT_LENGTH,
@@ -48,7 +50,7 @@ KINDS = {
     "vit-quickgelu": ("clipeval-tiny-ViT-quickgelu",
                       {"resize_mode": "longest", "fill_color": 128, "interpolation": "bilinear"}, "bin", "fp32"),
     "resnet": ("clipeval-tiny-RN", {"resize_mode": "squash", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.4]},
-               "both", "int8"),
+               "both", "fp32"),
 }
 
 
@@ -88,7 +90,13 @@ def _session(path):
 
 
 def _engine_tokenizer(bundle, context_length=None):
-    return TextTokenizer(bundle.path / "tokenizer.json", bundle.tokenizer_rule, context_length or bundle.context_length)
+    return _cached_tokenizer(bundle.path, context_length or bundle.context_length)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_tokenizer(path, context_length):
+    bundle = load_bundle(path)
+    return TextTokenizer(bundle.path / "tokenizer.json", bundle.tokenizer_rule, context_length)
 
 
 def _images(seed=0):
@@ -137,7 +145,6 @@ def test_manifest_records_family_padding_and_provenance(bundles, folders):
     assert vit["validation"]["tokenizer"]["identical"] == vit["validation"]["tokenizer"]["texts"]
     assert vit["validation"]["preprocess"]["max_abs_diff"] == 0.0
     assert set(vit["variants"]) == {"fp32", "fp16"} and vit["validation"]["fp16"]["passed"]
-    assert set(bundles["resnet"].manifest["variants"]) == {"fp32", "int8"}
     hf = bundles["hf-tokenizer"].manifest
     assert hf["tokenizer"]["padding"] == "max_length" and hf["tokenizer"]["pooling"] == "last"
     assert hf["open_clip"]["tokenizer"] == "HFTokenizer" and "remove_ascii_punctuation" in hf["tokenizer"]["clean"]
@@ -157,7 +164,7 @@ def test_padding_to_longest_equals_open_clip_padding_to_the_context(bundles):
 def test_resnet_batchnorm_runs_in_eval_mode(folders, bundles):
     """The exported ResNet uses the running statistics: a batch of one gives the batch's row."""
     pixels = np.stack([Preprocessor(bundles["resnet"].preprocess)(i) for i in _images()])
-    sess = _session(bundles["resnet"].tower_path("vision", "fp32"))  # int8 scales activations per batch
+    sess = _session(bundles["resnet"].tower_path("vision", "fp32"))
     (batch,) = sess.run(None, {"pixel_values": pixels})
     (one,) = sess.run(None, {"pixel_values": pixels[1:2]})
     np.testing.assert_allclose(one[0], batch[1], atol=1e-5, rtol=0)
@@ -165,6 +172,7 @@ def test_resnet_batchnorm_runs_in_eval_mode(folders, bundles):
 
 # -- tokenizer ------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _open_clip_tokenizer(clean="lower"):
     import open_clip
 
@@ -302,14 +310,14 @@ def test_folder_forms_local_dir_prefix_and_a_folder_without_weights(folders, tmp
 
 
 def test_hub_ids_and_a_pretrained_tag_through_open_clip_and_huggingface_hub(registry, folders, tmp_path):
-    """A private Hugging Face cache, HF_HUB_OFFLINE=1: open_clip's tag download, hf-hub:org/name and a
-    plain org/name all resolve through huggingface_hub, in a fresh process run as a user would."""
+    """A private Hugging Face cache, HF_HUB_OFFLINE=1: open_clip's tag download and a plain org/name
+    (found to be an open_clip repository, loaded as hf-hub:org/name) resolve through huggingface_hub,
+    in a fresh process run as a user would."""
     cache = tmp_path / "hf"
     populate_hf_cache(cache, "clipeval-test/tiny-vit", folders["vit"])
     populate_hf_cache(cache, "clipeval-test/tiny-rn", folders["resnet"])
     data = write_custom_dataset(tmp_path / "data", n_images=3)
     config = {"models": [{"model_name": "clipeval-tiny-ViT", "pretrained": "tinytag"},
-                         {"model_name": "hf-hub:clipeval-test/tiny-vit"},
                          {"model_name": "clipeval-test/tiny-rn"}],
               "dataset_name": ["custom"], "data_dir": str(data), "output_dir": str(tmp_path / "out"),
               "batch_size": 3, "num_workers": 0, "recall_k": [1, 2], "provider": "cpu", "verbose": False,
@@ -321,15 +329,74 @@ def test_hub_ids_and_a_pretrained_tag_through_open_clip_and_huggingface_hub(regi
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     results = [json.loads(line) for line in run.stdout.splitlines()]
-    assert [r["model"] for r in results] == ["clipeval-tiny-ViT_tinytag", "tiny-vit", "tiny-rn"]
+    assert [r["model"] for r in results] == ["clipeval-tiny-ViT_tinytag", "tiny-rn"]
     assert "Traceback" not in run.stderr
     manifests = {p.name.split("-fp32-")[0]: json.loads((p / "manifest.json").read_text())
                  for p in (tmp_path / "clipeval-cache" / "models").iterdir()}
     tag = manifests["clipeval-tiny-ViT_tinytag"]
     assert (tag["source"], tag["pretrained"], tag["hub"]) == ("clipeval-tiny-ViT", "tinytag", "open_clip")
-    assert manifests["tiny-vit"]["source"] == "hf-hub:clipeval-test/tiny-vit"
-    assert manifests["tiny-rn"]["source"] == "hf-hub:clipeval-test/tiny-rn"
-    # the same weights: the tag and the hub id give the same embeddings
-    assert results[0]["metrics"] == results[1]["metrics"]
+    assert manifests["tiny-rn"]["source"] == "hf-hub:clipeval-test/tiny-rn" and manifests["tiny-rn"]["hub"] == "hf"
     for m in manifests.values():
         assert m["validation"]["fp32"]["passed"]
+
+
+# -- command line ------------------------------------------------------------------------------------------
+
+def test_cli_export_with_pretrained_and_the_mistakes_exit_2(registry, folders, bundles, tmp_path):
+    from click.testing import CliRunner
+
+    from clipeval.cli.main import cli
+
+    weights = save_weights_file(tmp_path / "w.pt", "clipeval-tiny-RN", seed=4)
+    res = CliRunner().invoke(cli, ["export", "clipeval-tiny-RN", "--pretrained", str(weights), "-o",
+                                   str(tmp_path / "b"), "--no-validate", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"bundle": str(tmp_path / "b")}
+    assert load_bundle(tmp_path / "b").manifest["pretrained"] == str(weights.resolve())
+    for argv, needle in (
+        (["export", "clipeval-tiny-RN", "-o", str(tmp_path / "c")], "needs pretrained weights"),
+        (["export", "clipeval-tiny-RN", "--pretrained", "nope", "-o", str(tmp_path / "c")], "neither a pretrained tag"),
+        (["export", str(folders["vit"]), "--pretrained", "x", "-o", str(tmp_path / "c"), "--hub", "modelscope"],
+         "--pretrained was given with --hub"),
+        (["eval", "--model", str(bundles["vit"].path), "--pretrained", "x", "--data-dir", str(tmp_path)],
+         "is a model bundle"),
+    ):
+        res = CliRunner().invoke(cli, argv)
+        assert res.exit_code == 2, (argv, res.output)
+        assert needle in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_bench_vs_reference_runs_clip_benchmarks_pipeline(bundles, tmp_path):
+    from click.testing import CliRunner
+
+    from clipeval.cli.main import cli
+
+    data = write_custom_dataset(tmp_path / "data", n_images=4)
+    res = CliRunner().invoke(cli, ["bench", "--model", str(bundles["vit"].path), "--data-dir", str(data),
+                                   "--vs-reference", "--no-second-run", "--batch-size", "2", "--provider", "cpu",
+                                   "--precision", "fp32", "--quiet"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    report = json.loads(res.stdout)
+    assert report["reference"]["checkpoint"] == f"local-dir:{bundles['vit'].manifest['source']}"
+    assert report["reference"]["counts"] == {"images": 4, "texts": 8}
+    assert report["ratios"]["max_recall_difference"] <= 1 / 4  # same model and data; at most a flipped near-tie
+
+
+def test_source_spellings_are_classified_without_loading(registry, folders, tmp_path):
+    hub = classify("hf-hub:org/name", "ignored_tag")
+    assert (hub.kind, hub.model_name, hub.source, hub.hub, hub.display_name) == (
+        "hub", "hf-hub:org/name", "hf-hub:org/name", "hf", "name")
+    local = classify(f"local-dir:{folders['vit']}")
+    assert (local.kind, local.model_name) == ("local", f"local-dir:{folders['vit'].resolve()}")
+    with pytest.raises(ExportError, match="names no repository"):
+        classify("hf-hub:")
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "config.json").write_text("{}")
+    (both / "open_clip_config.json").write_text("{}")
+    assert classify(both) is None  # a transformers config.json wins; local-dir: forces open_clip
+    with pytest.raises(ExportError, match="no weights"):
+        classify(f"local-dir:{both}")
+    with pytest.raises(ExportError, match="was given for the folder"):
+        classify(both, "openai")
