@@ -212,7 +212,7 @@ def test_the_clean_steps_are_open_clips_clean_functions():
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=text_strategy())
+@given(text=text_strategy(assigned_only=True))
 def test_token_ids_equal_open_clip_on_drawn_texts(bundles, text):
     for token in ("<start_of_text>", "<end_of_text>"):
         text = text.replace(token, "")
