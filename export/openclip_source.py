@@ -143,6 +143,15 @@ def classify(source: str | os.PathLike, pretrained: str | None = None, *, hub: s
     text = os.fspath(source)
     if pretrained is not None and not str(pretrained).strip():
         pretrained = None
+    found = _classify(text, pretrained, hub, revision, probe_hub)
+    if found is not None and revision is not None and found.kind != "hub":
+        raise ExportError(f"--revision {revision!r} was given for {text}, which is not a Hub repository",
+                          "a revision selects a Hub commit; drop it (or use hf-hub:org/name)")
+    return found
+
+
+def _classify(text: str, pretrained: str | None, hub: str, revision: str | None,
+              probe_hub: bool) -> OpenClipSource | None:
     if text.startswith(HF_HUB_PREFIX):
         repo = text[len(HF_HUB_PREFIX):]
         if not repo:

@@ -400,3 +400,6 @@ def test_source_spellings_are_classified_without_loading(registry, folders, tmp_
         classify(f"local-dir:{both}")
     with pytest.raises(ExportError, match="was given for the folder"):
         classify(both, "openai")
+    with pytest.raises(ExportError, match="not a Hub repository"):
+        classify(f"local-dir:{folders['vit']}", revision="main")
+    assert classify("hf-hub:org/name", revision="v1").revision == "v1"
