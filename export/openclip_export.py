@@ -373,6 +373,27 @@ def _preprocess_parity(spec: dict[str, Any], cfg: dict[str, Any]) -> dict[str, A
     return {"reference": "open_clip image transform", "images": compared, "max_abs_diff": worst}
 
 
+def _export_text_tower(model, choice, stage: Path, work: Path, info, full: dict[str, np.ndarray],
+                       context_length: int, opset: int) -> str:
+    """Export the text tower ``choice`` (:func:`text_tower`'s tower, padding, attention modules) to
+    ``work/text.onnx``; a graph meant for a dynamic sequence axis that kept the traced length is
+    exported again as ``encode_text`` at the context length. Returns the padding rule."""
+    from . import convert
+
+    tower, padding, attention = choice
+    texts = list(convert.VALIDATION_TEXTS)[:convert.TRACE_TEXTS]
+    trace = encode_padded(stage / "tokenizer.json", texts, context_length, info.pad_id,
+                          length=context_length if padding == "max_length" else None, extra=info.extra)
+    _export_text(tower, attention, trace["input_ids"], work / "text.onnx", padding == "longest", opset)
+    if padding == "longest" and not _sequence_axis_is_dynamic(work / "text.onnx", full["input_ids"], trace):
+        log.info("the text graph kept a fixed sequence length; exporting encode_text at the context length")
+        trace = encode_padded(stage / "tokenizer.json", texts, context_length, info.pad_id, length=context_length,
+                              extra=info.extra)
+        _export_text(OpenClipTextTower(model).eval(), None, trace["input_ids"], work / "text.onnx", False, opset)
+        padding = "max_length"
+    return padding
+
+
 def _export_text(tower: nn.Module, attention, trace_ids: np.ndarray, path: Path, dynamic: bool, opset: int) -> None:
     axes = {0: "batch", 1: "sequence"} if dynamic else {0: "batch"}
     with traceable_attention(attention if dynamic else None):  # the fast path is off either way
@@ -395,28 +416,20 @@ def build(src: OpenClipSource, stage: Path, *, precision: str, opset: int, valid
     images = np.random.default_rng(0).standard_normal((convert.VALIDATION_IMAGES, 3, h, w)).astype(np.float32)
 
     text, padding, pooling, attention = text_tower(model)
+    found = _text_parts(model)
     texts = list(convert.VALIDATION_TEXTS)
     full = encode_padded(stage / "tokenizer.json", texts, context_length, info.pad_id, extra=info.extra)
-    if padding == "longest":
-        check_pooling(full, texts, pooling, info.eos_id, info.eos_id, context_length, info.pad_id)
-    length = context_length if padding == "max_length" else None
-    trace = encode_padded(stage / "tokenizer.json", texts[:convert.TRACE_TEXTS], context_length, info.pad_id,
-                          length=length, extra=info.extra)
+    if padding == "longest":  # the pooled position must be the end token, before any padding
+        pool_eos = found[2] if pooling == "first_eos" and found and found[2] is not None else info.eos_id
+        check_pooling(full, texts, pooling, int(pool_eos), info.eos_id, context_length, info.pad_id)
     work = stage / ".work"
     work.mkdir()
     vision = OpenClipVisionTower(model).eval()
     with traceable_attention(_attention_modules(model.visual)):
         export_onnx(vision, (torch.from_numpy(images[:convert.TRACE_IMAGES]),), work / "vision.onnx",
                     dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}}, opset=opset)
-    _export_text(text, attention, trace["input_ids"], work / "text.onnx", padding == "longest", opset)
-    if padding == "longest" and not _sequence_axis_is_dynamic(work / "text.onnx", full["input_ids"], trace):
-        log.info("the text graph kept a fixed sequence length; exporting encode_text at the context length")
-        text, padding, attention = OpenClipTextTower(model).eval(), "max_length", None
-        trace = encode_padded(stage / "tokenizer.json", texts[:convert.TRACE_TEXTS], context_length,
-                              info.pad_id, length=context_length, extra=info.extra)
-        _export_text(text, None, trace["input_ids"], work / "text.onnx", False, opset)
+    padding = _export_text_tower(model, (text, padding, attention), stage, work, info, full, context_length, opset)
 
-    found = _text_parts(model)
     shapes = _fusion_shapes(model, found[0] if found else None)
     family = Family(name="open_clip", model_class="open_clip", facts=lambda _: None, padding=padding,
                     text_inputs=("input_ids",), tokenizer="open_clip",

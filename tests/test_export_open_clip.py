@@ -403,3 +403,28 @@ def test_source_spellings_are_classified_without_loading(registry, folders, tmp_
     with pytest.raises(ExportError, match="not a Hub repository"):
         classify(f"local-dir:{folders['vit']}", revision="main")
     assert classify("hf-hub:org/name", revision="v1").revision == "v1"
+
+
+def test_a_text_graph_that_keeps_the_traced_length_is_exported_at_the_context_length(folders, tmp_path,
+                                                                                    monkeypatch):
+    """Without the explicit attention, PyTorch's own MultiheadAttention export fixes the sequence
+    length: the exporter notices and falls back to encode_text at the context length."""
+    import contextlib
+
+    import torch
+
+    from clipeval.export import openclip_export
+
+    @contextlib.contextmanager
+    def fastpath_off_only(modules):
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+
+    monkeypatch.setattr(openclip_export, "traceable_attention", fastpath_off_only)
+    bundle = load_bundle(export_checkpoint(folders["vit"], tmp_path / "b"))
+    assert bundle.tokenizer_rule["padding"] == "max_length" and bundle.manifest["validation"]["fp32"]["passed"]
+    (inp,) = _session(bundle.tower_path("text")).get_inputs()
+    assert inp.shape == ["batch", CONTEXT_LENGTH]
