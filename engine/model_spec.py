@@ -41,23 +41,23 @@ def _names(key: str, value: Any, where: str) -> list[str]:
 
 def _pairs(value: Any, where: str) -> list[tuple[str, str]]:
     items = _names("pretrained_model", value, where)
+    located = [(f"pretrained_model entry {i + 1} in {where}", item) for i, item in enumerate(items)]
     if len(items) == 1 and "," not in items[0]:
         item = items[0]
         path = Path(os.path.expanduser(item))
         if path.is_file():
             lines = path.read_text(encoding="utf-8-sig").splitlines()
-            items = [line.split("#", 1)[0].strip() for line in lines]
-            items = [line for line in items if line]
-            where = str(path)
+            located = [(f"{path}:{n}", line.split("#", 1)[0].strip()) for n, line in enumerate(lines, 1)]
+            located = [(at, line) for at, line in located if line]
         elif item in COLLECTIONS:
             raise ConfigError(f"pretrained_model {item!r} in {where} is a CLIP_benchmark collection, which "
                               "clipeval does not ship",
                               "list the pairs instead: pretrained_model: [\"ViT-B-32,laion2b_s34b_b79k\", ...]")
     pairs = []
-    for i, item in enumerate(items):
+    for at, item in located:
         parts = [p.strip() for p in item.split(",")]
         if len(parts) != 2 or not all(parts):
-            raise ConfigError(f"pretrained_model entry {i + 1} in {where} is {item!r}, not \"model,pretrained\"",
+            raise ConfigError(f"{at} is {item!r}, not \"model,pretrained\"",
                               "write each as MODEL,PRETRAINED, e.g. ViT-B-32,laion2b_s34b_b79k")
         pairs.append((parts[0], parts[1]))
     return pairs

@@ -37,6 +37,11 @@ def test_pretrained_model_pairs_strings_lists_and_files(tmp_path):
     pairs.write_text("\ufeff# CLIP_benchmark's benchmark/models.txt style\nViT-B-32,openai\n\nRN50,openai  # trailing\n")
     assert _entries({"pretrained_model": str(pairs)}) == [{"model_name": "ViT-B-32", "pretrained": "openai"},
                                                           {"model_name": "RN50", "pretrained": "openai"}]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("ViT-B-32,openai\n\n# a comment\nRN50\n")
+    with pytest.raises(ConfigError) as err:
+        _entries({"pretrained_model": str(bad)})
+    assert f"{bad}:4 is 'RN50'" in str(err.value)  # the file and the line
     # pretrained_model replaces model/pretrained, as in CLIP_benchmark
     assert _entries({"pretrained_model": ["RN50,openai"], "model": "ViT-B-32", "pretrained": "x"}) == [
         {"model_name": "RN50", "pretrained": "openai"}]
