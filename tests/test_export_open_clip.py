@@ -428,3 +428,27 @@ def test_a_text_graph_that_keeps_the_traced_length_is_exported_at_the_context_le
     assert bundle.tokenizer_rule["padding"] == "max_length" and bundle.manifest["validation"]["fp32"]["passed"]
     (inp,) = _session(bundle.tower_path("text")).get_inputs()
     assert inp.shape == ["batch", CONTEXT_LENGTH]
+
+
+def test_cli_eval_with_an_architecture_and_a_weights_file_exports_once(registry, tmp_path):
+    from click.testing import CliRunner
+
+    from clipeval.cli.main import cli
+
+    weights = save_weights_file(tmp_path / "mine.pt", "clipeval-tiny-ViT-quickgelu", seed=5)
+    data = write_custom_dataset(tmp_path / "data", n_images=3)
+    argv = ["eval", "--model", "clipeval-tiny-ViT-quickgelu", "--pretrained", str(weights), "--data-dir", str(data),
+            "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "3",
+            "--num-workers", "0", "--recall-k", "1", "--provider", "cpu", "--quiet"]
+    first = CliRunner().invoke(cli, argv)
+    assert first.exit_code == 0, (first.output, first.exception)
+    result = json.loads(first.stdout)
+    assert result["model"] == "clipeval-tiny-ViT-quickgelu_mine"
+    assert (tmp_path / "out" / "clipeval-tiny-ViT-quickgelu_mine" / "custom_zeroshot_retrieval.json").is_file()
+    entries = list((tmp_path / "cache" / "models").iterdir())
+    assert len(entries) == 1 and entries[0].name.startswith("clipeval-tiny-ViT-quickgelu_mine-fp32-")
+    stamp = (entries[0] / "manifest.json").stat().st_mtime_ns
+    second = CliRunner().invoke(cli, argv)
+    assert second.exit_code == 0 and json.loads(second.stdout)["metrics"] == result["metrics"]
+    assert list((tmp_path / "cache" / "models").iterdir()) == entries  # reused, not exported again
+    assert (entries[0] / "manifest.json").stat().st_mtime_ns == stamp
