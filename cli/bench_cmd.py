@@ -50,6 +50,27 @@ def _require_reference_deps() -> None:
                             "install the export extra: pip install 'clipeval[export]'")
 
 
+def _reference_open_clip(bundle) -> tuple[str, str | None]:
+    """``(model_name, pretrained)`` for open_clip of an open_clip bundle, from its manifest."""
+    from clipeval.engine.errors import ClipevalError
+
+    m = bundle.manifest
+    source, pretrained = str(m.get("source") or ""), m.get("pretrained")
+    if m.get("hub") is None:  # a local folder, recorded as its absolute path
+        if not (Path(source) / "open_clip_config.json").is_file():
+            raise ClipevalError(
+                f"--vs-reference needs the open_clip folder {bundle.path} was exported from, {source}, "
+                "which no longer exists",
+                "restore it, or bench a bundle whose source is at hand",
+            )
+        return f"local-dir:{source}", None
+    if pretrained and m.get("hub") == "open_clip" and os.path.isabs(str(pretrained)) \
+            and not os.path.isfile(str(pretrained)):
+        raise ClipevalError(f"--vs-reference needs the weights file {pretrained}, which no longer exists",
+                            "restore it, or bench a bundle whose weights are at hand")
+    return source, pretrained
+
+
 def _reference_checkpoint(model_arg: str, bundle, checkpoint: str | None) -> Path:
     from clipeval.engine.errors import ClipevalError
     from clipeval.export.hub import is_hub_id, local_checkpoint
@@ -60,8 +81,16 @@ def _reference_checkpoint(model_arg: str, bundle, checkpoint: str | None) -> Pat
     if (given / "config.json").is_file():
         return given
     source = bundle.manifest.get("source")
-    if source and (Path(os.path.expanduser(str(source))) / "config.json").is_file():
-        return Path(os.path.expanduser(str(source)))
+    local = Path(os.path.expanduser(str(source))) if source else None
+    if local is not None and (local / "config.json").is_file():
+        return local
+    # The manifest says hub null for a local directory (clipeval export records its absolute path).
+    if source and bundle.manifest.get("hub") is None:
+        state = "holds no config.json" if local.is_dir() else "no longer exists"
+        raise ClipevalError(
+            f"--vs-reference needs the checkpoint {bundle.path} was exported from, {source}, which {state}",
+            "pass the checkpoint directory with --checkpoint DIR",
+        )
     if source and is_hub_id(str(source)):
         return local_checkpoint(str(source), hub=bundle.manifest.get("hub") or "hf",
                                 revision=bundle.manifest.get("revision"))
@@ -123,7 +152,8 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
     cfg = make_eval_config({"models": [{"model_name": model}], "data_dir": data_dir, "precision": precision,
                             "provider": provider, "batch_size": batch_size, "verbose": False}, "the command line")
     bundle = resolve_model(cfg.models[0], cfg)
-    ckpt = _reference_checkpoint(model, bundle, checkpoint) if vs_reference else None
+    open_clip_ref = _reference_open_clip(bundle) if vs_reference and bundle.family == "open_clip" else None
+    ckpt = _reference_checkpoint(model, bundle, checkpoint) if vs_reference and open_clip_ref is None else None
     workers = num_workers if num_workers is not None else default_threads()
     dataset = read_dataset("custom", data_dir, "test", "fail", progress=False, limit=limit).limit(limit)
 
@@ -164,9 +194,12 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
                                               "timings": second_result["meta"]["timings"],
                                               "cache": second_result["meta"].get("cache")}
         if vs_reference:
-            click.echo(f"reference: PyTorch + transformers, DataLoader with {reference_workers} worker(s) ...",
-                       err=True)
-            rargv = [sys.executable, "-m", "clipeval.export.reference", "--checkpoint", str(ckpt),
+            click.echo(f"reference: PyTorch + {'open_clip' if open_clip_ref else 'transformers'}, DataLoader with "
+                       f"{reference_workers} worker(s) ...", err=True)
+            which = ["--open-clip", open_clip_ref[0]] + (["--pretrained", str(open_clip_ref[1])]
+                                                          if open_clip_ref[1] else []) \
+                if open_clip_ref else ["--checkpoint", str(ckpt)]
+            rargv = [sys.executable, "-m", "clipeval.export.reference", *which,
                      "--data-dir", data_dir, "--batch-size", str(batch_size),
                      "--num-workers", str(reference_workers)]
             if limit is not None:
@@ -175,8 +208,8 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
                 rargv += ["--device", "cpu"]
             ref = run_child(rargv)
             ref_result = _check(ref, "reference pipeline")
-            report["reference"] = {"checkpoint": str(ckpt), "wall_s": ref.wall_s, "peak_rss_mb": ref.peak_rss_mb,
-                                   **ref_result}
+            report["reference"] = {"checkpoint": str(ckpt) if ckpt else " ".join(map(str, filter(None, open_clip_ref))),
+                                   "wall_s": ref.wall_s, "peak_rss_mb": ref.peak_rss_mb, **ref_result}
     report["ratios"] = _ratios(report)
     _table(report)
     emit(report)

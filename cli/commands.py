@@ -56,7 +56,11 @@ def _cache_options(f):
 
 @cli.command("eval")
 @click.option("--model", "models", multiple=True, metavar="BUNDLE|CHECKPOINT|demo",
-              help="Model bundle directory, checkpoint directory or hub id (repeatable). Default: the embedded demo model.")
+              help="Model bundle directory, checkpoint directory or hub id, or an open_clip model "
+                   "(architecture, hf-hub:org/name, folder) (repeatable). Default: the embedded demo model.")
+@click.option("--pretrained", "pretrained", multiple=True, metavar="TAG|FILE",
+              help="open_clip pretrained tag or weights file for --model architectures (repeatable: every "
+                   "--model with every --pretrained, as CLIP_benchmark does).")
 @click.option("--dataset", "datasets", multiple=True, metavar="NAME",
               help="Dataset name (repeatable). Default: custom.")
 @click.option("--data-dir", default=None, help="Dataset folder (for custom: the folder holding image_queries.jsonl).")
@@ -86,15 +90,19 @@ def _cache_options(f):
 @_named_dataset_options
 @_cache_options
 @verbosity_option
-def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, num_workers, limit, recall_k,
-             skip_existing, on_error, provider, precision, fast_decode, decode, num_threads, detail, quiet, no_cache,
+def eval_cmd(models, pretrained, datasets, data_dir, split, task, output_dir, batch_size, num_workers, limit,
+             recall_k, skip_existing, on_error, provider, precision, fast_decode, decode, num_threads, detail, quiet,
+             no_cache,
              verify_cache, **named_dataset):
     """Evaluate models on datasets; prints one JSON line per result on stdout."""
     from clipeval.engine.config import make_eval_config
 
     setup_logging(not quiet)
+    # --model/--pretrained are CLIP_benchmark's model/pretrained keys (engine/model_spec.py)
+    naming = {"model": list(models), "pretrained": list(pretrained)} if pretrained else \
+        {"models": [{"model_name": m} for m in models]}
     block = {
-        "models": [{"model_name": m} for m in models],
+        **naming,
         "dataset_name": list(datasets) or ["custom"],
         "data_dir": data_dir, "split": split, "task": task, "output_dir": output_dir,
         "batch_size": batch_size, "num_workers": num_workers, "limit": limit,

@@ -13,9 +13,12 @@ Layout::
 
     {
       "format": 1,
-      "family": "clip" | "chinese_clip" | "siglip",
-      "source": "openai/clip-vit-base-patch32" | "/path/to/checkpoint",
+      "family": "clip" | "chinese_clip" | "siglip" | "open_clip" | "text",
+      "source": "openai/clip-vit-base-patch32" | "/abs/path/to/checkpoint" | "ViT-B-32" | "hf-hub:org/name",
       "revision": "main" | null,
+      "hub": "hf" | "modelscope" | "open_clip" | null,   # null: a local folder
+      "pretrained": "laion2b_s34b_b79k" | "/abs/weights.pt" | null,   # open_clip only
+      "name": "ViT-B-32_laion2b_s34b_b79k",       # optional: the model's name in results
       "embed_dim": 512,
       "context_length": 77,
       "precision": "fp32",                       # the precision of vision.onnx / text.onnx
@@ -24,7 +27,8 @@ Layout::
                    "fp16": {"vision": "vision.fp16.onnx", "text": "text.fp16.onnx"}},
       "tokenizer": {"pad_id": 0, "eos_id": 2, "bos_id": 1 | null,
                     "padding": "longest" | "max_length",
-                    "text_inputs": ["input_ids", "attention_mask"]},
+                    "text_inputs": ["input_ids", "attention_mask"],
+                    "clean": [...], "sentencepiece": {...}},   # optional: engine/textprep.py
       "files": {"vision.onnx": "<sha256>", ...},   # every file but manifest.json
       "validation": {...},                          # written by the exporter
       "fused_ops": {...},                           # written by the exporter
@@ -116,7 +120,10 @@ class Bundle:
 
     @property
     def name(self) -> str:
-        """A short, human name: the source's last path component, else the directory name."""
+        """A short, human name: the manifest's ``name`` (open_clip exports: architecture and
+        pretrained tag), else the source's last path component, else the directory name."""
+        if isinstance(self.manifest.get("name"), str) and self.manifest["name"]:
+            return self.manifest["name"]
         source = self.manifest.get("source") or ""
         base = os.path.basename(str(source).rstrip("/")) if source else ""
         return base or self.path.name

@@ -46,6 +46,7 @@ from pydantic_core import PydanticCustomError
 from .detail import DETAIL_MODES
 from .errors import ConfigError
 from .fsutil import check_path_text
+from .model_spec import apply_model_spellings
 from .textio import to_utf8
 
 TOP_KEYS = ("eval_backend", "eval_config", "work_dir", "no_timestamp")
@@ -163,11 +164,11 @@ def _text(value, *, what: str = "a string", allow_empty: bool = False) -> str:
     return value
 
 
-def _str(nullable: bool = False, allow_empty: bool = False):
+def _str(nullable: bool = False, allow_empty: bool = False, what: str = "a string"):
     def check(value):
         if value is None and nullable:
             return None
-        return _text(value, allow_empty=allow_empty)
+        return _text(value, what=what, allow_empty=allow_empty)
 
     return PlainValidator(check)
 
@@ -275,6 +276,8 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_name: Annotated[str, _path(nullable=False)]
+    # open_clip: a pretrained tag or weights file for an architecture name (CLIP_benchmark's key)
+    pretrained: Annotated[str | None, _str(nullable=True, what="a tag or a file path")] = None
     revision: Annotated[str | None, _str(nullable=True)] = None
     hub: Annotated[str | None, _str(nullable=True)] = None
     precision: Annotated[str | None, _choice(PRECISIONS, nullable=True)] = None
@@ -480,6 +483,11 @@ def validate_model(problems: Problems, model: type[BaseModel], data: dict, prefi
 def _eval_block(block: Any, prefix: Loc, problems: Problems) -> EvalConfig | None:
     if not isinstance(block, dict):
         problems.add(prefix, f"must be a mapping of eval keys, got {_kind(block)}")
+        return None
+    try:  # CLIP_benchmark's model / pretrained / pretrained_model spellings -> models entries
+        block = apply_model_spellings(block, problems.name(prefix) or problems.label)
+    except ConfigError as exc:
+        problems.add(prefix, exc.message, exc.remedy)
         return None
     fields = {k: v for k, v in block.items() if v is not None or k in NULLABLE_KEYS or k not in EVAL_KEYS}
     raw_models = fields.pop("models", None)

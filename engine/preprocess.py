@@ -24,6 +24,27 @@ Schema (format 1); the keys mirror transformers' image processor config so a che
   float32. Because the input is 8-bit, both are a 256-entry table per channel, computed with the
   same arithmetic, so the output is bit-identical and costs one table lookup per value.
 
+Three optional keys describe open_clip's image transform (``open_clip.transform.image_transform``
+on a PIL image, torchvision's PIL code path); a bundle exported from transformers has none of them,
+so its ``preprocess.json`` and its pixels are unchanged:
+
+* ``"resize_mode": "shortest" | "longest"`` with a ``{"height": H, "width": W}`` size: open_clip's
+  ``ResizeKeepRatio``: ``ratio = min(h / H, w / W)`` (``"shortest"``, the image covers the target)
+  or ``max(...)`` (``"longest"``, it fits inside), output ``(round(h / ratio), round(w / ratio))``
+  with Python's ``round`` (half to even). Without the key, a ``{"height", "width"}`` size is
+  resized to exactly that size (open_clip's ``"squash"``), and ``{"shortest_edge": S}`` truncates
+  the long side as above (torchvision's ``Resize(S)`` computes it the same way).
+* ``"crop_rule": "torchvision"``: the centre crop starts at ``int(round((size - crop) / 2))``
+  (half to even, torchvision's ``center_crop``) and an image smaller than the crop is placed at
+  ``(crop - size) // 2`` (torchvision's ``pad`` then crop). Default ``"transformers"``: the rules
+  above.
+* ``"pad_fill": [r, g, b]``: the 8-bit colour of that padding (open_clip's ``fill_color``; default
+  black), rescaled and normalised like every other pixel.
+
+open_clip rescales with ``ToTensor`` (``float32(v) / 255``), which equals transformers'
+``float32(float64(v) * (1 / 255))`` for every 8-bit ``v``, and normalises with the same float32
+arithmetic, so the value table serves both.
+
 The engine holds no mean, std or size: they come from the bundle.
 """
 
@@ -68,7 +89,12 @@ KEYS = (
     "do_normalize",
     "image_mean",
     "image_std",
+    "resize_mode",
+    "crop_rule",
+    "pad_fill",
 )
+RESIZE_MODES = ("shortest", "longest")  # open_clip's ResizeKeepRatio (see the module docstring)
+CROP_RULES = ("transformers", "torchvision")
 
 # Processor classes whose behaviour from_hf_processor_config knows. Values: (default
 # do_center_crop, how an integer ``size`` is read). Numeric defaults (mean, std) are not
@@ -141,6 +167,9 @@ class PreprocessSpec:
     do_normalize: bool
     image_mean: tuple[float, float, float] | None
     image_std: tuple[float, float, float] | None
+    resize_mode: str | None = None  # None | "shortest" | "longest" (open_clip's ResizeKeepRatio)
+    crop_rule: str = "transformers"  # "transformers" | "torchvision"
+    pad_fill: tuple[int, int, int] = (0, 0, 0)  # 8-bit colour of padding around a small image
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> "PreprocessSpec":
@@ -203,7 +232,8 @@ class PreprocessSpec:
         if flags["do_normalize"]:
             mean = _triple(d["image_mean"], "image_mean", source, positive=False)
             std = _triple(d["image_std"], "image_std", source, positive=True)
-        if crop is None and (size is None or "shortest_edge" in size):
+        resize_mode, crop_rule, pad_fill = _open_clip_keys(d, size, source)
+        if crop is None and (size is None or "shortest_edge" in size or resize_mode is not None):
             raise BundleError(
                 f"preprocess config{_where(source)} gives images of varying size "
                 "(no centre crop and no fixed-size resize), so they cannot be batched",
@@ -221,6 +251,9 @@ class PreprocessSpec:
             do_normalize=flags["do_normalize"],
             image_mean=mean,
             image_std=std,
+            resize_mode=resize_mode,
+            crop_rule=crop_rule,
+            pad_fill=pad_fill,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,6 +276,13 @@ class PreprocessSpec:
         if self.do_normalize:
             d["image_mean"] = list(self.image_mean)
             d["image_std"] = list(self.image_std)
+        # open_clip's keys only where they differ from transformers' behaviour
+        if self.resize_mode is not None and self.do_resize:
+            d["resize_mode"] = self.resize_mode
+        if self.crop_rule != "transformers":
+            d["crop_rule"] = self.crop_rule
+        if tuple(self.pad_fill) != (0, 0, 0):
+            d["pad_fill"] = list(self.pad_fill)
         return d
 
     @classmethod
@@ -330,6 +370,11 @@ class PreprocessSpec:
 
     def resize_target(self, width: int, height: int) -> tuple[int, int]:
         """``(w, h)`` the resize produces for an input of ``width`` × ``height``."""
+        if self.resize_mode is not None:  # open_clip's ResizeKeepRatio
+            ratio_h, ratio_w = height / self.size["height"], width / self.size["width"]
+            longest = 1.0 if self.resize_mode == "longest" else 0.0
+            ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
+            return (round(width / ratio), round(height / ratio))
         if "shortest_edge" in self.size:
             s = self.size["shortest_edge"]
             if width <= height:
@@ -339,10 +384,43 @@ class PreprocessSpec:
 
 
 def _center_span(n: int, crop: int) -> tuple[int, int, int]:
-    """(source start, destination start, length) of a centre crop of ``crop`` from ``n``."""
+    """(source start, destination start, length) of a centre crop of ``crop`` from ``n``
+    (transformers' rule)."""
     if n >= crop:
         return ((n - crop) // 2, 0, crop)
     return (0, math.ceil((crop - n) / 2), n)
+
+
+def _center_span_torchvision(n: int, crop: int) -> tuple[int, int, int]:
+    """The same under torchvision's ``center_crop``: offset rounded half to even, padding before
+    the image ``(crop - n) // 2``."""
+    if n >= crop:
+        return (int(round((n - crop) / 2.0)), 0, crop)
+    return (0, (crop - n) // 2, n)
+
+
+def _open_clip_keys(d: Mapping[str, Any], size: dict[str, int] | None, source: str | None):
+    """Validate ``resize_mode``, ``crop_rule`` and ``pad_fill``; return them with their defaults."""
+    remedy = "re-export the bundle, or fix preprocess.json by hand"
+    resize_mode = d.get("resize_mode")
+    if resize_mode is not None:
+        if resize_mode not in RESIZE_MODES:
+            raise BundleError(f"preprocess key 'resize_mode'{_where(source)} is {resize_mode!r}",
+                              f"use one of: {', '.join(RESIZE_MODES)} (or leave it out)")
+        if size is not None and "shortest_edge" in size:
+            raise BundleError(f"preprocess key 'resize_mode'{_where(source)} needs a {{'height', 'width'}} size",
+                              remedy)
+    crop_rule = d.get("crop_rule", "transformers")
+    if crop_rule not in CROP_RULES:
+        raise BundleError(f"preprocess key 'crop_rule'{_where(source)} is {crop_rule!r}",
+                          f"use one of: {', '.join(CROP_RULES)}")
+    fill = d.get("pad_fill", [0, 0, 0])
+    ok = isinstance(fill, (list, tuple)) and len(fill) == 3
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in fill)
+    if not ok:
+        raise BundleError(f"preprocess key 'pad_fill'{_where(source)} must be 3 integers 0..255 (got {fill!r})",
+                          remedy)
+    return resize_mode, crop_rule, (int(fill[0]), int(fill[1]), int(fill[2]))
 
 
 class Preprocessor:
@@ -386,7 +464,7 @@ class Preprocessor:
             img = to_rgb(img)
         if spec.do_resize:
             w, h = spec.resize_target(*img.size)
-            if w * h > MAX_RESIZED_PIXELS:
+            if w * h > MAX_RESIZED_PIXELS or w < 1 or h < 1:  # a side of 0: open_clip's "longest" fit
                 raise ImageError(
                     f"image of {img.size[0]}x{img.size[1]} would be resized to {w}x{h}, an extreme aspect ratio",
                     "skip this image (on_error='skip') or crop it first",
@@ -404,10 +482,11 @@ class Preprocessor:
         arr = np.asarray(self.resize(img))
         h, w = arr.shape[:2]
         if self.spec.do_center_crop:
-            sy, dy, ny = _center_span(h, H)
-            sx, dx, nx = _center_span(w, W)
-            if ny < H or nx < W:
-                out[...] = self._lut[:, :1, None]  # the padding is 8-bit zero before rescaling
+            span = _center_span_torchvision if self.spec.crop_rule == "torchvision" else _center_span
+            sy, dy, ny = span(h, H)
+            sx, dx, nx = span(w, W)
+            if ny < H or nx < W:  # the padding is an 8-bit colour (default black) before rescaling
+                out[...] = self._lut[np.arange(3), list(self.spec.pad_fill)][:, None, None]
         else:
             sy = dy = sx = dx = 0
             ny, nx = h, w

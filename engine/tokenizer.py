@@ -24,6 +24,11 @@ Japanese text in a byte-level BPE), the text is cut again at ``LAST_CUT_CHARS_PE
 context_length`` characters and checked again; past that, the cut text's tokens are used
 (in the tests they equal the uncut ones on spaceless CJK text, emoji runs and long words).
 A text cut either way counts as truncated.
+
+Steps the manifest names beyond ``tokenizer.json`` (open_clip's text cleaning, SigLIP's
+SentencePiece procedure) are :mod:`.textprep`'s; they run on texts first cut at
+``CLEAN_CUT_CHARS_PER_TOKEN * context_length`` characters (at a space), so they too see a bounded
+text, and a SentencePiece text is cut again at the last cut's bound before it is encoded.
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BundleError
+from .textprep import text_preparation
 
 log = logging.getLogger(__name__)
 
 PADDING_RULES = ("longest", "max_length")
 CUT_CHARS_PER_TOKEN = 32  # the first cut: ordinary text has 3-6 characters a token
 LAST_CUT_CHARS_PER_TOKEN = 256  # the second cut, for texts the first one could not decide
+CLEAN_CUT_CHARS_PER_TOKEN = 4 * LAST_CUT_CHARS_PER_TOKEN  # before cleaning steps that may shorten a text
 ENCODE_CHUNK = 256  # texts per call to `tokenizers` (bounds its per-call memory)
 _SPACE_THEN_WORD = re.compile(" [^ ]")  # searched in the reversed text: the last space before a word
 
@@ -91,6 +98,8 @@ class TextTokenizer:
         self.text_inputs = tuple(rule.get("text_inputs", ("input_ids", "attention_mask")))
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=self.context_length)
+        self._clean, self._sentencepiece = text_preparation(os.path.dirname(os.fspath(path)), rule,
+                                                            self.context_length)
 
     def _encode_batch(self, texts: list[str]) -> list:
         """`tokenizers`' encodings of ``texts`` (already cut)."""
@@ -103,6 +112,15 @@ class TextTokenizer:
         the tokenizer (see the module docstring for the cut and why it leaves the ids alone).
         """
         texts = list(texts)
+        pre_cut = np.zeros(len(texts), dtype=bool)
+        if self._clean is not None or self._sentencepiece is not None:
+            texts, pre_cut = self._cut_all(texts, CLEAN_CUT_CHARS_PER_TOKEN)
+        if self._clean is not None:  # open_clip's text cleaning (engine/textprep.py)
+            texts = [self._clean(t) for t in texts]
+        if self._sentencepiece is not None:  # SigLIP's SentencePiece procedure (engine/textprep.py)
+            texts, cut = self._cut_all(texts, LAST_CUT_CHARS_PER_TOKEN)
+            ids, truncated = self._sentencepiece.encode(texts)
+            return Encoded(ids=ids, truncated=truncated | cut | pre_cut)
         ids: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
         truncated = np.zeros(len(texts), dtype=bool)
         undecided = []  # texts whose first cut could not be shown to keep the ids
@@ -121,9 +139,16 @@ class TextTokenizer:
             enc = self._encode_batch([text[:cut]])[0]
             ids[i] = np.asarray(enc.ids, dtype=np.int64)
             truncated[i] = bool(enc.overflowing) or cut < len(text)
+        truncated |= pre_cut
         if undecided:
             log.debug("%d long text(s) needed the second cut before tokenising", len(undecided))
         return Encoded(ids=ids, truncated=truncated)
+
+    def _cut_all(self, texts: list[str], chars_per_token: int) -> tuple[list[str], np.ndarray]:
+        """``texts`` cut by :meth:`_cut` at ``chars_per_token``, and which of them were cut."""
+        cuts = [self._cut(t, chars_per_token)[0] for t in texts]
+        cut = np.fromiter((c < len(t) for t, c in zip(texts, cuts)), dtype=bool, count=len(texts))
+        return [t[:c] for t, c in zip(texts, cuts)], cut
 
     def _cut(self, text: str, chars_per_token: int) -> tuple[int, int]:
         """``(cut, boundary)`` of :func:`cut_point` at ``chars_per_token`` characters a token of

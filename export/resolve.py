@@ -1,7 +1,8 @@
 """Model resolution with export on first use.
 
-A bundle directory (or ``demo``) is used as it is. A checkpoint directory or a hub id is
-exported once into the model cache (``cache_dir`` / ``$CLIPEVAL_CACHE_DIR`` / ``~/.cache/clipeval``,
+A bundle directory (or ``demo``) is used as it is. A checkpoint directory or a hub id, or an
+open_clip model (an architecture with ``pretrained``, ``hf-hub:org/name``, an open_clip folder;
+:mod:`.openclip_source`), is exported once into the model cache (``cache_dir`` / ``$CLIPEVAL_CACHE_DIR`` / ``~/.cache/clipeval``,
 then ``models/``) and reused after, keyed by source, hub, revision, precision and, for a local
 directory, the checkpoint files' sizes and modification times. The export is built in a hidden
 directory and renamed into place, so an interrupted export never becomes a cache entry.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clipeval.engine.bundle import Bundle, is_bundle_dir, load_bundle
+from clipeval.engine.errors import ConfigError
 from clipeval.engine.paths import cache_root
 from clipeval.engine.runner import is_demo, resolve_bundle
 
@@ -63,12 +65,23 @@ def resolve_model(model: dict[str, Any], cfg) -> Bundle:
 
 def _resolve_image_text_model(model: dict[str, Any], cfg) -> Bundle:
     name = str(model.get("model_name") or "")
+    pretrained = model.get("pretrained")
     path = Path(os.path.expanduser(name))
-    if is_demo(model) or is_bundle_dir(path) or not _is_checkpoint(name, path):
-        return resolve_bundle(model, cfg)  # the demo, a bundle, or an error that says what was expected
+    if is_demo(model) or is_bundle_dir(path):
+        if pretrained:
+            raise ConfigError(f"pretrained {pretrained!r} was given for {name or 'the demo'}, which is a model bundle",
+                              "pretrained goes with an open_clip architecture name (e.g. ViT-B-32)")
+        return resolve_bundle(model, cfg)  # the demo or a bundle
     precision = model.get("precision") or getattr(cfg, "precision", None) or "fp32"
     revision, hub = model.get("revision"), model.get("hub") or "hf"
-    target = cached_bundle_dir(name, revision, precision, cache_root(getattr(cfg, "cache_dir", None)), hub)
+    root = cache_root(getattr(cfg, "cache_dir", None))
+    open_clip_source = _open_clip_source(name, path, pretrained, hub, revision)
+    if open_clip_source is not None:
+        target = open_clip_cache_dir(open_clip_source, precision, root)
+    elif _is_checkpoint(name, path):
+        target = cached_bundle_dir(name, revision, precision, root, hub)
+    else:
+        return resolve_bundle(model, cfg)  # an error that says what was expected
     if is_bundle_dir(target):
         log.info("using cached export %s", target)
         return load_bundle(target, trust_stamp=not getattr(cfg, "verify_cache", False))
@@ -76,7 +89,8 @@ def _resolve_image_text_model(model: dict[str, Any], cfg) -> Bundle:
 
     log.info("exporting %s into the model cache at %s (once)", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    export_checkpoint(name, target, precision=precision, force=False, hub=hub, revision=revision)
+    export_checkpoint(name, target, precision=precision, force=False, hub=hub, revision=revision,
+                      pretrained=pretrained)
     return load_bundle(target)
 
 
@@ -103,3 +117,26 @@ def _resolve_mteb_model(entry, cfg) -> Bundle:
         return resolve_reranker_bundle(path, getattr(cfg, "cache_dir", None), max_seq_length=length)
     return resolve_text_bundle(path, getattr(cfg, "cache_dir", None), pooling_mode=entry.pooling_mode,
                                max_seq_length=length)
+
+
+def _open_clip_source(name: str, path: Path, pretrained, hub: str, revision: str | None):
+    """The open_clip model a ``models`` entry names (see :mod:`.openclip_source`), or ``None``."""
+    from .openclip_source import classify
+
+    if hub != "hf":
+        if pretrained:
+            raise ConfigError(f"pretrained {pretrained!r} was given with hub {hub!r}",
+                              "open_clip models come from open_clip's table or the Hugging Face Hub: drop hub")
+        return None
+    if not pretrained and path.is_dir() and (path / "config.json").is_file():
+        return None  # a transformers checkpoint folder: no need to import open_clip
+    return classify(name, pretrained, hub=hub, revision=revision)
+
+
+def open_clip_cache_dir(source, precision: str, root: Path) -> Path:
+    """The cache directory of an open_clip model exported at ``precision``
+    (``root/models/NAME-PRECISION-KEY``; the key covers the weights file's or folder's files'
+    sizes and modification times, so edited weights are exported again)."""
+    digest = hashlib.sha256(f"{source.cache_identity()}|{precision}".encode()).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.display_name)
+    return root / "models" / f"{name}-{precision}-{digest}"

@@ -313,7 +313,7 @@ def export_text_model(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
     stage = make_temp_dir(prefix=f".{out.name}.partial-", dir=out.parent)  # the user's umask, not 0700
     try:
         manifest = _build(src, stage, spec, opset=opset, validate=validate)
-        manifest.update({"source": str(source), "revision": None})
+        manifest.update({"source": str(src.resolve()), "revision": None})
         write_manifest(stage, manifest)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
