@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 
 from .errors import DatasetError
-from .results import write_atomic
+from .fsutil import write_atomic
 from .textio import json_lines
 
 log = logging.getLogger(__name__)

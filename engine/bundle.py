@@ -55,6 +55,7 @@ from typing import Any
 import orjson
 
 from .errors import BundleError
+from .fsutil import write_atomic
 from .paths import cache_root
 from .textio import read_json, to_utf8
 
@@ -154,10 +155,7 @@ def _read_stamp(path: Path) -> dict:
 
 def _write_stamp(path: Path, stamp: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(stamp))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(stamp).encode())
     except OSError:  # a read-only cache only costs re-hashing next time
         pass
 
@@ -384,7 +382,5 @@ def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> str:
     manifest.setdefault("format", FORMAT_VERSION)
     manifest["files"] = files
     raw = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_bytes(raw)
-    os.replace(tmp, root / MANIFEST)
+    write_atomic(root / MANIFEST, raw)
     return hashlib.sha256(raw).hexdigest()

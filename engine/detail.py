@@ -63,7 +63,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ResultError
-from .results import write_atomic
+from .fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -17,24 +17,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .fsutil import file_mode
+from .fsutil import write_atomic
+from .paths import safe_name
 from .textio import read_json
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LANGUAGE = "en"
 DEFAULT_SPLIT = "test"
-
-
-def _safe(name: str) -> str:
-    return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in name) or "_"
 
 
 @dataclass(frozen=True)
@@ -81,8 +77,8 @@ def slot_tags(precision: str, own_precision: str, language: str | None, split: s
 def result_path(output_dir: str | os.PathLike, model: str, dataset: str, task: str,
                 tags: list[str] | tuple[str, ...] = ()) -> Path:
     """``{output_dir}/{model}/{dataset}_{task}[.{tag}...].json`` (names made file-system safe)."""
-    suffix = "".join(f".{_safe(t)}" for t in tags)
-    return Path(output_dir) / _safe(model) / f"{_safe(dataset)}_{task}{suffix}.json"
+    suffix = "".join(f".{safe_name(t)}" for t in tags)
+    return Path(output_dir) / safe_name(model) / f"{safe_name(dataset)}_{task}{suffix}.json"
 
 
 def slot_candidates(primary: Path, digest: str) -> list[Path]:
@@ -167,30 +163,6 @@ def dumps(obj: Any, indent: bool = False) -> bytes:
     if indent:
         opts |= orjson.OPT_INDENT_2
     return orjson.dumps(obj, option=opts)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
-
-    The file gets the mode a plain ``open`` would give it (``0o666`` less the umask), not the
-    ``0o600`` of :func:`tempfile.mkstemp`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), file_mode())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_result(path: str | os.PathLike, result: dict[str, Any]) -> None:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .. import __version__
 from .bundle import Bundle, is_bundle_dir, load_bundle
 from .cache import open_cache
 from .config import EvalConfig, parse_task_cfg
@@ -24,6 +22,7 @@ from .datasets.fingerprint import data_fingerprint
 from .fsutil import check_writable_dir
 from .results import DEFAULT_LANGUAGE, Slot, destination, find_existing, params_key, result_path, slot_tags, write_result
 from .session import default_threads
+from .versions import versions
 from .tasks import TASKS, TaskParams
 from .tasks.context import ModelContext, default_precision, load_model
 
@@ -72,15 +71,6 @@ def _data_key(data_dir: str | None, cfg: EvalConfig) -> str:
 
         return f"url:{base_url('{name}', cfg.dataset_url)}"
     return data_dir if "://" in data_dir else os.path.abspath(os.path.expanduser(data_dir))
-
-
-def _versions() -> dict[str, str]:
-    import numba
-    import numpy
-    import onnxruntime
-
-    return {"clipeval": __version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
-            "numba": numba.__version__, "python": platform.python_version()}
 
 
 OUTPUT_DIR_WHAT = "output folder (--output-dir / output_dir)"
@@ -193,7 +183,7 @@ def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[s
                 "data_fingerprint": fingerprint,
                 "slot_digest": slot.digest,
                 "params_key": key,
-                "versions": _versions(),
+                "versions": versions("onnxruntime", "numpy", "numba"),
             })
             if context.warnings:
                 meta["warnings"] = context.warnings

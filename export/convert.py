@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ import numpy as np
 from clipeval import __version__
 from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, write_manifest
 from clipeval.engine.errors import ExportError
-from clipeval.engine.fsutil import make_temp_dir
+from clipeval.engine.fsutil import publish_dir, staging_dir
+from clipeval.engine.versions import versions
 
 from . import validate as _validate
 from .families import FAMILIES, Family, ModelFacts, family_for
@@ -134,13 +134,8 @@ def _require_export_deps(open_clip: bool = False) -> None:
 
 
 def tool_versions() -> dict[str, str]:
-    out = {}
-    for name in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            out[name] = importlib.import_module(name).__version__
-        except ImportError:
-            pass
-    return out
+    """The versions of what made an export (``exported_with`` in the manifest)."""
+    return versions("torch", "transformers", "onnx", "onnxruntime", "tokenizers")
 
 
 def export_checkpoint(
@@ -179,8 +174,7 @@ def export_checkpoint(
         family = family_for(_read_config(src).get("model_type"), f" in {src / 'config.json'}")
     _require_export_deps(open_clip=open_clip_source is not None)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = make_temp_dir(prefix=f".{out.name}.partial-", dir=out.parent)  # the user's umask, not 0700
+    stage = staging_dir(out)  # the user's umask, not 0700
     try:
         if open_clip_source is not None:
             from . import openclip_export
@@ -194,7 +188,7 @@ def export_checkpoint(
             manifest.update(source_record(source, src, hub=hub, revision=revision))
         write_manifest(stage, manifest)
         _check_out_dir(out, force)  # again: the export took a while
-        _publish(stage, out)
+        publish_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -222,21 +216,6 @@ def source_record(source: str | os.PathLike, local: Path, *, hub: str | None, re
     if given.is_dir():
         return {"source": str(given.resolve()), "revision": None, "hub": None}
     return {"source": str(source), "revision": revision, "hub": hub}
-
-
-def _publish(stage: Path, out: Path) -> None:
-    """Make ``stage`` appear at ``out`` by renames only; an old bundle there is replaced."""
-    if not out.exists():
-        os.replace(stage, out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(out, old)
-    try:
-        os.replace(stage, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def validation_images(image_size: int, count: int = VALIDATION_IMAGES, seed: int = 0) -> np.ndarray:

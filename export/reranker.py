@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 from clipeval import __version__
 from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, Bundle, is_bundle_dir, load_bundle, write_manifest
 from clipeval.engine.errors import BundleError, ExportError
+from clipeval.engine.fsutil import publish_dir, staging_dir
 
 from .convert import tool_versions
 
@@ -182,19 +182,12 @@ def export_reranker(source: str | os.PathLike, out_dir: str | os.PathLike, *, op
         if not force or not (out / MANIFEST).is_file():
             raise ExportError(f"output {out} exists and is not empty",
                               "pick another directory, or pass force=True to replace a bundle there")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    stage = staging_dir(out)  # the user's umask, not 0700
     try:
         manifest = _build(src, stage, opset=opset, max_seq_length=max_seq_length)
         manifest.update({"source": str(source), "revision": None})
         write_manifest(stage, manifest)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(stage, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, out)
+        publish_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -18,7 +18,7 @@ from typing import Any
 
 from clipeval.engine.bundle import Bundle, is_bundle_dir, load_bundle
 from clipeval.engine.errors import ConfigError
-from clipeval.engine.paths import cache_root
+from clipeval.engine.paths import cache_root, safe_name
 from clipeval.engine.runner import is_demo, resolve_bundle
 
 from .hub import is_hub_id
@@ -40,7 +40,7 @@ def cached_bundle_dir(source: str, revision: str | None, precision: str, root: P
     local = Path(os.path.expanduser(source))
     ident = f"{local.resolve()}|{_fingerprint(local)}" if local.is_dir() else f"{hub}:{source}"
     digest = hashlib.sha256(f"{ident}|{revision}|{precision}".encode()).hexdigest()[:16]
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(source.rstrip("/")))
+    name = safe_name(os.path.basename(source.rstrip("/")))
     return root / "models" / f"{name}-{precision}-{digest}"
 
 
@@ -138,5 +138,5 @@ def open_clip_cache_dir(source, precision: str, root: Path) -> Path:
     (``root/models/NAME-PRECISION-KEY``; the key covers the weights file's or folder's files'
     sizes and modification times, so edited weights are exported again)."""
     digest = hashlib.sha256(f"{source.cache_identity()}|{precision}".encode()).hexdigest()[:16]
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.display_name)
+    name = safe_name(source.display_name)
     return root / "models" / f"{name}-{precision}-{digest}"

@@ -51,7 +51,7 @@ from typing import Any
 from clipeval import __version__
 from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, Bundle, is_bundle_dir, load_bundle, write_manifest
 from clipeval.engine.errors import BundleError, ExportError
-from clipeval.engine.fsutil import make_temp_dir
+from clipeval.engine.fsutil import publish_dir, staging_dir
 
 from .convert import tool_versions
 
@@ -309,19 +309,12 @@ def export_text_model(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
             raise ExportError(f"output {out} exists and is not empty",
                               "pick another directory, or pass force=True to replace a bundle there")
     spec = read_text_spec(src, pooling_mode=pooling_mode, max_seq_length=max_seq_length)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = make_temp_dir(prefix=f".{out.name}.partial-", dir=out.parent)  # the user's umask, not 0700
+    stage = staging_dir(out)  # the user's umask, not 0700
     try:
         manifest = _build(src, stage, spec, opset=opset, validate=validate)
         manifest.update({"source": str(src.resolve()), "revision": None})
         write_manifest(stage, manifest)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(stage, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, out)
+        publish_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

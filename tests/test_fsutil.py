@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from clipeval.engine.errors import ConfigError
 from clipeval.engine.fsutil import check_writable_dir, current_umask, make_temp_dir
-from clipeval.engine.results import write_atomic
+from clipeval.engine.fsutil import write_atomic
 
 WHAT = "output folder (--output-dir / output_dir)"
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from ..errors import ConfigError
 from ..resultset import find_results
-from ..results import write_atomic
+from ..fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 

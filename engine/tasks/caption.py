@@ -18,9 +18,7 @@ import asyncio
 import hashlib
 import logging
 import os
-import platform
 import shutil
-import tempfile
 import threading
 import time
 from functools import partial
@@ -28,7 +26,6 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from ... import __version__
 from ..beir import write_beir
 from ..caption.client import DEFAULT_PROMPT, ClientSettings
 from ..caption.journal import JOURNAL_NAME, Journal
@@ -36,8 +33,10 @@ from ..caption.pool import Item, caption_pool
 from ..config import EvalConfig
 from ..datasets import read_dataset
 from ..errors import ConfigError, DatasetError, ImageError, listing
-from ..fsutil import dir_mode
-from ..results import _safe, result_path, write_result
+from ..fsutil import publish_dir, remove_stale_stages, staging_dir
+from ..paths import safe_name
+from ..results import result_path, write_result
+from ..versions import versions
 
 log = logging.getLogger(__name__)
 
@@ -131,32 +130,20 @@ def _run_coroutine(coro):
 
 
 def publish_beir(folder: Path, corpus, queries, qrels) -> None:
-    """Write the BEIR files into a fresh folder beside ``folder``, then swap it into place.
+    """Write the BEIR files into a fresh folder beside ``folder``, then swap it into place
+    (:func:`~clipeval.engine.fsutil.publish_dir`: the old folder comes back if the swap fails).
 
-    Call with the journal held: its lock keeps other runs from publishing into the same place.
+    Call with the journal held: its lock keeps other runs from publishing into the same place,
+    which is what makes removing the leftovers of a killed run safe here.
     """
-    parent = folder.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in [*parent.glob(f".{folder.name}.*.tmp"), *parent.glob(f".{folder.name}.*.old")]:
-        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while publishing
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=parent))
-    old = None
+    remove_stale_stages(folder)
+    stage = staging_dir(folder)  # the user's umask
     try:
-        os.chmod(tmp, dir_mode())  # the user's umask
-        write_beir(tmp, corpus, queries, qrels)
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=parent))
-            os.replace(folder, old)  # an empty directory may be replaced
-        os.replace(tmp, folder)
+        write_beir(stage, corpus, queries, qrels)
+        publish_dir(stage, folder)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not folder.exists():
-            os.replace(old, folder)
-            old = None
+        shutil.rmtree(stage, ignore_errors=True)
         raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def beir_rows(captions: list[str], texts: list[str], text_to_image, id_style: str):
@@ -213,7 +200,7 @@ def run_caption(cfg: EvalConfig, model: dict[str, Any], dataset_name: str, data_
     data_dir = Path(data_dir) if data_dir is not None and "://" not in str(data_dir) else None
     label = model_label(model["model_name"])
     summary_path = result_path(cfg.output_dir, label, dataset_name, TASK)
-    data_root = summary_path.parent / _safe(dataset_name)
+    data_root = summary_path.parent / safe_name(dataset_name)
     retrieval_dir = data_root / "retrieval_data"
 
     prompt = model.get("prompt") or DEFAULT_PROMPT
@@ -300,7 +287,7 @@ def run_caption(cfg: EvalConfig, model: dict[str, Any], dataset_name: str, data_
                       "qrels": str(retrieval_dir / "qrels" / "test.tsv"), "qrels_jsonl": str(retrieval_dir / "qrels.jsonl")},
             "timings": {"captioning_s": caption_s, "total_s": time.perf_counter() - t_start,
                         "captions_per_s": (stats.get("captions", 0) / caption_s) if caption_s > 0 else 0.0},
-            "versions": _versions(),
+            "versions": versions("aiohttp"),
             "result_file": str(summary_path),
         }
         if dataset.limited_from is not None:
@@ -310,9 +297,3 @@ def run_caption(cfg: EvalConfig, model: dict[str, Any], dataset_name: str, data_
         write_result(summary_path, result)
         log.info("wrote %s and %s", retrieval_dir, summary_path)
         return result
-
-
-def _versions() -> dict[str, str]:
-    import aiohttp
-
-    return {"clipeval": __version__, "aiohttp": aiohttp.__version__, "python": platform.python_version()}

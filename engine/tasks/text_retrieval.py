@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ... import __version__
 from ..beir import LEFT_OUT_REASONS, BeirData, read_beir
 from ..errors import ConfigError, MetricError
 from ..results import existing_result, params_key, result_path, write_result
@@ -45,6 +43,7 @@ from ..textret.ir_metrics import DEFAULT_K, MTEB_K, RankedRun, score_ranked
 from ..textret.rerank import Reranker
 from ..textret.search import top_k
 from ..textret.trec import RUN_DEPTH, unwritable_ids, write_run
+from ..versions import versions
 
 log = logging.getLogger(__name__)
 
@@ -323,14 +322,6 @@ def _rerank_stage(reranker: Reranker, data: BeirData, queries, stage1: RankedRun
     return TextRetrievalOutput(metrics=metrics, meta=meta, run=run, per_query=per_query)
 
 
-def _versions() -> dict[str, str]:
-    import numba
-    import onnxruntime
-
-    return {"clipeval": __version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-            "numba": numba.__version__, "python": platform.python_version()}
-
-
 def run_path_for(result_file: str | os.PathLike) -> Path:
     """The TREC run beside a result file: ``X_text_retrieval.json`` -> ``X_text_retrieval.trec``."""
     return Path(result_file).with_suffix(".trec")
@@ -399,7 +390,7 @@ def text_retrieval_results(model: TextModel, data_dir: str | os.PathLike, params
             "split": params.split,
             "data_dir": params_dict["data_dir"],
             "params_key": key,
-            "versions": _versions(),
+            "versions": versions("onnxruntime", "numpy", "numba"),
             "result_file": str(out),
         })
         if reranker is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from ..results import write_atomic
+from ..fsutil import write_atomic
 
 __all__ = ["RUN_DEPTH", "read_run", "unwritable_ids", "write_run"]
 
