@@ -18,16 +18,8 @@ from pathlib import Path
 
 import click
 
-from .main import (
-    batch_option,
-    cli,
-    decode_option,
-    emit,
-    provider_option,
-    setup_logging,
-    threads_option,
-    verbosity_option,
-)
+from .console import emit, setup_logging
+from .options import batch_option, decode_option, provider_option, threads_option, verbosity_option
 
 
 def _cpu_name() -> str:
@@ -113,7 +105,7 @@ def _ratio(a, b):
     return a / b if a and b else None
 
 
-@cli.command("bench")
+@click.command("bench")
 @click.option("--model", required=True, metavar="BUNDLE|CHECKPOINT|demo",
               help="Model bundle or checkpoint directory, or demo (the embedded model).")
 @click.option("--data-dir", required=True, help="A custom dataset folder (image_queries.jsonl).")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .main import cli, emit
+from .console import emit
+from .options import CONTEXT
 
 
 def _cache_dir_option(f):
@@ -26,7 +27,7 @@ def _size(n: int) -> str:
     return str(n)
 
 
-@cli.group("cache", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("cache", context_settings=CONTEXT)
 def cache_group():
     """Inspect or empty the embedding cache."""
 

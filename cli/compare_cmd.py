@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .main import cli, emit, setup_logging, verbosity_option
+from .console import emit, setup_logging
+from .options import verbosity_option
 
 
-@cli.command("compare")
+@click.command("compare")
 @click.argument("result_a", type=click.Path())
 @click.argument("result_b", type=click.Path())
 @click.option("--resamples", type=click.IntRange(min=1000), default=2000, show_default=True,

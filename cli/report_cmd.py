@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .main import cli, emit, setup_logging, verbosity_option
+from .console import emit, setup_logging
+from .options import verbosity_option
 
 
-@cli.command("report")
+@click.command("report")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), metavar="FILE.html",
               help="The HTML file to write (self-contained: opens offline).")

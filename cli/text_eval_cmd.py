@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .main import (
-    batch_option,
-    cli,
-    emit,
-    output_option,
-    provider_option,
-    setup_logging,
-    threads_option,
-    verbosity_option,
-)
+from .console import emit, setup_logging
+from .options import batch_option, output_option, provider_option, threads_option, verbosity_option
 
 
-@cli.command("text-eval")
+@click.command("text-eval")
 @click.option("--model", "model", required=True, metavar="BUNDLE|CHECKPOINT|demo",
               help="Text bundle directory, a sentence-transformers checkpoint directory "
                    "(exported once into the model cache), or demo (the embedded model's text tower).")
