@@ -133,9 +133,9 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
     from clipeval.engine.bench import bench_stages, run_child
     from clipeval.engine.config import make_eval_config
     from clipeval.engine.datasets import read_dataset
-    from clipeval.engine.embed import resolve_decode
-    from clipeval.engine.session import default_threads
-    from clipeval.engine.tasks.context import load_model
+    from clipeval.engine.embedding.embed import resolve_decode
+    from clipeval.engine.sessions.onnx import default_threads
+    from clipeval.engine.sessions.model import load_model
     from clipeval.export.resolve import resolve_model
 
     setup_logging(not quiet)

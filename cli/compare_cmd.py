@@ -26,9 +26,9 @@ def compare_cmd(result_a, result_b, resamples, seed, confidence, quiet):
     """
     from pathlib import Path
 
-    from clipeval.engine.compare import compare_results
+    from clipeval.engine.results.compare import compare_results
     from clipeval.engine.errors import ResultError
-    from clipeval.engine.resultset import find_results, pair_results
+    from clipeval.engine.results.read import find_results, pair_results
 
     setup_logging(not quiet)
     a_is_dir, b_is_dir = Path(result_a).is_dir(), Path(result_b).is_dir()

@@ -124,7 +124,7 @@ def setup_logging(verbose: bool) -> None:
 
 def emit(result: dict) -> None:
     """One JSON line on stdout."""
-    from clipeval.engine.results import dumps
+    from clipeval.engine.results.layout import dumps
 
     sys.stdout.buffer.write(dumps(result) + b"\n")
     sys.stdout.flush()

@@ -25,7 +25,7 @@ def report_cmd(paths, output, worst, resamples, seed, quiet):
 
     Needs the report extra: pip install 'clipeval[report]'. Prints one JSON line (the file written).
     """
-    from clipeval.engine.report import write_report
+    from clipeval.engine.results.report import write_report
 
     setup_logging(not quiet)
     emit(write_report(paths, output, worst=worst, resamples=resamples, seed=seed))

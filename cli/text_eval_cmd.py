@@ -52,7 +52,7 @@ def text_eval_cmd(model, data_dir, k, reranker, top_k, query_prompt, document_pr
     one JSON line. See docs/text-retrieval.md.
     """
     from clipeval.engine.tasks.text_retrieval import TextRetrievalParams, text_retrieval_results
-    from clipeval.engine.textret.embed import load_text_model
+    from clipeval.engine.text.model import load_text_model
     from clipeval.engine.fsutil import check_writable_dir
     from clipeval.export.text_model import resolve_text_bundle
 
@@ -61,7 +61,7 @@ def text_eval_cmd(model, data_dir, k, reranker, top_k, query_prompt, document_pr
     ks, k_list = _parse_k(k)
     rerank_model = None
     if reranker is not None:
-        from clipeval.engine.textret.rerank import load_reranker
+        from clipeval.engine.text.pairs import load_reranker
         from clipeval.export.reranker import resolve_reranker_bundle
 
         rerank_model = load_reranker(resolve_reranker_bundle(reranker, cache_dir), provider=provider,

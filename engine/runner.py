@@ -10,21 +10,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .bundle import Bundle, is_bundle_dir, load_bundle
-from .cache import open_cache
+from .sessions.bundle import Bundle, is_bundle_dir, load_bundle
+from .embedding.cache import open_cache
 from .config import EvalConfig, parse_task_cfg
 from .datasets import default_task
-from .detail import detail_satisfied, write_detail
-from .embed import resolve_decode
+from .results.detail import detail_satisfied, write_detail
+from .embedding.embed import resolve_decode
 from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME, is_demo_name
 from .errors import BundleError, ConfigError, DatasetError
 from .datasets.fingerprint import data_fingerprint
 from .fsutil import check_writable_dir
-from .results import DEFAULT_LANGUAGE, Slot, destination, find_existing, params_key, result_path, slot_tags, write_result
-from .session import default_threads
+from .results.layout import DEFAULT_LANGUAGE, Slot, destination, find_existing, params_key, result_path, slot_tags, write_result
+from .sessions.onnx import default_threads
 from .versions import versions
 from .tasks import TASKS, TaskParams
-from .tasks.context import ModelContext, default_precision, load_model
+from .sessions.model import ModelContext, default_precision, load_model
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
         yield from mteb_results(cfg, resolve)
         return
     if cfg.task == "image_caption":  # asks an API; no model bundle to resolve
-        from .tasks.caption import caption_results
+        from .tasks.image_caption import caption_results
 
         yield from caption_results(cfg)
         return
@@ -106,7 +106,7 @@ def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> It
         tasks[dataset] = task
     workers = cfg.num_workers if cfg.num_workers is not None else default_threads()
     if resolve_decode(cfg.decode, workers) == "processes":
-        from .decode_procs import prestart
+        from .images.decode_procs import prestart
 
         prestart()  # the decode workers' fork server starts while the model loads
     cache = None if cfg.no_cache else open_cache(cfg.cache_dir, max_bytes=cfg.cache_max_bytes,
@@ -209,7 +209,7 @@ def _text_retrieval_results(cfg: EvalConfig, resolve: ModelResolver) -> Iterator
     """``task: text_retrieval``: each model on the BEIR folder ``data_dir`` (``recall_k`` sets the
     cut-offs of every metric); the dataset name, unless ``custom``, names the result file."""
     from .tasks.text_retrieval import TextRetrievalParams, text_retrieval_task
-    from .textret.embed import load_text_model
+    from .text.model import load_text_model
 
     if not cfg.models:
         raise ConfigError("task text_retrieval needs models", "add models: [{model_name: TEXT_BUNDLE_OR_CHECKPOINT}]")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from clipeval import __version__
-from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, write_manifest
+from clipeval.engine.sessions.bundle import FORMAT_VERSION, MANIFEST, write_manifest
 from clipeval.engine.errors import ExportError
 from clipeval.engine.fsutil import publish_dir, staging_dir
 from clipeval.engine.versions import versions

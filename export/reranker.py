@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from clipeval import __version__
-from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, Bundle, is_bundle_dir, load_bundle, write_manifest
+from clipeval.engine.sessions.bundle import FORMAT_VERSION, MANIFEST, Bundle, is_bundle_dir, load_bundle, write_manifest
 from clipeval.engine.errors import BundleError, ExportError
 from clipeval.engine.fsutil import publish_dir, staging_dir
 

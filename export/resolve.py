@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from clipeval.engine.bundle import Bundle, is_bundle_dir, load_bundle
+from clipeval.engine.sessions.bundle import Bundle, is_bundle_dir, load_bundle
 from clipeval.engine.errors import ConfigError
 from clipeval.engine.paths import cache_root, safe_name
 from clipeval.engine.runner import is_demo, resolve_bundle
@@ -106,7 +106,7 @@ def _resolve_mteb_model(entry, cfg) -> Bundle:
     path = Path(os.path.expanduser(entry.model_name_or_path))
     length = entry.max_seq_length
     if length is None and not is_bundle_dir(path) and (path / "config.json").is_file():
-        from clipeval.engine.config_mteb import DEFAULT_MAX_SEQ_LENGTH
+        from clipeval.engine.config.mteb import DEFAULT_MAX_SEQ_LENGTH
 
         try:
             positions = json.loads((path / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")

@@ -10,7 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from clipeval.cli.main import cli
-from clipeval.engine.metrics import evaluate_retrieval
+from clipeval.engine.metrics.retrieval import evaluate_retrieval
 from datagen import noise_image, write_dataset
 
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipeval.cli.main import cli
-from clipeval.engine.classification_metrics import average_precision, multilabel_metrics, single_label_metrics
+from clipeval.engine.metrics.classification import average_precision, multilabel_metrics, single_label_metrics
 from clipeval.engine.kernels.topk import label_ranks
-from clipeval.engine.tasks.classification import average_class_embeddings, class_prompts
+from clipeval.engine.tasks.zeroshot_classification import average_class_embeddings, class_prompts
 from wdsgen import write_classification_set
 
 
@@ -115,10 +115,10 @@ def eval_cli(bundle, *args):
 
 
 def test_task_metrics_equal_numpy_from_the_same_embeddings(tiny_bundle, tmp_path):
-    from clipeval.engine.bundle import load_bundle
+    from clipeval.engine.sessions.bundle import load_bundle
     from clipeval.engine.datasets import read_classification_dataset
-    from clipeval.engine.embed import embed_images, embed_texts
-    from clipeval.engine.tasks.context import load_model
+    from clipeval.engine.embedding.embed import embed_images, embed_texts
+    from clipeval.engine.sessions.model import load_model
 
     root = tmp_path / "ds"
     write_classification_set(root, n=14, n_classes=6, per_shard=4)

@@ -123,7 +123,7 @@ def test_result_files_and_published_folders_get_the_users_umask(tmp_path, mask):
 
 @pytest.mark.parametrize("mask", [0o022, 0o002])
 def test_eval_results_and_caption_folders_get_the_users_umask(tmp_path, mask, monkeypatch):
-    from clipeval.engine.tasks.caption import publish_beir
+    from clipeval.engine.tasks.image_caption import publish_beir
     from clipeval.cli.main import cli
     from click.testing import CliRunner
 

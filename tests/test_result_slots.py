@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from clipeval.cli.main import cli
-from clipeval.engine.bundle import MANIFEST
+from clipeval.engine.sessions.bundle import MANIFEST
 from clipeval.engine.datasets.fingerprint import data_fingerprint
 from clipeval.engine.demo import DEMO_DATA_DIR, DEMO_MODEL_DIR
-from clipeval.engine.results import (
+from clipeval.engine.results.layout import (
     Slot,
     destination,
     find_existing,

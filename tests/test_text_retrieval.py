@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipeval.cli.main import cli
-from clipeval.engine.beir import read_beir, write_beir
+from clipeval.engine.datasets.beir import read_beir, write_beir
 from clipeval.engine.demo import DEMO_DATA_DIR
 from clipeval.engine.tasks.text_retrieval import (
     TextRetrievalParams,
@@ -22,10 +22,10 @@ from clipeval.engine.tasks.text_retrieval import (
     run_text_retrieval,
     trec_tie_keys,
 )
-from clipeval.engine.textret.embed import load_text_model
-from clipeval.engine.textret.ir_metrics import METRICS, score_run_dict
-from clipeval.engine.textret.search import top_k
-from clipeval.engine.textret.trec import read_run
+from clipeval.engine.text.model import load_text_model
+from clipeval.engine.metrics.ir import METRICS, score_run_dict
+from clipeval.engine.kernels.search import top_k
+from clipeval.engine.results.trec import read_run
 
 # --------------------------------------------------------------------------- search kernel
 

@@ -16,13 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipeval.cli.main import cli
-from clipeval.engine.beir import read_beir, write_beir
+from clipeval.engine.datasets.beir import read_beir, write_beir
 from clipeval.engine.config import parse_task_cfg
 from clipeval.engine.errors import ConfigError
 from clipeval.engine.tasks.text_retrieval import rerank_order, trec_tie_keys
-from clipeval.engine.textret.ir_metrics import METRICS, MTEB_K, RankedRun, score_ranked
-from clipeval.engine.textret.search import top_k
-from clipeval.engine.textret.trec import write_run
+from clipeval.engine.metrics.ir import METRICS, MTEB_K, RankedRun, score_ranked
+from clipeval.engine.kernels.search import top_k
+from clipeval.engine.results.trec import write_run
 from fixtures_text import TEXTS, make_cross_encoder, make_sentence_transformer, make_sequence_classifier
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
@@ -140,7 +140,7 @@ PAIRS = [(q, d) for q in TEXTS for d in TEXTS]
 def test_reranker_scores_match_the_cross_encoder(tiny_models, kind):
     from sentence_transformers import CrossEncoder
 
-    from clipeval.engine.textret.rerank import load_reranker
+    from clipeval.engine.text.pairs import load_reranker
     from clipeval.export.reranker import resolve_reranker_bundle
 
     bundle = resolve_reranker_bundle(tiny_models[kind], tiny_models["cache"])

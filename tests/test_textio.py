@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clipeval.engine.bundle import load_bundle
+from clipeval.engine.sessions.bundle import load_bundle
 from clipeval.engine.config import load_config_file
 from clipeval.engine.demo import DEMO_MODEL_DIR
-from clipeval.engine.results import existing_result
+from clipeval.engine.results.layout import existing_result
 from clipeval.engine.textio import json_lines, read_json, to_utf8
 
 # (name, BOM bytes, codec): what editors and shells write
@@ -71,7 +71,7 @@ def test_config_files_in_every_encoding(tmp_path, name, bom, codec):
 
 
 def test_a_bundle_whose_json_files_start_with_a_bom(tmp_path):
-    from clipeval.engine.bundle import write_manifest
+    from clipeval.engine.sessions.bundle import write_manifest
 
     root = tmp_path / "bundle"
     shutil.copytree(DEMO_MODEL_DIR, root)

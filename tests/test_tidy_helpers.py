@@ -137,7 +137,7 @@ def test_safe_name_examples():
 
 def test_every_name_clipeval_makes_goes_through_safe_name(tmp_path):
     from clipeval.engine.datasets.sources import cache_folder
-    from clipeval.engine.results import result_path
+    from clipeval.engine.results.layout import result_path
     from clipeval.export.resolve import cached_bundle_dir
 
     odd = "a b/c:d"

@@ -30,7 +30,7 @@ from typing import Callable
 import orjson
 
 from ..errors import DatasetError, ImageError, listing
-from ..images import DEFAULT_MAX_PIXELS, probe_image
+from ..images.load import DEFAULT_MAX_PIXELS, probe_image
 from ..textio import json_lines
 from .base import BadItem, RetrievalDataset
 
@@ -163,7 +163,7 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
     """Read and check ``image_queries.jsonl``.
 
     Malformed rows always fail. Rows whose image is missing or unusable by its header
-    (:func:`~clipeval.engine.images.probe_image`: empty, not an image, header cut short, more
+    (:func:`~clipeval.engine.images.load.probe_image`: empty, not an image, header cut short, more
     than ``max_pixels`` pixels) fail too, unless ``on_error == "skip"``: then they are left out
     and listed in ``dataset.skipped``. Every problem is listed in one :class:`DatasetError`.
 

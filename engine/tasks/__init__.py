@@ -1,11 +1,11 @@
 """Tasks: the registry of task names.
 
 Each entry is ``fn(model: ModelContext, dataset_name, data_dir, params: TaskParams) -> (metrics, meta, per_query)``;
-``per_query`` (:mod:`clipeval.engine.detail`) is what the runner writes beside the result.
+``per_query`` (:mod:`clipeval.engine.results.detail`) is what the runner writes beside the result.
 """
 
-from .classification import classification_task
-from .retrieval import TaskParams, retrieval_task
+from .zeroshot_classification import classification_task
+from .zeroshot_retrieval import TaskParams, retrieval_task
 
 TASKS = {
     "zeroshot_retrieval": retrieval_task,

@@ -1,7 +1,7 @@
 """Task ``text_retrieval``: score a text embedding model (and optionally a reranker) on any
 BEIR-format folder.
 
-Steps: read and check the folder (:mod:`clipeval.engine.beir`); embed the corpus (``title``
+Steps: read and check the folder (:mod:`clipeval.engine.datasets.beir`); embed the corpus (``title``
 and ``text`` joined by a space, as BEIR does) and the evaluated queries (those with qrels and a
 non-blank text, the first ``limits`` of them when set), each with its prompt prefix (the
 config's, else the checkpoint's sentence-transformers prompts ``query`` / ``document``); rank
@@ -35,14 +35,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..beir import LEFT_OUT_REASONS, BeirData, read_beir
+from ..datasets.beir import LEFT_OUT_REASONS, BeirData, read_beir
 from ..errors import ConfigError, MetricError
-from ..results import existing_result, params_key, result_path, write_result
-from ..textret.embed import TextModel
-from ..textret.ir_metrics import DEFAULT_K, MTEB_K, RankedRun, score_ranked
-from ..textret.rerank import Reranker
-from ..textret.search import top_k
-from ..textret.trec import RUN_DEPTH, unwritable_ids, write_run
+from ..results.layout import existing_result, params_key, result_path, write_result
+from ..text.model import TextModel
+from ..metrics.ir import DEFAULT_K, MTEB_K, RankedRun, score_ranked
+from ..text.pairs import Reranker
+from ..kernels.search import top_k
+from ..results.trec import RUN_DEPTH, unwritable_ids, write_run
 from ..versions import versions
 
 log = logging.getLogger(__name__)
@@ -431,12 +431,12 @@ def _mteb_prompts(entry, task_name: str) -> tuple[str | None, str | None]:
 
 
 def mteb_results(cfg, resolve) -> Iterator[dict[str, Any]]:
-    """Run an evalscope ``tool: mteb`` job (:class:`clipeval.engine.config_mteb.MtebConfig`):
+    """Run an evalscope ``tool: mteb`` job (:class:`clipeval.engine.config.mteb.MtebConfig`):
     each encoder on each custom task and split, reranked by the cross-encoder when there is one.
     ``resolve(entry, cfg)`` gives the bundle of a model entry. mteb's k list (1, 3, 5, 10, 20,
     100, 1000) is used, those larger than the corpus left out."""
-    from ..textret.embed import load_text_model
-    from ..textret.rerank import load_reranker
+    from ..text.model import load_text_model
+    from ..text.pairs import load_reranker
 
     reranker = None
     if cfg.reranker is not None:

@@ -124,7 +124,7 @@ def onnx_recall(bundle_dir: str | os.PathLike, data_dir: str | os.PathLike, ks: 
 
 def _set_source(bundle_dir: Path, seed: int, steps: int) -> None:
     """Give the bundle a stable source name instead of the temporary checkpoint path."""
-    from clipeval.engine.bundle import write_manifest
+    from clipeval.engine.sessions.bundle import write_manifest
 
     manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
     manifest["source"] = SOURCE_NAME
