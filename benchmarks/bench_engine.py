@@ -54,7 +54,7 @@ def _export_text_b32(root: Path) -> Path:
 
 def bench_text(args) -> None:
     from clipeval.engine.sessions.bundle import load_bundle
-    from clipeval.engine.embedding.embed import embed_texts
+    from clipeval.engine.embedding.stage import embed_texts
     from clipeval.engine.sessions.onnx import open_tower
     from clipeval.engine.text.tokenizer import TextTokenizer
 

@@ -61,15 +61,22 @@ def _run_config(cfg) -> None:
 @named_dataset_options
 @cache_options
 @verbosity_option
-def eval_cmd(models, pretrained, datasets, data_dir, split, task, output_dir, batch_size, num_workers, limit,
-             recall_k, skip_existing, on_error, provider, precision, fast_decode, decode, num_threads, detail, quiet,
-             no_cache,
-             verify_cache, **named_dataset):
+def eval_cmd(quiet, **options):
     """Evaluate models on datasets; prints one JSON line per result on stdout."""
+    setup_logging(not quiet)
+    _run_config(eval_config(quiet=quiet, **options))
+
+
+def eval_config(*, models=(), pretrained=(), datasets=(), data_dir=None, split="test", task=None,
+                output_dir="outputs", batch_size=128, num_workers=None, limit=None, recall_k=(), skip_existing=False,
+                on_error="fail", provider="auto", precision=None, fast_decode=False, decode="auto", num_threads=None,
+                detail="auto", quiet=False, no_cache=False, verify_cache=False, **named_dataset):
+    """The checked config (:class:`clipeval.engine.config.EvalConfig`) of ``clipeval eval``'s
+    options; ``clipeval bench`` builds its child runs from the same object. Raises
+    :class:`~clipeval.engine.errors.ConfigError` naming the flag of every problem."""
     from clipeval.engine.config import make_eval_config
 
-    setup_logging(not quiet)
-    # --model/--pretrained are CLIP_benchmark's model/pretrained keys (engine/model_spec.py)
+    # --model/--pretrained are CLIP_benchmark's model/pretrained keys (engine/config/model_spec.py)
     naming = {"model": list(models), "pretrained": list(pretrained)} if pretrained else \
         {"models": [{"model_name": m} for m in models]}
     block = {
@@ -81,9 +88,9 @@ def eval_cmd(models, pretrained, datasets, data_dir, split, task, output_dir, ba
         "provider": provider, "precision": precision, "fast_decode": fast_decode, "decode": decode,
         "num_threads": num_threads, "detail": detail, "verbose": not quiet,
         "no_cache": no_cache, "verify_cache": verify_cache,
-        **named_dataset,
+        **{k: v for k, v in named_dataset.items() if v is not None},
     }
-    _run_config(make_eval_config(block, "the command line"))
+    return make_eval_config(block, "the command line")
 
 
 @click.command("run")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .datasets.base import RetrievalDataset
-from .embedding.embed import embed_texts
+from .embedding.stage import embed_texts
 from .kernels import SMALL_PAIRS
 from .metrics.retrieval import evaluate_retrieval
 from .images.pipeline import iter_pixel_batches

@@ -50,16 +50,27 @@ def _is_checkpoint(name: str, path: Path) -> bool:
     return not path.exists() and is_hub_id(name)
 
 
-def resolve_model(model: dict[str, Any], cfg) -> Bundle:
-    """The bundle for one ``models`` entry: the demo or a bundle directory as they are; a
-    checkpoint directory or hub id exported into the cache on first use, reused after (for
-    ``task: text_retrieval``, a sentence-transformers / BERT-style text model)."""
-    if getattr(cfg, "tool", None) in ("mteb", "cmteb"):  # an evalscope MTEB model entry (engine/config_mteb.py)
+def resolve_model(model: Any, cfg, kind: str = "image_text") -> Bundle:
+    """The bundle for one model entry of a config: the demo or a bundle directory as they are; a
+    checkpoint directory or hub id exported into the cache on first use, reused after.
+
+    ``kind`` is what the task takes (its metadata, :mod:`clipeval.engine.tasks.base`):
+    ``image_text`` (a CLIP-style model: transformers checkpoints, open_clip models), ``text`` (a
+    sentence-transformers / BERT-style text model; the entry's ``pooling_mode`` and
+    ``max_seq_length`` go to its export) or ``reranker`` (a cross-encoder). An evalscope mteb
+    entry (``model_name_or_path``) says which of the last two it is itself."""
+    if hasattr(model, "model_name_or_path"):  # an evalscope MTEB model entry (engine/config/mteb.py)
         return _resolve_mteb_model(model, cfg)
-    if getattr(cfg, "task", None) == "text_retrieval":
+    if kind == "text":
         from .text_model import resolve_text_bundle
 
-        return resolve_text_bundle(model["model_name"], getattr(cfg, "cache_dir", None))
+        return resolve_text_bundle(model["model_name"], getattr(cfg, "cache_dir", None),
+                                   pooling_mode=model.get("pooling_mode"), max_seq_length=model.get("max_seq_length"))
+    if kind == "reranker":
+        from .reranker import resolve_reranker_bundle
+
+        return resolve_reranker_bundle(model["model_name"], getattr(cfg, "cache_dir", None),
+                                       max_seq_length=model.get("max_seq_length"))
     return _resolve_image_text_model(model, cfg)
 
 

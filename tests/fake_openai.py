@@ -62,7 +62,7 @@ class DemoCaptioner:
     def __init__(self):
         from clipeval.engine.sessions.bundle import load_bundle
         from clipeval.engine.demo import DEMO_MODEL_DIR
-        from clipeval.engine.embedding.embed import embed_texts
+        from clipeval.engine.embedding.stage import embed_texts
         from clipeval.engine.sessions.model import load_model
         from clipeval.export.demo.shapes import all_scenes, caption
 

@@ -18,7 +18,7 @@ from clipeval.cli.main import cli
 from clipeval.engine.embedding import cache as cache_mod
 from clipeval.engine.sessions.bundle import load_bundle
 from clipeval.engine.embedding.cache import ENTRY_OVERHEAD, EmbeddingCache, image_key, text_key
-from clipeval.engine.embedding.embed import embed_images, embed_texts
+from clipeval.engine.embedding.stage import embed_images, embed_texts
 from clipeval.engine.sessions.onnx import Tower
 from clipeval.engine.sessions.model import load_model
 from datagen import noise_image, write_dataset
@@ -222,7 +222,7 @@ def test_a_second_run_does_no_model_work(tiny_bundle, tmp_path, monkeypatch):
         raise AssertionError("the model ran on the second run")
 
     monkeypatch.setattr(Tower, "run", no_model)
-    monkeypatch.setattr("clipeval.engine.sessions.model.open_tower", no_model)
+    monkeypatch.setattr("clipeval.engine.embedding.local.open_tower", no_model)
     (second,) = run_task(_block(tiny_bundle, data, tmp_path / "out", tmp_path / "cache"))
     assert second["metrics"] == first["metrics"]
     assert second["meta"]["cache"]["image_hits"] == 5 and second["meta"]["cache"]["text_hits"] == 10

@@ -365,7 +365,7 @@ def small_dataset(root, n=7):
 def test_eval_writes_the_detail_of_the_ranks_it_scored(tiny_bundle, tmp_path):
     from clipeval.engine.sessions.bundle import load_bundle
     from clipeval.engine.datasets import read_dataset
-    from clipeval.engine.embedding.embed import embed_images, embed_texts
+    from clipeval.engine.embedding.stage import embed_images, embed_texts
     from clipeval.engine.sessions.model import load_model
 
     data = small_dataset(tmp_path / "ds")

@@ -122,7 +122,7 @@ def test_the_issues_coco_file_keeps_the_distractor_and_reports_the_bad_caption(t
 
     from clipeval.cli.main import cli
     from clipeval.engine.sessions.bundle import load_bundle
-    from clipeval.engine.embedding.embed import embed_images, embed_texts
+    from clipeval.engine.embedding.stage import embed_images, embed_texts
     from clipeval.engine.sessions.model import load_model
 
     _issue_coco_folder(tmp_path)

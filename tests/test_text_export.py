@@ -10,7 +10,7 @@ import pytest
 
 from clipeval.engine.sessions.bundle import load_bundle
 from clipeval.engine.errors import BundleError, ExportError
-from clipeval.engine.text.model import load_text_model
+from clipeval.engine.embedding.models import load_text_model
 from fixtures_text import TEXTS, make_sentence_transformer
 
 pytest.importorskip("sentence_transformers")

@@ -22,7 +22,7 @@ from clipeval.engine.tasks.text_retrieval import (
     run_text_retrieval,
     trec_tie_keys,
 )
-from clipeval.engine.text.model import load_text_model
+from clipeval.engine.embedding.models import load_text_model
 from clipeval.engine.metrics.ir import METRICS, score_run_dict
 from clipeval.engine.kernels.search import top_k
 from clipeval.engine.results.trec import read_run
@@ -249,7 +249,7 @@ def test_query_id_equal_to_document_id_is_never_dropped(minilm, tmp_path):
                          {"_id": 2, "text": "an orange star"}],
                         [{"_id": 0, "text": "a small red circle"}, {"_id": 1, "text": "an orange star"}],
                         [(0, 0, 1), (1, 2, 1)])
-    (out,) = run_text_retrieval(minilm, read_beir(folder), TextRetrievalParams(progress=False))
+    (out,) = run_text_retrieval(minilm.stage, minilm.bundle, read_beir(folder), TextRetrievalParams(progress=False))
     run = out.run
     assert run.doc_ids[run.indices[0, 0]] == "0"
     assert out.metrics["recall_at_1"] == 1.0 and out.metrics["mrr_at_1"] == 1.0

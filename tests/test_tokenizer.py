@@ -253,7 +253,7 @@ def test_cut_point_rules():
 
 
 def test_truncated_texts_are_counted_and_said_on_stderr(tok_path, caplog):
-    from clipeval.engine.embedding.embed import embed_texts
+    from clipeval.engine.embedding.stage import embed_texts
 
     path, _ = tok_path
 
@@ -263,7 +263,7 @@ def test_truncated_texts_are_counted_and_said_on_stderr(tok_path, caplog):
 
     tok = TextTokenizer(path, RULE, context_length=5)  # <bos> a red square <eos> fits
     texts = ["a red square", "a small red triangle at the top left", "blue", "a " * 10_000]
-    with caplog.at_level("INFO", logger="clipeval.engine.embedding.embed"):
+    with caplog.at_level("INFO", logger="clipeval.engine.embedding.stage"):
         out = embed_texts(Tower(), tok, texts, batch_size=2, progress=False)
     assert out.truncated == 2
     assert "2 of 4 text(s) are longer than the context length of 5 tokens and were truncated" in caplog.text

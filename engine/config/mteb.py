@@ -175,6 +175,9 @@ class MtebConfig:
     num_threads: int | None = None
     notes: list[str] = field(default_factory=list)
     tool: str = "mteb"
+    no_cache: bool = False  # the embedding cache (docs/speed.md): on, at the default cache root
+    verify_cache: bool = False
+    task_name: str = "text_retrieval"  # the task this config form is for (engine/tasks)
 
 
 def _path(loc: tuple) -> str:

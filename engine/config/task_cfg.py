@@ -268,6 +268,20 @@ def _language(value):
         _fail(f"must be one of {', '.join(LANGUAGES)}, got {_show(text)}", exc.remedy)
 
 
+def _task(value):
+    """A task of the registry (:data:`clipeval.engine.tasks.TASKS`, read when the value is
+    checked, so a task registered later is accepted), or ``None``."""
+    if value is None:
+        return None
+    text = _text(value, what="a task name")
+    from ..tasks import TASKS
+
+    if text not in TASKS:
+        _fail(f"must be one of {', '.join(TASKS)}, got {_show(text)}",
+              "leave task out to run each dataset's own task")
+    return text
+
+
 # --- the models ----------------------------------------------------------------------------------
 
 class ModelEntry(BaseModel):
@@ -315,7 +329,8 @@ class EvalConfig(BaseModel):
     dataset_name: Annotated[list[str], PlainValidator(_names)] = ["custom"]
     data_dir: Annotated[str | None, PlainValidator(_path_or_url)] = None
     split: Annotated[str, _str()] = "test"
-    task: Annotated[str | None, _str(nullable=True)] = None
+    # one of the registered tasks (engine/tasks: TASKS); None: each dataset's own
+    task: Annotated[str | None, PlainValidator(_task)] = None
     batch_size: Annotated[int, _int(1, MAX_BATCH)] = 128
     num_workers: Annotated[int | None, _int(0, MAX_WORKERS, nullable=True)] = None
     verbose: Annotated[bool, PlainValidator(_bool)] = True

@@ -7,11 +7,15 @@ root the model cache uses).
 
 * **Keys.** Every entry sits in a *space* named by the bundle identity (the sha256 of its
   manifest), the precision variant and the kind of input: ``image`` (exact decode),
-  ``image-fast`` (``fast_decode``: the pixels differ, so the embeddings do too) or ``text``.
+  ``image-fast`` (``fast_decode``: the pixels differ, so the embeddings do too), ``text`` or
+  ``pair`` (a reranker's score of a (query, document) pair, stored as a one-element row).
   Inside a space an image file is keyed by its resolved path, size and modification time
   (``st_mtime_ns``); with ``verify`` by the sha256 of its bytes instead (a touched or copied
   file still hits, a file rewritten within the same mtime tick does not). Image bytes are keyed
-  by their sha256; a text by its UTF-8 bytes. Keys are stored as sha256 digests. In-memory PIL
+  by their sha256; a text by its UTF-8 bytes (as embedded: a prompt prefix is part of it, so
+  another prompt is another key); a pair by its query and document. Whatever else changes an
+  embedding changes the bundle identity (pooling and ``max_seq_length`` are export parameters,
+  recorded in the manifest). Keys are stored as sha256 digests. In-memory PIL
   images have no identity and are never cached.
 * **Values** are float32 rows (little-endian) with a BLAKE2b digest over space, key, value and
   trust mark; a row whose digest, length or column types do not match is logged, deleted and
@@ -65,7 +69,7 @@ DEFAULT_MAX_BYTES = 4 << 30  # 4 GiB: about two million 512-d embeddings
 ENTRY_OVERHEAD = 64  # bytes counted per entry beyond its key and value (row header, index)
 TOUCH_AFTER_S = 60.0
 EVICT_TO = 0.9
-KINDS = ("image", "image-fast", "text")
+KINDS = ("image", "image-fast", "text", "pair")
 _CHUNK = 500  # keys per SELECT ... IN (...)
 _DTYPE = np.dtype("<f4")
 
@@ -130,7 +134,14 @@ def _sha(data: bytes) -> bytes:
 
 
 def text_key(text: str) -> bytes:
+    """The key of a text: its UTF-8 bytes, as embedded (a prompt prefix included)."""
     return _sha(b"text\0" + text.encode("utf-8", "surrogatepass"))
+
+
+def pair_key(query: str, document: str) -> bytes:
+    """The key of a reranker's (query, document) pair; the query's length makes it unambiguous."""
+    q = query.encode("utf-8", "surrogatepass")
+    return _sha(b"pair\0" + str(len(q)).encode() + b"\0" + q + document.encode("utf-8", "surrogatepass"))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -484,7 +495,7 @@ class _Transaction:
 
 
 class CacheSpace:
-    """The entries of one (bundle, precision, kind): what :mod:`clipeval.engine.embedding.embed` uses.
+    """The entries of one (bundle, precision, kind): what :mod:`clipeval.engine.embedding.stage` uses.
 
     ``trusted``: the run verified its bundle, so it reads and writes trusted entries only."""
 

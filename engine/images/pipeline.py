@@ -20,7 +20,7 @@ cores a pool that pickles batches back spent 22-57% more CPU per image than inli
 shared-memory pool 4-16% more, threads 4-15% more. On a 16-core Xeon (the GPU machine of
 docs/speed.md; 640x480 and 1024x768 JPEGs, batch 32) 16 threads decoded 912 img/s exact and
 1,026 img/s with draft decoding, this backend 969 and 1,820 img/s, one core 78 and 135; at 4 and
-8 workers threads were as fast. ``decode="auto"`` (engine/embed.py) picks processes from 12
+8 workers threads were as fast. ``decode="auto"`` (:func:`resolve_decode`) picks processes from 12
 workers on.
 
 Batches come out in input order. With threads each item is one task that writes its pixels
@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -223,3 +225,56 @@ def _iterate(items, preprocessor, batch_size, num_workers, prefetch_batches, on_
         for pending in queue:
             pending.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+# From this many decode workers on, ``decode="auto"`` decodes in processes: threads share the
+# interpreter lock for the JPEG header parse and the PIL->numpy copy, which caps them well short of
+# all cores on a many-core machine (docs/speed.md, "GPU path").
+PROCESS_DECODE_MIN_WORKERS = 12
+# Console scripts whose main module multiprocessing may import again safely (entry-point wrappers
+# that pip writes with a ``__main__`` guard).
+CONSOLE_SCRIPTS = ("clipeval", "pytest", "py.test")
+
+
+def main_is_import_safe() -> bool:
+    """Whether decode worker processes can start without running the caller's main script: there
+    is none to import (interactive, ``python -c``), it is a package's ``__main__`` (``python -m``,
+    which multiprocessing does not import again), or it is a console script (pip guards those).
+    A user's own script may call ``run_task`` unguarded, so ``auto`` keeps threads there."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return True
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and (spec.name == "__main__" or spec.name.endswith(".__main__")):
+        return True
+    return os.path.basename(path) in CONSOLE_SCRIPTS
+
+
+def resolve_decode(decode: str, num_workers: int, *, batch_size: int | None = None,
+                   pixel_shape: tuple[int, int] | None = None, prefetch_batches: int = 2) -> str:
+    """The decode backend ``iter_pixel_batches`` gets for the ``decode`` setting: ``threads`` and
+    ``processes`` as they are; ``auto`` is processes from ``PROCESS_DECODE_MIN_WORKERS`` workers on,
+    unless the main script is not known to be safe to import again (:func:`main_is_import_safe`)
+    or (``batch_size`` and ``pixel_shape`` given) ``/dev/shm`` has too little room for the process
+    ring (containers often give it 64 MB): then threads, with a note in the log."""
+    if decode != "auto":
+        return decode
+    if num_workers < PROCESS_DECODE_MIN_WORKERS:
+        return "threads"
+    if not main_is_import_safe():
+        log.info("decoding in threads: worker processes would import the main script %s again; to decode in "
+                 "processes, guard it with `if __name__ == \"__main__\":` and set decode: processes",
+                 getattr(sys.modules.get("__main__"), "__file__", "?"))
+        return "threads"
+    if batch_size is not None and pixel_shape is not None:
+        from .decode_procs import ring_bytes, shm_free_bytes
+
+        need = ring_bytes(batch_size, num_workers, prefetch_batches, pixel_shape)
+        free = shm_free_bytes()
+        if free is not None and need > free:
+            log.info("decoding in threads: process decoding needs %d MiB of shared memory, /dev/shm has %d MiB "
+                     "free (give the container more with --shm-size, or lower the batch size)",
+                     need >> 20, free >> 20)
+            return "threads"
+    return "processes"

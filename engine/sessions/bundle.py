@@ -109,13 +109,20 @@ class Bundle:
         return list(self.manifest["variants"])
 
     def tower_path(self, tower: str, precision: str | None = None) -> Path:
-        """Path of ``tower`` ("vision" or "text") for ``precision`` (default: the bundle's own)."""
+        """Path of ``tower`` (``vision``, ``text`` or ``reranker``) for ``precision`` (default: the
+        bundle's own). Raises :class:`BundleError` when the bundle has no such variant or tower."""
         precision = precision or self.manifest["precision"]
         variants = self.manifest["variants"]
         if precision not in variants:
             raise BundleError(
                 f"bundle {self.path} has no {precision} variant (it has: {', '.join(variants)})",
                 "pick one of those with --precision, or re-export with `clipeval export --precision`",
+            )
+        if tower not in variants[precision]:
+            raise BundleError(
+                f"bundle {self.path} has no {tower} tower ({precision} variant: {', '.join(variants[precision])})",
+                "pass a bundle with that tower (a CLIP-style bundle has vision and text, a text bundle text, "
+                "a reranker bundle reranker)",
             )
         return self.path / variants[precision][tower]
 

@@ -10,6 +10,11 @@ write the result as a BEIR text-retrieval folder (the reference tool's layout):
 
 ``{model}`` is the last path component of ``model_name``, as in the reference tool. The folder
 ``retrieval_data`` is written beside itself and renamed into place, so it is only ever seen whole.
+The summary's name follows the result layout of every task (:mod:`clipeval.engine.results.layout`):
+its slot is the model (served name and API base), the language, the data and the split; a
+summary of another slot under the readable name is never replaced, and this run's summary then
+gets the slot digest in its name (``custom_image_caption.1a2b3c4d.json``), as does the data
+folder beside it (``{output_dir}/{model}/custom.1a2b3c4d/retrieval_data``) and its journal.
 """
 
 from __future__ import annotations
@@ -23,20 +28,17 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..datasets.beir import write_beir
-from ..caption.client import DEFAULT_PROMPT, ClientSettings
-from ..caption.journal import JOURNAL_NAME, Journal
-from ..caption.pool import Item, caption_pool
-from ..config import EvalConfig
 from ..datasets import read_dataset
+from ..datasets.fingerprint import data_fingerprint
 from ..errors import ConfigError, DatasetError, ImageError, listing
 from ..fsutil import publish_dir, remove_stale_stages, staging_dir
-from ..paths import safe_name
-from ..results.layout import result_path, write_result
-from ..versions import versions
+from ..results.layout import side_name
+
+from .base import Evaluation, ModelRef, Models, ResultSpec, Task, TaskMetadata, TaskOutput, data_key
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,7 @@ def beir_rows(captions: list[str], texts: list[str], text_to_image, id_style: st
     return corpus, queries, qrels
 
 
-def check_models(cfg: EvalConfig) -> None:
+def check_models(cfg) -> None:
     if not cfg.models:
         raise ConfigError(f"task {TASK} needs a model entry with model_name and api_base",
                           "pass --model-name and --api-base, or add "
@@ -173,34 +175,82 @@ def check_models(cfg: EvalConfig) -> None:
                           "add api_base, e.g. http://localhost:8008/v1")
 
 
-def caption_results(cfg: EvalConfig, **client_options) -> Iterator[dict[str, Any]]:
-    """One summary per (model, dataset) pair; each is written to its file before it is yielded."""
-    check_models(cfg)
-    for name in cfg.dataset_name:
-        if name == "custom" and not cfg.data_dir:
-            raise DatasetError("dataset custom needs a data folder", "pass --data-dir (config key data_dir)")
-    for model in cfg.models:
-        for dataset_name in cfg.dataset_name:
-            yield run_caption(cfg, model, dataset_name, cfg.data_dir, **client_options)
+def api_model(entry: dict[str, Any]) -> ModelRef:
+    """The model of a captioning entry: named by the last component of ``model_name``, identified
+    by the served name and the API base (without any ``user:password@``)."""
+    base = public_url(str(entry["api_base"]))
+    name = str(entry["model_name"])
+    identity = hashlib.sha256(f"api\0{base}\0{name}".encode()).hexdigest()
+    return ModelRef(name=model_label(name), identity=identity,
+                    describe={"identity": identity, "kind": "api", "api_base": base, "model_name": name},
+                    entry=entry)
 
 
-def run_caption(cfg: EvalConfig, model: dict[str, Any], dataset_name: str, data_dir: str | os.PathLike | None,
-                **client_options) -> dict[str, Any]:
-    """Caption one dataset with one model entry and write its BEIR folder and summary.
+class ImageCaption(Task):
+    metadata = TaskMetadata(
+        name=TASK,
+        description="caption every gallery image through an OpenAI-compatible multimodal API into a BEIR "
+                    "text-retrieval folder (captions the corpus, the original captions the queries)",
+        reference="evalscope RAGEval clip_benchmark task image_caption (its BEIR layout and integer ids)",
+        dataset_kinds=("custom", "karpathy", "webdataset"),
+        embeds=(),
+        models="api",
+        packages=("aiohttp",),
+    )
 
-    ``client_options`` override :class:`ClientSettings` fields (e.g. ``backoff_base``,
-    ``max_attempts``, ``seed``).
-    """
+    def check(self, cfg: Any) -> None:
+        check_models(cfg)
+        for name in cfg.dataset_name:
+            if name == "custom" and not cfg.data_dir:
+                raise DatasetError("dataset custom needs a data folder", "pass --data-dir (config key data_dir)")
+
+    def evaluations(self, cfg: Any, entry: Any, dataset: str, models: Models) -> list[Evaluation]:
+        return [self.evaluation(cfg, entry, dataset, cfg.data_dir)]
+
+    def evaluation(self, cfg: Any, entry: dict[str, Any], dataset: str, data_dir, **client_options) -> Evaluation:
+        """The evaluation of ``entry`` on ``dataset``; ``client_options`` override
+        :class:`ClientSettings` fields (``backoff_base``, ``max_attempts``, ``seed``...)."""
+        if cfg.id_style not in ID_STYLES:
+            raise ConfigError(f"id_style must be one of {', '.join(ID_STYLES)}, got {cfg.id_style!r}")
+        from ..caption.client import DEFAULT_PROMPT  # aiohttp: imported by a captioning run only
+
+        model = api_model(entry)
+        data_dir = None if data_dir is None else str(data_dir)
+        prompt = entry.get("prompt") or DEFAULT_PROMPT
+        params = {"task": TASK, "model_name": str(entry["model_name"]), "api_base": public_url(str(entry["api_base"])),
+                  "prompt": prompt, "system_prompt": cfg.system_prompt, "max_tokens": cfg.max_tokens,
+                  "temperature": cfg.temperature, "max_image_side": cfg.max_image_side, "id_style": cfg.id_style,
+                  "limit": cfg.limit, "on_error": cfg.on_error}
+        return Evaluation(task=self, model=model, dataset=dataset, data_dir=data_dir,
+                          data_key=data_key(data_dir, cfg.dataset_url), split=cfg.split, params=params, settings=cfg,
+                          results=[ResultSpec(model.name)], language=cfg.language, limit=cfg.limit,
+                          skip_existing=False,  # the journal makes a re-run cheap: it resumes
+                          options={"client": client_options})
+
+    def fingerprint(self, ev: Evaluation) -> str | None:
+        cfg = ev.settings
+        return data_fingerprint(ev.dataset, ev.data_dir, cfg.split, limit=cfg.limit, language=cfg.language,
+                                dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir)
+
+    def evaluate(self, ev: Evaluation, stage: Any) -> list[TaskOutput]:
+        return [caption_dataset(ev.settings, ev.model.entry, ev.dataset, ev.data_dir, ev.targets[0],
+                                **ev.options.get("client", {}))]
+
+
+def caption_dataset(cfg, model: dict[str, Any], dataset_name: str, data_dir: str | os.PathLike | None,
+                    summary_path: Path, **client_options) -> TaskOutput:
+    """Caption one dataset with one model entry and publish its BEIR folder beside
+    ``summary_path`` (the summary itself is written by the runner)."""
+    from ..caption.client import DEFAULT_PROMPT, ClientSettings
+    from ..caption.journal import JOURNAL_NAME, Journal
+    from ..caption.pool import Item, caption_pool
+
     t_start = time.perf_counter()
-    if cfg.id_style not in ID_STYLES:
-        raise ConfigError(f"id_style must be one of {', '.join(ID_STYLES)}, got {cfg.id_style!r}")
     dataset = read_dataset(dataset_name, data_dir, cfg.split, cfg.on_error, language=cfg.language,
                            dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir, progress=cfg.verbose,
                            limit=cfg.limit).limit(cfg.limit)
     data_dir = Path(data_dir) if data_dir is not None and "://" not in str(data_dir) else None
-    label = model_label(model["model_name"])
-    summary_path = result_path(cfg.output_dir, label, dataset_name, TASK)
-    data_root = summary_path.parent / safe_name(dataset_name)
+    data_root = summary_path.parent / side_name(summary_path, dataset_name, TASK)
     retrieval_dir = data_root / "retrieval_data"
 
     prompt = model.get("prompt") or DEFAULT_PROMPT
@@ -279,21 +329,25 @@ def run_caption(cfg: EvalConfig, model: dict[str, Any], dataset_name: str, data_
             "concurrency": cfg.concurrency,
             "max_image_side": cfg.max_image_side,
             "max_failures": cfg.max_failures,
-            "limit": cfg.limit,
-            "split": cfg.split,
-            "data_dir": str(data_dir.resolve()) if data_dir is not None else cfg.data_dir,
             "journal": str(data_root / JOURNAL_NAME),
             "files": {"corpus": str(retrieval_dir / "corpus.jsonl"), "queries": str(retrieval_dir / "queries.jsonl"),
                       "qrels": str(retrieval_dir / "qrels" / "test.tsv"), "qrels_jsonl": str(retrieval_dir / "qrels.jsonl")},
-            "timings": {"captioning_s": caption_s, "total_s": time.perf_counter() - t_start,
+            "timings": {"captioning_s": caption_s,
                         "captions_per_s": (stats.get("captions", 0) / caption_s) if caption_s > 0 else 0.0},
-            "versions": versions("aiohttp"),
-            "result_file": str(summary_path),
         }
         if dataset.limited_from is not None:
             meta["limited_from_images"] = dataset.limited_from
-        result = {"dataset": dataset_name, "model": label, "task": TASK,
-                  "metrics": {"convertion_successful": True, "save_path": str(retrieval_dir)}, "meta": meta}
-        write_result(summary_path, result)
-        log.info("wrote %s and %s", retrieval_dir, summary_path)
-        return result
+        log.info("wrote %s", retrieval_dir)
+        return TaskOutput({"convertion_successful": True, "save_path": str(retrieval_dir)}, meta)
+
+
+def run_caption(cfg, model: dict[str, Any], dataset_name: str, data_dir: str | os.PathLike | None,
+                **client_options) -> dict[str, Any]:
+    """Caption one dataset with one model entry and write its BEIR folder and summary (the result
+    object, also returned), through the runner like every result. ``client_options`` override
+    :class:`ClientSettings` fields (e.g. ``backoff_base``, ``max_attempts``, ``seed``)."""
+    from ..runner import run_evaluation
+
+    ev = ImageCaption().evaluation(cfg, model, dataset_name, data_dir, **client_options)
+    (result,) = run_evaluation(ev, None, cfg.output_dir)
+    return result

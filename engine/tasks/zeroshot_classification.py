@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import numpy as np
 
-from ..metrics.classification import multilabel_metrics, rank_metrics
 from ..datasets import read_classification_dataset
 from ..datasets.leftout import LeftOut
 from ..datasets.wds import ClassificationDataset
-from ..results.detail import ClassificationPerQuery, best_true_rank, gallery_ids
-from ..embedding.embed import embed_images, embed_texts
 from ..errors import DatasetError, ImageError, listing
-from ..sessions.model import ModelContext
-from .zeroshot_retrieval import TaskParams
+from ..metrics.classification import multilabel_metrics, rank_metrics
+from ..results.detail import ClassificationPerQuery, best_true_rank, gallery_ids
+from .base import Evaluation, TaskMetadata, TaskOutput
+from .zeroshot import TaskParams, ZeroShotTask
 
 log = logging.getLogger(__name__)
 
@@ -58,26 +58,44 @@ def average_class_embeddings(prompt_embeds: np.ndarray, offsets: np.ndarray) -> 
     return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
 
 
-def class_embeddings(model: ModelContext, classnames: list[str], templates, *, batch_size: int,
-                     progress: bool) -> tuple[np.ndarray, int, int]:
-    """``([C, D] class embeddings, number of prompts, truncated prompts)``."""
+def class_embeddings(stage, bundle, precision: str, classnames: list[str], templates, *,
+                     batch_size: int) -> tuple[np.ndarray, int, int, int]:
+    """``([C, D] float32 class embeddings, number of prompts, truncated prompts, prompts from the
+    cache)``: every prompt through the embedding stage's text side (cached like any text), then
+    :func:`average_class_embeddings`."""
     prompts, offsets = class_prompts(classnames, templates)
-    texts = embed_texts(model.text, model.tokenizer, prompts, batch_size=max(batch_size, TEXT_BATCH), progress=progress)
-    return average_class_embeddings(texts.embeds, offsets), len(prompts), texts.truncated
+    texts = stage.texts(bundle, precision, prompts, batch_size=max(batch_size, TEXT_BATCH), label="class prompts")
+    return average_class_embeddings(texts.embeds, offsets), len(prompts), texts.truncated, texts.cache_hits
 
 
-def run_classification(model: ModelContext, dataset: ClassificationDataset,
+def run_classification(stage, bundle, precision: str, dataset: ClassificationDataset,
                        params: TaskParams) -> tuple[dict, dict, ClassificationPerQuery]:
-    """Returns ``(metrics, meta, per-query ranks and predictions)`` (see :mod:`clipeval.engine.results.detail`)."""
+    """Zero-shot classification of ``dataset`` with ``bundle`` at ``precision``, through the
+    embedding ``stage`` (class prompts and images both served from the cache when it has them).
+
+    The classifier is CLIP's zero-shot head as CLIP_benchmark builds it
+    (``clip_benchmark/metrics/zeroshot_classification.py``, ``zero_shot_classifier``): each
+    class's embedding is the mean of its L2-normalised prompt embeddings, L2-normalised again
+    (``[C, D]`` float32); an image's class scores are its embedding's dot products with them.
+
+    Returns ``(metrics, meta, per-query ranks and predictions)``. Single-label sets: ``acc1``,
+    ``acc5`` (left out below 5 classes) and ``mean_per_class_recall``, fractions in [0, 1], from
+    the 0-based rank of each image's true class (ties to the lower class index); multi-label sets:
+    ``mean_average_precision`` over the classes with a positive image. ``meta``: counts, what was
+    left out, timings in seconds, cache hits (``text_hits``: prompts; ``image_hits``).
+
+    Raises :class:`ImageError` for images that cannot be used unless ``on_error`` is ``skip``,
+    :class:`DatasetError` when no image is left, :class:`~clipeval.engine.errors.MetricError`
+    for labels the metrics cannot use.
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    classes, n_prompts, truncated = class_embeddings(model, dataset.classnames, dataset.templates,
-                                                     batch_size=params.batch_size, progress=params.progress)
+    classes, n_prompts, truncated, prompt_hits = class_embeddings(stage, bundle, precision, dataset.classnames,
+                                                                  dataset.templates, batch_size=params.batch_size)
     timings["texts_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    images = embed_images(model.vision, model.preprocessor, dataset.images, batch_size=params.batch_size,
-                          num_workers=params.num_workers, fast_decode=params.fast_decode, decode=params.decode, where=None,
-                          progress=params.progress, on_error=params.on_error)
+    images = stage.images(bundle, precision, dataset.images, batch_size=params.batch_size,
+                          fast_decode=params.fast_decode, where=None, on_error=params.on_error)
     timings["images_s"] = time.perf_counter() - t0
     if images.failures and params.on_error != "skip":
         raise ImageError(
@@ -118,11 +136,11 @@ def run_classification(model: ModelContext, dataset: ClassificationDataset,
         "num_templates": len(dataset.templates) if not isinstance(dataset.templates, dict) else None,
         "num_prompts": n_prompts,
         "multilabel": dataset.multilabel,
-        "language": params.language or "en",
         "num_skipped_images": len(skipped),
         "skipped": skipped,
         "truncated_texts": truncated,
         "timings": timings,
+        "cache": {"image_hits": images.cache_hits, "text_hits": prompt_hits},
         **notes,
     }
     if dataset.limited_from is not None:
@@ -133,10 +151,24 @@ def run_classification(model: ModelContext, dataset: ClassificationDataset,
     return metrics, meta, per_query
 
 
-def classification_task(model: ModelContext, dataset_name: str, data_dir,
-                        params: TaskParams) -> tuple[dict, dict, ClassificationPerQuery]:
-    """The registered entry of ``zeroshot_classification``: read the dataset, then :func:`run_classification`."""
-    dataset = read_classification_dataset(dataset_name, data_dir, params.split, params.on_error,
-                                          classnames_file=params.classnames_file,
-                                          templates_file=params.templates_file, **params.dataset_options())
-    return run_classification(model, dataset, params)
+class ZeroShotClassification(ZeroShotTask):
+    metadata = TaskMetadata(
+        name="zeroshot_classification",
+        description="zero-shot image classification from class-name prompts (top-k accuracy, mean per-class "
+                    "recall, mean average precision)",
+        reference="CLIP_benchmark clip_benchmark/metrics/zeroshot_classification.py (zero_shot_classifier, "
+                  "accuracy, balanced accuracy, average precision)",
+        dataset_kinds=("webdataset",),
+        embeds=("images", "class_prompts"),
+        models="image_text",
+        main_score="acc1",
+        default_model="demo",
+    )
+
+    def evaluate(self, ev: Evaluation, stage: Any) -> list[TaskOutput]:
+        params: TaskParams = ev.settings
+        dataset = read_classification_dataset(ev.dataset, ev.data_dir, params.split, params.on_error,
+                                              classnames_file=params.classnames_file,
+                                              templates_file=params.templates_file, **params.dataset_options())
+        metrics, meta, per_query = run_classification(stage, ev.model.bundle, ev.model.precision, dataset, params)
+        return [self.with_detail(metrics, meta, per_query, params)]
