@@ -52,12 +52,11 @@ def is_normalized(bundle: Bundle) -> bool:
     return bool((bundle.manifest.get("text_model") or {}).get("normalize", True))
 
 
-class TextModel:
-    """The text tower of ``bundle`` at ``precision``, opened (see :func:`load_text_model`)."""
+class _Loaded:
+    """A bundle with an embedding stage of its own (local executor, no cache)."""
 
-    def __init__(self, bundle: Bundle, precision: str, stage: EmbeddingStage, load_s: float):
+    def __init__(self, bundle: Bundle, stage: EmbeddingStage, load_s: float):
         self.bundle = bundle
-        self.precision = precision
         self.stage = stage
         self.load_s = load_s
 
@@ -69,12 +68,20 @@ class TextModel:
     def warnings(self) -> list[str]:
         return self.stage.warnings
 
+    def describe(self) -> dict:
+        return describe_bundle(self.bundle)
+
+
+class TextModel(_Loaded):
+    """The text tower of ``bundle`` at ``precision``, opened (see :func:`load_text_model`)."""
+
+    def __init__(self, bundle: Bundle, precision: str, stage: EmbeddingStage, load_s: float):
+        super().__init__(bundle, stage, load_s)
+        self.precision = precision
+
     @property
     def normalized(self) -> bool:
         return is_normalized(self.bundle)
-
-    def describe(self) -> dict:
-        return describe_bundle(self.bundle)
 
     def embed(self, texts: list[str], *, batch_size: int, progress: bool = True, label: str = "texts"
               ) -> tuple[np.ndarray, int]:
@@ -106,28 +113,12 @@ def load_text_model(bundle: Bundle, *, provider: str = "auto", precision: str | 
     return TextModel(bundle, precision, stage, time.perf_counter() - t0)
 
 
-class Reranker:
+class Reranker(_Loaded):
     """The pair scorer of a reranker ``bundle``, opened (see :func:`load_reranker`)."""
-
-    def __init__(self, bundle: Bundle, stage: EmbeddingStage, load_s: float):
-        self.bundle = bundle
-        self.stage = stage
-        self.load_s = load_s
 
     @property
     def precision(self) -> str:
         return self.bundle.manifest["precision"]
-
-    @property
-    def provider(self) -> str:
-        return self.stage.provider
-
-    @property
-    def warnings(self) -> list[str]:
-        return self.stage.warnings
-
-    def describe(self) -> dict:
-        return describe_bundle(self.bundle)
 
     def score(self, pairs: list[tuple[str, str]], *, batch_size: int, progress: bool = True
               ) -> tuple[np.ndarray, int]:

@@ -308,9 +308,13 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, trust_stamp: bool 
     its sha256; every variant naming a listed file; ``tokenizer.json`` and ``preprocess.json``
     JSON objects.
 
-    With ``trust_stamp``, files whose size and modification time equal those recorded when they
-    last matched are not hashed again. Raises :class:`BundleError` listing every problem, each
-    naming its manifest entry.
+    Returns a :class:`Bundle`: ``path``, the parsed ``manifest`` (the keys of the module
+    docstring), ``identity`` (the sha256, 64 hex digits, of the ``manifest.json`` bytes: what the
+    embedding cache and result slots key on), ``preprocess`` (``preprocess.json``) and
+    ``verified`` (every file was hashed during this load). With ``trust_stamp``, files whose size
+    and modification time equal those recorded when they last matched are not hashed again
+    (``verify=False`` hashes none). The manifest format is the one README "Model bundles and
+    export" describes; a C/C++ caller can check each file's sha256 the same way. Raises :class:`BundleError` listing every problem, each naming its manifest entry.
     """
     root = Path(path)
     manifest_path = root / MANIFEST

@@ -115,7 +115,14 @@ def session_options(threads: int | None = None):
 
 def open_tower(path: str | os.PathLike, provider: str = "auto", threads: int | None = None, *,
                logged: set[str] | None = None) -> Tower:
-    """Open an ONNX tower on ``provider`` ("auto", "cuda" or "cpu").
+    """Open the ONNX graph at ``path`` (a bundle's ``vision`` / ``text`` / ``reranker`` tower) as
+    an onnxruntime session on ``provider``: ``"auto"`` (CUDA when it really loads, else CPU),
+    ``"cuda"`` or ``"cpu"``; ``threads``: intra-op threads (default: every core this process may
+    use). Returns a :class:`Tower` whose ``run(feeds)`` takes the graph's inputs (float32
+    ``pixel_values`` ``[B, 3, H, W]``, or int64 ``input_ids`` / ``attention_mask`` /
+    ``token_type_ids`` ``[B, T]``) and returns its first output as float32 (``image_embeds`` /
+    ``text_embeds`` ``[B, D]``, ``scores`` ``[B]``); on CUDA through IO binding. The provider it
+    really runs on is ``Tower.provider``.
 
     Provider fallbacks (CUDA asked for but not usable) are in ``Tower.warnings`` and logged.
     ``logged``: the warnings the run has logged already (for the other tower of a model, or for

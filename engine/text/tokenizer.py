@@ -106,10 +106,21 @@ class TextTokenizer:
         return self._tok.encode_batch(texts)
 
     def encode(self, texts: list[str]) -> Encoded:
-        """The token ids of ``texts``, truncated to the context length, and which were truncated.
+        """The token ids of ``texts`` for the bundle's text tower, and which were truncated.
+
+        Returns :class:`Encoded`: ``ids``, one int64 array per text of at most
+        ``context_length`` tokens (the special tokens the bundle's ``tokenizer.json``
+        post-processor adds included: ``<|startoftext|>`` / ``<|endoftext|>`` for CLIP,
+        ``[CLS]`` / ``[SEP]`` for BERT-style models, ``</s>`` for SigLIP), unpadded (:meth:`pad`
+        pads a batch); ``truncated``, bool ``[len(texts)]``: the text did not fit and was cut, as
+        the reference tokenizers truncate (``truncation=True, max_length=context_length``).
+        Token ids equal those of the checkpoint's own tokenizer: Hugging Face ``tokenizers`` on
+        ``tokenizer.json``, after open_clip's clean-up steps or SigLIP's SentencePiece procedure
+        where the bundle lists them (:mod:`clipeval.engine.text.prep`).
 
         No text of more than ``LAST_CUT_CHARS_PER_TOKEN * context_length`` characters reaches
-        the tokenizer (see the module docstring for the cut and why it leaves the ids alone).
+        the tokenizer (see the module docstring for the cut and why it leaves the ids alone), so
+        a text of any length costs bounded time and memory. Raises nothing for any ``str``.
         """
         texts = list(texts)
         pre_cut = np.zeros(len(texts), dtype=bool)
