@@ -21,7 +21,7 @@ def main(argv=None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from fixtures_ckpt import DEFAULT_WORDS
 
-    from clipeval.engine.tokenizer import TextTokenizer
+    from clipeval.engine.text.tokenizer import TextTokenizer
     from clipeval.export.openclip_tokenizer import convert_simple_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

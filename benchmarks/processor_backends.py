@@ -34,8 +34,8 @@ def main(argv=None) -> None:
     from PIL import Image
 
     from clipeval.engine.demo import DEMO_DATA_DIR
-    from clipeval.engine.images import load_image
-    from clipeval.engine.preprocess import Preprocessor, PreprocessSpec
+    from clipeval.engine.images.load import load_image
+    from clipeval.engine.images.preprocess import Preprocessor, PreprocessSpec
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=300)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .main import cli, emit, setup_logging, verbosity_option
+from .console import emit, setup_logging
+from .options import verbosity_option
 
 
-@cli.command("export")
+@click.command("export")
 @click.argument("source")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Bundle directory to create.")

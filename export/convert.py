@@ -25,16 +25,16 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clipeval import __version__
-from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, write_manifest
+from clipeval.engine.sessions.bundle import FORMAT_VERSION, MANIFEST, write_manifest
 from clipeval.engine.errors import ExportError
-from clipeval.engine.fsutil import make_temp_dir
+from clipeval.engine.fsutil import publish_dir, staging_dir
+from clipeval.engine.versions import versions
 
 from . import validate as _validate
 from .families import FAMILIES, Family, ModelFacts, family_for
@@ -101,14 +101,16 @@ def _check_options(precision: str, opset: int) -> None:
         raise ExportError(f"opset {opset!r} is not supported", f"use an integer opset >= {MIN_OPSET} (default 17)")
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder unless ``force`` and it holds a
+    bundle (``force`` replaces only bundles). Raises :class:`ExportError`."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"output {out} exists and is not a directory", "pick another output directory")
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise ExportError(
                 f"output directory {out} is not empty",
-                "pick another directory, or pass --force to replace the bundle in it",
+                "pick another directory, or pass --force (force=True) to replace the bundle in it",
             )
         if not (out / MANIFEST).is_file():
             raise ExportError(
@@ -116,6 +118,22 @@ def _check_out_dir(out: Path, force: bool) -> None:
                 "--force only replaces bundles",
                 "pick another directory, or empty this one",
             )
+
+
+def build_bundle(out: Path, build, *, force: bool) -> Path:
+    """Build a bundle in a staging folder beside ``out`` (``build(stage) -> manifest``), write
+    its manifest, and swap it into place (:func:`clipeval.engine.fsutil.publish_dir`: an old
+    bundle there is replaced, or put back if the swap fails). ``out`` is checked again before
+    the swap (the build took a while). Nothing appears at ``out`` unless all succeeds."""
+    stage = staging_dir(out)  # the user's umask, not 0700
+    try:
+        write_manifest(stage, build(stage))
+        check_out_dir(out, force)
+        publish_dir(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
 
 
 def _require_export_deps(open_clip: bool = False) -> None:
@@ -134,13 +152,8 @@ def _require_export_deps(open_clip: bool = False) -> None:
 
 
 def tool_versions() -> dict[str, str]:
-    out = {}
-    for name in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            out[name] = importlib.import_module(name).__version__
-        except ImportError:
-            pass
-    return out
+    """The versions of what made an export (``exported_with`` in the manifest)."""
+    return versions("torch", "transformers", "onnx", "onnxruntime", "tokenizers")
 
 
 def export_checkpoint(
@@ -172,16 +185,14 @@ def export_checkpoint(
     check_hub(hub)
     _check_options(precision, opset)
     out = Path(out_dir)
-    _check_out_dir(out, force)
+    check_out_dir(out, force)
     open_clip_source = _open_clip_source(source, pretrained, hub, revision)
     if open_clip_source is None:
         src = local_checkpoint(source, hub=hub, revision=revision)
         family = family_for(_read_config(src).get("model_type"), f" in {src / 'config.json'}")
     _require_export_deps(open_clip=open_clip_source is not None)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = make_temp_dir(prefix=f".{out.name}.partial-", dir=out.parent)  # the user's umask, not 0700
-    try:
+    def build(stage: Path) -> dict[str, Any]:
         if open_clip_source is not None:
             from . import openclip_export
 
@@ -189,15 +200,12 @@ def export_checkpoint(
                                              validate=validate)
             manifest.update({"source": open_clip_source.source, "pretrained": open_clip_source.pretrained,
                              "revision": open_clip_source.revision, "hub": open_clip_source.hub})
-        else:
-            manifest = _build(family, src, stage, precision=precision, opset=opset, validate=validate)
-            manifest.update(source_record(source, src, hub=hub, revision=revision))
-        write_manifest(stage, manifest)
-        _check_out_dir(out, force)  # again: the export took a while
-        _publish(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+            return manifest
+        manifest = _build(family, src, stage, precision=precision, opset=opset, validate=validate)
+        manifest.update(source_record(source, src, hub=hub, revision=revision))
+        return manifest
+
+    build_bundle(out, build, force=force)
     log.info("exported %s -> %s", source, out)
     return out
 
@@ -222,21 +230,6 @@ def source_record(source: str | os.PathLike, local: Path, *, hub: str | None, re
     if given.is_dir():
         return {"source": str(given.resolve()), "revision": None, "hub": None}
     return {"source": str(source), "revision": revision, "hub": hub}
-
-
-def _publish(stage: Path, out: Path) -> None:
-    """Make ``stage`` appear at ``out`` by renames only; an old bundle there is replaced."""
-    if not out.exists():
-        os.replace(stage, out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(out, old)
-    try:
-        os.replace(stage, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def validation_images(image_size: int, count: int = VALIDATION_IMAGES, seed: int = 0) -> np.ndarray:

@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 from clipeval import __version__
-from clipeval.engine.bundle import FORMAT_VERSION
+from clipeval.engine.sessions.bundle import FORMAT_VERSION
 from clipeval.engine.errors import BundleError, ExportError
-from clipeval.engine.preprocess import Preprocessor, PreprocessSpec
+from clipeval.engine.images.preprocess import Preprocessor, PreprocessSpec
 
 from . import validate as _validate
 from .families import Family, ModelFacts

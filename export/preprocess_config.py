@@ -1,6 +1,6 @@
 """A checkpoint's image processor config -> the bundle's ``preprocess.json`` object.
 
-The conversion itself is :meth:`clipeval.engine.preprocess.PreprocessSpec.from_hf_processor_config`
+The conversion itself is :meth:`clipeval.engine.images.preprocess.PreprocessSpec.from_hf_processor_config`
 (one converter for exporter and engine); this module finds and reads the checkpoint's file, turns
 problems into :class:`ExportError` and checks that the images it describes fit the vision tower.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from clipeval.engine.errors import BundleError, ExportError
-from clipeval.engine.preprocess import PreprocessSpec
+from clipeval.engine.images.preprocess import PreprocessSpec
 
 PROCESSOR_CONFIG = "preprocessor_config.json"  # transformers 4: the image processor's own file
 NESTED_PROCESSOR_CONFIG = "processor_config.json"  # transformers 5: {"image_processor": {...}, ...}

@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from clipeval.engine.bundle import Bundle, is_bundle_dir, load_bundle
+from clipeval.engine.sessions.bundle import Bundle, is_bundle_dir, load_bundle
 from clipeval.engine.errors import ConfigError
-from clipeval.engine.paths import cache_root
+from clipeval.engine.paths import cache_root, safe_name
 from clipeval.engine.runner import is_demo, resolve_bundle
 
 from .hub import is_hub_id
@@ -40,7 +40,7 @@ def cached_bundle_dir(source: str, revision: str | None, precision: str, root: P
     local = Path(os.path.expanduser(source))
     ident = f"{local.resolve()}|{_fingerprint(local)}" if local.is_dir() else f"{hub}:{source}"
     digest = hashlib.sha256(f"{ident}|{revision}|{precision}".encode()).hexdigest()[:16]
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(source.rstrip("/")))
+    name = safe_name(os.path.basename(source.rstrip("/")))
     return root / "models" / f"{name}-{precision}-{digest}"
 
 
@@ -50,16 +50,27 @@ def _is_checkpoint(name: str, path: Path) -> bool:
     return not path.exists() and is_hub_id(name)
 
 
-def resolve_model(model: dict[str, Any], cfg) -> Bundle:
-    """The bundle for one ``models`` entry: the demo or a bundle directory as they are; a
-    checkpoint directory or hub id exported into the cache on first use, reused after (for
-    ``task: text_retrieval``, a sentence-transformers / BERT-style text model)."""
-    if getattr(cfg, "tool", None) in ("mteb", "cmteb"):  # an evalscope MTEB model entry (engine/config_mteb.py)
+def resolve_model(model: Any, cfg, kind: str = "image_text") -> Bundle:
+    """The bundle for one model entry of a config: the demo or a bundle directory as they are; a
+    checkpoint directory or hub id exported into the cache on first use, reused after.
+
+    ``kind`` is what the task takes (its metadata, :mod:`clipeval.engine.tasks.base`):
+    ``image_text`` (a CLIP-style model: transformers checkpoints, open_clip models), ``text`` (a
+    sentence-transformers / BERT-style text model; the entry's ``pooling_mode`` and
+    ``max_seq_length`` go to its export) or ``reranker`` (a cross-encoder). An evalscope mteb
+    entry (``model_name_or_path``) says which of the last two it is itself."""
+    if hasattr(model, "model_name_or_path"):  # an evalscope MTEB model entry (engine/config/mteb.py)
         return _resolve_mteb_model(model, cfg)
-    if getattr(cfg, "task", None) == "text_retrieval":
+    if kind == "text":
         from .text_model import resolve_text_bundle
 
-        return resolve_text_bundle(model["model_name"], getattr(cfg, "cache_dir", None))
+        return resolve_text_bundle(model["model_name"], getattr(cfg, "cache_dir", None),
+                                   pooling_mode=model.get("pooling_mode"), max_seq_length=model.get("max_seq_length"))
+    if kind == "reranker":
+        from .reranker import resolve_reranker_bundle
+
+        return resolve_reranker_bundle(model["model_name"], getattr(cfg, "cache_dir", None),
+                                       max_seq_length=model.get("max_seq_length"))
     return _resolve_image_text_model(model, cfg)
 
 
@@ -106,7 +117,7 @@ def _resolve_mteb_model(entry, cfg) -> Bundle:
     path = Path(os.path.expanduser(entry.model_name_or_path))
     length = entry.max_seq_length
     if length is None and not is_bundle_dir(path) and (path / "config.json").is_file():
-        from clipeval.engine.config_mteb import DEFAULT_MAX_SEQ_LENGTH
+        from clipeval.engine.config.mteb import DEFAULT_MAX_SEQ_LENGTH
 
         try:
             positions = json.loads((path / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
@@ -138,5 +149,5 @@ def open_clip_cache_dir(source, precision: str, root: Path) -> Path:
     (``root/models/NAME-PRECISION-KEY``; the key covers the weights file's or folder's files'
     sizes and modification times, so edited weights are exported again)."""
     digest = hashlib.sha256(f"{source.cache_identity()}|{precision}".encode()).hexdigest()[:16]
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.display_name)
+    name = safe_name(source.display_name)
     return root / "models" / f"{name}-{precision}-{digest}"

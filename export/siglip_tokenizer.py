@@ -17,7 +17,7 @@ The bundle gets two renderings:
 
 * ``spiece.model`` (a copy) and a ``tokenizer.sentencepiece`` block in the manifest (the added
   tokens, ``do_lower_case``, ``unk_token``, ``eos_id``): the engine tokenises with the
-  SentencePiece library by exactly the steps above (``clipeval.engine.textprep``), which gives
+  SentencePiece library by exactly the steps above (``clipeval.engine.text.prep``), which gives
   ``SiglipTokenizer``'s ids; C/C++ callers do the same with libsentencepiece (docs/export.md);
 * ``tokenizer.json`` for callers that only have `tokenizers`: ``Replace("▁", " ")``,
   ``Prepend("▁")``, ``Lowercase``, ``Replace(punctuation, "")``, ``Replace(whitespace run, " ")``
@@ -170,7 +170,7 @@ def convert_siglip_tokenizer(checkpoint: str | Path):
 def sentencepiece_block(checkpoint: str | Path, eos_id: int) -> dict[str, Any]:
     """The manifest's ``tokenizer.sentencepiece`` block: what ``SiglipTokenizer`` (as the installed
     transformers loads it from the checkpoint) adds to the SentencePiece model, for
-    :class:`clipeval.engine.textprep.SiglipSentencePiece`."""
+    :class:`clipeval.engine.text.prep.SiglipSentencePiece`."""
     try:
         from transformers import SiglipTokenizer
 

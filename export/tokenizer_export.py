@@ -159,9 +159,9 @@ def export_tokenizer(checkpoint: str | Path, out_path: str | Path, kind: str = "
 def encode_padded(tokenizer_path: str | Path, texts: Sequence[str], context_length: int, pad_id: int,
                   length: int | None = None, extra: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Tokenise ``texts`` as the engine does with a bundle's tokenizer (``tokenizer.json`` plus the
-    manifest's ``extra`` steps, see :mod:`clipeval.engine.textprep`): truncated to
+    manifest's ``extra`` steps, see :mod:`clipeval.engine.text.prep`): truncated to
     ``context_length``, padded on the right with ``pad_id`` to ``length`` (default: the longest)."""
-    from clipeval.engine.tokenizer import TextTokenizer
+    from clipeval.engine.text.tokenizer import TextTokenizer
 
     rule = {"pad_id": pad_id, "padding": "longest", "text_inputs": list(TEXT_INPUTS), **(extra or {})}
     tok = TextTokenizer(tokenizer_path, rule, context_length)
@@ -213,7 +213,7 @@ def check_pooling(feeds: dict[str, np.ndarray], texts: Sequence[str], rule: str,
 def tokenizer_rule(info: TokenizerInfo, pooling: str, padding: str = "longest",
                    text_inputs: Sequence[str] = TEXT_INPUTS) -> dict[str, Any]:
     """The manifest's ``tokenizer`` block (plus ``info.extra``: ``clean``, ``sentencepiece``; see
-    :mod:`clipeval.engine.textprep`)."""
+    :mod:`clipeval.engine.text.prep`)."""
     return {
         "pad_id": info.pad_id,
         "eos_id": info.eos_id,

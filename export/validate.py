@@ -184,7 +184,7 @@ def tokenizer_parity(tokenizer_path: str | Path, info: Any, context_length: int,
     reference pads); the manifest's ``validation.tokenizer`` block.
 
     Raises :class:`ExportError` listing every text whose ids differ."""
-    from clipeval.engine.tokenizer import TextTokenizer
+    from clipeval.engine.text.tokenizer import TextTokenizer
 
     rule = {"pad_id": info.pad_id, "padding": "longest", **info.extra}
     ours = [list(map(int, x)) for x in TextTokenizer(tokenizer_path, rule, context_length).encode(list(texts)).ids]

@@ -17,9 +17,9 @@ import onnxruntime as ort  # noqa: E402
 from fixtures_ckpt import CONTEXT_LENGTH, IMAGE_SIZE, make_tiny_bert_checkpoint, make_tiny_clip_checkpoint  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from clipeval.engine.bundle import load_bundle  # noqa: E402
+from clipeval.engine.sessions.bundle import load_bundle  # noqa: E402
 from clipeval.engine.errors import ExportError  # noqa: E402
-from clipeval.engine.tokenizer import TextTokenizer  # noqa: E402
+from clipeval.engine.text.tokenizer import TextTokenizer  # noqa: E402
 from clipeval.export import FAMILIES, convert, export_checkpoint  # noqa: E402
 from clipeval.export import validate as validate_mod  # noqa: E402
 from clipeval.export.preprocess_config import read_image_processor_config  # noqa: E402

@@ -32,10 +32,10 @@ from fixtures_ckpt import (  # noqa: E402
 )
 
 from clipeval.cli.main import cli  # noqa: E402
-from clipeval.engine.bundle import load_bundle  # noqa: E402
+from clipeval.engine.sessions.bundle import load_bundle  # noqa: E402
 from clipeval.engine.errors import ExportError  # noqa: E402
-from clipeval.engine.preprocess import Preprocessor, PreprocessSpec  # noqa: E402
-from clipeval.engine.tokenizer import TextTokenizer  # noqa: E402
+from clipeval.engine.images.preprocess import Preprocessor, PreprocessSpec  # noqa: E402
+from clipeval.engine.text.tokenizer import TextTokenizer  # noqa: E402
 from clipeval.export import export_checkpoint  # noqa: E402
 from clipeval.export.convert import FAMILIES, _read_config  # noqa: E402
 from clipeval.export.preprocess_config import preprocess_from_checkpoint, read_image_processor_config  # noqa: E402

@@ -37,11 +37,11 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from PIL import Image  # noqa: E402
 from textgen import text_strategy, varied_texts  # noqa: E402
 
-from clipeval.engine.bundle import load_bundle  # noqa: E402
+from clipeval.engine.sessions.bundle import load_bundle  # noqa: E402
 from clipeval.engine.errors import ExportError, ImageError  # noqa: E402
-from clipeval.engine.images import to_rgb  # noqa: E402
-from clipeval.engine.preprocess import Preprocessor  # noqa: E402
-from clipeval.engine.tokenizer import TextTokenizer  # noqa: E402
+from clipeval.engine.images.load import to_rgb  # noqa: E402
+from clipeval.engine.images.preprocess import Preprocessor  # noqa: E402
+from clipeval.engine.text.tokenizer import TextTokenizer  # noqa: E402
 from clipeval.export import export_checkpoint  # noqa: E402
 
 # kind -> (architecture, open_clip preprocess config written with the model, weights format, precision)
@@ -202,7 +202,7 @@ def test_every_clean_mode_converts_exactly(clean, tmp_path):
 def test_the_clean_steps_are_open_clips_clean_functions():
     from open_clip.tokenizer import get_clean_fn
 
-    from clipeval.engine.textprep import make_cleaner
+    from clipeval.engine.text.prep import make_cleaner
     from clipeval.export.openclip_tokenizer import CLEAN_MODES
 
     texts = varied_texts(400, seed=4)

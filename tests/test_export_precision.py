@@ -17,7 +17,7 @@ from click.testing import CliRunner  # noqa: E402
 from fixtures_ckpt import make_tiny_bert_checkpoint, make_tiny_clip_checkpoint  # noqa: E402
 
 from clipeval.cli.main import cli  # noqa: E402
-from clipeval.engine.bundle import load_bundle  # noqa: E402
+from clipeval.engine.sessions.bundle import load_bundle  # noqa: E402
 from clipeval.engine.errors import ExportError  # noqa: E402
 from clipeval.export import export_checkpoint  # noqa: E402
 from clipeval.export import validate as validate_mod  # noqa: E402

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from clipeval.cli.main import cli
 from clipeval.engine.config import make_eval_config, parse_task_cfg
 from clipeval.engine.errors import ConfigError
-from clipeval.engine.model_spec import normalize_models
+from clipeval.engine.config.model_spec import normalize_models
 
 
 def _entries(block):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from clipeval.engine.errors import BundleError, ImageError
-from clipeval.engine.preprocess import PreprocessSpec, Preprocessor
+from clipeval.engine.images.preprocess import PreprocessSpec, Preprocessor
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil  # noqa: E402
@@ -224,7 +224,7 @@ def test_extreme_aspect_ratio_is_an_image_error():
 
 def test_engine_does_not_import_transformers_or_torch():
     code = (
-        "import sys; import clipeval.engine.preprocess, clipeval.engine.images, clipeval.engine.pipeline; "
+        "import sys; import clipeval.engine.images.preprocess, clipeval.engine.images.load, clipeval.engine.images.pipeline; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
