@@ -109,6 +109,71 @@ def test_the_top_k_dispatcher_gives_the_same_lists_on_both_paths(monkeypatch):
     assert np.array_equal(small[0], large[0]) and np.array_equal(small[1], large[1])
 
 
+def rounded_order_oracle(q, d, tie):
+    """Oracle of the text-retrieval ranking: every pair's canonical score (arrays.dot64_pairs, the
+    definition), rounded to float32, sorted by score descending then tie key ascending."""
+    from clipeval.engine.kernels.arrays import dot64_pairs
+
+    out_idx, out_scores = [], []
+    for row in q:
+        s = dot64_pairs(np.repeat(row[None, :], len(d), axis=0), d).astype(np.float32).astype(np.float64)
+        order = sorted(range(len(d)), key=lambda j: (-s[j], tie[j]))
+        out_idx.append(order)
+        out_scores.append(s[order])
+    return np.array(out_idx), np.array(out_scores)
+
+
+def near_ties(rng, n_q, n_d, dim):
+    """Gaussian embeddings whose documents come in groups differing in the last bits of one
+    component: canonical scores that differ only below float32 resolution (ties once rounded)."""
+    q = rng.standard_normal((n_q, dim)).astype(np.float32)
+    base = rng.standard_normal((max(1, n_d // 3), dim)).astype(np.float32)
+    d = base[rng.integers(0, len(base), n_d)].copy()
+    bump = rng.integers(-3, 4, n_d).astype(np.int32)
+    d[:, 0] = (d[:, 0].view(np.int32) + bump).view(np.float32)
+    return q, d
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_q=st.integers(1, 12), n_d=st.integers(1, 40), dim=st.integers(1, 24), kind=st.sampled_from(
+    ["gaussian", "near_ties", "quantised"]), seed=st.integers(0, 10_000), data=st.data())
+def test_top_k_paths_with_tie_keys_equal_the_rounded_oracle(n_q, n_d, dim, kind, seed, data):
+    """Both paths rank as the text-retrieval task needs (float32-rounded canonical scores, a
+    caller's tie keys) and agree bit for bit, on inputs with ties only after rounding too."""
+    rng = np.random.default_rng(seed)
+    if kind == "gaussian":
+        q, d = rng.standard_normal((n_q, dim)).astype(np.float32), rng.standard_normal((n_d, dim)).astype(np.float32)
+    elif kind == "near_ties":
+        q, d = near_ties(rng, n_q, n_d, dim)
+    else:
+        q, d = quantised(rng, n_q, dim, 2), quantised(rng, n_d, dim, 2)
+    tie = rng.permutation(n_d).astype(np.int64)
+    k = data.draw(st.integers(1, n_d))
+    want_idx, want_scores = rounded_order_oracle(q, d, tie)
+    small_idx, small_scores = top_k_small(q, d, k, tie_keys=tie)
+    numba_idx, numba_scores = top_k_numba(q, d, k, tie_keys=tie, block_rows=data.draw(st.integers(1, 5)),
+                                          block_cols=data.draw(st.integers(1, 9)))
+    assert np.array_equal(small_idx, want_idx[:, :k]) and np.array_equal(small_scores, want_scores[:, :k])
+    assert np.array_equal(numba_idx, want_idx[:, :k]) and np.array_equal(numba_scores, want_scores[:, :k])
+
+
+def test_text_retrieval_ranks_small_and_large_inputs_alike(monkeypatch):
+    """The text-retrieval task's ranking gives identical lists on the numpy path and the numba
+    kernel (forced by lowering SMALL_PAIRS), ties in trec_eval's order (document id descending)."""
+    from clipeval.engine.tasks import text_retrieval
+
+    rng = np.random.default_rng(5)
+    q, d = near_ties(rng, 30, 90, 16)
+    ids = [f"doc{j}" for j in rng.permutation(90)]
+    assert 30 * 25 <= text_retrieval.SMALL_RESCORED
+    small = text_retrieval._rank(q, d, 25, ids, None)
+    monkeypatch.setattr("clipeval.engine.kernels.topk_small.SMALL_PAIRS", 0)
+    large = text_retrieval._rank(q, d, 25, ids, None)
+    assert np.array_equal(small[0], large[0]) and np.array_equal(small[1], large[1])
+    want, _ = rounded_order_oracle(q, d, text_retrieval.trec_tie_keys(ids))
+    assert np.array_equal(small[0], want[:, :25])
+
+
 def test_top_k_small_rejects_bad_input():
     with pytest.raises(ValueError):
         top_k_small(np.ones((2, 3), np.float32), np.ones((4, 2), np.float32), 1)
@@ -116,6 +181,8 @@ def test_top_k_small_rejects_bad_input():
         top_k_small(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), 5)
     with pytest.raises(TypeError):
         top_k_small(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), 1.5)
+    with pytest.raises(ValueError, match="tie_keys"):
+        top_k_small(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), 1, tie_keys=np.arange(3))
 
 
 # --------------------------------------------------------------------------- retrieval detail

@@ -7,10 +7,13 @@ holds the whole ``[Q, N]`` float32 GEMM (so it is for at most :data:`SMALL_PAIRS
 exists for start-up: a process that only ever ranks small sets never imports numba.
 
 Exactness: a GEMM value ``g`` differs from the canonical score ``c`` by at most
-``m = gamma * ||q|| * max ||d||`` (:func:`.arrays.score_margin`). Let ``g_k`` be a query's k-th
-largest GEMM value: at least k documents have ``c >= g_k - m``, so the k-th best canonical score
-is at least ``g_k - m``, and every document of the true top k has ``g >= g_k - 2m``. Only those
-candidates are scored canonically and sorted; the rest cannot enter the top k.
+``m = gamma * ||q|| * max ||d||`` (:func:`.arrays.score_margin`). Scores are ranked as
+:func:`~clipeval.engine.kernels.search.top_k` ranks them: each canonical sum rounded to float32
+(``r``, round to nearest, monotone), ties broken by the tie key. Let ``g_k`` be a query's k-th
+largest GEMM value: at least k documents have ``c >= g_k - m``, so the k-th best rounded score is
+at least ``r(g_k - m)``; a document with ``r(g + m) < r(g_k - m)`` has ``r(c) <= r(g + m)`` below
+it and cannot enter the top k (the same test the numba kernel applies to its heap). Only the
+other documents are scored canonically, rounded and sorted.
 
 Imports nothing of the project outside :mod:`clipeval.engine.kernels`.
 """
@@ -19,19 +22,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import as_embeddings, dot64_pairs, float32_bounds, score_margin
+from .arrays import as_embeddings, dot64_pairs, score_margin
 from .rank_small import CHUNK_ELEMENTS, SMALL_PAIRS
 
 __all__ = ["SMALL_PAIRS", "top_k_small"]
 
 
-def top_k_small(query_emb, doc_emb, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(indices, scores)`` exactly as :func:`clipeval.engine.kernels.search.top_k` returns them
-    without ``tie_keys``: int64 ``[Q, k]`` document indices and float64 ``[Q, k]`` canonical
-    scores, best first (ties to the lower document index).
+def top_k_small(query_emb, doc_emb, k: int, *, tie_keys: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, scores)`` exactly as :func:`clipeval.engine.kernels.search.top_k` returns them:
+    int64 ``[Q, k]`` document indices and float64 ``[Q, k]`` scores (canonical sums rounded to
+    float32), best first; among equal scores the lower ``tie_keys`` entry (int64 ``[N]``;
+    default: the document index) ranks first.
 
     Raises:
-        ValueError / TypeError: invalid shapes, values or ``k`` (the message says which).
+        ValueError / TypeError: invalid shapes, values, ``k`` or ``tie_keys`` (the message says which).
     """
     query_emb = as_embeddings(query_emb, "query_emb")
     doc_emb = as_embeddings(doc_emb, "doc_emb")
@@ -44,21 +49,29 @@ def top_k_small(query_emb, doc_emb, k: int) -> tuple[np.ndarray, np.ndarray]:
     if not 1 <= k <= n_docs:
         raise ValueError(f"k must be between 1 and the number of documents ({n_docs}), got {k}")
     k = int(k)
+    if tie_keys is None:
+        tie = np.arange(n_docs, dtype=np.int64)
+    else:
+        tie = np.ascontiguousarray(tie_keys, dtype=np.int64)
+        if tie.shape != (n_docs,):
+            raise ValueError(f"tie_keys must have shape ({n_docs},), got {tie.shape}")
 
     scores = query_emb @ doc_emb.T  # [Q, N] float32
     kth = np.partition(scores, n_docs - k, axis=1)[:, n_docs - k].astype(np.float64)
     doc_norm_max = np.sqrt(dot64_pairs(doc_emb, doc_emb)).max()
     margin = score_margin(dim) * np.sqrt(dot64_pairs(query_emb, query_emb)) * doc_norm_max + 1e-30
-    threshold, _ = float32_bounds(kth - 2.0 * margin, kth - 2.0 * margin)
-    q_idx, d_idx = np.nonzero(scores >= threshold[:, None])  # row-major: grouped by query
+    floor = (kth - margin).astype(np.float32)  # r(g_k - m): the k-th best rounded score is not below it
+    upper = (scores.astype(np.float64) + margin[:, None]).astype(np.float32)  # r(g + m) >= r(c)
+    q_idx, d_idx = np.nonzero(upper >= floor[:, None])  # row-major: grouped by query
 
     canonical = np.empty(q_idx.size, dtype=np.float64)
     step = max(1, CHUNK_ELEMENTS // dim)
     for start in range(0, q_idx.size, step):
         part = slice(start, start + step)
         canonical[part] = dot64_pairs(query_emb[q_idx[part]], doc_emb[d_idx[part]])
+    canonical = canonical.astype(np.float32).astype(np.float64)  # ranked as float32, like trec_eval
 
-    order = np.lexsort((d_idx, -canonical, q_idx))  # by query, score descending, index ascending
+    order = np.lexsort((tie[d_idx], -canonical, q_idx))  # by query, score descending, tie key ascending
     first = np.searchsorted(q_idx[order], np.arange(n_q))  # every query has at least k candidates
     take = order[first[:, None] + np.arange(k)[None, :]]
     return d_idx[take], canonical[take]

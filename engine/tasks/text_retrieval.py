@@ -169,10 +169,24 @@ def resolve_prompts(bundle: Bundle, query_prompt: str | None, document_prompt: s
     return {"query": query or "", "document": document or "", "source": sources}
 
 
-def _rank(query_emb: np.ndarray, doc_emb: np.ndarray, depth: int, doc_ids: list[str], num_threads):
-    from ..kernels.search import top_k  # numba: imported when a search runs
+SMALL_RESCORED = 1 << 16  # query x depth pairs the numpy ranking path re-scores at most
 
-    return top_k(query_emb, doc_emb, depth, tie_keys=trec_tie_keys(doc_ids), num_threads=num_threads)
+
+def _rank(query_emb: np.ndarray, doc_emb: np.ndarray, depth: int, doc_ids: list[str], num_threads):
+    """Each query's first ``depth`` documents (:func:`clipeval.engine.kernels.search.top_k`, ties
+    in trec_eval's order). At most ``SMALL_PAIRS`` (query, document) pairs take its numpy twin,
+    which gives the identical lists and scores without importing numba (about 1.7 s of a cached
+    run's start-up on a 2-core VM), when its canonical re-scoring stays small too (at most
+    :data:`SMALL_RESCORED` query x depth pairs: numpy re-scores at some tens of ns per pair and
+    dimension, numba's kernel several times faster)."""
+    from ..kernels.topk_small import SMALL_PAIRS, top_k_small
+
+    tie = trec_tie_keys(doc_ids)
+    if len(query_emb) * len(doc_emb) <= SMALL_PAIRS and len(query_emb) * depth <= SMALL_RESCORED:
+        return top_k_small(query_emb, doc_emb, depth, tie_keys=tie)
+    from ..kernels.search import top_k  # numba: imported when a large search runs
+
+    return top_k(query_emb, doc_emb, depth, tie_keys=tie, num_threads=num_threads)
 
 
 def _select_queries(data: BeirData, limits: int | None) -> tuple[list[dict[str, str]], dict[str, int]]:
