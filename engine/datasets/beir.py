@@ -23,7 +23,8 @@ characters that :meth:`str.splitlines` would break on); a UTF-8 byte-order mark 
 (:mod:`clipeval.engine.textio`). Every malformed line of every file is collected and reported in
 one :class:`~clipeval.engine.errors.DatasetError` with file and line number. Every other record
 is used or left out and counted by reason (:data:`LEFT_OUT_REASONS`); nothing is dropped
-silently and no missing value becomes the string ``"None"``. The qrels come from
+silently and no missing value becomes the string ``"None"``. A qrels score is ASCII digits with
+an optional sign within a signed 64-bit integer (:func:`_is_int`, :func:`_score_problem`). The qrels come from
 ``qrels/{split}.tsv`` when it exists, else from ``qrels.jsonl``.
 """
 
@@ -33,6 +34,7 @@ import csv
 import io
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,6 +161,9 @@ def _check_qrels(qrels: Iterable[Sequence[Any]], query_ids: set[str], corpus_ids
         d = _check_id(did, where, problems)
         if isinstance(score, bool) or not isinstance(score, int):
             problems.append(f"{where}: score must be an integer, got {score!r}")
+            continue
+        if _score_problem(score) is not None:
+            problems.append(f"{where}: {_score_problem(score)}")
             continue
         if q is None or d is None:
             continue
@@ -309,19 +314,43 @@ def _read_qrels_tsv(path: Path, problems: list[str], warnings: list[str], counts
             if not qid or not did:
                 problems.append(f"{where}: empty query or corpus id")
                 continue
-            if not _is_int(score):
-                problems.append(f"{where}: score {score!r} is not an integer")
+            value = int(score) if _is_int(score) else score
+            problem = _score_problem(value, score)
+            if problem is not None:
+                problems.append(f"{where}: {problem}")
                 continue
-            rows.append((qid, did, int(score), where))
+            rows.append((qid, did, value, where))
     return rows
 
 
+# A qrels score: ASCII digits with an optional sign, within a signed 64-bit integer (what
+# trec_eval's and pytrec_eval's ``long`` holds). Python's ``int()`` would also take other
+# scripts' digits (``٣``), underscores (``1_0``) and values of any size; trec_eval's ``atol``
+# would read ``٣`` as 0, so such a file means different gains to different tools: refused.
+_SCORE = re.compile(r"[+-]?[0-9]+")
+SCORE_MIN, SCORE_MAX = -(2**63), 2**63 - 1
+
+
 def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+    """Whether ``text`` (surrounding whitespace aside) is written as a score: ASCII digits with an
+    optional sign (its range is checked by :func:`_score_problem`)."""
+    return bool(_SCORE.fullmatch(text.strip()))
+
+
+def _score_problem(value: Any, written: Any = None) -> str | None:
+    """Why ``value`` (a parsed score; ``written``: as the file has it) cannot be one; ``None``
+    when it is a 64-bit integer."""
+    shown = _shown(value if written is None else written)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"score {shown} is not an integer (ASCII digits, optionally signed)"
+    if not SCORE_MIN <= value <= SCORE_MAX:
+        return f"score {shown} is out of range (a qrels score is a 64-bit integer, at most {SCORE_MAX})"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 _MISSING = object()
@@ -351,8 +380,9 @@ def _read_qrels_jsonl(path: Path, problems: list[str], counts: dict[str, int]) -
             score = int(score)
         if isinstance(score, str) and _is_int(score):
             score = int(score)
-        if isinstance(score, bool) or not isinstance(score, int):
-            problems.append(f"{where}: score {score!r} is not an integer")
+        problem = _score_problem(score)
+        if problem is not None:
+            problems.append(f"{where}: {problem}")
             continue
         rows.append((qid, did, score, where))
     return rows
