@@ -45,7 +45,8 @@ import orjson
 
 from ..errors import DatasetError
 from ..fsutil import write_atomic
-from ..textio import json_lines
+from ..textio import json_lines, open_regular
+from .base import refuse_if_not_regular
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ def _read_qrels_tsv(path: Path, problems: list[str], warnings: list[str], counts
     rows: list[tuple[str, str, int, str]] = []
     name = f"qrels/{path.name}"
     counts[name] = 0
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.TextIOWrapper(open_regular(path), encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
         for number, row in enumerate(reader, start=1):
             if not row or all(not c.strip() for c in row):
@@ -447,9 +448,11 @@ def read_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
     if not root.is_dir():
         raise DatasetError(f"BEIR folder {root} does not exist",
                            "pass the folder holding corpus.jsonl, queries.jsonl and qrels/")
-    missing = [name for name in (CORPUS, QUERIES) if not (root / name).is_file()]
     tsv = qrels_tsv_path(root, split)
     jsonl = root / QRELS_JSONL
+    for path in (root / CORPUS, root / QUERIES, tsv, jsonl):
+        refuse_if_not_regular(path, path.name)
+    missing = [name for name in (CORPUS, QUERIES) if not (root / name).is_file()]
     if not tsv.is_file() and not jsonl.is_file():
         missing.append(f"qrels/{split}.tsv (or {QRELS_JSONL})")
     if missing:

@@ -31,8 +31,8 @@ import orjson
 
 from ..errors import DatasetError, ImageError, listing, shorten
 from ..images.load import DEFAULT_MAX_PIXELS, probe_image
-from ..textio import json_lines
-from .base import BadItem, RetrievalDataset
+from ..textio import NotRegularFile, json_lines
+from .base import BadItem, RetrievalDataset, refuse_if_not_regular
 from .leftout import LeftOut
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,8 @@ def _read_rows(jsonl: Path) -> tuple[list[_Row], list[BadItem]]:
     bad_rows: list[BadItem] = []
     try:
         lines = list(json_lines(jsonl))
+    except NotRegularFile as exc:
+        raise DatasetError(f"{jsonl} is {exc.strerror}", f"put a regular file {FILENAME} there") from None
     except OSError as exc:
         raise DatasetError(f"cannot read {jsonl} ({exc.strerror or exc})", "check the file's permissions") from None
     for lineno, raw in lines:
@@ -191,6 +193,7 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
     check_split(split)
     data_dir = Path(data_dir)
     jsonl = data_dir / FILENAME
+    refuse_if_not_regular(jsonl, FILENAME)
     if not jsonl.is_file():
         where = "does not exist" if not data_dir.exists() else f"has no {FILENAME}"
         raise DatasetError(

@@ -30,8 +30,8 @@ import re
 from pathlib import Path
 
 from ..errors import DatasetError, listing
-from ..textio import read_json, strip_bom
-from .base import BadItem, RetrievalDataset
+from ..textio import read_json, read_regular, strip_bom
+from .base import BadItem, RetrievalDataset, refuse_if_not_regular
 from .leftout import LeftOut
 
 log = logging.getLogger(__name__)
@@ -153,10 +153,11 @@ def read_flickr(data_dir, split: str, *, name: str, base: str, language: str = "
     """
     data_dir = Path(data_dir)
     ann = flickr_file(data_dir, base, split, language)
+    refuse_if_not_regular(ann, ann.name)
     if not ann.is_file():
         raise DatasetError(f"{ann} does not exist", f"put {ann.name} (and the images) in {data_dir}")
     try:
-        raw = strip_bom(ann.read_bytes())
+        raw = strip_bom(read_regular(ann))
     except OSError as exc:
         raise DatasetError(f"{ann} cannot be read ({exc.strerror or exc})",
                            "check the file and its permissions") from None
@@ -219,6 +220,7 @@ def read_coco(data_dir, split: str, *, name: str, language: str = "en", on_error
     """
     data_dir = Path(data_dir)
     ann = coco_file(data_dir, split, language)
+    refuse_if_not_regular(ann, ann.name)
     if not ann.is_file():
         raise DatasetError(f"{ann} does not exist", f"put {ann.name} (and the images) in {data_dir}")
     shape = 'expected {"images": [{"id", "file_name"}, ...], "annotations": [{"image_id", "caption"}, ...]}'
