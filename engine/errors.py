@@ -18,7 +18,7 @@ def listing(items) -> str:
     return "\n    ".join(lines)
 
 
-SHOWN_CHARS = 120  # the longest value (an image path ...) a message shows whole
+SHOWN_CHARS = 200  # the longest value (an image path ...) a message shows whole
 
 
 def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
