@@ -338,8 +338,6 @@ from clipeval.engine.datasets import read_classification_dataset  # noqa: E402
 ENCODED = {
     "utf-8": lambda t: t.encode("utf-8"),
     "utf-8 BOM": lambda t: b"\xef\xbb\xbf" + t.encode("utf-8"),
-    "utf-16-le BOM": lambda t: t.encode("utf-16"),  # Python writes its native order with a BOM
-    "utf-16-be BOM": lambda t: b"\xfe\xff" + t.encode("utf-16-be"),
     "utf-8 BOM CRLF": lambda t: b"\xef\xbb\xbf" + t.replace("\n", "\r\n").encode("utf-8"),
 }
 
@@ -376,6 +374,11 @@ def test_generated_captions_read_as_their_decoded_lines(tmp_path_factory, lines,
         return
     got = _read_captions(tmp_path_factory.mktemp("wds"), ENCODED[encoding](text))
     assert got == _captions_oracle(text)
+
+
+def test_utf16_captions_are_a_bad_member_not_garbage(tmp_path):
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        _read_captions(tmp_path / "u16", "hello\nworld".encode("utf-16"))
 
 
 def test_a_label_with_a_bom_is_read(tmp_path):
