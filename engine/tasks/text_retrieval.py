@@ -96,7 +96,10 @@ class TextRetrievalOutput:
 
 
 def dataset_name_for(data_dir: str | os.PathLike) -> str:
-    """``.../muge/retrieval_data`` -> ``muge``; any other folder -> its own name."""
+    """The dataset name of a BEIR folder: its own name, or, when that is one of
+    :data:`GENERIC_NAMES` (any case), the name of the nearest folder above it that is not
+    (``.../muge/retrieval_data`` -> ``muge``, ``x1/data`` -> ``x1``); docs/text-retrieval.md lists
+    the names."""
     path = Path(os.path.abspath(data_dir))
     for part in (path, *path.parents):
         if part.name and part.name.lower() not in GENERIC_NAMES:
