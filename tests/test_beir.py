@@ -380,3 +380,14 @@ def test_text_eval_refuses_a_score_beyond_64_bits_before_model_work(tmp_path, mo
     assert result.exit_code == 2 and result.stderr.startswith("error: "), result.output
     assert "test.tsv:2: score '99999999999999999999999' is out of range" in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.json"))
+
+
+def test_long_ids_are_shortened_in_messages(tmp_path):
+    long_id = "d" * 5000
+    (tmp_path / "corpus.jsonl").write_text(f'{{"_id": "{long_id}", "text": "x"}}\n{{"_id": "{long_id}", "text": "y"}}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    (tmp_path / "qrels.jsonl").write_text(f'{{"query-id": "q", "corpus-id": "{long_id}", "score": 1}}\n'
+                                          f'{{"query-id": "q", "corpus-id": "{long_id}", "score": 2}}\n')
+    with pytest.raises(DatasetError) as err:
+        read_beir(tmp_path)
+    assert err.value.message.count("(5002 chars)") == 2 and len(err.value.message) < 2000

@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import DatasetError
+from ..errors import DatasetError, shorten
 from ..fsutil import write_atomic
 from ..textio import json_lines, open_regular
 from .base import refuse_if_not_regular
@@ -112,7 +112,7 @@ def _check_id(value: Any, where: str, problems: list[str]) -> str | None:
         problems.append(f"{where}: id is empty")
         return None
     if any(c in text for c in "\t\r\n") or text.startswith('"'):
-        problems.append(f"{where}: id {text!r} cannot be stored in a TSV qrels file "
+        problems.append(f"{where}: id {_id(text)} cannot be stored in a TSV qrels file "
                         "(tab, newline or a leading double quote)")
         return None
     return text
@@ -137,7 +137,7 @@ def _records(rows: Sequence[Mapping[str, Any]], name: str, problems: list[str]) 
         if ident is None:
             continue
         if ident in seen:
-            problems.append(f"{where}: duplicate id {ident!r}")
+            problems.append(f"{where}: duplicate id {_id(ident)}")
             continue
         seen.add(ident)
         record = {"_id": row["_id"]}
@@ -169,11 +169,11 @@ def _check_qrels(qrels: Iterable[Sequence[Any]], query_ids: set[str], corpus_ids
         if q is None or d is None:
             continue
         if q not in query_ids:
-            problems.append(f"{where}: query id {q!r} is not in the queries")
+            problems.append(f"{where}: query id {_id(q)} is not in the queries")
         if d not in corpus_ids:
-            problems.append(f"{where}: corpus id {d!r} is not in the corpus")
+            problems.append(f"{where}: corpus id {_id(d)} is not in the corpus")
         if (q, d) in pairs:
-            problems.append(f"{where}: duplicate pair ({q!r}, {d!r})")
+            problems.append(f"{where}: duplicate pair ({_id(q)}, {_id(d)})")
         pairs.add((q, d))
         out.append((qid, did, score))
     return out
@@ -282,7 +282,7 @@ def _read_records(path: Path, problems: list[str], left_out: Counter, counts: di
             if first_row == row:
                 left_out[f"duplicate_{kind}_ids"] += 1
             else:
-                problems.append(f"{where}: id {ident!r} again, with other content than on line {first_line}")
+                problems.append(f"{where}: id {_id(ident)} again, with other content than on line {first_line}")
             continue
         seen[ident] = (number, row)
         rows.append(row)
@@ -302,7 +302,7 @@ def _read_qrels_tsv(path: Path, problems: list[str], warnings: list[str], counts
             where = f"{path}:{number}"
             if number == 1 and (len(row) < 3 or not _is_int(row[2])):
                 if [c.strip() for c in row[:3]] != list(QRELS_HEADER):
-                    warnings.append(f"{path}: first line {row!r} taken as the header")
+                    warnings.append(f"{path}: first line {shorten(repr(row))} taken as the header")
                 continue
             counts[name] += 1
             if number == 1:
@@ -347,6 +347,11 @@ def _score_problem(value: Any, written: Any = None) -> str | None:
     if not SCORE_MIN <= value <= SCORE_MAX:
         return f"score {shown} is out of range (a qrels score is a 64-bit integer, at most {SCORE_MAX})"
     return None
+
+
+def _id(value: Any) -> str:
+    """An id for a message: its repr, shortened (:func:`~clipeval.engine.errors.shorten`)."""
+    return shorten(repr(value))
 
 
 def _shown(value: Any) -> str:
@@ -404,7 +409,7 @@ def _use_qrels(rows: list[tuple[str, str, int, str]], query_ids: set[str], corpu
             if first_score == score:
                 left_out["duplicate_qrels"] += 1
             else:
-                problems.append(f"{where}: pair ({qid!r}, {did!r}) again with score {score} "
+                problems.append(f"{where}: pair ({_id(qid)}, {_id(did)}) again with score {score} "
                                 f"(score {first_score} at {first_where})")
             continue
         seen[(qid, did)] = (score, where)
