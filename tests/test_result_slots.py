@@ -434,3 +434,21 @@ def test_text_eval_of_two_folders_of_one_name_never_share_a_file(tmp_path):
     assert first["dataset"] == second["dataset"] == "beirA"
     assert first["meta"]["result_file"] != second["meta"]["result_file"]
     assert read_result(first["meta"]["result_file"])["metrics"] == first["metrics"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_skip_existing_over_a_fifo_or_device_at_the_result_name_runs_and_keeps_it(tmp_path, kind):
+    """Finding F35: a FIFO (or a link to /dev/zero) where the result would go is never opened for
+    reading (that would block or never end) nor replaced; the result goes to its digest name."""
+    out = tmp_path / "out"
+    data = demo_rows(tmp_path / "d", 4)
+    first = ok(run("eval", "--data-dir", data, "--output-dir", out, "--no-cache", "-q"))
+    primary = Path(first["meta"]["result_file"])
+    primary.unlink()
+    if kind == "fifo":
+        os.mkfifo(primary)
+    else:
+        primary.symlink_to("/dev/zero")
+    again = ok(run("eval", "--data-dir", data, "--output-dir", out, "--no-cache", "-q", "--skip-existing"))
+    assert Path(again["meta"]["result_file"]) == primary.with_name(f"{NAME}.{again['meta']['slot_digest'][:8]}.json")
+    assert (primary.is_fifo() if kind == "fifo" else primary.is_symlink())
