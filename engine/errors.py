@@ -18,6 +18,20 @@ def listing(items) -> str:
     return "\n    ".join(lines)
 
 
+SHOWN_CHARS = 200  # the longest value (an image path ...) a message shows whole
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` for a message: whole when at most ``limit`` characters, else its head and tail
+    around ``...(N chars)...`` (N: the length of ``text``), so a 5,000-character path does not
+    make a 5,000-character error line."""
+    if len(text) <= limit:
+        return text
+    head = (limit * 2) // 3
+    tail = limit - head
+    return f"{text[:head]}...({len(text)} chars)...{text[-tail:]}"
+
+
 class ClipevalError(Exception):
     """Base class of every error that is the user's to fix.
 

@@ -296,3 +296,98 @@ def test_left_out_records_are_logged(tmp_path, caplog):
         data = read_beir(tmp_path)
     assert data.left_out == {"queries_without_qrels": 1}
     assert "left out 1: queries that no qrels row names" in caplog.text
+
+
+# --- qrels scores: one rule, ASCII digits within 64 bits (findings F15, F16) ---------------------
+
+def _score_folder(tmp_path, scores, *, jsonl=False):
+    n = len(scores)
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": "t"}) + "\n" for i in range(n)))
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": "q"}) + "\n" for i in range(n)))
+    if jsonl:
+        (tmp_path / "qrels.jsonl").write_text("".join(f'{{"query-id": "q{i}", "corpus-id": "d{i}", "score": {s}}}\n'
+                                                      for i, s in enumerate(scores)))
+    else:
+        (tmp_path / "qrels").mkdir(exist_ok=True)
+        (tmp_path / "qrels" / "test.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t{s}\n" for i, s in enumerate(scores)),
+            encoding="utf-8")
+
+
+@pytest.mark.parametrize("score, outcome", [
+    ("1", 1), ("0", 0), ("-1", -1), ("+1", 1), (" 1", 1), ("2 ", 2), ("007", 7),
+    (str(2**63 - 1), 2**63 - 1), (str(-(2**63)), -(2**63)),
+    ("99999999999999999999999", "out of range"), (str(2**63), "out of range"), (str(-(2**63) - 1), "out of range"),
+    ("٣", "not an integer"), ("١٢", "not an integer"), ("²", "not an integer"), ("1_000", "not an integer"),
+    ("３", "not an integer"), ("1.0", "not an integer"), ("1e3", "not an integer"), ("0x10", "not an integer"),
+    ("", "not an integer"), ("+", "not an integer"), ("--1", "not an integer"), ("1 2", "not an integer"),
+])
+def test_tsv_qrels_scores(tmp_path, score, outcome):
+    _score_folder(tmp_path, ["1", score])  # a good first row: the header check is not what decides
+    if isinstance(outcome, str):
+        with pytest.raises(DatasetError) as err:
+            read_beir(tmp_path)
+        assert f"test.tsv:3: score {score.strip()!r}"[:40] in str(err.value) and outcome in str(err.value)
+    else:
+        assert read_beir(tmp_path).qrels[1] == ("q1", "d1", outcome)
+
+
+@pytest.mark.parametrize("score, outcome", [
+    ("99999999999999999999999", "out of range"), ("1e300", "out of range"), (str(2**63), "out of range"),
+    ('"99999999999999999999999"', "out of range"), ('"٣"', "not an integer"), ('"+1"', 1), ("-3", -3),
+])
+def test_jsonl_qrels_scores(tmp_path, score, outcome):
+    _score_folder(tmp_path, [score], jsonl=True)
+    if isinstance(outcome, str):
+        with pytest.raises(DatasetError) as err:
+            read_beir(tmp_path)
+        assert "qrels.jsonl:1: score" in str(err.value) and outcome in str(err.value)
+    else:
+        assert read_beir(tmp_path).qrels == [("q0", "d0", outcome)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(score=st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.text(alphabet=st.sampled_from("0123456789+- _.٣１²e"), min_size=1, max_size=25)))
+def test_a_tsv_score_is_read_as_beir_would_or_refused(tmp_path_factory, score):
+    """Differential: every score accepted reads as BEIR's own ``int(row[2])`` reads it; a score is
+    accepted exactly when it is ASCII digits with an optional sign and fits 64 bits."""
+    import re
+
+    folder = tmp_path_factory.mktemp("score")
+    _score_folder(folder, ["1", score])
+    text = score.strip()
+    ok = re.fullmatch(r"[+-]?[0-9]+", text) is not None and -(2**63) <= int(text) < 2**63
+    if ok:
+        assert read_beir(folder).qrels[1][2] == int(score)
+    else:
+        with pytest.raises(DatasetError, match="test.tsv:3: score"):
+            read_beir(folder)
+
+
+def test_text_eval_refuses_a_score_beyond_64_bits_before_model_work(tmp_path, monkeypatch):
+    """The repro of finding F15: an error naming the line, exit 2, no model loaded."""
+    from click.testing import CliRunner
+
+    from clipeval.cli.main import cli
+
+    (tmp_path / "be7").mkdir()
+    _score_folder(tmp_path / "be7", ["99999999999999999999999", "1"])
+    monkeypatch.setenv("CLIPEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(cli, ["text-eval", "--model", "demo", "--data-dir", str(tmp_path / "be7"),
+                                      "--output-dir", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: "), result.output
+    assert "test.tsv:2: score '99999999999999999999999' is out of range" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.json"))
+
+
+def test_long_ids_are_shortened_in_messages(tmp_path):
+    long_id = "d" * 5000
+    (tmp_path / "corpus.jsonl").write_text(f'{{"_id": "{long_id}", "text": "x"}}\n{{"_id": "{long_id}", "text": "y"}}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    (tmp_path / "qrels.jsonl").write_text(f'{{"query-id": "q", "corpus-id": "{long_id}", "score": 1}}\n'
+                                          f'{{"query-id": "q", "corpus-id": "{long_id}", "score": 2}}\n')
+    with pytest.raises(DatasetError) as err:
+        read_beir(tmp_path)
+    assert err.value.message.count("(5002 chars)") == 2 and len(err.value.message) < 2000

@@ -410,3 +410,56 @@ def test_a_cached_rerun_reads_no_headers_and_a_changed_file_is_probed_again(tmp_
         probed.clear()
         run_task({**block, "verify_cache": True})
     assert sorted(probed) == [f"{i}.png" for i in range(5)]
+
+
+# --- paths no file can have, and long paths in messages (findings F1, F2) ----------------------
+
+@pytest.mark.parametrize("bad", ["images/a.png\0x", "\0", "images/\0/a.png", "a" * 300 + "\0"])
+def test_an_image_path_holding_nul_is_a_bad_row_not_a_crash(tmp_path, bad):
+    d = tmp_path / "ds"
+    _img(d / "images" / "a.png")
+    _write(d, [{"image_path": bad, "query": "x"}, {"image_path": "images/a.png", "query": "y"}])
+    for on_error in ("fail", "skip"):  # a malformed row fails even when skipping
+        with pytest.raises(DatasetError) as err:
+            read_custom(d, on_error=on_error)
+        assert "image_queries.jsonl:1: \"image_path\" holds a NUL character" in err.value.message
+        assert "jsonl:2" not in err.value.message
+
+
+@pytest.mark.parametrize("path", ["a" * 5000, "x/" * 2500, "é" * 3000, "/" + "b" * 4100])
+def test_a_long_image_path_is_shortened_in_the_message(tmp_path, path):
+    from clipeval.engine.errors import SHOWN_CHARS
+
+    d = tmp_path / "ds"
+    _img(d / "images" / "a.png")
+    _write(d, [{"image_path": path, "query": "x"}, {"image_path": "images/a.png", "query": "y"}])
+    with pytest.raises(DatasetError) as err:
+        read_custom(d)
+    line = next(l for l in str(err.value).splitlines() if "jsonl:1" in l)
+    assert f"({len(path.rstrip('/'))} chars)" in line  # the path as tried (pathlib drops a trailing /)
+    assert len(line) < 3 * SHOWN_CHARS + len(str(d)) + 200  # two places tried, each shortened
+    ds = read_custom(d, on_error="skip")  # a path too long to exist is a missing image: skippable
+    assert ds.texts == ["y"] and ds.left_out["images"] == {"missing_file": 1}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(min_size=0, max_size=400))
+def test_shorten_keeps_short_text_and_bounds_long_text(text):
+    from clipeval.engine.errors import SHOWN_CHARS, shorten
+
+    out = shorten(text)
+    if len(text) <= SHOWN_CHARS:
+        assert out == text
+    else:
+        head, tail = out.split(f"...({len(text)} chars)...")
+        assert text.startswith(head) and text.endswith(tail) and len(head) + len(tail) == SHOWN_CHARS
+
+
+def test_image_messages_shorten_long_paths(tmp_path):
+    from clipeval.engine.errors import ImageError
+    from clipeval.engine.images.load import probe_image
+
+    for path in ["z" * 5000, str(tmp_path / ("d/" * 200) / "x.png"), "a\0b"]:
+        with pytest.raises(ImageError) as err:
+            probe_image(path)
+        assert len(err.value.message) < 300

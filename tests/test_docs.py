@@ -165,3 +165,17 @@ def test_the_readme_example_is_the_demo_result(real_results):
     for key, value in example["metrics"].items():
         if key != PLACEHOLDER:
             assert round(real["metrics"][key], 2) == value, key
+
+
+def test_the_generic_folder_names_of_text_eval_are_the_documented_ones():
+    """Finding F25: docs/text-retrieval.md lists every folder name that takes its parent's name."""
+    import re
+
+    from clipeval.engine.tasks.text_retrieval import GENERIC_NAMES, dataset_name_for
+
+    text = (ROOT / "docs" / "text-retrieval.md").read_text()
+    sentence = re.search(r"The generic names: (.*?)\.\s", text, re.S).group(1)
+    assert sorted(re.findall(r"`([^`]+)`", sentence)) == sorted(GENERIC_NAMES)
+    for path, name in [("/x/custom/retrieval_data", "custom"), ("/x1/data", "x1"), ("/a/b/beir/Data", "b"),
+                       ("/y/beirA", "beirA"), ("/m/gte/model/retrieval_data", "gte")]:
+        assert dataset_name_for(path) == name

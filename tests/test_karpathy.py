@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -161,3 +162,78 @@ def test_the_issues_coco_file_keeps_the_distractor_and_reports_the_bad_caption(t
         assert m[f"text_retrieval_recall@{k}"] == pytest.approx(np.mean(i2t < k), abs=1e-12)
     assert m["image_retrieval_mean_rank"] == pytest.approx(np.mean(t2i + 1.0), abs=1e-12)
     assert m["text_retrieval_mean_rank"] == pytest.approx(np.mean(i2t + 1.0), abs=1e-12)
+
+
+# --- absolute and ``..`` file names are read as the reference reads them (finding F18) -----------
+
+def _coco(root, file_names):
+    root.mkdir(parents=True, exist_ok=True)
+    imgs = [{"id": i, "file_name": f} for i, f in enumerate(file_names)]
+    anns = [{"id": i, "image_id": i, "caption": f"caption {i}"} for i in range(len(file_names))]
+    (root / "coco_test_karpathy.json").write_text(json.dumps({"images": imgs, "annotations": anns}))
+
+
+def test_coco_absolute_and_dotdot_file_names_are_read(tmp_path):
+    """The finding's repro: all three images exist, so all three are read (torchvision's
+    CocoCaptions, the reference reader, joins root and file_name: os.path.join keeps an absolute
+    name and follows ``..``)."""
+    images(tmp_path / "k3", ["0000.jpg"], folder="")
+    images(tmp_path / "d1" / "images", ["0004.jpg", "0005.jpg"], folder="")
+    _coco(tmp_path / "k3", ["0000.jpg", "../d1/images/0004.jpg", str(tmp_path / "d1/images/0005.jpg")])
+    ds = read_dataset("mscoco_captions", tmp_path / "k3", "test", "fail")
+    assert [os.path.realpath(p) for p in ds.images] == [
+        os.path.realpath(tmp_path / "k3/0000.jpg"), os.path.realpath(tmp_path / "d1/images/0004.jpg"),
+        os.path.realpath(tmp_path / "d1/images/0005.jpg")]
+    assert ds.texts == ["caption 0", "caption 1", "caption 2"]
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "sub/a.jpg", "../up/a.jpg", "ABS", "./a.jpg", "x/../a.jpg",
+                                  "missing.jpg", "../missing.jpg", "ABS_MISSING"])
+@pytest.mark.parametrize("folder", ["", "val2014", "images"])
+def test_coco_file_names_resolve_like_os_path_join(tmp_path, name, folder):
+    """Differential: the image found is the first of os.path.join(DIR/folder, name) over the
+    image folders that is a file (what CocoCaptions(root=DIR/folder) opens); a name found
+    nowhere is a missing image whose message lists distinct places."""
+    from clipeval.engine.datasets.karpathy import IMAGE_FOLDERS
+
+    root = tmp_path / "data"
+    where = {"a.jpg": root / folder / "a.jpg", "sub/a.jpg": root / folder / "sub/a.jpg",
+             "../up/a.jpg": root / folder / "../up/a.jpg", "./a.jpg": root / folder / "a.jpg",
+             "x/../a.jpg": root / folder / "a.jpg", "ABS": tmp_path / "elsewhere/a.jpg"}
+    if name in where:
+        target = where[name]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (root / folder / "x").mkdir(parents=True, exist_ok=True)
+        noise_image(1).save(target)
+    file_name = {"ABS": str(tmp_path / "elsewhere/a.jpg"), "ABS_MISSING": str(tmp_path / "nowhere/a.jpg")}.get(name, name)
+    images(root, ["other.jpg"], folder="")
+    _coco(root, ["other.jpg", file_name])
+    oracle = next((os.path.join(root / f, file_name) for f in IMAGE_FOLDERS
+                   if os.path.isfile(os.path.join(root / f, file_name))), None)
+    if oracle is not None:
+        ds = read_dataset("mscoco_captions", root, "test", "fail")
+        assert os.path.realpath(ds.images[1]) == os.path.realpath(oracle)
+        return
+    with pytest.raises(DatasetError) as err:
+        read_dataset("mscoco_captions", root, "test", "fail")
+    line = next(l for l in err.value.message.splitlines() if "image id 1" in l)
+    tried = line.split("(tried ", 1)[1].rstrip(", ...)").split(", ")
+    assert len(tried) == len(set(tried)) >= 1  # distinct places, an absolute name once
+    ds = read_dataset("mscoco_captions", root, "test", "skip")
+    assert ds.left_out["images"] == {"missing_file": 1} and ds.texts == ["caption 0"]
+
+
+def test_a_file_name_with_nul_is_named_as_such(tmp_path):
+    images(tmp_path, ["a.jpg"], folder="")
+    _coco(tmp_path, ["a.jpg", "b\0.jpg"])
+    with pytest.raises(DatasetError, match="file name holds a NUL character"):
+        read_dataset("mscoco_captions", tmp_path, "test", "fail")
+
+
+def test_flickr_dotdot_names_are_read(tmp_path):
+    images(tmp_path / "elsewhere", ["x.jpg"], folder="")
+    images(tmp_path / "f", ["a.jpg"])
+    (tmp_path / "f" / "flickr8k_test_karpathy.txt").write_text("image,caption\na.jpg,one\n../../elsewhere/x.jpg,two\n")
+    ds = read_dataset("flickr8k", tmp_path / "f", "test", "fail")
+    assert [os.path.realpath(p) for p in ds.images] == [os.path.realpath(tmp_path / "f/Images/a.jpg"),
+                                                        os.path.realpath(tmp_path / "elsewhere/x.jpg")]

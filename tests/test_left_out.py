@@ -410,3 +410,37 @@ def test_custom_left_out_counts_reach_the_result(tmp_path):
                                      "texts": {"image_left_out": 3 + 1}}
     assert meta["dropped_texts"] == 3 + 1 and meta["num_images"] == 4 and meta["num_texts"] == 8
     assert "custom: left out 1 images (1 missing_file); 3 texts (3 image_left_out)" in r.stderr
+
+
+# --- meta.num_skipped_images counts images, not records (finding F20) -----------------------------
+
+def _eval_meta(tmp_path, *args):
+    from click.testing import CliRunner
+
+    from clipeval.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["eval", "--model", "demo", "--output-dir", str(tmp_path / "out"), "-q", "--no-cache",
+                                 "--on-error", "skip", *map(str, args)])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout.strip().splitlines()[-1])["meta"]
+
+
+@pytest.mark.parametrize("lines, images_left_out", [
+    # the finding's file: three bad caption lines, one blank caption, no image left out
+    ("0000.jpg,a circle, small\n0001.jpg,\n0002.jpg\n0003.JPG,a cross\n,x\n0000.jpg,\"quoted caption\"\n", 0),
+    ("0000.jpg,a\n0009.jpg,missing image\n0001.jpg,b\n", 1),  # a missing image is a skipped image
+    ("0000.jpg,a\n0009.jpg,x\n0009.jpg,y\nbad line\n", 1),  # two captions of one missing image: one image
+])
+def test_num_skipped_images_counts_images_left_out_not_caption_lines(tmp_path, lines, images_left_out):
+    import shutil
+
+    from clipeval.engine.demo import DEMO_DATA_DIR
+
+    data = tmp_path / "f1"
+    data.mkdir()
+    for i in range(4):
+        shutil.copy(DEMO_DATA_DIR / "images" / f"{i:04d}.jpg", data / f"{i:04d}.jpg")
+    (data / "flickr8k_test_karpathy.txt").write_text("image,caption\n" + lines)
+    meta = _eval_meta(tmp_path, "--dataset", "flickr8k", "--data-dir", data)
+    assert meta["num_skipped_images"] == images_left_out == _total(meta["data_left_out"], "images")
+    assert len(meta["skipped"]) >= images_left_out  # every skipped record is still listed

@@ -282,3 +282,20 @@ def test_a_real_process_with_bad_rows(workspace, tmp_path, rows):
                           env={**os.environ, "CLIPEVAL_CACHE_DIR": str(tmp_path / "cache")})
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error: ") and "image_queries.jsonl:1" in proc.stderr
+
+
+@pytest.mark.parametrize("path, says", [
+    ("images/0000.jpg\0x", '"image_path" holds a NUL character'),  # finding F1
+    ("\0", '"image_path" holds a NUL character'),
+    ("a" * 5000, "(5000 chars)"),  # finding F2: shortened, not echoed whole
+])
+def test_rows_with_paths_no_file_can_have_end_in_one_error(workspace, path, says):
+    data = workspace / "nul_rows"
+    data.mkdir(exist_ok=True)
+    (data / "image_queries.jsonl").write_text(
+        json.dumps({"image_path": path, "query": "a"}) + "\n"
+        + json.dumps({"image_path": str(workspace / "data" / IMAGES[1]), "query": "b"}) + "\n")
+    result = invoke(workspace, ["eval", "--model", "bundle", "--data-dir", str(data), "--output-dir", "out", "-q"])
+    assert_result_or_one_error(result)
+    assert result.exit_code == 2 and "image_queries.jsonl:1: " in result.stderr and says in result.stderr
+    assert len(result.stderr) < 1500

@@ -357,3 +357,98 @@ def test_caption_summaries_of_two_data_folders_never_share_a_file(tmp_path):
     assert second["meta"]["journal"].startswith(str(out / "fake-vlm" / f"custom.{digest}"))
     assert first["meta"]["bundle"]["model_name"] == "fake-vlm"
     assert "sk-secret" not in json.dumps(first) + json.dumps(second)
+
+
+# --- names that would step out of the output folder (finding F29) --------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ODD_NAMES = st.one_of(st.sampled_from(["..", ".", "", "../..", "/", "/etc", "a/../..", "..\\..", "~", "\0", "...",
+                                       " ..", ".. "]), st.text(max_size=12))
+
+
+@settings(max_examples=200, deadline=None)
+@given(model=ODD_NAMES, dataset=ODD_NAMES, tags=st.lists(ODD_NAMES, max_size=2), folder=st.sampled_from(["", "stage1"]))
+def test_every_result_path_stays_two_levels_under_the_output_folder(model, dataset, tags, folder):
+    """Whatever the model, dataset and tag names (the model name comes from --model-name, a
+    bundle's manifest "source" or an API's model name), the result, its digest names and the
+    captioning folder beside it are exactly under {output_dir}[/{folder}]/{model}/."""
+    from clipeval.engine.results.layout import side_name
+
+    out = Path("/out/put")
+    root = out / folder if folder else out
+    primary = result_path(root, model, dataset, "zeroshot_retrieval", tags)
+    for path in [primary, *slot_candidates(primary, "f" * 64)]:
+        assert Path(os.path.normpath(path)) == path  # no "." or ".." component survives
+        assert path.parent.parent == root and path.parent.name not in ("", ".", "..")
+    side = side_name(primary, dataset, "zeroshot_retrieval")
+    assert "/" not in side and side not in ("", ".", "..")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x"])
+def test_text_eval_with_a_model_name_of_dots_writes_under_the_output_folder(tmp_path, name):
+    out = tmp_path / "a" / "out"
+    data = _beir(tmp_path / "beir1", 4)
+    for flags in (["--model-name", name], ["--dataset-name", name]):
+        result = ok(run("text-eval", "--model", "demo", *flags, "--data-dir", data, "--output-dir", out, "--no-cache",
+                        "-q", "--k", "1"))
+        assert Path(result["meta"]["result_file"]).resolve().parent.parent == out.resolve()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["out"]  # nothing beside out/
+
+
+def test_eval_with_a_bundle_whose_source_is_dots_writes_under_the_output_folder(tmp_path):
+    bundle = demo_bundle(tmp_path / "bdot", source="..")
+    out = tmp_path / "a" / "out"
+    result = ok(run("eval", "--model", bundle, "--data-dir", demo_rows(tmp_path / "d", 4), "--output-dir", out,
+                    "--no-cache", "-q"))
+    assert Path(result["meta"]["result_file"]) == out / "__" / f"{NAME}.json"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("served_name", ["..", "."])
+def test_caption_with_a_model_name_of_dots_writes_under_the_output_folder(tmp_path, served_name):
+    from fake_openai import FakeOpenAI
+
+    from datagen import noise_image, write_dataset
+
+    rows = [{"image_path": f"{i}.png", "query": [f"q{i}"]} for i in range(2)]
+    data = write_dataset(tmp_path / "d", rows, {f"{i}.png": noise_image(i) for i in range(2)})
+    out = tmp_path / "a" / "out"
+    with FakeOpenAI(captioner="echo", model=served_name) as srv:
+        result = ok(run("caption", "--api-base", srv.url, "--model-name", served_name, "--data-dir", data,
+                        "--output-dir", out, "-q"))
+    under = out / ("_" * len(served_name))
+    assert Path(result["meta"]["result_file"]) == under / "custom_image_caption.json"
+    assert Path(result["metrics"]["save_path"]) == under / "custom" / "retrieval_data"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["out"]
+
+
+def test_text_eval_of_two_folders_of_one_name_never_share_a_file(tmp_path):
+    """Finding F24's second case: y1/beirA and y2/beirA, dataset name from the folder."""
+    out = tmp_path / "out"
+    a = _beir(tmp_path / "y1" / "beirA", 6)
+    b = _beir(tmp_path / "y2" / "beirA", 6, offset=1)
+    first = ok(run("text-eval", "--model", "demo", "--data-dir", a, "--output-dir", out, "--no-cache", "-q"))
+    second = ok(run("text-eval", "--model", "demo", "--data-dir", b, "--output-dir", out, "--no-cache", "-q"))
+    assert first["dataset"] == second["dataset"] == "beirA"
+    assert first["meta"]["result_file"] != second["meta"]["result_file"]
+    assert read_result(first["meta"]["result_file"])["metrics"] == first["metrics"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_skip_existing_over_a_fifo_or_device_at_the_result_name_runs_and_keeps_it(tmp_path, kind):
+    """Finding F35: a FIFO (or a link to /dev/zero) where the result would go is never opened for
+    reading (that would block or never end) nor replaced; the result goes to its digest name."""
+    out = tmp_path / "out"
+    data = demo_rows(tmp_path / "d", 4)
+    first = ok(run("eval", "--data-dir", data, "--output-dir", out, "--no-cache", "-q"))
+    primary = Path(first["meta"]["result_file"])
+    primary.unlink()
+    if kind == "fifo":
+        os.mkfifo(primary)
+    else:
+        primary.symlink_to("/dev/zero")
+    again = ok(run("eval", "--data-dir", data, "--output-dir", out, "--no-cache", "-q", "--skip-existing"))
+    assert Path(again["meta"]["result_file"]) == primary.with_name(f"{NAME}.{again['meta']['slot_digest'][:8]}.json")
+    assert (primary.is_fifo() if kind == "fifo" else primary.is_symlink())

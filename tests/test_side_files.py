@@ -202,3 +202,120 @@ def test_retrieval_side_files_too(tmp_path):
     (tmp_path / "dataset_type.txt").write_text("retrievals\n")
     with pytest.raises(DatasetError, match="dataset_type.txt:1"):
         read_dataset("muge", tmp_path, "test", "fail")
+
+
+# --- files that never end or block: a FIFO, /dev/zero, a huge file (finding F35) -----------------
+
+import os  # noqa: E402
+
+
+def _not_regular(tmp_path, kind, name="x"):
+    """A path of ``kind``: ``fifo`` (no writer: opening it for reading would block), ``zero`` (a
+    link to /dev/zero: reading it never ends) or ``dir``."""
+    path = tmp_path / f"{kind}-{name}"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    return path
+
+
+KINDS = {"fifo": "a FIFO (named pipe), not a regular file", "zero": "a character device, not a regular file",
+         "dir": "is a directory"}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("which", ["classnames", "templates"])
+def test_a_custom_side_file_that_is_not_a_regular_file_is_refused(folder, tmp_path, kind, which):
+    path = _not_regular(tmp_path, kind, which)
+    with pytest.raises(DatasetError) as err:
+        _read(folder, **{f"{which}_file": path})
+    assert str(path) in err.value.message and KINDS[kind] in err.value.message
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("name", ["classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt"])
+def test_a_folder_side_file_that_is_not_a_regular_file_is_refused(folder, tmp_path, kind, name):
+    shutil.rmtree(folder / name, ignore_errors=True)
+    (folder / name).unlink(missing_ok=True) if (folder / name).is_file() else None
+    made = _not_regular(tmp_path, kind, name)
+    os.symlink(made, folder / name) if kind != "dir" else shutil.move(made, folder / name)
+    with pytest.raises(DatasetError) as err:
+        _read(folder)
+    assert name in err.value.message and KINDS[kind] in err.value.message
+
+
+def test_a_side_file_larger_than_the_bound_is_refused_after_reading_the_bound(folder, tmp_path, monkeypatch):
+    from clipeval.engine.datasets import sidefiles
+
+    monkeypatch.setattr(sidefiles, "MAX_SIDE_FILE_BYTES", 1000)
+    big = tmp_path / "names.txt"
+    big.write_text("".join(f"class{i}\n" for i in range(500)))  # about 4 kB
+    with pytest.raises(DatasetError, match="larger than"):
+        _read(folder, classnames_file=big)
+    small = tmp_path / "few.txt"
+    small.write_text("".join(f"{n}\n" for n in NAMES))
+    assert _read(folder, classnames_file=small).classnames == NAMES
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_rows_files_and_annotation_files_that_are_not_regular_are_refused(tmp_path, kind):
+    from clipeval.engine.datasets.beir import read_beir
+
+    for folder, name, read in [
+        ("custom", "image_queries.jsonl", lambda d: read_dataset("custom", d, "test", "fail")),
+        ("coco", "coco_test_karpathy.json", lambda d: read_dataset("mscoco_captions", d, "test", "fail")),
+        ("flickr", "flickr8k_test_karpathy.txt", lambda d: read_dataset("flickr8k", d, "test", "fail")),
+        ("beir", "corpus.jsonl", read_beir),
+        ("beir2", "qrels/test.tsv", read_beir),
+    ]:
+        d = tmp_path / kind / folder
+        (d / "qrels").mkdir(parents=True)
+        for other in ("corpus.jsonl", "queries.jsonl"):
+            (d / other).write_text('{"_id": "a", "text": "t"}\n')
+        (d / "qrels.jsonl").write_text('{"query-id": "a", "corpus-id": "a"}\n')
+        target = d / name
+        target.unlink(missing_ok=True)
+        if kind == "fifo":
+            os.mkfifo(target)
+        else:
+            target.symlink_to("/dev/zero")
+        with pytest.raises(DatasetError) as err:
+            read(d)
+        assert f"{target} is {KINDS[kind]}" in err.value.message, (name, err.value.message)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_result_file_that_is_not_regular_is_passed_over_never_read(tmp_path, kind):
+    """--skip-existing reads results back (README: one that cannot be read is computed again):
+    a FIFO or /dev/zero at a result's name is neither read nor replaced."""
+    from clipeval.engine.results.layout import Slot, destination, find_existing, read_result
+
+    primary = tmp_path / "m" / "custom_zeroshot_retrieval.json"
+    primary.parent.mkdir()
+    if kind == "fifo":
+        os.mkfifo(primary)
+    else:
+        primary.symlink_to("/dev/zero")
+    slot = Slot.make("b" * 64, "fp32", None, str(tmp_path), "test")
+    assert read_result(primary) is None
+    assert find_existing(primary, slot, "k") is None
+    assert destination(primary, slot) == primary.with_name(f"custom_zeroshot_retrieval.{slot.digest[:8]}.json")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_the_data_fingerprint_never_reads_a_fifo_or_a_device(tmp_path, kind):
+    from clipeval.engine.datasets.fingerprint import data_fingerprint
+
+    d = tmp_path / "d"
+    d.mkdir()
+    target = d / "image_queries.jsonl"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to("/dev/zero")
+    names = tmp_path / "names"
+    os.mkfifo(names)
+    assert len(data_fingerprint("custom", d, "test", classnames_file=names)) == 64

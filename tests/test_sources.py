@@ -338,3 +338,42 @@ def test_a_local_folder_is_never_repaired(served, tmp_path):
     assert "test/1.tar" in err.value.message and "replace the damaged shard" in err.value.remedy
     assert (local / "test/1.tar").read_bytes() == b"<html></html>" * 100
     assert "test/1.tar" in json.loads((local / "manifest.json").read_text())["files"]
+
+
+# --- a huge shard count (finding F39) -------------------------------------------------------------
+
+@pytest.mark.parametrize("nshards", [4, 1000, 1_000_000])
+def test_a_shard_count_beyond_the_shards_there_fails_with_bounded_tasks(served, tmp_path, monkeypatch, nshards):
+    """nshards.txt says more shards than the server has (3): the download fails on the first
+    missing one with a DatasetError, the shards before it kept, and at no time are there more
+    than CONCURRENCY workers (the old code made one task per shard: a million for 1,000,000)."""
+    import asyncio
+
+    from clipeval.engine.datasets import sources
+
+    (served.root / "flickr8k/test/nshards.txt").write_text(f"{nshards}\n")
+    peak = [0]
+    real_fetch = sources.Fetcher.fetch
+
+    async def counting_fetch(self, session, rel, optional=False):
+        peak[0] = max(peak[0], len(asyncio.all_tasks()))
+        return await real_fetch(self, session, rel, optional)
+
+    monkeypatch.setattr(sources.Fetcher, "fetch", counting_fetch)
+    with pytest.raises(DatasetError) as err:
+        fetch_dataset("flickr8k", "test", url=f"{served.url}/flickr8k", cache_dir=tmp_path / "c", progress=False)
+    assert "test/3.tar is not on the server" in err.value.message and f"says {nshards} shards" in err.value.message
+    assert peak[0] <= sources.CONCURRENCY + 1  # the workers and the main task
+    shard_requests = [p for p, _ in served.requests if p.endswith(".tar")]
+    assert len(shard_requests) <= 3 + sources.CONCURRENCY  # 0..2, then at most one missing one per worker
+    folder = cache_folder("flickr8k", f"{served.url}/flickr8k", tmp_path / "c")
+    assert all((folder / f"test/{i}.tar").is_file() for i in range(3))
+
+
+def test_every_shard_is_fetched_once_by_the_workers(served, tmp_path):
+    write_retrieval_set(served.root / "many", n=22, per_shard=1)  # 22 shards, more than CONCURRENCY
+    url = f"{served.url}/many"
+    folder, _ = fetch_dataset("many", "test", url=url, cache_dir=tmp_path / "c", progress=False)
+    shards = sorted(p for p, _ in served.requests if p.endswith(".tar"))
+    assert shards == sorted(f"many/test/{i}.tar" for i in range(22))
+    assert same_tree(served.root / "many", folder)

@@ -413,3 +413,72 @@ def test_tutorial_config_caption_to_two_stage_retrieval(tmp_path):
     # Stage 2 only re-orders stage 1's first top_k: hit rate at 5 cannot change.
     assert stage2["metrics"]["hit_rate_at_5"] == stage1["metrics"]["hit_rate_at_5"]
     assert math.isclose(stage2["metrics"]["recall_at_20"], stage1["metrics"]["recall_at_5"])
+
+
+# --- max_seq_length above the model's positions is bounded, before model work (finding F26) -----
+
+def _checkpoint_config(folder, **config):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("config, asked, got", [
+    ({"max_position_embeddings": 64}, 512, 64),   # the documented example on a small model
+    ({"max_position_embeddings": 64}, 64, 64),
+    ({"max_position_embeddings": 64}, 16, 16),
+    ({"max_position_embeddings": 514}, 512, 512),  # RoBERTa-style: 512 fits
+    ({}, 512, 512),                                # no key: left to the export
+    ({"max_position_embeddings": "64"}, 512, 512),  # not a number: left to the export
+    ({"max_position_embeddings": True}, 512, 512),
+    (None, 512, 512),                              # a bundle folder: its length is fixed
+    ("missing", 512, 512),                         # no config.json
+])
+def test_mteb_max_seq_length_is_bounded_when_the_config_is_read(tmp_path, caplog, config, asked, got):
+    enc, rr = tmp_path / "enc", tmp_path / "rr"
+    for folder in (enc, rr):
+        folder.mkdir()
+        if config is None:
+            (folder / "manifest.json").write_text("{}")
+            (folder / "config.json").write_text(json.dumps({"max_position_embeddings": 8}))
+        elif config != "missing":
+            _checkpoint_config(folder, **config)
+    models = [{"model_name_or_path": str(enc), "max_seq_length": asked},
+              {"model_name_or_path": str(rr), "is_cross_encoder": True, "max_seq_length": asked}]
+    with caplog.at_level("WARNING", logger="clipeval.engine.config.text_eval"):
+        cfg = parse_task_cfg(mteb_cfg(models, tmp_path))
+    assert cfg.encoders[0].max_seq_length == got and cfg.reranker.max_seq_length == got
+    warned = [r.getMessage() for r in caplog.records]
+    if got < asked:
+        assert len(warned) == 2 and "eval_config.models[0].max_seq_length: max_seq_length 512 is longer than the " \
+                                    "model's 64 positions" in warned[0] and "models[1]" in warned[1]
+    else:
+        assert warned == []
+
+
+def test_text_eval_max_seq_length_above_the_positions_is_bounded(tmp_path, monkeypatch):
+    """The CLI's --max-seq-length on a 64-position checkpoint: the export is asked for 64 (its
+    own check is never reached), and stderr says so. The export itself is stubbed: what is
+    checked is the value that reaches it."""
+    from click.testing import CliRunner
+
+    import clipeval.export.text_model as text_model
+    from clipeval.cli.main import cli
+    from clipeval.engine.errors import ConfigError
+
+    ckpt = _checkpoint_config(tmp_path / "st", max_position_embeddings=64)
+    asked = []
+
+    def stub(model, cache_dir=None, *, pooling_mode=None, max_seq_length=None, **_):
+        asked.append(max_seq_length)
+        raise ConfigError("stub export: stop here")
+
+    monkeypatch.setattr(text_model, "resolve_text_bundle", stub)
+    data = write_beir(tmp_path / "beir", [{"_id": "d0", "text": "doc"}], [{"_id": "q0", "text": "doc"}],
+                      [("q0", "d0", 1)])
+    for flag, want in (("512", 64), ("32", 32)):
+        r = CliRunner().invoke(cli, ["text-eval", "--model", str(ckpt), "--max-seq-length", flag, "--data-dir",
+                                     str(data), "--output-dir", str(tmp_path / "out"), "-q"])
+        assert r.exit_code == 2 and "stub export" in r.stderr, r.output
+        assert asked[-1] == want
+        assert ("max_seq_length 512 is longer than the model's 64 positions" in r.stderr) == (flag == "512")

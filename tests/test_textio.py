@@ -95,3 +95,31 @@ def test_a_result_file_with_a_bom_is_reused_by_skip_existing(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(result).encode())
     assert find_existing(path, slot, "k1") == (path, result)
     assert find_existing(path, slot, "k2") is None
+
+
+# --- only regular files are read, and within a bound (finding F35) --------------------------------
+
+def test_read_regular_refuses_fifos_devices_and_folders_and_bounds_size(tmp_path):
+    import os
+
+    import pytest
+
+    from clipeval.engine.textio import FileTooLarge, NotRegularFile, read_json, read_regular
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero"
+    zero.symlink_to("/dev/zero")
+    for path, kind in [(fifo, "a FIFO (named pipe)"), (zero, "a character device"), (tmp_path, "a directory")]:
+        with pytest.raises(NotRegularFile) as err:
+            read_regular(path)
+        assert err.value.strerror == f"{kind}, not a regular file"
+        with pytest.raises(OSError):
+            read_json(path)
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 10)
+    assert read_regular(f, 10) == b"x" * 10 and read_regular(f) == b"x" * 10
+    with pytest.raises(FileTooLarge):
+        read_regular(f, 9)
+    with pytest.raises(FileNotFoundError):
+        read_regular(tmp_path / "missing")

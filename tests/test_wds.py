@@ -327,3 +327,65 @@ def test_any_damage_to_a_shard_is_a_bad_shard_or_sample_never_a_crash(edits, cut
             return
         assert ds.num_images >= 1 and all(isinstance(t, str) and t for t in ds.texts)
         assert bytes(ds.images[-1]) == b"fine"
+
+
+# --- caption encodings: a byte-order mark is never part of a caption (finding F19) ---------------
+
+import shutil  # noqa: E402
+
+from clipeval.engine.datasets import read_classification_dataset  # noqa: E402
+
+ENCODED = {
+    "utf-8": lambda t: t.encode("utf-8"),
+    "utf-8 BOM": lambda t: b"\xef\xbb\xbf" + t.encode("utf-8"),
+    "utf-8 BOM CRLF": lambda t: b"\xef\xbb\xbf" + t.replace("\n", "\r\n").encode("utf-8"),
+}
+
+
+def _captions_oracle(text: str) -> list[str]:
+    """What the captions are: the text's lines, each stripped, blank ones dropped, ``\\n`` escapes
+    turned into newlines (the decoded text never holds a BOM)."""
+    return [c for c in (line.replace("\\n", "\n").strip() for line in text.splitlines()) if c]
+
+
+def _read_captions(folder, txt: bytes):
+    shutil.rmtree(folder, ignore_errors=True)
+    write_tar(folder / "test" / "0.tar", [{"__key__": "a", "png": png_bytes(0), "txt": txt},
+                                          {"__key__": "b", "png": png_bytes(1), "txt": b"second image"}])
+    (folder / "test" / "nshards.txt").write_text("1\n")
+    (folder / "dataset_type.txt").write_text("retrieval\n")
+    ds = read_dataset("flickr8k", folder, "test", "fail")
+    return [t for t, i in zip(ds.texts, ds.text_to_image) if i == 0]
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODED))
+def test_a_bom_is_not_part_of_the_first_caption(tmp_path, encoding):
+    text = "hello\nworld\n"
+    assert _read_captions(tmp_path / "wo3", ENCODED[encoding](text)) == ["hello", "world"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(lines=st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n\x00"), max_size=12),
+                        min_size=1, max_size=4).filter(lambda ls: any(l.strip() for l in ls)),
+       encoding=st.sampled_from(sorted(ENCODED)))
+def test_generated_captions_read_as_their_decoded_lines(tmp_path_factory, lines, encoding):
+    text = "\n".join(lines)
+    if not _captions_oracle(text) or text.startswith("\ufeff"):
+        return
+    got = _read_captions(tmp_path_factory.mktemp("wds"), ENCODED[encoding](text))
+    assert got == _captions_oracle(text)
+
+
+def test_utf16_captions_are_a_bad_member_not_garbage(tmp_path):
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        _read_captions(tmp_path / "u16", "hello\nworld".encode("utf-16"))
+
+
+def test_a_label_with_a_bom_is_read(tmp_path):
+    write_tar(tmp_path / "c" / "test" / "0.tar",
+              [{"__key__": f"s{i}", "png": png_bytes(i), "cls": b"\xef\xbb\xbf" + str(i).encode()} for i in range(2)])
+    (tmp_path / "c" / "test" / "nshards.txt").write_text("1\n")
+    (tmp_path / "c" / "classnames.txt").write_text("a\nb\n")
+    (tmp_path / "c" / "zeroshot_classification_templates.txt").write_text("{c}\n")
+    ds = read_classification_dataset("mnist", tmp_path / "c", "test", "fail")
+    assert list(ds.labels) == [0, 1]

@@ -338,6 +338,11 @@ def parse_mteb_config(eval_config: dict[str, Any], task_cfg: dict[str, Any] | No
     if problems:
         raise ConfigError("the mteb config has problems:\n    " + "\n    ".join(problems),
                           "fix the keys listed (docs/text-retrieval.md shows both config shapes)")
+    from .text_eval import bounded_max_seq_length
+
+    for i, m in enumerate(models):  # bounded here, before any model is exported (docs: "bounded")
+        m.max_seq_length = bounded_max_seq_length(m.model_name_or_path, m.max_seq_length,
+                                                  f"eval_config.{models_key}[{i}].max_seq_length")
     output = ev.output_folder or (top.work_dir if top.work_dir else None) or "outputs"
     batch = (getattr(ev, "encode_kwargs", None) or {}).get("batch_size")
     verbose = not (isinstance(ev.verbosity, int) and ev.verbosity == 0)

@@ -4,7 +4,40 @@ same runner as every other config; the command line checks each value where it e
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+from ..textio import read_json
+
+log = logging.getLogger(__name__)
+
+
+def bounded_max_seq_length(model: str | os.PathLike, value: int | None, where: str) -> int | None:
+    """``value`` (a ``max_seq_length`` asked for model folder ``model``), bounded by the model's
+    positions: a checkpoint's ``config.json`` ``max_position_embeddings`` (what the export would
+    check, after loading the model). A larger value is lowered to it with a warning naming
+    ``where`` (the config key or flag), before any model work, rather than left to fail the
+    export (evalscope passes its default of 512 to any model). ``None``, a bundle folder (its
+    length is fixed), a folder without a readable ``config.json`` or without the key: ``value``
+    as it is (the export then checks it)."""
+    if value is None:
+        return None
+    folder = Path(os.path.expanduser(os.fspath(model)))
+    config = folder / "config.json"
+    try:
+        if (folder / "manifest.json").exists() or not config.is_file():
+            return value
+        data = read_json(config)
+    except (OSError, ValueError):
+        return value
+    positions = data.get("max_position_embeddings") if isinstance(data, dict) else None
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 2 or value <= positions:
+        return value
+    log.warning("%s: max_seq_length %d is longer than the model's %d positions (max_position_embeddings in %s); "
+                "texts are cut at %d", where, value, positions, config, positions)
+    return positions
 
 
 @dataclass

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from ..errors import DatasetError
+from ..textio import kind_of
+
+
+def refuse_if_not_regular(path: str | os.PathLike, what: str) -> None:
+    """Raise :class:`DatasetError` when ``path`` exists but is not a regular file (a FIFO, a device
+    such as ``/dev/zero`` through a link, a folder, a socket): reading it could block for ever or
+    never end. ``what`` names the file in the remedy (``image_queries.jsonl``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return  # missing or unreachable: the caller says so in its own words
+    kind = kind_of(mode)
+    if kind != "a regular file":
+        raise DatasetError(f"{os.fspath(path)} is {kind}, not a regular file",
+                           f"put a regular file {what} there (it is never read from a pipe or a device)")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ characters that :meth:`str.splitlines` would break on); a UTF-8 byte-order mark 
 (:mod:`clipeval.engine.textio`). Every malformed line of every file is collected and reported in
 one :class:`~clipeval.engine.errors.DatasetError` with file and line number. Every other record
 is used or left out and counted by reason (:data:`LEFT_OUT_REASONS`); nothing is dropped
-silently and no missing value becomes the string ``"None"``. The qrels come from
+silently and no missing value becomes the string ``"None"``. A qrels score is ASCII digits with
+an optional sign within a signed 64-bit integer (:func:`_is_int`, :func:`_score_problem`). The qrels come from
 ``qrels/{split}.tsv`` when it exists, else from ``qrels.jsonl``.
 """
 
@@ -33,6 +34,7 @@ import csv
 import io
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +43,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import DatasetError
+from ..errors import DatasetError, shorten
 from ..fsutil import write_atomic
-from ..textio import json_lines
+from ..textio import json_lines, open_regular
+from .base import refuse_if_not_regular
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ def _check_id(value: Any, where: str, problems: list[str]) -> str | None:
         problems.append(f"{where}: id is empty")
         return None
     if any(c in text for c in "\t\r\n") or text.startswith('"'):
-        problems.append(f"{where}: id {text!r} cannot be stored in a TSV qrels file "
+        problems.append(f"{where}: id {_id(text)} cannot be stored in a TSV qrels file "
                         "(tab, newline or a leading double quote)")
         return None
     return text
@@ -134,7 +137,7 @@ def _records(rows: Sequence[Mapping[str, Any]], name: str, problems: list[str]) 
         if ident is None:
             continue
         if ident in seen:
-            problems.append(f"{where}: duplicate id {ident!r}")
+            problems.append(f"{where}: duplicate id {_id(ident)}")
             continue
         seen.add(ident)
         record = {"_id": row["_id"]}
@@ -160,14 +163,17 @@ def _check_qrels(qrels: Iterable[Sequence[Any]], query_ids: set[str], corpus_ids
         if isinstance(score, bool) or not isinstance(score, int):
             problems.append(f"{where}: score must be an integer, got {score!r}")
             continue
+        if _score_problem(score) is not None:
+            problems.append(f"{where}: {_score_problem(score)}")
+            continue
         if q is None or d is None:
             continue
         if q not in query_ids:
-            problems.append(f"{where}: query id {q!r} is not in the queries")
+            problems.append(f"{where}: query id {_id(q)} is not in the queries")
         if d not in corpus_ids:
-            problems.append(f"{where}: corpus id {d!r} is not in the corpus")
+            problems.append(f"{where}: corpus id {_id(d)} is not in the corpus")
         if (q, d) in pairs:
-            problems.append(f"{where}: duplicate pair ({q!r}, {d!r})")
+            problems.append(f"{where}: duplicate pair ({_id(q)}, {_id(d)})")
         pairs.add((q, d))
         out.append((qid, did, score))
     return out
@@ -276,7 +282,7 @@ def _read_records(path: Path, problems: list[str], left_out: Counter, counts: di
             if first_row == row:
                 left_out[f"duplicate_{kind}_ids"] += 1
             else:
-                problems.append(f"{where}: id {ident!r} again, with other content than on line {first_line}")
+                problems.append(f"{where}: id {_id(ident)} again, with other content than on line {first_line}")
             continue
         seen[ident] = (number, row)
         rows.append(row)
@@ -288,7 +294,7 @@ def _read_qrels_tsv(path: Path, problems: list[str], warnings: list[str], counts
     rows: list[tuple[str, str, int, str]] = []
     name = f"qrels/{path.name}"
     counts[name] = 0
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.TextIOWrapper(open_regular(path), encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
         for number, row in enumerate(reader, start=1):
             if not row or all(not c.strip() for c in row):
@@ -296,7 +302,7 @@ def _read_qrels_tsv(path: Path, problems: list[str], warnings: list[str], counts
             where = f"{path}:{number}"
             if number == 1 and (len(row) < 3 or not _is_int(row[2])):
                 if [c.strip() for c in row[:3]] != list(QRELS_HEADER):
-                    warnings.append(f"{path}: first line {row!r} taken as the header")
+                    warnings.append(f"{path}: first line {shorten(repr(row))} taken as the header")
                 continue
             counts[name] += 1
             if number == 1:
@@ -309,19 +315,48 @@ def _read_qrels_tsv(path: Path, problems: list[str], warnings: list[str], counts
             if not qid or not did:
                 problems.append(f"{where}: empty query or corpus id")
                 continue
-            if not _is_int(score):
-                problems.append(f"{where}: score {score!r} is not an integer")
+            value = int(score) if _is_int(score) else score
+            problem = _score_problem(value, score)
+            if problem is not None:
+                problems.append(f"{where}: {problem}")
                 continue
-            rows.append((qid, did, int(score), where))
+            rows.append((qid, did, value, where))
     return rows
 
 
+# A qrels score: ASCII digits with an optional sign, within a signed 64-bit integer (what
+# trec_eval's and pytrec_eval's ``long`` holds). Python's ``int()`` would also take other
+# scripts' digits (``٣``), underscores (``1_0``) and values of any size; trec_eval's ``atol``
+# would read ``٣`` as 0, so such a file means different gains to different tools: refused.
+_SCORE = re.compile(r"[+-]?[0-9]+")
+SCORE_MIN, SCORE_MAX = -(2**63), 2**63 - 1
+
+
 def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+    """Whether ``text`` (surrounding whitespace aside) is written as a score: ASCII digits with an
+    optional sign (its range is checked by :func:`_score_problem`)."""
+    return bool(_SCORE.fullmatch(text.strip()))
+
+
+def _score_problem(value: Any, written: Any = None) -> str | None:
+    """Why ``value`` (a parsed score; ``written``: as the file has it) cannot be one; ``None``
+    when it is a 64-bit integer."""
+    shown = _shown(value if written is None else written)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"score {shown} is not an integer (ASCII digits, optionally signed)"
+    if not SCORE_MIN <= value <= SCORE_MAX:
+        return f"score {shown} is out of range (a qrels score is a 64-bit integer, at most {SCORE_MAX})"
+    return None
+
+
+def _id(value: Any) -> str:
+    """An id for a message: its repr, shortened (:func:`~clipeval.engine.errors.shorten`)."""
+    return shorten(repr(value))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 _MISSING = object()
@@ -351,8 +386,9 @@ def _read_qrels_jsonl(path: Path, problems: list[str], counts: dict[str, int]) -
             score = int(score)
         if isinstance(score, str) and _is_int(score):
             score = int(score)
-        if isinstance(score, bool) or not isinstance(score, int):
-            problems.append(f"{where}: score {score!r} is not an integer")
+        problem = _score_problem(score)
+        if problem is not None:
+            problems.append(f"{where}: {problem}")
             continue
         rows.append((qid, did, score, where))
     return rows
@@ -373,7 +409,7 @@ def _use_qrels(rows: list[tuple[str, str, int, str]], query_ids: set[str], corpu
             if first_score == score:
                 left_out["duplicate_qrels"] += 1
             else:
-                problems.append(f"{where}: pair ({qid!r}, {did!r}) again with score {score} "
+                problems.append(f"{where}: pair ({_id(qid)}, {_id(did)}) again with score {score} "
                                 f"(score {first_score} at {first_where})")
             continue
         seen[(qid, did)] = (score, where)
@@ -417,9 +453,11 @@ def read_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
     if not root.is_dir():
         raise DatasetError(f"BEIR folder {root} does not exist",
                            "pass the folder holding corpus.jsonl, queries.jsonl and qrels/")
-    missing = [name for name in (CORPUS, QUERIES) if not (root / name).is_file()]
     tsv = qrels_tsv_path(root, split)
     jsonl = root / QRELS_JSONL
+    for path in (root / CORPUS, root / QUERIES, tsv, jsonl):
+        refuse_if_not_regular(path, path.name)
+    missing = [name for name in (CORPUS, QUERIES) if not (root / name).is_file()]
     if not tsv.is_file() and not jsonl.is_file():
         missing.append(f"qrels/{split}.tsv (or {QRELS_JSONL})")
     if missing:

@@ -29,10 +29,10 @@ from typing import Callable
 
 import orjson
 
-from ..errors import DatasetError, ImageError, listing
+from ..errors import DatasetError, ImageError, listing, shorten
 from ..images.load import DEFAULT_MAX_PIXELS, probe_image
-from ..textio import json_lines
-from .base import BadItem, RetrievalDataset
+from ..textio import NotRegularFile, json_lines
+from .base import BadItem, RetrievalDataset, refuse_if_not_regular
 from .leftout import LeftOut
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ def _resolve(image_path: str, data_dir: Path) -> tuple[Path | None, list[Path], 
         except OSError as exc:
             why = exc.strerror or str(exc)
             continue
+        except ValueError as exc:  # a path no file can have (_parse_row refuses NUL first)
+            why = str(exc)
+            continue
         if stat.S_ISREG(mode):
             return c, candidates, None
         existing = existing or c
@@ -80,6 +83,8 @@ def _parse_row(raw: bytes) -> tuple[str, list[str]]:
         raise ValueError('no "image_path"')
     if not isinstance(path, str) or not path.strip():
         raise ValueError('"image_path" must be a non-empty string')
+    if "\0" in path:  # no file name holds one (JSON can write it as \u0000)
+        raise ValueError(f'"image_path" holds a NUL character: {shorten(path)!r}')
     query = row.get("query")
     if query is None:
         raise ValueError('no "query"')
@@ -119,7 +124,7 @@ def _locate(row: _Row, data_dir: Path) -> _Checked:
     """Where a row's image is (its real path as its identity), or why it is not found."""
     resolved, tried, why = _resolve(row.path, data_dir)
     if resolved is None:
-        places = " or ".join(str(p) for p in tried)
+        places = " or ".join(shorten(str(p)) for p in tried)
         return _Checked(problem=f"image not found (tried {places})" + (f": {why}" if why else ""),
                         reason="missing_file")
     return _Checked(key=os.path.realpath(resolved), resolved=str(resolved))
@@ -149,6 +154,8 @@ def _read_rows(jsonl: Path) -> tuple[list[_Row], list[BadItem]]:
     bad_rows: list[BadItem] = []
     try:
         lines = list(json_lines(jsonl))
+    except NotRegularFile as exc:
+        raise DatasetError(f"{jsonl} is {exc.strerror}", f"put a regular file {FILENAME} there") from None
     except OSError as exc:
         raise DatasetError(f"cannot read {jsonl} ({exc.strerror or exc})", "check the file's permissions") from None
     for lineno, raw in lines:
@@ -186,6 +193,7 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
     check_split(split)
     data_dir = Path(data_dir)
     jsonl = data_dir / FILENAME
+    refuse_if_not_regular(jsonl, FILENAME)
     if not jsonl.is_file():
         where = "does not exist" if not data_dir.exists() else f"has no {FILENAME}"
         raise DatasetError(

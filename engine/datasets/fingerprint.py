@@ -29,6 +29,7 @@ from pathlib import Path
 
 import orjson
 
+from ..textio import open_regular
 from . import karpathy, sources, wds
 from .custom import FILENAME as CUSTOM_ROWS
 from .named import _ALIASES, normalize_language, wds_name
@@ -38,10 +39,11 @@ SIDE_FILES = (wds.NSHARDS, wds.DATASET_TYPE, wds.CLASSNAMES, wds.TEMPLATES)
 
 
 def _file_digest(path: Path) -> str:
-    """``sha256:<hex>`` of a file's bytes, ``missing`` if it is not a readable file."""
+    """``sha256:<hex>`` of a file's bytes, ``missing`` if it is not a readable regular file (a
+    FIFO or a device is never read: :func:`~clipeval.engine.textio.open_regular`)."""
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             while block := f.read(CHUNK):
                 h.update(block)
     except (OSError, ValueError):

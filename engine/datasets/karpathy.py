@@ -17,8 +17,10 @@ COCO-CN) in the same shapes.
   (``images: [{id, file_name}]``, ``annotations: [{image_id, caption}]``); with language ``zh``
   ``coco_{split}_karpathy_zh.json`` (COCO-CN captions in the same format).
 
-Images are looked up under ``data_dir`` in the folders ``IMAGE_FOLDERS`` name, in that order;
-a missing image is a bad item (``on_error`` decides), named with the annotation line.
+Images are looked up under ``data_dir`` in the folders ``IMAGE_FOLDERS`` name, in that order; an
+absolute file name is used as it is and a ``..`` in a name is followed, as the reference readers'
+``os.path.join(root, file_name)`` does. A missing image is a bad item (``on_error`` decides),
+named with the annotation line and the places tried.
 Every record is used or counted in the dataset's ``left_out`` (see :mod:`.leftout`); a missing
 value never becomes a text. Images listed without a caption stay in the gallery as distractors.
 """
@@ -29,9 +31,9 @@ import logging
 import re
 from pathlib import Path
 
-from ..errors import DatasetError, listing
-from ..textio import read_json, strip_bom
-from .base import BadItem, RetrievalDataset
+from ..errors import DatasetError, listing, shorten
+from ..textio import read_json, read_regular, strip_bom
+from .base import BadItem, RetrievalDataset, refuse_if_not_regular
 from .leftout import LeftOut
 
 log = logging.getLogger(__name__)
@@ -60,18 +62,31 @@ def strip_pos_tags(caption: str) -> str:
     return out
 
 
-def _find_image(data_dir: Path, name: str) -> Path | None:
+def _candidates(data_dir: Path, name: str) -> list[Path]:
+    """Where image ``name`` may be: an absolute name as it is; else under ``data_dir`` and each of
+    :data:`IMAGE_FOLDERS`, in that order (a ``..`` in the name is followed, as the reference's
+    ``os.path.join(root, file_name)`` follows it)."""
     rel = Path(name)
-    if rel.is_absolute() or ".." in rel.parts:
-        return None
-    for folder in IMAGE_FOLDERS:
+    if rel.is_absolute():
+        return [rel]
+    return list(dict.fromkeys(data_dir / folder / rel for folder in IMAGE_FOLDERS))
+
+
+def _find_image(data_dir: Path, name: str) -> tuple[Path | None, str]:
+    """``(the first regular file among the candidates, "")``, or ``(None, why it is not found)``:
+    a name no file can have (a NUL character), or the places tried (shortened, the first four)."""
+    if "\0" in name:
+        return None, f"image {shorten(name)!r}: the file name holds a NUL character"
+    tried = _candidates(data_dir, name)
+    why = ""
+    for p in tried:
         try:
-            p = data_dir / folder / rel
             if p.is_file():
-                return p
-        except (OSError, ValueError):  # a name too long for the file system, or holding a NUL byte
-            return None
-    return None
+                return p, ""
+        except (OSError, ValueError) as exc:  # a name too long for the file system ...
+            why = f": {getattr(exc, 'strerror', None) or exc}"
+    places = ", ".join(shorten(str(p)) for p in tried[:4]) + (", ..." if len(tried) > 4 else "")
+    return None, f"image {shorten(name)} not found (tried {places}){why}"
 
 
 def _build(name: str, data_dir: Path, ann: Path, images: list[tuple[str, str]],
@@ -88,10 +103,9 @@ def _build(name: str, data_dir: Path, ann: Path, images: list[tuple[str, str]],
     paths: list[str] = []
     missing: list[BadItem] = []
     for name_, where in images:
-        path = _find_image(data_dir, name_)
+        path, why = _find_image(data_dir, name_)
         if path is None:
-            tried = ", ".join(str(data_dir / f / name_) for f in IMAGE_FOLDERS[:4])
-            missing.append(BadItem(where, f"image {name_} not found (tried {tried}, ...)", source=name_))
+            missing.append(BadItem(where, why, source=name_))
             keep.append(-1)
         else:
             keep.append(len(paths))
@@ -153,10 +167,11 @@ def read_flickr(data_dir, split: str, *, name: str, base: str, language: str = "
     """
     data_dir = Path(data_dir)
     ann = flickr_file(data_dir, base, split, language)
+    refuse_if_not_regular(ann, ann.name)
     if not ann.is_file():
         raise DatasetError(f"{ann} does not exist", f"put {ann.name} (and the images) in {data_dir}")
     try:
-        raw = strip_bom(ann.read_bytes())
+        raw = strip_bom(read_regular(ann))
     except OSError as exc:
         raise DatasetError(f"{ann} cannot be read ({exc.strerror or exc})",
                            "check the file and its permissions") from None
@@ -219,6 +234,7 @@ def read_coco(data_dir, split: str, *, name: str, language: str = "en", on_error
     """
     data_dir = Path(data_dir)
     ann = coco_file(data_dir, split, language)
+    refuse_if_not_regular(ann, ann.name)
     if not ann.is_file():
         raise DatasetError(f"{ann} does not exist", f"put {ann.name} (and the images) in {data_dir}")
     shape = 'expected {"images": [{"id", "file_name"}, ...], "annotations": [{"image_id", "caption"}, ...]}'

@@ -73,9 +73,11 @@ def read_named_retrieval(name: str, data_dir, split: str, on_error: str, *, lang
     lang = forced or normalize_language(language)
     if data_dir and not sources.is_url(str(data_dir)):
         root = Path(data_dir).expanduser()
-        if base in ("flickr8k", "flickr30k") and karpathy.flickr_file(root, base, split, lang).is_file():
+        # exists(), not is_file(): a FIFO or a device there is the reader's to refuse, not a reason
+        # to look for a webdataset
+        if base in ("flickr8k", "flickr30k") and karpathy.flickr_file(root, base, split, lang).exists():
             return karpathy.read_flickr(root, split, name=name, base=base, language=lang, on_error=on_error)
-        if base.startswith("mscoco") and karpathy.coco_file(root, split, lang).is_file():
+        if base.startswith("mscoco") and karpathy.coco_file(root, split, lang).exists():
             return karpathy.read_coco(root, split, name=name, language=lang, on_error=on_error)
         if forced or (lang == "zh" and base in ("flickr8k", "flickr30k", "mscoco_captions")):
             want = (karpathy.coco_file(root, split, lang) if base.startswith("mscoco")

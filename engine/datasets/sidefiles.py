@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 from ..errors import ConfigError, DatasetError, listing
-from ..textio import strip_bom
+from ..textio import FileTooLarge, NotRegularFile, read_regular, strip_bom
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ DATASET_TYPE = "dataset_type.txt"
 CLASSNAMES = "classnames.txt"
 TEMPLATES = "zeroshot_classification_templates.txt"
 DATASET_TYPES = ("classification", "retrieval", "multilabel")
+# The largest side file read (the class names of ImageNet-21k take about 1 MB, CuPL's per-class
+# prompts for ImageNet a few MB); anything larger is not a side file.
+MAX_SIDE_FILE_BYTES = 64 << 20
 # More shards than this is not a shard count (LAION-5B has about 230,000 shards of 10,000 samples).
 MAX_SHARDS = 1_000_000
 
@@ -48,14 +51,22 @@ class SideFileError(DatasetError):
 def read_text(path: str | os.PathLike) -> str:
     """The UTF-8 text of a side file, without a leading BOM.
 
-    Raises :class:`SideFileError` when it is not a file, cannot be read, or is not UTF-8 (with
-    the line and byte of the first bad byte).
+    Raises :class:`SideFileError` when it is not a regular file (a folder, a FIFO, a device such
+    as ``/dev/zero``: never read, so nothing blocks or runs for ever), is larger than
+    :data:`MAX_SIDE_FILE_BYTES`, cannot be read, or is not UTF-8 (with the line and byte of the
+    first bad byte).
     """
     p = Path(path)
     if p.is_dir():
         raise SideFileError(p, f"{p} is a directory, not a file", f"put the file {p.name} there instead")
     try:
-        data = p.read_bytes()
+        data = read_regular(p, MAX_SIDE_FILE_BYTES)
+    except NotRegularFile as exc:
+        raise SideFileError(p, f"{p} is {exc.strerror}", f"put a regular file {p.name} there instead") from None
+    except FileTooLarge:
+        raise SideFileError(p, f"{p} is larger than {MAX_SIDE_FILE_BYTES // (1 << 20)} MiB, too large for a "
+                            "side file (class names, templates, shard counts)",
+                            "check that the path names the file you mean") from None
     except OSError as exc:
         raise SideFileError(p, f"{p} cannot be read ({exc.strerror or exc})", "check the file and its permissions") from None
     data = strip_bom(data)

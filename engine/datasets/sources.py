@@ -334,20 +334,42 @@ async def _fetch_all(fetcher: Fetcher, name: str, split: str, need_classes: bool
         if need_classes:
             await fetcher.fetch(session, wds.CLASSNAMES, optional=True)
             await fetcher.fetch(session, wds.TEMPLATES, optional=True)
-        names = [f"{split}/{i}.tar" for i in range(count)]
-        todo = [n for n in names if not fetcher.manifest.fresh(n)]
-        if not todo:
+        if all(fetcher.manifest.fresh(f"{split}/{i}.tar") for i in range(count)):
             return
-        gate = asyncio.Semaphore(CONCURRENCY)
-        with Progress(f"download {name}/{split}", len(names), unit="shard", enabled=fetcher.progress) as bar:
-            bar.update(len(names) - len(todo))
+        with Progress(f"download {name}/{split}", count, unit="shard", enabled=fetcher.progress) as bar:
+            await _fetch_shards(fetcher, session, split, count, bar)
 
-            async def one(rel: str) -> None:
-                async with gate:
+
+async def _fetch_shards(fetcher: Fetcher, session, split: str, count: int, bar) -> None:
+    """Shards ``0 .. count - 1`` of ``split`` not in the cache yet, by ``CONCURRENCY`` workers that
+    each take the next shard number when they are done with one: memory and tasks do not grow with
+    ``count`` (``nshards.txt`` may say up to a million). The first failure stops the others and
+    is raised; a shard the server does not have is a :class:`DatasetError`."""
+    numbers = iter(range(count))
+
+    async def worker() -> None:
+        for i in numbers:  # one iterator shared by every worker: each number is taken once
+            rel = f"{split}/{i}.tar"
+            if not fetcher.manifest.fresh(rel):
+                try:
                     await fetcher.fetch(session, rel)
-                bar.update(1)
+                except _Missing:
+                    raise DatasetError(
+                        f"{fetcher.url}/{rel} is not on the server, although {split}/{wds.NSHARDS} says "
+                        f"{count} shards", "check --dataset-url and the split; shards fetched so far are kept"
+                    ) from None
+            bar.update(1)
 
-            await asyncio.gather(*(one(n) for n in todo))
+    workers = [asyncio.create_task(worker()) for _ in range(min(CONCURRENCY, count))]
+    try:
+        done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()
 
 
 def fetch_dataset(name: str, split: str, *, url: str, cache_dir=None, progress: bool = True,

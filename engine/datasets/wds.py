@@ -12,7 +12,8 @@ A sample is the run of consecutive tar members sharing a key (the member name up
 dot of its last path component, as webdataset groups them); the suffix after that dot, lower-cased,
 says what the member holds: ``webp``/``png``/``jpg``/``jpeg`` an encoded image (the first present in
 that order is used, as the reference reader does), ``txt`` the captions (one per line; a literal
-``\\n`` inside a caption is turned into a newline), ``cls`` an integer label, ``npy`` a multi-hot
+``\\n`` inside a caption is turned into a newline; a leading UTF-8 byte-order mark is dropped; the
+text must be UTF-8), ``cls`` an integer label, ``npy`` a multi-hot
 target vector.
 
 How the shards are read
@@ -50,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, listing
+from ..textio import strip_bom
 from . import sidefiles
 from .base import BadItem, RetrievalDataset
 from .leftout import LeftOut
@@ -222,7 +224,7 @@ def _take(sample: Sample, suffix: str, tar: tarfile.TarFile, member: tarfile.Tar
         if sample.image_offset < 0 or rank < IMAGE_EXTS.index(sample.image_ext):
             sample.image_offset, sample.image_size, sample.image_ext = member.offset_data, member.size, suffix
     elif suffix == "txt":
-        raw = _read_small(tar, member)
+        raw = strip_bom(_read_small(tar, member))  # a byte-order mark is not part of the first caption
         sample.text_lines = len(raw.splitlines())
         try:
             text = raw.decode("utf-8")
@@ -232,7 +234,7 @@ def _take(sample: Sample, suffix: str, tar: tarfile.TarFile, member: tarfile.Tar
         sample.text_lines = len(lines)
         sample.texts = [c for c in (unescape_caption(line) for line in lines) if c]
     elif suffix == "cls":
-        raw = _read_small(tar, member).decode("utf-8", "replace").strip()
+        raw = strip_bom(_read_small(tar, member)).decode("utf-8", "replace").strip()
         if not re.fullmatch(r"-?[0-9]+", raw):
             raise _Bad("bad_member", f"label {raw[:40]!r} is not an integer")
         sample.label = int(raw)

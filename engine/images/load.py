@@ -32,7 +32,7 @@ from typing import Iterator, Union
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageError
+from ..errors import ImageError, shorten
 
 # Images with more pixels than this are refused before their pixels are decoded
 # (decompression-bomb guard; the same figure as Pillow's warning threshold).
@@ -44,12 +44,13 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def describe(source: object) -> str:
-    """A short human name for ``source`` to put in messages."""
+    """A short human name for ``source`` to put in messages (a long path shortened,
+    :func:`clipeval.engine.errors.shorten`)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes of image data>"
     if isinstance(source, Image.Image):
         return f"<PIL image {source.mode} {source.size[0]}x{source.size[1]}>"
-    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else repr(source)
+    return shorten(os.fsdecode(os.fspath(source))) if isinstance(source, (str, os.PathLike)) else shorten(repr(source))
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -139,22 +140,28 @@ class _Budgeted:
 def _file_problem(path: str) -> ImageError | None:
     """Why ``path`` cannot be an image file (missing, a directory, empty, unreadable), from its
     ``stat`` alone; None when it is a non-empty regular file."""
+    shown = shorten(path)
+    if "\0" in path:
+        return ImageError(f"image path {shown!r} holds a NUL character", "no file name holds one: fix the path")
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return ImageError(
-            f"image file {path} does not exist",
+            f"image file {shown} does not exist",
             f"check the path (relative paths are resolved from {os.getcwd()})",
         )
     except OSError as exc:  # a name too long, a loop of links, no permission on a folder ...
-        return ImageError(f"image file {path} cannot be read ({exc.strerror or exc})",
+        return ImageError(f"image file {shown} cannot be read ({exc.strerror or exc})",
                           "check the path and its permissions")
+    except ValueError:  # a lone surrogate: no file name encodes it
+        return ImageError(f"image path {shown!r} holds characters no file name can hold",
+                          "fix the path")
     if stat.S_ISDIR(st.st_mode):
-        return ImageError(f"image path {path} is a directory", "point at an image file")
+        return ImageError(f"image path {shown} is a directory", "point at an image file")
     if not stat.S_ISREG(st.st_mode):
-        return ImageError(f"image path {path} is not a regular file", "point at an image file")
+        return ImageError(f"image path {shown} is not a regular file", "point at an image file")
     if st.st_size == 0:
-        return ImageError(f"image file {path} is empty (0 bytes)", "replace or remove the file, or skip bad images")
+        return ImageError(f"image file {shown} is empty (0 bytes)", "replace or remove the file, or skip bad images")
     return None
 
 
@@ -185,7 +192,7 @@ def _opened(source: ImageSource, what: str) -> Iterator[Image.Image]:
             try:
                 fp = stack.enter_context(open(path, "rb"))
             except OSError as exc:
-                raise ImageError(f"image file {path} cannot be read ({exc.strerror or exc})",
+                raise ImageError(f"image file {shorten(path)} cannot be read ({exc.strerror or exc})",
                                  "check its permissions") from None
         fp = _Budgeted(fp)
         try:

@@ -34,7 +34,7 @@ import orjson
 
 from ..fsutil import write_atomic
 from ..paths import safe_name
-from ..textio import read_json
+from ..textio import kind_of, read_json
 from ..versions import versions
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ def slot_candidates(primary: Path, digest: str) -> list[Path]:
 def read_result(path: str | os.PathLike) -> dict[str, Any] | None:
     """The result object in ``path`` if it is one (an object with ``dataset``, ``model``, ``task``,
     ``metrics`` and ``meta`` of the right types); ``None`` for anything else (missing,
-    unreadable, not JSON, JSON of another shape). Never raises."""
+    unreadable, not a regular file (a FIFO or a device is never read), not JSON, JSON of another
+    shape). Never raises."""
     try:
         data = read_json(path)
     except (OSError, ValueError):
@@ -178,6 +179,12 @@ def describe_slot(slot: Slot) -> str:
 
 
 def _describe(path: Path) -> str:
+    try:
+        kind = kind_of(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        kind = "a regular file"
+    if kind != "a regular file":  # a FIFO or a device is never read (nor replaced)
+        return kind
     result = read_result(path)
     slot = Slot.of_result(result)
     if slot is not None:

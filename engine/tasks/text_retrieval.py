@@ -96,7 +96,10 @@ class TextRetrievalOutput:
 
 
 def dataset_name_for(data_dir: str | os.PathLike) -> str:
-    """``.../muge/retrieval_data`` -> ``muge``; any other folder -> its own name."""
+    """The dataset name of a BEIR folder: its own name, or, when that is one of
+    :data:`GENERIC_NAMES` (any case), the name of the nearest folder above it that is not
+    (``.../muge/retrieval_data`` -> ``muge``, ``x1/data`` -> ``x1``); docs/text-retrieval.md lists
+    the names."""
     path = Path(os.path.abspath(data_dir))
     for part in (path, *path.parents):
         if part.name and part.name.lower() not in GENERIC_NAMES:
@@ -441,8 +444,11 @@ class TextRetrieval(Task):
         if getattr(cfg, "tool", None) in ("mteb", "cmteb"):
             yield from self._mteb(cfg, models)
             return
+        from ..config.text_eval import bounded_max_seq_length
+
+        max_seq_length = bounded_max_seq_length(cfg.model, cfg.max_seq_length, "--max-seq-length")
         encoder = models.bundle({"model_name": cfg.model, "pooling_mode": cfg.pooling_mode,
-                                 "max_seq_length": cfg.max_seq_length}, "text")
+                                 "max_seq_length": max_seq_length}, "text")
         reranker = models.bundle({"model_name": cfg.reranker}, "reranker") if cfg.reranker is not None else None
         params = TextRetrievalParams(k=cfg.k, k_list=cfg.k_list, batch_size=cfg.batch_size, split=cfg.split,
                                      num_threads=cfg.num_threads, progress=cfg.verbose, query_prompt=cfg.query_prompt,

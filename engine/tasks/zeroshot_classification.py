@@ -136,7 +136,9 @@ def run_classification(stage, bundle, precision: str, dataset: ClassificationDat
         "num_templates": len(dataset.templates) if not isinstance(dataset.templates, dict) else None,
         "num_prompts": n_prompts,
         "multilabel": dataset.multilabel,
-        "num_skipped_images": len(skipped),
+        # gallery images left out (by the reader or while decoding), not every skipped record:
+        # a bad caption line is listed in skipped but is no image
+        "num_skipped_images": left_out.total("images"),
         "skipped": skipped,
         "truncated_texts": truncated,
         "timings": timings,

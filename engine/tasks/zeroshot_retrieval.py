@@ -77,7 +77,9 @@ def run_retrieval(stage, bundle, precision: str, dataset: RetrievalDataset,
         "num_images": dataset.num_images,
         "num_texts": dataset.num_texts,
         "data_left_out": left_out.as_dict(),
-        "num_skipped_images": len(skipped),
+        # gallery images left out (by the reader or while decoding), not every skipped record:
+        # a bad caption line is listed in skipped but is no image
+        "num_skipped_images": left_out.total("images"),
         "skipped": skipped,
         "dropped_texts": dropped_texts,
         "merged_rows": dataset.merged_rows,
