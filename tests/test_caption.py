@@ -139,6 +139,71 @@ def test_journal_is_held_by_one_run_at_a_time(tmp_path):
     Journal.open(path, {"model_name": "m"}).close()  # free again once the first run is done
 
 
+def _header_damages(header: bytes) -> list[bytes]:
+    """Whole first lines that are not a header: the one byte of F31, NUL bytes, nothing, other JSON."""
+    return [header.replace(b'{"kind"', b'{"kin', 1), b"\0" * len(header), b"", b"[1]", b"null", b'"x"',
+            header[: len(header) // 2], header.replace(b'"settings":{', b'"settings":[{', 1).replace(b"}}", b"}]}"),
+            b'{"kind":"clipeval-caption-journal","format":1,"settings":"x"}']
+
+
+def test_journal_with_a_damaged_header_is_refused_and_left_as_it_is(tmp_path):
+    """F31: a journal whose (whole) first line is damaged keeps its captions: the run is refused
+    with a remedy, and the file is not touched."""
+    path = tmp_path / JOURNAL_NAME
+    settings = {"model_name": "m", "prompt": "p"}
+    with Journal.open(path, settings) as j:
+        for i in range(4):
+            j.add_caption(f"k{i}", f"caption {i}")
+    header, rest = path.read_bytes().split(b"\n", 1)
+    for damaged in _header_damages(header):
+        path.write_bytes(damaged + b"\n" + rest)
+        with pytest.raises(ConfigError) as err:
+            Journal.open(path, settings)
+        assert str(path) in err.value.message and "damaged" in err.value.message, damaged
+        assert "first line" in err.value.remedy
+        assert path.read_bytes() == damaged + b"\n" + rest  # nothing thrown away
+    path.write_bytes(header[: len(header) // 2])  # the header torn by a crash (no newline): started over
+    with Journal.open(path, settings) as j:
+        assert j.torn == 1 and j.captions == {}
+
+
+def test_journal_path_that_is_not_a_file_is_one_clear_error(tmp_path):
+    """F32: the journal path a folder, a FIFO (never opened: it would block), under a file."""
+    settings = {"model_name": "m"}
+    (tmp_path / "dir" / JOURNAL_NAME).mkdir(parents=True)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "file").write_text("x")
+    for path, needle in ((tmp_path / "dir" / JOURNAL_NAME, "it is a folder"),
+                         (tmp_path / "fifo", "it is not a regular file"),
+                         (tmp_path / "file" / "sub" / JOURNAL_NAME, f"it lies under {tmp_path / 'file'}, which is a file")):
+        with pytest.raises(ConfigError) as err:
+            Journal.open(path, settings)
+        assert needle in err.value.message and str(path) in err.value.message
+
+
+def test_caption_command_with_a_damaged_or_unusable_journal(tmp_path):
+    """F31, F32 through the command: exit 2, one error line, the captions kept."""
+    data = dataset(tmp_path / "ds", 3)
+    out = tmp_path / "out"
+    with FakeOpenAI(captioner="echo") as srv:
+        args = ("caption", "--api-base", srv.url, "--model-name", "fake-vlm", "--data-dir", data,
+                "--output-dir", out, "-q")
+        assert cli_run(*args).exit_code == 0
+        journal = out / "fake-vlm" / "custom" / JOURNAL_NAME
+        good = journal.read_bytes()
+        journal.write_bytes(good.replace(b'{"kind"', b'{"kin', 1))
+        asked = srv.total_requests
+        r = cli_run(*args)
+        assert r.exit_code == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.output
+        assert "damaged" in r.stderr and srv.total_requests == asked
+        assert journal.read_bytes() == good.replace(b'{"kind"', b'{"kin', 1)
+        journal.unlink()
+        journal.mkdir()
+        r = cli_run(*args)
+        assert r.exit_code == 2 and r.stderr.count("error:") == 1 and "it is a folder" in r.stderr
+        assert "internal error" not in r.stderr and srv.total_requests == asked
+
+
 def test_retry_after_forms():
     assert parse_retry_after({"Retry-After": "3"}) == 3.0
     assert parse_retry_after({"retry-after-ms": "250", "Retry-After": "9"}) == 0.25
