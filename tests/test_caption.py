@@ -490,6 +490,82 @@ def test_caption_config_values_are_checked():
     assert "has no api_base" in err.value.message
 
 
+CREDENTIAL_FORMS = [("user", "s3cret-pw", "user:***@"), ("", "tok-abcdef123", "***@"),
+                    ("me", "p%40ss-w0rd", "me:***@"), ("a.b", "x:y-zz99", "a.b:***@")]
+
+
+@pytest.mark.parametrize("user,secret,shown", CREDENTIAL_FORMS)
+def test_credentials_in_api_base_are_never_printed(tmp_path, user, secret, shown):
+    """F27: a password (or a token as user name) in --api-base is masked in every message: a
+    refusal (404, remedy naming GET /models), a server that is down, a config value refused."""
+    data = dataset(tmp_path / "ds", 3)
+    creds = f"{user}:{secret}@" if user else f"{secret}@"
+    env = {"CLIPEVAL_API_KEY": None, "OPENAI_API_KEY": None}
+    with FakeOpenAI(captioner="echo") as srv:
+        base = srv.url.replace("http://", "http://" + creds)
+        r = cli_run("caption", "--api-base", base, "--model-name", "nope", "--data-dir", data,
+                    "--output-dir", tmp_path / "o1", env=env)
+        assert r.exit_code == 2 and "HTTP 404" in r.stderr and shown in r.stderr and "/models" in r.stderr
+        for name in ("o1",):  # nothing captioned: nothing left behind (F30)
+            assert not (tmp_path / name).exists()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(CaptionAPIError) as err:
+        caption_lib(f"http://{creds}127.0.0.1:{port}/v1", data, tmp_path / "o2", key=None, client={"max_attempts": 2})
+    down = str(err.value)
+    assert shown in down and "connection error" in down
+    r = cli_run("caption", "--api-base", f"http://{creds}127.0.0.1:99999/v1", "--model-name", "m", "--data-dir", data,
+                "--output-dir", tmp_path / "o3", env=env)
+    assert r.exit_code == 2 and "Port out of range" in r.stderr and shown in r.stderr
+    for text in (r.stderr + r.stdout, down):
+        assert secret not in text and secret.replace("%40", "@") not in text
+
+
+def test_api_base_credentials_with_an_api_key_are_refused_up_front(tmp_path):
+    data = dataset(tmp_path / "ds", 2)
+    with FakeOpenAI(captioner="echo") as srv:
+        with pytest.raises(ConfigError) as err:
+            caption_lib(srv.url.replace("http://", "http://u:pw-secret@"), data, tmp_path / "out")
+        assert srv.total_requests == 0 and "one Authorization header" in err.value.message
+        assert "pw-secret" not in str(err.value) and KEY not in str(err.value)
+
+
+@pytest.mark.parametrize("value,kind", [([KEY], "a list"), (12345678901234, "an integer"), (1.5, "a number"),
+                                        (True, "a boolean"), ({"k": KEY}, "a mapping")])
+def test_an_api_key_of_the_wrong_type_is_not_shown(tmp_path, value, kind):
+    """F33: the config error names the key and the type, never the value."""
+    cfg = tmp_path / "cc.yaml"
+    cfg.write_text(yaml.safe_dump({"eval_backend": "RAGEval", "eval_config": {"tool": "clip_benchmark", "eval": {
+        "task": "image_caption", "models": [{"model_name": "fake-vlm", "api_base": "http://127.0.0.1:8008/v1",
+                                             "api_key": value}], "data_dir": str(tmp_path)}}}))
+    r = cli_run("run", cfg)
+    assert r.exit_code == 2 and r.stderr.count("error:") == 1
+    assert f"api_key must be a string, got {kind} (value hidden)" in r.stderr
+    shown = str(value) if not isinstance(value, (list, dict)) else KEY
+    assert shown not in r.stderr + r.stdout and KEY not in r.stderr
+
+
+@pytest.mark.parametrize("suffix", ["?x=1", "#frag", "?", "#", "/?api-version=2024"])
+def test_api_base_with_a_query_or_fragment_is_refused(tmp_path, suffix):
+    """F28: an API root gets /chat/completions appended: a query or fragment would end up inside the path."""
+    r = cli_run("caption", "--api-base", "http://127.0.0.1:8008/v1" + suffix, "--model-name", "m",
+                "--data-dir", tmp_path, "--output-dir", tmp_path / "out")
+    assert r.exit_code == 2 and r.stderr.count("error:") == 1
+    assert "--api-base is an API root" in r.stderr and "?query or #fragment" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name,needle", [("", "got an empty string"), ("  ", "got an empty string"),
+                                         ("a\0b", "NUL")])
+def test_a_bad_model_name_is_named_by_its_flag(tmp_path, name, needle):
+    """F30: caption has --model-name (no --model), and a served model name is not a path."""
+    r = cli_run("caption", "--api-base", "http://127.0.0.1:8008/v1", "--model-name", name, "--data-dir", tmp_path)
+    assert r.exit_code == 2 and r.stderr.count("error:") == 1 and "--model-name" in r.stderr, r.stderr
+    assert "--model " not in r.stderr and "must be a path" not in r.stderr and needle in r.stderr
+
+
 def test_caption_help():
     result = cli_run("caption", "-h")
     assert result.exit_code == 0 and "--api-base" in result.output and "--id-style" in result.output

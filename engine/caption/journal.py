@@ -149,6 +149,7 @@ class Journal:
         self.torn = torn
         self.bad_lines = bad_lines
         self.failures_logged = 0
+        self.fresh = False  # this run wrote the header (the journal was new, or held only a torn line)
         self._f = None
         self._last_sync = time.monotonic()
 
@@ -175,6 +176,7 @@ class Journal:
         journal = cls(path, settings, captions, torn, bad)
         journal._f = f
         if header is None:
+            journal.fresh = True
             journal._write({"kind": KIND, "format": FORMAT, "settings": settings}, sync=True)
         return journal
 
