@@ -110,7 +110,7 @@ def test_a_checkpoint_that_is_not_one_is_refused_before_any_run(tmp_path):
     (tmp_path / "file").write_text("x")
     for checkpoint, needle in ((data, "has no config.json"), (tmp_path / "bad_json", "cannot read"),
                                (tmp_path / "list_json", "is not a JSON object"),
-                               (tmp_path / "file", "neither a local directory nor a hub id"),
+                               (tmp_path / "file", "is a file, not a folder"),
                                (tmp_path / "no" / ".." / "where", "neither a local directory nor a hub id")):
         result = CliRunner().invoke(cli, ["bench", "--model", "demo", "--data-dir", str(data), "--checkpoint",
                                           str(checkpoint), "--vs-reference", "--no-second-run", "--quiet"])
