@@ -68,7 +68,13 @@ def _reference_checkpoint(model_arg: str, bundle, checkpoint: str | None) -> Pat
     from clipeval.export.hub import is_hub_id, local_checkpoint
 
     if checkpoint:
-        return local_checkpoint(checkpoint)
+        from clipeval.export.preprocess_config import read_json_object
+
+        path = local_checkpoint(checkpoint)
+        read_json_object(path / "config.json", f"--checkpoint {checkpoint} has no config.json, so it is not a "
+                         "transformers checkpoint",
+                         "pass the folder written by `model.save_pretrained(dir)` that the bundle was exported from")
+        return path
     given = Path(os.path.expanduser(model_arg))
     if (given / "config.json").is_file():
         return given
@@ -104,7 +110,18 @@ def _check(run, what: str):
     from clipeval.engine.errors import ClipevalError
 
     if run.returncode != 0:
-        tail = "\n    ".join(run.stderr.strip().splitlines()[-8:])
+        lines = run.stderr.strip().splitlines()
+        first = next((i for i, line in enumerate(lines) if line.startswith("error: ")), None)
+        if run.returncode == 2 and first is not None:  # the child's own typed error: relayed as it is
+            message = [lines[first][len("error: "):]]
+            remedy = None
+            for line in lines[first + 1:]:
+                if line.startswith("  -> "):
+                    remedy = line[len("  -> "):]
+                    break
+                message.append(line)
+            raise ClipevalError(f"the {what}: " + "\n".join(message), remedy)
+        tail = "\n    ".join(lines[-8:])
         raise ClipevalError(f"the {what} failed (exit status {run.returncode}):\n    {tail}")
     import json
 

@@ -65,6 +65,8 @@ def clear_cmd(cache_dir, bundle):
         with EmbeddingCache(cache_dir) as cache:
             result = {**cache.clear(bundle), "recreated": False}
     except CacheUnavailable as damage:
+        if not damage.resettable:  # the place itself is unusable: removing the database cannot help
+            raise _user_error(damage) from None
         try:
             reset = reset_cache(cache_dir)
         except CacheUnavailable as exc:

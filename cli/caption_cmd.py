@@ -63,5 +63,5 @@ def caption_cmd(api_base, model_name, datasets, data_dir, split, prompt, system_
         "concurrency": concurrency, "max_failures": max_failures, "max_image_side": max_image_side,
         "id_style": id_style,
     }
-    for result in iter_results(make_eval_config(block, "the command line")):
+    for result in iter_results(make_eval_config(block, "the command line", flag_names={"model_name": "--model-name"})):
         emit(result)

@@ -22,8 +22,26 @@ import email.utils
 import random
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 RETRY_STATUSES = frozenset({408, 409, 429})
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for a message or a log: credentials in it masked (``http://user:pw@host`` ->
+    ``http://user:***@host``; a user name alone, often a token, -> ``http://***@host``).
+
+    Every message naming a URL the user gave goes through this (the API key itself is never part
+    of a URL: it travels in the ``Authorization`` header)."""
+    try:
+        parts = urlsplit(url)
+        user_info, at, host = parts.netloc.rpartition("@")
+    except ValueError:
+        return url
+    if not at:
+        return url
+    masked = f"{user_info.split(':', 1)[0]}:***" if ":" in user_info else "***"
+    return urlunsplit(parts._replace(netloc=f"{masked}@{host}"))
 
 
 def retryable_status(status: int) -> bool:

@@ -20,6 +20,31 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"]
 
 
+MAX_LIBRARY_TEXT = 300
+
+
+def library_text(exc: BaseException) -> str:
+    """A library's exception as one line for an ``error:`` message: its text with every run of
+    whitespace (newlines included) made one space, cut at :data:`MAX_LIBRARY_TEXT` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= MAX_LIBRARY_TEXT else text[:MAX_LIBRARY_TEXT - 3] + "..."
+
+
+def adopt_hub_logging() -> None:
+    """huggingface_hub adds its own stderr handler to its logger on import, so each of its records
+    (a retry, an offline warning) would print twice: bare, and through clipeval's handler. Its
+    records go through clipeval's handler (the root's) only."""
+    import logging
+
+    import huggingface_hub  # noqa: F401  (its import adds the handler)
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    for handler in list(hub_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            hub_logger.removeHandler(handler)
+    hub_logger.propagate = True
+
+
 def is_hub_id(source: str) -> bool:
     return bool(_HUB_ID.fullmatch(source)) and ".." not in source
 
@@ -41,7 +66,12 @@ def local_checkpoint(source: str | os.PathLike, *, hub: str = "hf", revision: st
             )
         return path
     text = str(source)
-    if not is_hub_id(text) or path.exists():
+    if path.exists():
+        raise ExportError(f"checkpoint {source} is a file, not a folder",
+                          "pass the checkpoint's folder: the one written by `model.save_pretrained(dir)`, holding "
+                          "config.json (an open_clip weights file goes with --pretrained FILE and its architecture, "
+                          "e.g. ViT-B-32 --pretrained FILE)")
+    if not is_hub_id(text):
         raise ExportError(
             f"checkpoint {source} is neither a local directory nor a hub id",
             "pass a directory written by `model.save_pretrained(dir)`, a hub id such as "
@@ -55,6 +85,8 @@ def local_checkpoint(source: str | os.PathLike, *, hub: str = "hf", revision: st
 def _download_hf(repo_id: str, revision: str | None) -> Path:
     try:
         from huggingface_hub import snapshot_download
+
+        adopt_hub_logging()
     except ImportError:
         raise ExportError(
             "downloading from the Hugging Face Hub needs huggingface_hub, which is not installed",
@@ -66,7 +98,7 @@ def _download_hf(repo_id: str, revision: str | None) -> Path:
         raise ExportError(
             f"cannot download {repo_id!r}"
             + (f" at revision {revision!r}" if revision else "")
-            + f" from the Hugging Face Hub: {type(exc).__name__}: {exc}",
+            + f" from the Hugging Face Hub: {library_text(exc)}",
             "check the id, the revision and the network (or pass a local directory)",
         ) from None
 
@@ -84,6 +116,6 @@ def _download_modelscope(model_id: str, revision: str | None) -> Path:
         return Path(snapshot_download(model_id, **kwargs))
     except Exception as exc:  # network and not-found errors have many types
         raise ExportError(
-            f"cannot download {model_id!r} from ModelScope: {type(exc).__name__}: {exc}",
+            f"cannot download {model_id!r} from ModelScope: {library_text(exc)}",
             "check the id, the revision and the network (or pass a local directory)",
         ) from None

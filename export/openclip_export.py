@@ -48,6 +48,7 @@ from clipeval.engine.images.preprocess import Preprocessor, PreprocessSpec
 
 from . import validate as _validate
 from .families import Family, ModelFacts
+from .hub import adopt_hub_logging, library_text
 from .openclip_source import OpenClipSource
 from .openclip_tokenizer import export_open_clip_tokenizer
 from .openclip_towers import (
@@ -75,17 +76,20 @@ def load(src: OpenClipSource):
     name = src.model_name
     if src.kind == "hub" and src.revision:
         name = _hub_snapshot(name, src.revision)
+    adopt_hub_logging()
     try:
-        with warnings_as_log():
+        with warnings_as_log(), _errors_held_for_the_exception():
             model, _, _ = open_clip.create_model_and_transforms(name, pretrained=src.pretrained,
                                                                 require_pretrained=True)
             tokenizer = open_clip.get_tokenizer(name)
     except ExportError:
         raise
     except Exception as exc:  # open_clip raises RuntimeError, ValueError, OSError, HF errors...
+        what = "weights of another architecture? " if isinstance(exc, (AssertionError, KeyError)) or \
+            "size mismatch" in str(exc) else ""
         raise ExportError(
             f"open_clip could not load {src.source}" + (f" with pretrained {src.pretrained}" if src.pretrained else "")
-            + f": {type(exc).__name__}: {exc}",
+            + f": {what}{library_text(exc)}",
             "check the name, tag or file (a tag downloads once into open_clip's cache; offline, the "
             "Hugging Face cache must hold it)",
         ) from None
@@ -104,9 +108,32 @@ def _hub_snapshot(model_name: str, revision: str) -> str:
     try:
         path = snapshot_download(repo_id=repo, revision=revision)
     except Exception as exc:  # network, authentication and not-found errors have many types
-        raise ExportError(f"cannot download {repo!r} at revision {revision!r}: {type(exc).__name__}: {exc}",
+        raise ExportError(f"cannot download {repo!r} at revision {revision!r}: {library_text(exc)}",
                           "check the id, the revision and the network") from None
     return f"local-dir:{path}"
+
+
+@contextlib.contextmanager
+def _errors_held_for_the_exception():
+    """open_clip logs an ERROR through the root logger (``Failed to download weights ...``) and
+    then raises with the same text, which clipeval's ``error:`` line shows: such records are held
+    while open_clip runs, dropped when it raises, and logged as they were when it does not."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            held.append(record)
+            return False
+        return True
+
+    root = logging.getLogger()
+    root.addFilter(hold)
+    try:
+        yield
+    finally:
+        root.removeFilter(hold)
+    for record in held:  # open_clip went on: its errors were not the exception's
+        root.handle(record)
 
 
 @contextlib.contextmanager

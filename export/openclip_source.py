@@ -121,6 +121,10 @@ def hub_repository_kind(repo_id: str, revision: str | None = None) -> str | None
     Goes through ``huggingface_hub.hf_hub_download``, so its cache and ``HF_HUB_OFFLINE`` apply."""
     try:
         from huggingface_hub import hf_hub_download
+
+        from .hub import adopt_hub_logging
+
+        adopt_hub_logging()
     except ImportError:
         return None
     for filename, kind in ((HF_CONFIG_FILE, "transformers"), (CONFIG_FILE, "open_clip")):
@@ -162,6 +166,11 @@ def _classify(text: str, pretrained: str | None, hub: str, revision: str | None,
         _ignored(pretrained, text)
         return _local_dir(Path(text[len(LOCAL_DIR_PREFIX):]))
     path = Path(os.path.expanduser(text))
+    if os.path.exists(path) and not path.is_dir():  # never sent to the Hub as an id
+        raise ExportError(f"{text} is a file, not a model",
+                          "pass the checkpoint's folder (written by `model.save_pretrained(dir)`, holding "
+                          "config.json, or open_clip_config.json and weights); an open_clip weights file goes "
+                          "with --pretrained FILE and its architecture, e.g. ViT-B-32 --pretrained FILE")
     if path.is_dir():
         if (path / CONFIG_FILE).is_file() and not (path / HF_CONFIG_FILE).is_file():
             _ignored(pretrained, text)
@@ -184,6 +193,40 @@ def _classify(text: str, pretrained: str | None, hub: str, revision: str | None,
     return None
 
 
+# What a weights file open_clip loads starts with: a zip archive (torch.save since PyTorch 1.6,
+# TorchScript, numpy .npz), a pickle (torch.save's legacy format: protocol 2 to 5), or safetensors
+# (an 8-byte little-endian header length, then the JSON header).
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def weights_format(head: bytes) -> str | None:
+    """``"zip"``, ``"pickle"`` or ``"safetensors"`` for the first bytes of a weights file, or ``None``."""
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) >= 9:
+        size = int.from_bytes(head[:8], "little")
+        if 2 <= size <= 100 << 20 and head[8:9] == b"{":
+            return "safetensors"
+    return None
+
+
+def check_weights_file(path: Path) -> None:
+    """Raise :class:`ExportError` when ``path`` is not a weights file open_clip can load (by its
+    first bytes: see :func:`weights_format`), before torch is asked to unpickle it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ExportError(f"cannot read the pretrained weights file {path}: {exc.strerror or exc}",
+                          "check the path and its permissions") from None
+    if weights_format(head) is None:
+        shown = head[:12].decode("latin-1").encode("unicode_escape").decode("ascii")
+        raise ExportError(f"{path} is not a PyTorch or safetensors weights file (it starts with '{shown}')",
+                          "pass the .pt / .bin / .safetensors file open_clip or torch.save wrote, or a pretrained tag")
+
+
 def _ignored(pretrained: str | None, text: str) -> None:
     if pretrained is not None:  # open_clip itself warns and ignores it for schema names
         log.warning("pretrained %r is ignored for %s: the weights come with it", pretrained, text)
@@ -201,6 +244,7 @@ def _with_pretrained(name: str, pretrained: str) -> OpenClipSource:
         )
     file = Path(os.path.expanduser(pretrained))
     if file.is_file():
+        check_weights_file(file)
         return OpenClipSource("file", arch, str(file.resolve()), arch)
     tags = _pretrained_tags(arch)
     if pretrained.lower() not in [t.lower() for t in tags]:

@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from clipeval.engine.errors import ClipevalError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_K = (1, 5, 10)
@@ -275,9 +277,13 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if (args.checkpoint is None) == (args.open_clip is None):
         ap.error("give either --checkpoint or --open-clip")
-    result = run_reference(args.checkpoint, args.data_dir, limit=args.limit, batch_size=args.batch_size,
-                           num_workers=args.num_workers, device=args.device, recall_k=args.recall_k,
-                           open_clip=(args.open_clip, args.pretrained) if args.open_clip else None)
+    try:
+        result = run_reference(args.checkpoint, args.data_dir, limit=args.limit, batch_size=args.batch_size,
+                               num_workers=args.num_workers, device=args.device, recall_k=args.recall_k,
+                               open_clip=(args.open_clip, args.pretrained) if args.open_clip else None)
+    except ClipevalError as exc:  # a user mistake: the `error:` line clipeval prints, for the parent to relay
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -249,7 +249,7 @@ def resolve_reranker_bundle(model: str | os.PathLike, cache_dir: str | os.PathLi
     """A reranker bundle for ``model``: a reranker bundle directory as it is; a cross-encoder
     checkpoint directory exported once into the model cache (keyed like text bundles, and by
     ``max_seq_length`` when given) and reused after. Raises :class:`BundleError` otherwise."""
-    from .resolve import cache_root, cached_bundle_dir
+    from .resolve import cache_root, cached_bundle_dir, cached_export
 
     path = Path(os.path.expanduser(str(model)))
     if is_bundle_dir(path):
@@ -268,9 +268,9 @@ def resolve_reranker_bundle(model: str | os.PathLike, cache_dir: str | os.PathLi
         )
     key = "reranker-fp32" + (f"-len{max_seq_length}" if max_seq_length is not None else "")
     target = cached_bundle_dir(str(path), None, key, cache_root(cache_dir))
-    if is_bundle_dir(target):
-        log.info("using cached export %s", target)
-        return load_bundle(target)
+    cached = cached_export(target)
+    if cached is not None:
+        return cached
     log.info("exporting reranker %s into the model cache at %s (once)", path, target)
     export_reranker(path, target, max_seq_length=max_seq_length)
     return load_bundle(target)

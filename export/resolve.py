@@ -5,7 +5,8 @@ open_clip model (an architecture with ``pretrained``, ``hf-hub:org/name``, an op
 :mod:`.openclip_source`), is exported once into the model cache (``cache_dir`` / ``$CLIPEVAL_CACHE_DIR`` / ``~/.cache/clipeval``,
 then ``models/``) and reused after, keyed by source, hub, revision, precision and, for a local
 directory, the checkpoint files' sizes and modification times. The export is built in a hidden
-directory and renamed into place, so an interrupted export never becomes a cache entry.
+directory and renamed into place, so an interrupted export never becomes a cache entry; an entry
+damaged later (:func:`cached_export`) is removed and exported again.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from clipeval.engine.sessions.bundle import Bundle, is_bundle_dir, load_bundle
-from clipeval.engine.errors import ConfigError
+from clipeval.engine.errors import BundleError, ConfigError
 from clipeval.engine.paths import cache_root, safe_name
 from clipeval.engine.runner import is_demo, resolve_bundle
 
@@ -93,9 +96,9 @@ def _resolve_image_text_model(model: dict[str, Any], cfg) -> Bundle:
         target = cached_bundle_dir(name, revision, precision, root, hub)
     else:
         return resolve_bundle(model, cfg)  # an error that says what was expected
-    if is_bundle_dir(target):
-        log.info("using cached export %s", target)
-        return load_bundle(target, trust_stamp=not getattr(cfg, "verify_cache", False))
+    cached = cached_export(target, trust_stamp=not getattr(cfg, "verify_cache", False))
+    if cached is not None:
+        return cached
     from . import export_checkpoint
 
     log.info("exporting %s into the model cache at %s (once)", name, target)
@@ -103,6 +106,43 @@ def _resolve_image_text_model(model: dict[str, Any], cfg) -> Bundle:
     export_checkpoint(name, target, precision=precision, force=False, hub=hub, revision=revision,
                       pretrained=pretrained)
     return load_bundle(target)
+
+
+def cached_export(target: Path, **load_options) -> Bundle | None:
+    """The bundle the model cache holds at ``target`` (``load_options`` go to
+    :func:`~clipeval.engine.sessions.bundle.load_bundle`), or ``None`` when the caller has to
+    export it: there is none, or the entry was damaged (a file changed on disk, a partial copy of
+    the cache: anything :func:`load_bundle` refuses, or a folder that is not a whole bundle) and
+    has been removed, with a warning. The cache is clipeval's own, so it heals itself: the user
+    never exported that folder and should not have to repair it.
+
+    Raises :class:`BundleError` only when a damaged entry cannot be removed (its remedy: delete it).
+    """
+    if not os.path.lexists(target):
+        return None
+    if is_bundle_dir(target):
+        try:
+            bundle = load_bundle(target, **load_options)
+        except BundleError as exc:
+            why = exc.message
+        else:
+            log.info("using cached export %s", target)
+            return bundle
+    else:
+        why = "it is not a whole bundle"
+    log.warning("the model cache entry %s is damaged (%s); exporting it again", target, why)
+    aside = target.with_name(f".damaged-{target.name}-{os.getpid()}-{time.time_ns()}")
+    try:
+        os.replace(target, aside)  # at once out of the way of other runs, then removed
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside)
+        else:
+            aside.unlink()
+    except OSError as exc:
+        raise BundleError(f"the model cache entry {target} is damaged ({why}) and cannot be removed: "
+                          f"{exc.strerror or exc}",
+                          f"delete it (rm -r {target}); the next run exports it again") from None
+    return None
 
 
 def _resolve_mteb_model(entry, cfg) -> Bundle:

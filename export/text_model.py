@@ -380,7 +380,7 @@ def resolve_text_bundle(model: str | os.PathLike, cache_dir: str | os.PathLike |
     ``max_seq_length`` given with a bundle that was exported otherwise."""
     from clipeval.engine.demo import model_path
 
-    from .resolve import cache_root, cached_bundle_dir
+    from .resolve import cache_root, cached_bundle_dir, cached_export
 
     path = Path(os.path.expanduser(str(model_path(model))))  # `demo`: the embedded bundle
     if is_bundle_dir(path):
@@ -398,9 +398,9 @@ def resolve_text_bundle(model: str | os.PathLike, cache_dir: str | os.PathLike |
     if max_seq_length is not None:
         key += f"-len{max_seq_length}"
     target = cached_bundle_dir(str(path), None, key, cache_root(cache_dir))
-    if is_bundle_dir(target):
-        log.info("using cached export %s", target)
-        return load_bundle(target)
+    cached = cached_export(target)
+    if cached is not None:
+        return cached
     log.info("exporting %s into the model cache at %s (once)", path, target)
     export_text_model(path, target, pooling_mode=pooling_mode, max_seq_length=max_seq_length)
     return load_bundle(target)

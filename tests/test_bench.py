@@ -98,3 +98,43 @@ def test_bench_children_run_the_config_object_eval_builds(tmp_path, monkeypatch)
     argv = child_argv(cfg, tmp_path / "eval.json")
     assert argv[-3:] == ["run", str(tmp_path / "eval.json"), "--quiet"]
     assert parse_task_cfg(tmp_path / "eval.json") == cfg  # what the child runs, read back: the same object
+
+
+def test_a_checkpoint_that_is_not_one_is_refused_before_any_run(tmp_path):
+    """F38: --checkpoint checked up front (one error line, exit 2, no engine run)."""
+    data = _dataset(tmp_path / "ds", 2)
+    (tmp_path / "bad_json").mkdir()
+    (tmp_path / "bad_json" / "config.json").write_text("{not json")
+    (tmp_path / "list_json").mkdir()
+    (tmp_path / "list_json" / "config.json").write_text("[1, 2]")
+    (tmp_path / "file").write_text("x")
+    for checkpoint, needle in ((data, "has no config.json"), (tmp_path / "bad_json", "cannot read"),
+                               (tmp_path / "list_json", "is not a JSON object"),
+                               (tmp_path / "file", "is a file, not a folder"),
+                               (tmp_path / "no" / ".." / "where", "neither a local directory nor a hub id")):
+        result = CliRunner().invoke(cli, ["bench", "--model", "demo", "--data-dir", str(data), "--checkpoint",
+                                          str(checkpoint), "--vs-reference", "--no-second-run", "--quiet"])
+        assert result.exit_code == 2, (checkpoint, result.output)
+        assert result.stdout == "" and result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+        assert needle in result.stderr and "engine: first run" not in result.stderr, result.stderr
+
+
+def test_the_reference_childs_typed_error_is_relayed_without_its_traceback(tmp_path):
+    """F38: a typed error raised in the reference child is one `error:` line there, and the parent
+    shows that message and remedy, not the child's stderr tail."""
+    import sys
+
+    import pytest
+
+    from clipeval.cli.bench_cmd import _check
+    from clipeval.engine.bench import run_child
+    from clipeval.engine.errors import ClipevalError
+
+    data = _dataset(tmp_path / "ds", 2)
+    run = run_child([sys.executable, "-m", "clipeval.export.reference", "--checkpoint", str(data),
+                     "--data-dir", str(data)])
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    with pytest.raises(ClipevalError) as err:
+        _check(run, "reference pipeline")
+    assert err.value.message == f"the reference pipeline: checkpoint {data} has no config.json"
+    assert err.value.remedy == "pass a directory written by `model.save_pretrained(dir)`"

@@ -144,6 +144,17 @@ MUTATIONS = [
     ("tokenizer", {**GOOD["tokenizer"], "padding": "left"}, "tokenizer.padding must be one of longest, max_length"),
     ("tokenizer", {**GOOD["tokenizer"], "text_inputs": []}, "tokenizer.text_inputs must be a list"),
     ("tokenizer", {**GOOD["tokenizer"], "text_inputs": "input_ids"}, "tokenizer.text_inputs must be a list"),
+    # F34: the family and the tokenizer block's keys and values
+    ("family", "x", "family must be one of clip, chinese_clip, siglip, open_clip, text, reranker, got 'x'"),
+    ("family", "../x", "family must be one of"),
+    ("family", "CLIP", "family must be one of"),
+    ("tokenizer", {"a": 1}, "tokenizer has unknown keys 'a'"),
+    ("tokenizer", {**GOOD["tokenizer"], "eos": 3}, "tokenizer has unknown keys 'eos'"),
+    ("tokenizer", {**GOOD["tokenizer"], "pooling": "x"}, "tokenizer.pooling must be one of"),
+    ("tokenizer", {**GOOD["tokenizer"], "pooling": 3}, "tokenizer.pooling must be one of"),
+    ("tokenizer", {**GOOD["tokenizer"], "pooling": "mean+x"}, "tokenizer.pooling must be one of"),
+    ("tokenizer", {**GOOD["tokenizer"], "eos_id": None}, "tokenizer.eos_id must be a token id (an integer >= 0), got None"),
+    ("tokenizer", {**GOOD["tokenizer"], "truncation": "x"}, "tokenizer.truncation must be one of"),
     ("source", ["x"], "source must be a string or null"),
     ("revision", 5, "revision must be a string or null"),
 ]
@@ -200,3 +211,20 @@ def test_any_manifest_loads_or_is_one_bundle_error(tmp_path, changes, drop):
         for tower in towers:
             path = bundle.tower_path(tower, precision).resolve()
             assert path.is_file() and root.resolve() in path.parents
+
+
+def test_the_checked_vocabularies_cover_what_the_exporters_write():
+    """F34: the families and pooling rules a manifest may hold are those clipeval's exporters write."""
+    pytest.importorskip("torch")
+    from clipeval.engine.sessions.bundle import FAMILIES, POOLING_RULES
+    from clipeval.export.families import FAMILIES as EXPORT_FAMILIES
+    from clipeval.export.openclip_towers import POOLING
+    from clipeval.export.reranker import RERANKER_FAMILY
+    from clipeval.export.text_model import POOLING_MODES, TEXT_FAMILY
+
+    assert set(EXPORT_FAMILIES) | {"open_clip", TEXT_FAMILY, RERANKER_FAMILY} == set(FAMILIES)
+    assert set(POOLING.values()) | set(POOLING_MODES) | {"cls"} <= set(POOLING_RULES)
+    for good in ("mean", "cls+mean", "first_eos", "max_id"):
+        manifest = copy.deepcopy(GOOD)
+        manifest["tokenizer"]["pooling"] = good
+        assert manifest_problems(manifest) == []

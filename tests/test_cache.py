@@ -419,6 +419,32 @@ def test_a_directory_in_the_databases_place(tiny_bundle, tmp_path):
     assert (db / "inside").is_dir()  # never removed
 
 
+def _unusable_roots(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    return [(tmp_path / "afile", "which is a file"), (tmp_path / "afile" / "sub", "which is a file"),
+            (tmp_path / "afile" / "a" / "b", "which is a file"), ("/proc/clipeval-cache-x", "cannot write")]
+
+
+def test_an_unusable_cache_root_names_the_problem_and_a_remedy_that_applies(tiny_bundle, tmp_path):
+    """F6: a cache root that is or lies under a file, or where nothing can be written: eval warns
+    and runs without the cache; cache info / clear fail with one line; none points at
+    `clipeval cache clear` (which cannot fix it) or shows Python's exception names."""
+    data = _dataset(tmp_path / "ds", 3)
+    for root, needle in _unusable_roots(tmp_path):
+        run = _cli(["eval", "--model", tiny_bundle, "--data-dir", data, "--output-dir", tmp_path / "out", "--quiet",
+                    "--recall-k", "1"], root)
+        assert run.exit_code == 0, run.output
+        warnings = _cache_warnings(run.stderr)
+        assert len(warnings) == 1 and needle in warnings[0] and "--cache-dir" in warnings[0], run.stderr
+        for sub in (["cache", "info"], ["cache", "clear"], ["cache", "info", "--cache-dir", root]):
+            r = _cli(sub, root if "--cache-dir" not in sub else tmp_path / "other")
+            assert r.exit_code == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.output, r.output
+            assert needle in r.stderr and "--cache-dir" in r.stderr, r.stderr
+        for text in (run.stderr, r.stderr):
+            assert "cache clear" not in text and "Errno" not in text and "Error:" not in text.replace("error:", "")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_a_read_or_write_that_fails_mid_run_turns_the_cache_off_once(tmp_path, caplog):
     with EmbeddingCache(tmp_path) as cache:
         space = cache.space("d" * 64, "fp32", "text")

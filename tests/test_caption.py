@@ -139,6 +139,71 @@ def test_journal_is_held_by_one_run_at_a_time(tmp_path):
     Journal.open(path, {"model_name": "m"}).close()  # free again once the first run is done
 
 
+def _header_damages(header: bytes) -> list[bytes]:
+    """Whole first lines that are not a header: the one byte of F31, NUL bytes, nothing, other JSON."""
+    return [header.replace(b'{"kind"', b'{"kin', 1), b"\0" * len(header), b"", b"[1]", b"null", b'"x"',
+            header[: len(header) // 2], header.replace(b'"settings":{', b'"settings":[{', 1).replace(b"}}", b"}]}"),
+            b'{"kind":"clipeval-caption-journal","format":1,"settings":"x"}']
+
+
+def test_journal_with_a_damaged_header_is_refused_and_left_as_it_is(tmp_path):
+    """F31: a journal whose (whole) first line is damaged keeps its captions: the run is refused
+    with a remedy, and the file is not touched."""
+    path = tmp_path / JOURNAL_NAME
+    settings = {"model_name": "m", "prompt": "p"}
+    with Journal.open(path, settings) as j:
+        for i in range(4):
+            j.add_caption(f"k{i}", f"caption {i}")
+    header, rest = path.read_bytes().split(b"\n", 1)
+    for damaged in _header_damages(header):
+        path.write_bytes(damaged + b"\n" + rest)
+        with pytest.raises(ConfigError) as err:
+            Journal.open(path, settings)
+        assert str(path) in err.value.message and "damaged" in err.value.message, damaged
+        assert "first line" in err.value.remedy
+        assert path.read_bytes() == damaged + b"\n" + rest  # nothing thrown away
+    path.write_bytes(header[: len(header) // 2])  # the header torn by a crash (no newline): started over
+    with Journal.open(path, settings) as j:
+        assert j.torn == 1 and j.captions == {}
+
+
+def test_journal_path_that_is_not_a_file_is_one_clear_error(tmp_path):
+    """F32: the journal path a folder, a FIFO (never opened: it would block), under a file."""
+    settings = {"model_name": "m"}
+    (tmp_path / "dir" / JOURNAL_NAME).mkdir(parents=True)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "file").write_text("x")
+    for path, needle in ((tmp_path / "dir" / JOURNAL_NAME, "it is a folder"),
+                         (tmp_path / "fifo", "it is not a regular file"),
+                         (tmp_path / "file" / "sub" / JOURNAL_NAME, f"it lies under {tmp_path / 'file'}, which is a file")):
+        with pytest.raises(ConfigError) as err:
+            Journal.open(path, settings)
+        assert needle in err.value.message and str(path) in err.value.message
+
+
+def test_caption_command_with_a_damaged_or_unusable_journal(tmp_path):
+    """F31, F32 through the command: exit 2, one error line, the captions kept."""
+    data = dataset(tmp_path / "ds", 3)
+    out = tmp_path / "out"
+    with FakeOpenAI(captioner="echo") as srv:
+        args = ("caption", "--api-base", srv.url, "--model-name", "fake-vlm", "--data-dir", data,
+                "--output-dir", out, "-q")
+        assert cli_run(*args).exit_code == 0
+        journal = out / "fake-vlm" / "custom" / JOURNAL_NAME
+        good = journal.read_bytes()
+        journal.write_bytes(good.replace(b'{"kind"', b'{"kin', 1))
+        asked = srv.total_requests
+        r = cli_run(*args)
+        assert r.exit_code == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.output
+        assert "damaged" in r.stderr and srv.total_requests == asked
+        assert journal.read_bytes() == good.replace(b'{"kind"', b'{"kin', 1)
+        journal.unlink()
+        journal.mkdir()
+        r = cli_run(*args)
+        assert r.exit_code == 2 and r.stderr.count("error:") == 1 and "it is a folder" in r.stderr
+        assert "internal error" not in r.stderr and srv.total_requests == asked
+
+
 def test_retry_after_forms():
     assert parse_retry_after({"Retry-After": "3"}) == 3.0
     assert parse_retry_after({"retry-after-ms": "250", "Retry-After": "9"}) == 0.25
@@ -423,6 +488,82 @@ def test_caption_config_values_are_checked():
     with pytest.raises(ConfigError) as err:
         next(iter_results(cfg))
     assert "has no api_base" in err.value.message
+
+
+CREDENTIAL_FORMS = [("user", "s3cret-pw", "user:***@"), ("", "tok-abcdef123", "***@"),
+                    ("me", "p%40ss-w0rd", "me:***@"), ("a.b", "x:y-zz99", "a.b:***@")]
+
+
+@pytest.mark.parametrize("user,secret,shown", CREDENTIAL_FORMS)
+def test_credentials_in_api_base_are_never_printed(tmp_path, user, secret, shown):
+    """F27: a password (or a token as user name) in --api-base is masked in every message: a
+    refusal (404, remedy naming GET /models), a server that is down, a config value refused."""
+    data = dataset(tmp_path / "ds", 3)
+    creds = f"{user}:{secret}@" if user else f"{secret}@"
+    env = {"CLIPEVAL_API_KEY": None, "OPENAI_API_KEY": None}
+    with FakeOpenAI(captioner="echo") as srv:
+        base = srv.url.replace("http://", "http://" + creds)
+        r = cli_run("caption", "--api-base", base, "--model-name", "nope", "--data-dir", data,
+                    "--output-dir", tmp_path / "o1", env=env)
+        assert r.exit_code == 2 and "HTTP 404" in r.stderr and shown in r.stderr and "/models" in r.stderr
+        for name in ("o1",):  # nothing captioned: nothing left behind (F30)
+            assert not (tmp_path / name).exists()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(CaptionAPIError) as err:
+        caption_lib(f"http://{creds}127.0.0.1:{port}/v1", data, tmp_path / "o2", key=None, client={"max_attempts": 2})
+    down = str(err.value)
+    assert shown in down and "connection error" in down
+    r = cli_run("caption", "--api-base", f"http://{creds}127.0.0.1:99999/v1", "--model-name", "m", "--data-dir", data,
+                "--output-dir", tmp_path / "o3", env=env)
+    assert r.exit_code == 2 and "Port out of range" in r.stderr and shown in r.stderr
+    for text in (r.stderr + r.stdout, down):
+        assert secret not in text and secret.replace("%40", "@") not in text
+
+
+def test_api_base_credentials_with_an_api_key_are_refused_up_front(tmp_path):
+    data = dataset(tmp_path / "ds", 2)
+    with FakeOpenAI(captioner="echo") as srv:
+        with pytest.raises(ConfigError) as err:
+            caption_lib(srv.url.replace("http://", "http://u:pw-secret@"), data, tmp_path / "out")
+        assert srv.total_requests == 0 and "one Authorization header" in err.value.message
+        assert "pw-secret" not in str(err.value) and KEY not in str(err.value)
+
+
+@pytest.mark.parametrize("value,kind", [([KEY], "a list"), (12345678901234, "an integer"), (1.5, "a number"),
+                                        (True, "a boolean"), ({"k": KEY}, "a mapping")])
+def test_an_api_key_of_the_wrong_type_is_not_shown(tmp_path, value, kind):
+    """F33: the config error names the key and the type, never the value."""
+    cfg = tmp_path / "cc.yaml"
+    cfg.write_text(yaml.safe_dump({"eval_backend": "RAGEval", "eval_config": {"tool": "clip_benchmark", "eval": {
+        "task": "image_caption", "models": [{"model_name": "fake-vlm", "api_base": "http://127.0.0.1:8008/v1",
+                                             "api_key": value}], "data_dir": str(tmp_path)}}}))
+    r = cli_run("run", cfg)
+    assert r.exit_code == 2 and r.stderr.count("error:") == 1
+    assert f"api_key must be a string, got {kind} (value hidden)" in r.stderr
+    shown = str(value) if not isinstance(value, (list, dict)) else KEY
+    assert shown not in r.stderr + r.stdout and KEY not in r.stderr
+
+
+@pytest.mark.parametrize("suffix", ["?x=1", "#frag", "?", "#", "/?api-version=2024"])
+def test_api_base_with_a_query_or_fragment_is_refused(tmp_path, suffix):
+    """F28: an API root gets /chat/completions appended: a query or fragment would end up inside the path."""
+    r = cli_run("caption", "--api-base", "http://127.0.0.1:8008/v1" + suffix, "--model-name", "m",
+                "--data-dir", tmp_path, "--output-dir", tmp_path / "out")
+    assert r.exit_code == 2 and r.stderr.count("error:") == 1
+    assert "--api-base is an API root" in r.stderr and "?query or #fragment" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name,needle", [("", "got an empty string"), ("  ", "got an empty string"),
+                                         ("a\0b", "NUL")])
+def test_a_bad_model_name_is_named_by_its_flag(tmp_path, name, needle):
+    """F30: caption has --model-name (no --model), and a served model name is not a path."""
+    r = cli_run("caption", "--api-base", "http://127.0.0.1:8008/v1", "--model-name", name, "--data-dir", tmp_path)
+    assert r.exit_code == 2 and r.stderr.count("error:") == 1 and "--model-name" in r.stderr, r.stderr
+    assert "--model " not in r.stderr and "must be a path" not in r.stderr and needle in r.stderr
 
 
 def test_caption_help():

@@ -179,3 +179,19 @@ def test_the_generic_folder_names_of_text_eval_are_the_documented_ones():
     for path, name in [("/x/custom/retrieval_data", "custom"), ("/x1/data", "x1"), ("/a/b/beir/Data", "b"),
                        ("/y/beirA", "beirA"), ("/m/gte/model/retrieval_data", "gte")]:
         assert dataset_name_for(path) == name
+
+
+VARIANT_CLAIM = re.compile(r"(fp16|int8|fp32) variant[^`]{0,40}`clipeval export[^`]*--precision (\w+)`")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_export_recipes_make_the_variant_they_promise(doc):
+    """F21: "a bundle with an int8 variant (`clipeval export ... --precision X`)" holds for X."""
+    from clipeval.export.convert import EXPORT_PRECISIONS
+
+    text = " ".join(doc.read_text(encoding="utf-8").split())
+    for m in VARIANT_CLAIM.finditer(text):
+        variant, precision = m.groups()
+        assert precision in EXPORT_PRECISIONS, (doc.name, m.group(0))
+        assert variant in EXPORT_PRECISIONS[precision][0], \
+            f"{doc.name}: `--precision {precision}` writes {EXPORT_PRECISIONS[precision][0]}, not {variant}: {m.group(0)}"

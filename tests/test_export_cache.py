@@ -100,3 +100,62 @@ def test_failed_export_leaves_no_cache_entry(ckpt, tmp_path, monkeypatch):
     res = _eval(ckpt, data, tmp_path / "out")
     assert res.exit_code == 2 and "Traceback" not in res.output and "max abs diff" in res.stderr
     assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def _damages():
+    """Ways a model cache entry gets damaged on disk (F36): each is removed and exported again."""
+    def append(entry):
+        with open(entry / "text.onnx", "ab") as f:
+            f.write(b"x")
+
+    def truncate(entry):
+        tower = entry / "vision.onnx"
+        tower.write_bytes(tower.read_bytes()[:100])
+
+    def manifest_garbage(entry):
+        (entry / "manifest.json").write_text("{not json")
+
+    def manifest_gone(entry):
+        (entry / "manifest.json").unlink()
+
+    def tower_gone(entry):
+        (entry / "text.onnx").unlink()
+
+    return [append, truncate, manifest_garbage, manifest_gone, tower_gone]
+
+
+def test_a_damaged_model_cache_entry_is_exported_again(ckpt, tmp_path, monkeypatch, caplog):
+    """F36: the checkpoint is at hand, so a damaged cache entry never blocks a run: it is removed
+    (with a warning naming it) and exported again, giving the same bundle identity and metrics."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CLIPEVAL_CACHE_DIR", str(cache))
+    data = write_custom_dataset(tmp_path / "data", n_images=3)
+    first = _eval(ckpt, data, tmp_path / "out0")  # the issue's repro, through the command
+    assert first.exit_code == 0, first.output
+    (entry,) = (cache / "models").iterdir()
+    with open(entry / "text.onnx", "ab") as f:
+        f.write(b"x")
+    again = _eval(ckpt, data, tmp_path / "out1")
+    assert again.exit_code == 0, again.output
+    assert "is damaged" in again.stderr and str(entry) in again.stderr and "exporting it again" in again.stderr
+    r0, r1 = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (first, again))
+    assert r0["metrics"] == r1["metrics"] and r0["meta"]["bundle"]["identity"] == r1["meta"]["bundle"]["identity"]
+
+
+
+def test_cached_export_removes_every_kind_of_damaged_entry(tiny_bundle, tmp_path, caplog):
+    """F36, the kind: every damage of a table is found, warned about and removed (the caller then
+    exports again); a whole entry is served as it is."""
+    import shutil
+
+    for damage in _damages():
+        entry = tmp_path / "models" / f"tiny-fp32-{damage.__name__}"
+        shutil.copytree(tiny_bundle, entry)
+        assert resolve.cached_export(entry).identity == load_bundle(tiny_bundle).identity
+        damage(entry)
+        caplog.clear()
+        assert resolve.cached_export(entry) is None, damage.__name__
+        assert not entry.exists() and [r.levelname for r in caplog.records] == ["WARNING"]
+        assert str(entry) in caplog.text and "is damaged" in caplog.text
+    assert list((tmp_path / "models").iterdir()) == []  # nothing set aside is left
+    assert resolve.cached_export(tmp_path / "models" / "absent") is None

@@ -244,3 +244,42 @@ def test_the_engine_and_the_cli_do_not_import_the_report_extra():
             "print(sorted(m for m in ('jinja2', 'matplotlib', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+BAD_TEXT_VALUES = ([1], {"a": 1}, 3, True, 1.5, ["x"])
+
+
+@pytest.mark.parametrize("key", ["precision", "language", "split", "data_fingerprint", "data_dir"])
+def test_a_result_whose_meta_text_field_is_not_text_is_refused_or_passed_over(two_runs, tmp_path, key):
+    """F22: every meta field read back as text, of every other JSON type: a file named is one
+    clean error, a file found in a folder is passed over; never an internal error."""
+    root, data, file_a, file_b = two_runs
+    for i, value in enumerate(BAD_TEXT_VALUES):
+        folder = tmp_path / f"bad{i}"
+        folder.mkdir()
+        obj = json.loads(file_a.read_text(encoding="utf-8"))
+        obj["meta"][key] = value
+        bad = folder / "bad.json"
+        bad.write_text(json.dumps(obj), encoding="utf-8")
+        assert_clean_failure(run("report", bad, "-o", tmp_path / "r.html"), f"'meta.{key}' is not a string")
+        r = run("report", folder, root / "b", "-o", tmp_path / "r.html")
+        assert r.exit_code == 0, (value, r.output)
+        assert json.loads(r.stdout)["results"] == 1
+
+
+def test_report_counts_the_results_it_shows(two_runs, tmp_path):
+    """F40: the JSON line counts what the page shows; a path given twice is read once, without a warning."""
+    import shutil
+
+    root, data, file_a, file_b = two_runs
+    out = tmp_path / "r.html"
+    r = run("report", root / "a", root / "a", file_a, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["results"] == 1 and "WARNING" not in r.stderr
+    assert "1 model(s), 1 dataset(s), 1 result(s)" in out.read_text(encoding="utf-8")
+    shutil.copytree(root / "a", tmp_path / "a2")  # another run of the same model on the same data
+    r = run("report", root / "a", tmp_path / "a2", root / "b", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "the report shows the first" in r.stderr
+    shown = json.loads(r.stdout)["results"]
+    assert shown == 2 and f"2 model(s), 1 dataset(s), {shown} result(s)" in out.read_text(encoding="utf-8")

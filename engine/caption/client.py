@@ -16,7 +16,9 @@ is worth retrying:
 * any other 4xx is not retried: :class:`Refused` carries the status and the server's error text.
 
 The API key travels only in the ``Authorization`` header. It is never part of a message: any
-server text quoted in an error has the key replaced by ``***``.
+server text quoted in an error has the key replaced by ``***``, and so have the user name and
+password of an ``api_base`` of the form ``http://user:password@host/v1`` (sent as basic auth;
+messages show the URL as ``http://user:***@host/v1``).
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import http
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import orjson
 
 from ..errors import ClipevalError
-from ..http_retry import RetryPolicy, parse_retry_after, retryable_status
+from ..http_retry import RetryPolicy, parse_retry_after, retryable_status, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +80,15 @@ def status_line(status: int) -> str:
         return f"HTTP {status}"
 
 
-def redact(text: str, secret: str | None) -> str:
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "***")
+def redact(text: str, secret) -> str:
+    """``text`` with ``secret`` (a string, or several in a tuple or list) replaced by ``***``."""
+    for one in (secret if isinstance(secret, (tuple, list)) else (secret,)):
+        if one and len(one) >= 4:
+            text = text.replace(one, "***")
     return text
 
 
-def error_text(raw: bytes, secret: str | None) -> str:
+def error_text(raw: bytes, secret) -> str:
     """The server's error message from an error body (OpenAI, vLLM or FastAPI shape, or plain text)."""
     message = None
     try:
@@ -194,6 +199,26 @@ class ClientSettings:
     def url(self) -> str:
         return self.api_base.rstrip("/") + "/chat/completions"
 
+    @property
+    def shown_base(self) -> str:
+        """``api_base`` for messages: a ``user:password@`` in it masked (:func:`shown_url`)."""
+        return shown_url(self.api_base.rstrip("/"))
+
+    @property
+    def shown_url(self) -> str:
+        """:attr:`url` for messages, masked as :attr:`shown_base`."""
+        return shown_url(self.url)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What never appears in a message: the API key and the credentials of ``api_base``."""
+        try:
+            parts = urlsplit(self.api_base)
+            creds = (parts.password, unquote(parts.password or ""), parts.username if not parts.password else None)
+        except ValueError:
+            creds = ()
+        return tuple(x for x in (self.api_key, *creds) if x)
+
     def policy(self) -> RetryPolicy:
         """The retry policy these settings make (:mod:`clipeval.engine.http_retry`)."""
         return RetryPolicy(attempts=self.max_attempts, backoff_base=self.backoff_base, backoff_max=self.backoff_max,
@@ -277,7 +302,7 @@ class CaptionClient:
             raise _Retry(f"no answer within {s.timeout:g} s", "timeout") from None
         except aiohttp.ClientError as exc:
             self.stats.outcomes["connection"] += 1
-            reason = redact(f"{type(exc).__name__}: {exc}", s.api_key)
+            reason = redact(f"{type(exc).__name__}: {exc}", s.secrets)
             raise _Retry(f"connection error ({reason})", "connection") from None
         if 200 <= status < 300:
             try:
@@ -288,11 +313,11 @@ class CaptionClient:
             except (orjson.JSONDecodeError, ValueError, KeyError, IndexError, TypeError) as exc:
                 self.stats.outcomes["malformed"] += 1
                 raise _Retry(f"the answer is not a chat completion ({type(exc).__name__}: "
-                             f"{redact(str(exc), s.api_key)[:200]})", "malformed") from None
+                             f"{redact(str(exc), s.secrets)[:200]})", "malformed") from None
             self.stats.outcomes[str(status)] += 1
             return text
         self.stats.outcomes[str(status)] += 1
-        text = error_text(raw, s.api_key)
+        text = error_text(raw, s.secrets)
         if retryable_status(status):
             raise _Retry(f"{status_line(status)}: {text}", str(status), parse_retry_after(headers))
         raise Refused(status, text)

@@ -8,13 +8,15 @@ interrupted (Ctrl-C, a crash, the server going away) loses at most the requests 
 
 A line cut short by a crash (the last line, with no newline) is dropped when the journal is
 opened again, and the file is truncated back to its last complete line before anything is
-appended, so later lines are never glued onto a torn one.
+appended, so later lines are never glued onto a torn one. A whole first line that is not a
+header (damaged on disk) is refused, never thrown away with the captions after it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,10 @@ FORMAT = 1
 FSYNC_EVERY_S = 1.0
 
 
+_DAMAGED_REMEDY = ("restore its first line (the header clipeval wrote: kind, format and the caption settings), "
+                   "or move the journal away to caption every image again")
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
@@ -50,6 +56,34 @@ def _lock(f, path: Path) -> None:
     except OSError:
         raise ConfigError(f"another run is captioning into {path.parent} (it holds {path.name})",
                           "wait for it to finish, or choose another --output-dir") from None
+
+
+def _open(path: Path):
+    """``path`` opened for reading and appending (created if absent); a journal path that is not
+    a regular file (a folder, a FIFO, a device), or a folder that cannot be made or written,
+    raises :class:`ConfigError`."""
+    remedy = "move it away, or choose another --output-dir"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"cannot use {path}: it lies under {blocker}, which is a file", remedy) from None
+        raise ConfigError(f"cannot create the folder {path.parent}: {exc.strerror or exc}",
+                          "choose another --output-dir") from None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise ConfigError(f"cannot use {path}: {exc.strerror or exc}", remedy) from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ConfigError(f"cannot use {path} as the caption journal: it is {what}", remedy)
+    try:
+        return open(path, "r+b" if st is not None else "w+b")
+    except OSError as exc:
+        raise ConfigError(f"cannot open the caption journal {path}: {exc.strerror or exc}", remedy) from None
 
 
 def _read(data: bytes, path: Path) -> tuple[dict[str, str], dict | None, int, int, int]:
@@ -69,13 +103,17 @@ def _read(data: bytes, path: Path) -> tuple[dict[str, str], dict | None, int, in
             if not isinstance(rec, dict):
                 raise ValueError
         except (orjson.JSONDecodeError, ValueError):
-            if header is None:  # the header itself was torn: start the file over
-                return {}, None, 0, torn, bad
+            if header is None:  # a whole first line that does not parse: damaged, never thrown away
+                raise ConfigError(f"the first line of {path} is not a caption journal header (it is damaged)",
+                                  _DAMAGED_REMEDY) from None
             bad += 1
             continue
         if header is None:
             if rec.get("kind") != KIND:
                 raise ConfigError(f"{path} is not a caption journal", "move the file away or choose another --output-dir")
+            if not isinstance(rec.get("settings"), dict):
+                raise ConfigError(f"the header (first line) of {path} has no settings mapping (it is damaged)",
+                                  _DAMAGED_REMEDY)
             header = rec
             continue
         key, text = rec.get("key"), rec.get("text")
@@ -111,6 +149,7 @@ class Journal:
         self.torn = torn
         self.bad_lines = bad_lines
         self.failures_logged = 0
+        self.fresh = False  # this run wrote the header (the journal was new, or held only a torn line)
         self._f = None
         self._last_sync = time.monotonic()
 
@@ -123,8 +162,7 @@ class Journal:
         must not be mixed into this run's corpus). A journal another run holds raises too.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "r+b" if path.exists() else "w+b")
+        f = _open(path)
         try:
             _lock(f, path)
             captions, header, keep, torn, bad = _read(f.read(), path)
@@ -138,6 +176,7 @@ class Journal:
         journal = cls(path, settings, captions, torn, bad)
         journal._f = f
         if header is None:
+            journal.fresh = True
             journal._write({"kind": KIND, "format": FORMAT, "settings": settings}, sync=True)
         return journal
 

@@ -59,8 +59,8 @@ def _refusal_error(settings: ClientSettings, exc: Refused, early: bool) -> Capti
     what = "refused the first requests" if early else "refused the request"
     remedy = _REMEDY.get(exc.status, "check the request settings (model name, max tokens, image size)")
     return CaptionAPIError(
-        f"the caption server {what}: {status_line(exc.status)} from POST {settings.url}: {exc.text}",
-        remedy.replace("{api_base}", settings.api_base.rstrip("/")),
+        f"the caption server {what}: {status_line(exc.status)} from POST {settings.shown_url}: {exc.text}",
+        remedy.replace("{api_base}", settings.shown_base),
     )
 
 
@@ -111,7 +111,7 @@ async def caption_pool(items: list[Item], settings: ClientSettings, journal: Jou
                 raise CaptionAPIError(
                     f"{len(report.failures)} image(s) got no caption, more than --max-failures {max_failures}; "
                     f"the last, {item.where}: {exc.reason}",
-                    f"check the server at {settings.api_base}; run again to resume "
+                    f"check the server at {settings.shown_base}; run again to resume "
                     f"({len(journal.captions)} caption(s) are kept in {journal.path}), "
                     "or raise --max-failures to accept images without a caption",
                 )

@@ -25,7 +25,9 @@ would hide a mistake:
 * strings: ``str`` only (a list, a mapping, a number or a boolean is an error: YAML reads an
   unquoted ``yes`` / ``no`` / ``on`` / ``off`` as a boolean, and the message says to quote it);
   paths also hold no NUL character and no name longer than the file system allows;
-* URLs (``dataset_url``, ``api_base``, a ``data_dir`` URL): ``http`` / ``https`` with a host.
+* URLs (``dataset_url``, ``api_base``, a ``data_dir`` URL): ``http`` / ``https`` with a host;
+  ``api_base`` (an API root) without ``?query`` or ``#fragment``; a password in a URL is shown
+  as ``***``, and ``api_key`` is never shown, not even when it is of the wrong type.
 
 Two extension points: :data:`TOOLS` (the parser of each ``eval_config.tool``) and
 :func:`model_entries` (one entry of ``models``).
@@ -46,6 +48,7 @@ from pydantic_core import PydanticCustomError
 from ..results.detail import DETAIL_MODES
 from ..errors import ConfigError
 from ..fsutil import check_path_text
+from ..http_retry import shown_url
 from .model_spec import apply_model_spellings
 from ..textio import to_utf8
 
@@ -173,11 +176,11 @@ def _str(nullable: bool = False, allow_empty: bool = False, what: str = "a strin
     return PlainValidator(check)
 
 
-def _path(nullable: bool = True):
+def _path(nullable: bool = True, what: str = "a path"):
     def check(value):
         if value is None and nullable:
             return None
-        text = _text(value, what="a path")
+        text = _text(value, what=what)
         problem = check_path_text(text)
         if problem:
             _fail(f"{problem}: {_show(text)}")
@@ -186,8 +189,21 @@ def _path(nullable: bool = True):
     return PlainValidator(check)
 
 
-def check_url(value: str) -> str | None:
-    """Why ``value`` is not a usable ``http(s)://host...`` URL (``None`` when it is)."""
+def _secret(value):
+    """A secret (``api_key``): a string; any other value is refused without showing it."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        kind = {bool: "a boolean", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}.get(
+            type(value), "a " + type(value).__name__)
+        _fail(f"must be a string, got {kind} (value hidden)",
+              "put the key in quotes" if isinstance(value, (int, float, bool)) else "give the key as one string")
+    return value
+
+
+def check_url(value: str, api_root: bool = False) -> str | None:
+    """Why ``value`` is not a usable ``http(s)://host...`` URL (``None`` when it is); an
+    ``api_root`` (a base that paths are appended to) also holds no ``?query`` or ``#fragment``."""
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
         return "holds whitespace or control characters"
     try:
@@ -199,18 +215,20 @@ def check_url(value: str) -> str | None:
         return "must start with http:// or https://"
     if not parts.hostname:
         return "has no host"
+    if api_root and (parts.query or parts.fragment or "?" in value or "#" in value):
+        return "is an API root, to which /chat/completions is appended: it cannot hold a ?query or #fragment"
     return None
 
 
-def _url(nullable: bool = True):
+def _url(nullable: bool = True, api_root: bool = False):
     def check(value):
         if value is None and nullable:
             return None
         text = _text(value, what="an http(s) URL")
-        problem = check_url(text)
+        problem = check_url(text, api_root)
         if problem:
-            _fail(f"{problem}, got {_show(text)}", "give an http:// or https:// URL with a host, "
-                                                   "e.g. http://localhost:8008/v1")
+            _fail(f"{problem}, got {_show(shown_url(text))}", "give an http:// or https:// URL with a host, "
+                                                               "e.g. http://localhost:8008/v1")
         return text
 
     return PlainValidator(check)
@@ -289,14 +307,14 @@ class ModelEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_name: Annotated[str, _path(nullable=False)]
+    model_name: Annotated[str, _path(nullable=False, what="a model name")]
     # open_clip: a pretrained tag or weights file for an architecture name (CLIP_benchmark's key)
     pretrained: Annotated[str | None, _str(nullable=True, what="a tag or a file path")] = None
     revision: Annotated[str | None, _str(nullable=True)] = None
     hub: Annotated[str | None, _str(nullable=True)] = None
     precision: Annotated[str | None, _choice(PRECISIONS, nullable=True)] = None
-    api_base: Annotated[str | None, _url()] = None
-    api_key: Annotated[str | None, _str(nullable=True)] = None
+    api_base: Annotated[str | None, _url(api_root=True)] = None
+    api_key: Annotated[str | None, PlainValidator(_secret)] = None
     prompt: Annotated[str | None, _str(nullable=True)] = None
 
 
@@ -415,9 +433,10 @@ class Problems:
     """Problems found in one config, each ``(location from the document root, text, hint)``; an
     unknown key is located at the key itself (for its line) and named by the mapping holding it."""
 
-    def __init__(self, label: str, flags: bool = False):
+    def __init__(self, label: str, flags: bool = False, flag_names: dict[str, str] | None = None):
         self.label = label  # "the task config", "the config", "the command line", "eval" ...
         self.flags = flags  # name keys by their command-line flag
+        self.flag_names = {**CLI_FLAGS, **(flag_names or {})}  # key -> flag, where not --key-with-dashes
         self.items: list[tuple[Loc, str, str | None]] = []
         self.lines: dict[Loc, int] = {}
         self.file: str | None = None
@@ -443,7 +462,7 @@ class Problems:
     def name(self, loc: Loc) -> str:
         if self.flags:
             key = next((k for k in reversed(loc) if isinstance(k, str)), "")
-            return CLI_FLAGS.get(key, "--" + key.replace("_", "-"))
+            return self.flag_names.get(key, "--" + key.replace("_", "-"))
         out = ""
         for part in loc:
             out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -538,15 +557,16 @@ def _models(value: Any, loc: Loc, problems: Problems) -> list[dict[str, Any]] | 
     return out
 
 
-def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
+def make_eval_config(block: dict[str, Any], where: str = "eval", flag_names: dict[str, str] | None = None) -> EvalConfig:
     """Check an ``eval`` block and return an :class:`EvalConfig`.
 
     ``where`` names the block in messages: a dotted path (``eval``, ``eval_config.eval``), ``the
     config`` (a file holding only the block) or ``the command line`` (keys named as flags).
-    Raises :class:`ConfigError` listing every problem.
+    ``flag_names`` names keys whose flag is not the default of the command (``--model-name`` for
+    ``model_name`` in ``clipeval caption``). Raises :class:`ConfigError` listing every problem.
     """
     flags = where == "the command line"
-    problems = Problems(where, flags=flags)
+    problems = Problems(where, flags=flags, flag_names=flag_names)
     prefix = () if flags or where == "the config" else tuple(where.split("."))
     cfg = _eval_block(block, prefix, problems)
     problems.raise_if_any()

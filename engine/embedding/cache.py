@@ -58,6 +58,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..fsutil import _reason, check_writable_dir
 from ..paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -185,10 +186,12 @@ class CacheUnavailable(Exception):
 
     ``remedy`` says what the user can do (``clipeval cache clear``, or move a folder away)."""
 
-    def __init__(self, message: str, remedy: str = "`clipeval cache clear` removes it and creates an empty one"):
+    def __init__(self, message: str, remedy: str = "`clipeval cache clear` removes it and creates an empty one",
+                 resettable: bool = True):
         super().__init__(message)
         self.message = message
         self.remedy = remedy
+        self.resettable = resettable  # whether :func:`reset_cache` can fix it (not when the place is unusable)
 
 
 class EmbeddingCache:
@@ -212,7 +215,8 @@ class EmbeddingCache:
             raise CacheUnavailable(f"the embedding cache at {self.path} cannot be used: it is a directory, "
                                    "not a database file",
                                    f"move the directory away (or delete it: rm -r {self.path}), "
-                                   "or pass another --cache-dir")
+                                   "or pass another --cache-dir", resettable=False)
+        check_place(self.dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
@@ -221,10 +225,13 @@ class EmbeddingCache:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._prepare()
-        except (sqlite3.Error, OSError) as exc:
+        except OSError as exc:
             self.close()
-            raise CacheUnavailable(f"the embedding cache at {self.path} cannot be used: "
-                                   f"{type(exc).__name__}: {exc}") from None
+            raise CacheUnavailable(f"the embedding cache at {self.path} cannot be used: {_reason(exc)}",
+                                   PLACE_REMEDY, resettable=False) from None
+        except sqlite3.Error as exc:
+            self.close()
+            raise CacheUnavailable(f"the embedding cache at {self.path} cannot be used: {exc}") from None
 
     def _prepare(self) -> None:
         """Create the tables, or migrate a schema-1 database in place (its entries stay, untrusted)."""
@@ -433,6 +440,18 @@ def _intact(ns: str, key, vec, digest, used, trusted) -> bool:
     return _digest(ns, key, vec, bool(trusted)) == digest
 
 
+PLACE_REMEDY = "pass another --cache-dir (config cache_dir, or set CLIPEVAL_CACHE_DIR) in a folder you can write to"
+
+
+def check_place(folder: Path) -> None:
+    """Raise :class:`CacheUnavailable` (not resettable: ``clipeval cache clear`` cannot help)
+    when ``folder`` cannot hold the cache: it is or lies under a file, or cannot be written."""
+    try:
+        check_writable_dir(folder, "embedding cache folder")
+    except ConfigError as exc:
+        raise CacheUnavailable(exc.message, PLACE_REMEDY, resettable=False) from None
+
+
 def database_files(path: Path) -> list[Path]:
     """The database file and its SQLite companions (write-ahead log, shared memory, rollback journal)."""
     return [Path(str(path) + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
@@ -446,9 +465,11 @@ def reset_cache(root: str | os.PathLike | None = None) -> dict:
     directory (never removed) or the new database cannot be created either.
     """
     path = cache_root(root) / SUBDIR / DB_NAME
+    check_place(path.parent)
     if path.is_dir():
         raise CacheUnavailable(f"{path} is a directory, not the cache database",
-                               f"move it away (or delete it: rm -r {path}), or pass another --cache-dir")
+                               f"move it away (or delete it: rm -r {path}), or pass another --cache-dir",
+                               resettable=False)
     freed = _file_bytes(path)
     for f in database_files(path):
         try:
@@ -456,7 +477,8 @@ def reset_cache(root: str | os.PathLike | None = None) -> dict:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise CacheUnavailable(f"cannot remove {f} ({exc})", "remove it by hand, or pass another --cache-dir") from None
+            raise CacheUnavailable(f"cannot remove {f}: {_reason(exc)}", "remove it by hand, or pass another --cache-dir",
+                                   resettable=False) from None
     with EmbeddingCache(root):
         pass
     return {"path": str(path), "freed_bytes": freed}

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 __all__ = ["LoadedResult", "ZERO_SHOT_TASKS", "find_results", "pair_results", "read_result"]
 
 ZERO_SHOT_TASKS = ("zeroshot_retrieval", "zeroshot_classification")
+# meta keys read back as text (null or absent: the default); a result with another type there is refused
+META_TEXT_KEYS = ("precision", "language", "split", "data_fingerprint", "data_dir")
 
 
 @dataclass
@@ -105,6 +107,10 @@ def _shape_problem(data) -> str | None:
         return "'metrics' is missing or not a mapping of numbers"
     if not isinstance(data.get("meta"), dict):
         return "'meta' is missing or not a mapping"
+    for key in META_TEXT_KEYS:  # read back as labels, match keys and row keys
+        value = data["meta"].get(key)
+        if value is not None and not isinstance(value, str):
+            return f"'meta.{key}' is not a string"
     return None
 
 
@@ -117,17 +123,23 @@ def find_results(paths: Iterable[str | os.PathLike], tasks: tuple[str, ...] = ZE
         ResultError: a path does not exist, a named file is not such a result, or nothing was found.
     """
     found: list[LoadedResult] = []
+    seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
         if path.is_file():
             result = read_result(path)
             if result.task not in tasks:
                 raise ResultError(f"{path} is a {result.task} result", f"pass results of {' or '.join(tasks)}")
-            found.append(result)
+            results = [result]
         elif path.is_dir():
-            found.extend(_folder_results(path, tasks))
+            results = _folder_results(path, tasks)
         else:
             raise ResultError(f"{path} does not exist", "pass result files or output folders of clipeval eval")
+        for result in results:  # a file named twice (or also found in a folder named) counts once
+            real = result.path.resolve()
+            if real not in seen:
+                seen.add(real)
+                found.append(result)
     if not found:
         names = ", ".join(str(p) for p in paths)
         raise ResultError(f"no {' or '.join(tasks)} result found in {names}",

@@ -13,7 +13,7 @@ Layout::
 
     {
       "format": 1,
-      "family": "clip" | "chinese_clip" | "siglip" | "open_clip" | "text",
+      "family": "clip" | "chinese_clip" | "siglip" | "open_clip" | "text" | "reranker",
       "source": "openai/clip-vit-base-patch32" | "/abs/path/to/checkpoint" | "ViT-B-32" | "hf-hub:org/name",
       "revision": "main" | null,
       "hub": "hf" | "modelscope" | "open_clip" | null,   # null: a local folder
@@ -27,8 +27,11 @@ Layout::
                    "fp16": {"vision": "vision.fp16.onnx", "text": "text.fp16.onnx"}},
       "tokenizer": {"pad_id": 0, "eos_id": 2, "bos_id": 1 | null,
                     "padding": "longest" | "max_length",
+                    "pooling": "first_eos" | "max_id" | "mean" | ...,   # recorded: pooling is in the graph
                     "text_inputs": ["input_ids", "attention_mask"],
-                    "clean": [...], "sentencepiece": {...}},   # optional: engine/textprep.py
+                    "truncation": "longest_first",           # a reranker's pairs
+                    "clean": [...], "sentencepiece": {...}},   # optional: engine/text/prep.py
+                    # no other key; ids are integers >= 0 (bos_id may be null)
       "files": {"vision.onnx": "<sha256>", ...},   # every file but manifest.json
       "validation": {...},                          # written by the exporter
       "fused_ops": {...},                           # written by the exporter
@@ -168,6 +171,17 @@ def _write_stamp(path: Path, stamp: dict) -> None:
 
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# The families clipeval's exporters write (export/families.py, openclip_export, text_model, reranker).
+FAMILIES = ("clip", "chinese_clip", "siglip", "open_clip", "text", "reranker")
+# The tokenizer block's keys (export/tokenizer_export.tokenizer_rule, engine/text/prep.py, pairs.py).
+TOKENIZER_KEYS = ("pad_id", "eos_id", "bos_id", "padding", "pooling", "text_inputs", "clean", "sentencepiece",
+                  "truncation")
+# Pooling rules, as recorded (the pooling itself is inside the text graph): CLIP-style towers'
+# pooled position (export/tokenizer_export.pooled_positions), sentence-transformers' modes of a
+# text bundle (export/text_model.POOLING_MODES, several joined by "+"), "cls" for a reranker.
+POOLING_RULES = ("first_eos", "max_id", "first", "last",
+                 "cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+TRUNCATION_RULES = ("longest_first", "only_first", "only_second")  # tokenizers' pair truncation strategies
 TOWERS = ("vision", "text", "reranker")  # the graphs a variant can name (a reranker bundle: the pair scorer)
 PADDING_RULES = ("longest", "max_length")
 MAX_DIM = 1 << 20
@@ -213,6 +227,8 @@ def manifest_problems(manifest: Any) -> list[str]:
         problems.append(f"has format {manifest['format']!r}; this clipeval reads format {FORMAT_VERSION}")
     if "family" in manifest and not (isinstance(manifest["family"], str) and manifest["family"]):
         problems.append(f"family must be a name, got {manifest['family']!r}")
+    elif "family" in manifest and manifest["family"] not in FAMILIES:
+        problems.append(f"family must be one of {', '.join(FAMILIES)}, got {manifest['family']!r}")
     for key in ("embed_dim", "context_length"):
         if key in manifest and not _is_int(manifest[key], 1, MAX_DIM):
             problems.append(f"{key} must be an integer from 1 to {MAX_DIM}, got {manifest[key]!r}")
@@ -269,15 +285,23 @@ def _tokenizer_problems(rule: Any) -> list[str]:
     if not isinstance(rule, dict):
         return [f"tokenizer must be an object, got {type(rule).__name__}"]
     problems = []
+    unknown = [k for k in rule if k not in TOKENIZER_KEYS]
+    if unknown:
+        problems.append(f"tokenizer has unknown keys {', '.join(map(repr, unknown))} "
+                        f"(known: {', '.join(TOKENIZER_KEYS)})")
     for key in ("pad_id", "eos_id", "bos_id"):
         value = rule.get(key)
-        if (value is not None or key == "pad_id" and key in rule) and not _is_int(value, 0, 2**31 - 1):
-            nullable = "" if key == "pad_id" else " or null"
+        if (value is not None or key != "bos_id" and key in rule) and not _is_int(value, 0, 2**31 - 1):
+            nullable = " or null" if key == "bos_id" else ""
             problems.append(f"tokenizer.{key} must be a token id (an integer >= 0){nullable}, got {value!r}")
     if rule.get("padding", "longest") not in PADDING_RULES:
         problems.append(f"tokenizer.padding must be one of {', '.join(PADDING_RULES)}, got {rule.get('padding')!r}")
-    if "pooling" in rule and not isinstance(rule["pooling"], str):
-        problems.append(f"tokenizer.pooling must be a name, got {rule['pooling']!r}")
+    if "pooling" in rule and not (isinstance(rule["pooling"], str)
+                                  and all(p in POOLING_RULES for p in rule["pooling"].split("+"))):
+        problems.append(f"tokenizer.pooling must be one of {', '.join(POOLING_RULES)} (text bundles: several "
+                        f"joined by +), got {rule['pooling']!r}")
+    if "truncation" in rule and rule["truncation"] not in TRUNCATION_RULES:
+        problems.append(f"tokenizer.truncation must be one of {', '.join(TRUNCATION_RULES)}, got {rule['truncation']!r}")
     inputs = rule.get("text_inputs", ["input_ids"])
     if not (isinstance(inputs, list) and inputs and all(isinstance(i, str) and i for i in inputs)
             and "input_ids" in inputs):

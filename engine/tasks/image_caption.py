@@ -243,7 +243,6 @@ def caption_dataset(cfg, model: dict[str, Any], dataset_name: str, data_dir: str
     ``summary_path`` (the summary itself is written by the runner)."""
     from ..caption.client import DEFAULT_PROMPT, ClientSettings
     from ..caption.journal import JOURNAL_NAME, Journal
-    from ..caption.pool import Item, caption_pool
 
     t_start = time.perf_counter()
     dataset = read_dataset(dataset_name, data_dir, cfg.split, cfg.on_error, language=cfg.language,
@@ -263,82 +262,111 @@ def caption_dataset(cfg, model: dict[str, Any], dataset_name: str, data_dir: str
         if not hasattr(settings, name):
             raise TypeError(f"unknown client option {name!r}")
         setattr(settings, name, value)
+    if settings.api_key and urlsplit(settings.api_base).netloc.rpartition("@")[1]:
+        raise ConfigError(f"api_base {settings.shown_base} carries a user name (sent as basic auth) and an API key is "
+                          "set too (sent as a bearer token): a request has one Authorization header",
+                          "keep one: drop user:password@ from the URL, or unset the api_key "
+                          "(and CLIPEVAL_API_KEY / OPENAI_API_KEY)")
     caption_settings = {"model_name": settings.model_name, "prompt": prompt, "system_prompt": cfg.system_prompt,
                         "max_tokens": cfg.max_tokens, "temperature": cfg.temperature,
                         "max_image_side": cfg.max_image_side}
 
     keys, where = image_keys(dataset, data_dir)
-    with Journal.open(data_root / JOURNAL_NAME, caption_settings) as journal:  # locked until the files are written
-        resumed = sum(1 for k in set(keys) if k in journal.captions)
-        pending, queued = [], set()
-        for i, (key, w) in enumerate(zip(keys, where)):
-            if key not in journal.captions and key not in queued:
-                queued.add(key)
-                pending.append(Item(key, partial(dataset.images.__getitem__, i), w))  # read when sent
-        if resumed:
-            log.info("resuming: %d of %d image(s) already captioned in %s", resumed, len(set(keys)), journal.path)
-        t0 = time.perf_counter()
-        failures: list[tuple[str, str]] = []
-        image_errors: list[tuple[str, str]] = []
-        stats: dict[str, Any] = {"requests": 0, "retries": 0, "captions": 0, "outcomes": {}}
-        if pending:
-            report = _run_coroutine(caption_pool(pending, settings, journal, max_failures=cfg.max_failures,
-                                                 max_image_side=cfg.max_image_side, progress=cfg.verbose))
-            failures = [(it.where, reason) for it, reason in report.failures]
-            image_errors = [(it.where, reason) for it, reason in report.image_errors]
-            stats = report.stats
-        caption_s = time.perf_counter() - t0
-        captions = dict(journal.captions)
+    made = [p for p in (data_root, *data_root.parents) if not p.exists()]  # folders the journal's creation makes
+    journal = Journal.open(data_root / JOURNAL_NAME, caption_settings)
+    try:
+        return _caption_into(journal, cfg, settings, dataset, dataset_name, keys, where, data_root, retrieval_dir,
+                             prompt, t_start)
+    except BaseException:
+        if journal.fresh and not journal.captions:  # a run that captioned nothing leaves nothing behind
+            journal.close()
+            journal.path.unlink(missing_ok=True)
+            for folder in made:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        raise
+    finally:
+        journal.close()
 
-        if image_errors and cfg.on_error != "skip":
-            raise ImageError(
-                f"{len(image_errors)} image(s) could not be read:\n    {listing(image_errors)}",
-                "replace or remove these images, or pass --on-error skip to leave them out "
-                "(the captions made so far are kept; running again resumes)",
-            )
-        missing = {i for i, k in enumerate(keys) if k not in captions}
-        kept, dropped_queries = dataset.drop_images(missing)
-        if kept.num_images == 0:
-            raise DatasetError(f"no image of dataset {dataset_name} got a caption", "see the failures listed above")
-        kept_captions = [captions[k] for i, k in enumerate(keys) if i not in missing]
-        corpus, queries, qrels = beir_rows(kept_captions, kept.texts, kept.text_to_image, cfg.id_style)
-        publish_beir(retrieval_dir, corpus, queries, qrels)
 
-        skipped = [it.to_dict() for it in dataset.skipped] + [{"where": w, "reason": r} for w, r in image_errors]
-        meta = {
-            "num_images": kept.num_images,
-            "num_queries": kept.num_texts,
-            "num_qrels": len(qrels),
-            "dataset_images": dataset.num_images,
-            "captioned_this_run": stats.get("captions", 0),
-            "from_journal": resumed,
-            "failed": [{"where": w, "reason": r} for w, r in failures],
-            "skipped": skipped,
-            "dropped_queries": dropped_queries,
-            "data_left_out": dataset.left_out,
-            "merged_rows": dataset.merged_rows,
-            "id_style": cfg.id_style,
-            "requests": stats,
-            "api_base": public_url(settings.api_base),
-            "model_name": settings.model_name,
-            "prompt": prompt,
-            "system_prompt": cfg.system_prompt,
-            "max_tokens": cfg.max_tokens,
-            "temperature": cfg.temperature,
-            "timeout": cfg.timeout,
-            "concurrency": cfg.concurrency,
-            "max_image_side": cfg.max_image_side,
-            "max_failures": cfg.max_failures,
-            "journal": str(data_root / JOURNAL_NAME),
-            "files": {"corpus": str(retrieval_dir / "corpus.jsonl"), "queries": str(retrieval_dir / "queries.jsonl"),
-                      "qrels": str(retrieval_dir / "qrels" / "test.tsv"), "qrels_jsonl": str(retrieval_dir / "qrels.jsonl")},
-            "timings": {"captioning_s": caption_s,
-                        "captions_per_s": (stats.get("captions", 0) / caption_s) if caption_s > 0 else 0.0},
-        }
-        if dataset.limited_from is not None:
-            meta["limited_from_images"] = dataset.limited_from
-        log.info("wrote %s", retrieval_dir)
-        return TaskOutput({"convertion_successful": True, "save_path": str(retrieval_dir)}, meta)
+def _caption_into(journal, cfg, settings, dataset, dataset_name, keys, where, data_root, retrieval_dir, prompt,
+                  t_start) -> TaskOutput:
+    from ..caption.journal import JOURNAL_NAME
+    from ..caption.pool import Item, caption_pool
+
+    # the journal is held (locked) by the caller until the files are written
+    resumed = sum(1 for k in set(keys) if k in journal.captions)
+    pending, queued = [], set()
+    for i, (key, w) in enumerate(zip(keys, where)):
+        if key not in journal.captions and key not in queued:
+            queued.add(key)
+            pending.append(Item(key, partial(dataset.images.__getitem__, i), w))  # read when sent
+    if resumed:
+        log.info("resuming: %d of %d image(s) already captioned in %s", resumed, len(set(keys)), journal.path)
+    t0 = time.perf_counter()
+    failures: list[tuple[str, str]] = []
+    image_errors: list[tuple[str, str]] = []
+    stats: dict[str, Any] = {"requests": 0, "retries": 0, "captions": 0, "outcomes": {}}
+    if pending:
+        report = _run_coroutine(caption_pool(pending, settings, journal, max_failures=cfg.max_failures,
+                                             max_image_side=cfg.max_image_side, progress=cfg.verbose))
+        failures = [(it.where, reason) for it, reason in report.failures]
+        image_errors = [(it.where, reason) for it, reason in report.image_errors]
+        stats = report.stats
+    caption_s = time.perf_counter() - t0
+    captions = dict(journal.captions)
+
+    if image_errors and cfg.on_error != "skip":
+        raise ImageError(
+            f"{len(image_errors)} image(s) could not be read:\n    {listing(image_errors)}",
+            "replace or remove these images, or pass --on-error skip to leave them out "
+            "(the captions made so far are kept; running again resumes)",
+        )
+    missing = {i for i, k in enumerate(keys) if k not in captions}
+    kept, dropped_queries = dataset.drop_images(missing)
+    if kept.num_images == 0:
+        raise DatasetError(f"no image of dataset {dataset_name} got a caption", "see the failures listed above")
+    kept_captions = [captions[k] for i, k in enumerate(keys) if i not in missing]
+    corpus, queries, qrels = beir_rows(kept_captions, kept.texts, kept.text_to_image, cfg.id_style)
+    publish_beir(retrieval_dir, corpus, queries, qrels)
+
+    skipped = [it.to_dict() for it in dataset.skipped] + [{"where": w, "reason": r} for w, r in image_errors]
+    meta = {
+        "num_images": kept.num_images,
+        "num_queries": kept.num_texts,
+        "num_qrels": len(qrels),
+        "dataset_images": dataset.num_images,
+        "captioned_this_run": stats.get("captions", 0),
+        "from_journal": resumed,
+        "failed": [{"where": w, "reason": r} for w, r in failures],
+        "skipped": skipped,
+        "dropped_queries": dropped_queries,
+        "data_left_out": dataset.left_out,
+        "merged_rows": dataset.merged_rows,
+        "id_style": cfg.id_style,
+        "requests": stats,
+        "api_base": public_url(settings.api_base),
+        "model_name": settings.model_name,
+        "prompt": prompt,
+        "system_prompt": cfg.system_prompt,
+        "max_tokens": cfg.max_tokens,
+        "temperature": cfg.temperature,
+        "timeout": cfg.timeout,
+        "concurrency": cfg.concurrency,
+        "max_image_side": cfg.max_image_side,
+        "max_failures": cfg.max_failures,
+        "journal": str(data_root / JOURNAL_NAME),
+        "files": {"corpus": str(retrieval_dir / "corpus.jsonl"), "queries": str(retrieval_dir / "queries.jsonl"),
+                  "qrels": str(retrieval_dir / "qrels" / "test.tsv"), "qrels_jsonl": str(retrieval_dir / "qrels.jsonl")},
+        "timings": {"captioning_s": caption_s,
+                    "captions_per_s": (stats.get("captions", 0) / caption_s) if caption_s > 0 else 0.0},
+    }
+    if dataset.limited_from is not None:
+        meta["limited_from_images"] = dataset.limited_from
+    log.info("wrote %s", retrieval_dir)
+    return TaskOutput({"convertion_successful": True, "save_path": str(retrieval_dir)}, meta)
 
 
 def run_caption(cfg, model: dict[str, Any], dataset_name: str, data_dir: str | os.PathLike | None,

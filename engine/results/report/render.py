@@ -58,7 +58,9 @@ def render_html(context: dict) -> str:
 def write_report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *, worst: int = 8,
                  resamples: int = 2000, seed: int = 0) -> dict:
     """Write the report of the results in ``paths`` (files, or output folders searched one level
-    deep) to ``output`` atomically; returns ``{"report", "results", "bytes", "thumbnails"}``.
+    deep) to ``output`` atomically; returns ``{"report", "results", "bytes", "thumbnails"}``
+    (``results``: the results the page shows; a file named twice counts once, and of two
+    results of one model on the same data only the first is shown, with a warning).
 
     Raises:
         ConfigError: jinja2 or matplotlib is missing (remedy: the ``report`` extra), or
@@ -77,6 +79,7 @@ def write_report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, 
         write_atomic(output, html)
     except OSError as exc:
         raise ConfigError(f"cannot write {output}: {exc.strerror or exc}", "pass -o a path in a writable folder") from None
-    log.info("wrote %s (%d bytes, %d results, %d thumbnails)", output, len(html), len(results),
+    shown = len(context["facts"])  # one per result the page shows (a model's repeated result shows once)
+    log.info("wrote %s (%d bytes, %d results, %d thumbnails)", output, len(html), shown,
              context["thumbnails"]["count"])
-    return {"report": str(output), "results": len(results), "bytes": len(html), "thumbnails": context["thumbnails"]}
+    return {"report": str(output), "results": shown, "bytes": len(html), "thumbnails": context["thumbnails"]}
