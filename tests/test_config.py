@@ -118,7 +118,7 @@ def test_json_and_yaml_files(tmp_path):
 def test_unparsable_and_missing_files(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("eval_config: [unclosed\n")
-    with pytest.raises(ConfigError, match="cannot parse"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2:1: while parsing a flow sequence"):
         parse_task_cfg(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         parse_task_cfg(tmp_path / "none.json")

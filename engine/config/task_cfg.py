@@ -47,6 +47,7 @@ from ..results.detail import DETAIL_MODES
 from ..errors import ConfigError
 from ..fsutil import check_path_text
 from .model_spec import apply_model_spellings
+from .source import parse_config_text
 from ..textio import to_utf8
 
 TOP_KEYS = ("eval_backend", "eval_config", "work_dir", "no_timestamp")
@@ -619,10 +620,8 @@ def parse_task_cfg(task_cfg: dict[str, Any] | str | os.PathLike) -> Any:
     problems = Problems("the task config")
     if isinstance(task_cfg, (str, os.PathLike)):
         path = Path(task_cfg)
-        text = _read_config_text(path)
-        task_cfg = _parse_text(path, text)
+        task_cfg, problems.lines = parse_config_text(path, _read_config_text(path))
         problems.file = str(path)
-        problems.lines = _key_lines(text)
     if not isinstance(task_cfg, dict):
         raise ConfigError(f"a task config must be a mapping, got {_kind(task_cfg)}",
                           "give the evalscope task_cfg (eval_backend, eval_config) or its eval block")
@@ -653,42 +652,7 @@ def _read_config_text(path: Path) -> str:
 
 
 def _parse_text(path: Path, text: str) -> Any:
-    try:
-        if path.suffix.lower() == ".json":
-            import json
-
-            return json.loads(text)
-        import yaml
-
-        return yaml.safe_load(text)
-    except Exception as exc:  # json / yaml parse errors carry line and column
-        raise ConfigError(f"cannot parse {path}: {exc}", "fix the syntax at the place named") from None
-
-
-def _key_lines(text: str) -> dict[Loc, int]:
-    """1-based line of every key and list item of a YAML (or JSON) document, by location."""
-    try:
-        import yaml
-
-        root = yaml.compose(text)
-    except Exception:  # JSON that YAML 1.1 does not read (tabs...): no line numbers
-        return {}
-    lines: dict[Loc, int] = {}
-
-    def walk(node, loc: Loc) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                k = (*loc, key.value)
-                lines[k] = key.start_mark.line + 1
-                walk(value, k)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                lines[(*loc, i)] = item.start_mark.line + 1
-                walk(item, (*loc, i))
-
-    if root is not None:
-        walk(root, ())
-    return lines
+    return parse_config_text(path, text)[0]
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
