@@ -402,3 +402,13 @@ def test_folders_are_searched_by_content_one_level_deep(two_runs, tmp_path):
     copy_result(file_a, folder / "a" / "b")  # two levels down: not searched
     assert sorted(r.path for r in find_results([folder])) == sorted([renamed, folder / "top.json"])
     assert [r.path for r in find_results([folder / "model"])] == [renamed]
+
+
+def test_compare_takes_every_seed_up_to_int64_and_prints_it(two_runs):
+    """F10: a seed beyond 64 bits crashed after the table; the bound is checked up front and the
+    largest seed works end to end (its JSON line holds it)."""
+    root, _, file_a, file_b = two_runs
+    r = run("compare", file_a, file_b, "--seed", 2**63 - 1, "--resamples", 1000)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["bootstrap"]["seed"] == 2**63 - 1
+    assert_clean_failure(run("compare", file_a, file_b, "--seed", 2**63), "--seed must be at most")

@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from ..errors import ConfigError
+from ..numbers import INT64_MAX, MAX_BATCH
 
 __all__ = ["MTEB_TOOLS", "MtebConfig", "MtebModel", "MtebTask", "parse_mteb_config"]
 
@@ -85,7 +86,7 @@ class MtebModel(_Strict):
     model_name_or_path: PathStr
     is_cross_encoder: StrictBool = False
     pooling_mode: Literal["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"] | None = None
-    max_seq_length: StrictInt | None = Field(default=None, ge=2)
+    max_seq_length: StrictInt | None = Field(default=None, ge=2, le=INT64_MAX)
     prompt: StrictStr | None = None
     prompts: dict[StrictStr, StrictStr] | None = None
     model_kwargs: dict[StrictStr, Any] = Field(default_factory=dict)
@@ -109,8 +110,8 @@ class EvalBlock(_Strict):
     custom_tasks: list[CustomTaskEntry | PathStr] = Field(min_length=1)
     output_folder: PathStr | None = None
     overwrite_results: StrictBool = True
-    limits: StrictInt | None = Field(default=None, ge=1)
-    top_k: StrictInt = Field(default=DEFAULT_TOP_K["current"], ge=1)
+    limits: StrictInt | None = Field(default=None, ge=1, le=INT64_MAX)
+    top_k: StrictInt = Field(default=DEFAULT_TOP_K["current"], ge=1, le=INT64_MAX)
     encode_kwargs: dict[StrictStr, Any] | None = None
     verbosity: StrictInt | None = Field(default=None, ge=0, le=3)
 
@@ -123,8 +124,8 @@ class OlderEvalBlock(_Strict):
     verbosity: StrictInt = Field(default=2, ge=0, le=3)
     output_folder: PathStr | None = None
     overwrite_results: StrictBool = True
-    limits: StrictInt | None = Field(default=None, ge=1)
-    top_k: StrictInt = Field(default=DEFAULT_TOP_K["older"], ge=1)
+    limits: StrictInt | None = Field(default=None, ge=1, le=INT64_MAX)
+    top_k: StrictInt = Field(default=DEFAULT_TOP_K["older"], ge=1, le=INT64_MAX)
 
 
 class ToolBlock(_Strict):
@@ -268,9 +269,7 @@ def _check_model(m: MtebModel, i: int, prefix: tuple, task_names: set[str], prob
     if bad:
         problems.append(f"{where}.encode_kwargs: unknown key(s) {', '.join(bad)} "
                         f"(accepted keys: {', '.join(sorted(ENCODE_KWARGS))})")
-    batch = m.encode_kwargs.get("batch_size")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        problems.append(f"{where}.encode_kwargs.batch_size: must be a positive integer (got {batch!r})")
+    _check_batch(m.encode_kwargs.get("batch_size"), where, problems)
     if m.prompts:
         accepted = ("query",) + DOCUMENT_PROMPT_KEYS + tuple(sorted(task_names))
         bad = [k for k in m.prompts if k not in accepted]
@@ -283,6 +282,11 @@ def _check_model(m: MtebModel, i: int, prefix: tuple, task_names: set[str], prob
         if m.prompts:
             problems.append(f"{where}.prompts: a cross-encoder takes one `prompt` (prepended to the query); "
                             "remove prompts")
+
+
+def _check_batch(batch: Any, where: str, problems: list[str]) -> None:
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH):
+        problems.append(f"{where}.encode_kwargs.batch_size: must be an integer from 1 to {MAX_BATCH} (got {batch!r})")
 
 
 def _tasks(entries: list, prefix: tuple, problems: list[str]) -> list[MtebTask]:
@@ -325,6 +329,12 @@ def parse_mteb_config(eval_config: dict[str, Any], task_cfg: dict[str, Any] | No
     else:
         tasks = _tasks(ev.custom_tasks, ("eval_config", "eval", "custom_tasks"), problems)
     names = {t.name for t in tasks}
+    ev_encode = getattr(ev, "encode_kwargs", None) or {}
+    bad = sorted(set(ev_encode) - ENCODE_KWARGS)
+    if bad:
+        problems.append(f"eval_config.eval.encode_kwargs: unknown key(s) {', '.join(bad)} "
+                        f"(accepted keys: {', '.join(sorted(ENCODE_KWARGS))})")
+    _check_batch(ev_encode.get("batch_size"), "eval_config.eval", problems)
     for i, m in enumerate(models):
         _check_model(m, i, ("eval_config", models_key), names, problems)
     encoders = [m for m in models if not m.is_cross_encoder]

@@ -19,7 +19,9 @@ Values, as the reference's pydantic config reads them, but stricter where a sile
 would hide a mistake:
 
 * integers: ``int`` or a string of ASCII digits; not a float (``128.0``), a boolean, a string of
-  other digits (``"²"``, ``"١٢"``), nor beyond the key's range (every one fits int64);
+  other digits (``"²"``, ``"١٢"``), spaces, ``+`` or ``_``, nor beyond the key's range (every
+  one fits int64); the command line's integer flags follow the same rule
+  (:mod:`clipeval.engine.numbers`);
 * numbers: ``int`` / ``float`` or an ASCII decimal string, finite (no NaN / inf);
 * booleans: ``true`` / ``false``, or one of the strings ``true false yes no 1 0``;
 * strings: ``str`` only (a list, a mapping, a number or a boolean is an error: YAML reads an
@@ -33,9 +35,7 @@ Two extension points: :data:`TOOLS` (the parser of each ``eval_config.tool``) an
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Callable
 from urllib.parse import urlsplit
@@ -46,6 +46,7 @@ from pydantic_core import PydanticCustomError
 from ..results.detail import DETAIL_MODES
 from ..errors import ConfigError
 from ..fsutil import check_path_text
+from ..numbers import INT64_MAX, MAX_BATCH, MAX_WORKERS, NumberProblem, describe, parse_float, parse_int, show
 from .model_spec import apply_model_spellings
 from .source import parse_config_text
 from ..textio import to_utf8
@@ -58,57 +59,32 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DECODE_CHOICES = ("auto", "threads", "processes")
 ID_STYLES = ("int", "prefixed")
 DEFAULT_RECALL_K = (1, 5, 10)
-INT64_MAX = 2**63 - 1
-MAX_WORKERS = 1024  # decode workers / threads: far above any machine's cores, far below what would hurt
-MAX_BATCH = 1 << 20
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
 CLI_FLAGS = {"models": "--model", "model_name": "--model", "dataset_name": "--dataset", "num_threads": "--threads",
              "recall_k": "--recall-k"}
 
-_ASCII_INT = re.compile(r"[+-]?[0-9]+")
-_ASCII_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _YAML_BOOL = "YAML reads an unquoted yes/no/on/off/true/false as a boolean: put the value in quotes"
 
 
 # --- value checkers (each raises a pydantic error whose message follows the key's name) ---------
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+_show = show
+_kind = describe
 
 
 def _fail(message: str, hint: str | None = None):
     raise PydanticCustomError("clipeval", "{message}", {"message": message, "hint": hint})
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, (list, tuple)):
-        return f"a list ({_show(value)})"
-    if isinstance(value, dict):
-        return f"a mapping ({_show(value)})"
-    if isinstance(value, float):
-        return f"the number {value!r}"
-    return _show(value)
-
-
 def _int(lo: int, hi: int = INT64_MAX, nullable: bool = False):
     def check(value):
         if value is None and nullable:
             return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            n = value
-        elif isinstance(value, str) and _ASCII_INT.fullmatch(value.strip()) and len(value.strip()) <= 25:
-            n = int(value.strip())
-        else:
-            _fail(f"must be an integer, got {_kind(value)}", "write a whole number in ASCII digits, e.g. 128")
-        if n < lo:
-            _fail(f"must be at least {lo}, got {n}")
-        if n > hi:
-            _fail(f"must be at most {hi}, got {n if abs(n) < 10**30 else f'{n:.3e}'}")
-        return n
+        try:
+            return parse_int(value, lo, hi)
+        except NumberProblem as exc:
+            _fail(exc.message, exc.hint)
 
     return PlainValidator(check)
 
@@ -117,20 +93,10 @@ def _float(lo: float, hi: float, nullable: bool = False, exclusive_min: bool = F
     def check(value):
         if value is None and nullable:
             return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                x = float(value)
-            except OverflowError:
-                _fail(f"must be a finite number, got {_kind(value)[:40]}")
-        elif isinstance(value, str) and _ASCII_FLOAT.fullmatch(value.strip()):
-            x = float(value.strip())
-        else:
-            _fail(f"must be a number, got {_kind(value)}", "write a number in ASCII digits, e.g. 0.5")
-        if not math.isfinite(x):
-            _fail(f"must be a finite number, got {value!r}")
-        if (x <= lo if exclusive_min else x < lo) or x > hi:
-            _fail(f"must be {'more than' if exclusive_min else 'at least'} {lo:g} and at most {hi:g}, got {x:g}")
-        return x
+        try:
+            return parse_float(value, lo, hi, exclusive_min=exclusive_min)
+        except NumberProblem as exc:
+            _fail(exc.message, exc.hint)
 
     return PlainValidator(check)
 
