@@ -79,8 +79,9 @@ def eval_config(*, models=(), pretrained=(), datasets=(), data_dir=None, split="
     from clipeval.engine.config import make_eval_config
 
     # --model/--pretrained are CLIP_benchmark's model/pretrained keys (engine/config/model_spec.py)
+    # no --model: no models key (the embedded demo model); an explicitly empty list is an error
     naming = {"model": list(models), "pretrained": list(pretrained)} if pretrained else \
-        {"models": [{"model_name": m} for m in models]}
+        {"models": [{"model_name": m} for m in models]} if models else {}
     block = {
         **naming,
         "dataset_name": list(datasets) or ["custom"],

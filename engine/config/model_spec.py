@@ -73,6 +73,11 @@ def normalize_models(block: dict[str, Any], where: str = "eval") -> list[dict[st
     given = [k for k in SPELLINGS if block.get(k) not in (None, "", [])]
     models = block.get("models")
     if not given:
+        empty = [k for k in SPELLINGS if k in block and block[k] in ("", [])]
+        if empty and not models:  # named explicitly as nothing: not a request for the demo model
+            raise ConfigError(f"{empty[0]} in {where} names no model (got {block[empty[0]]!r})",
+                              f"name at least one model (or leave {empty[0]} out to evaluate the embedded "
+                              "demo model)")
         return models
     if models:
         raise ConfigError(f"{where} names models twice: models and {', '.join(given)}",

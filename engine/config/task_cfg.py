@@ -35,6 +35,7 @@ Two extension points: :data:`TOOLS` (the parser of each ``eval_config.tool``) an
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -50,6 +51,8 @@ from ..numbers import INT64_MAX, MAX_BATCH, MAX_WORKERS, NumberProblem, describe
 from .model_spec import apply_model_spellings
 from .source import parse_config_text
 from ..textio import to_utf8
+
+log = logging.getLogger(__name__)
 
 TOP_KEYS = ("eval_backend", "eval_config", "work_dir", "no_timestamp")
 EVAL_CONFIG_KEYS = ("tool", "eval")
@@ -202,7 +205,20 @@ def _names(value):
         if not isinstance(v, str) or not v.strip() or "\0" in v:
             _fail(f"must be a name or a non-empty list of names, got {_show(v)} in {_show(value)}")
     # CLIP_benchmark spells webdataset names "wds/<name>"; here every named set is a webdataset
-    return [n[4:] if n.startswith("wds/") else n for n in value]
+    return _once([n[4:] if n.startswith("wds/") else n for n in value], "dataset_name", "dataset")
+
+
+def _once(items: list, key: str, what: str) -> list:
+    """``items`` with repeats left out (the first kept, in order), each repeat logged: evaluating
+    it again would only write the same result file twice (as ``recall_k: [5, 5]`` is one k)."""
+    out: list = []
+    for item in items:
+        if item in out:
+            log.warning("%s lists the %s %s more than once: evaluated once", key, what,
+                        _show(item.get("model_name", item) if isinstance(item, dict) else item))
+        else:
+            out.append(item)
+    return out
 
 
 _K_INT = _int(1).func
@@ -378,6 +394,10 @@ class ClipBenchmarkToolConfig(BaseModel):
 Loc = tuple  # of str (keys) and int (list positions)
 
 
+class Whole(str):
+    """A problem's text that names its key itself (shown after the file and line, not after the key)."""
+
+
 class Problems:
     """Problems found in one config, each ``(location from the document root, text, hint)``; an
     unknown key is located at the key itself (for its line) and named by the mapping holding it."""
@@ -423,6 +443,8 @@ class Problems:
         return f"{self.file}: " if self.file else ""
 
     def _text(self, loc: Loc, text: str) -> str:
+        if isinstance(text, Whole):
+            return f"{self._line(loc)}{text}"
         if text.startswith("unknown key"):  # located at the (first) key, named by the mapping holding it
             return f"{self._line(loc)}{text} in {self.name(loc[:-1]) or self.label}"
         return f"{self._line(loc)}{self.name(loc) or self.label} {text}"
@@ -467,9 +489,9 @@ def _eval_block(block: Any, prefix: Loc, problems: Problems) -> EvalConfig | Non
         problems.add(prefix, f"must be a mapping of eval keys, got {_kind(block)}")
         return None
     try:  # CLIP_benchmark's model / pretrained / pretrained_model spellings -> models entries
-        block = apply_model_spellings(block, problems.name(prefix) or problems.label)
-    except ConfigError as exc:
-        problems.add(prefix, exc.message, exc.remedy)
+        block = apply_model_spellings(block, (problems.name(prefix) if prefix else "") or problems.label)
+    except ConfigError as exc:  # its message names the key and the block itself
+        problems.add(prefix, Whole(exc.message), exc.remedy)
         return None
     fields = {k: v for k, v in block.items() if v is not None or k in NULLABLE_KEYS or k not in EVAL_KEYS}
     raw_models = fields.pop("models", None)
@@ -482,12 +504,19 @@ def _eval_block(block: Any, prefix: Loc, problems: Problems) -> EvalConfig | Non
 
 
 def _models(value: Any, loc: Loc, problems: Problems) -> list[dict[str, Any]] | None:
+    """The checked ``models`` entries; ``[]`` (the embedded demo model) when the key is absent or
+    null. An explicitly empty list names no model and is a problem: a templated config whose
+    list came out empty must not evaluate the demo model as if it had been asked for."""
     if value is None:
         return []
     if isinstance(value, (str, os.PathLike, dict)):
         value = [value]
     if not isinstance(value, (list, tuple)):
         problems.add(loc, f"must be a list of {{model_name: ...}} entries, got {_kind(value)}")
+        return None
+    if not value:
+        problems.add(loc, "is an empty list: it names no model",
+                     "name at least one model (or leave models out to evaluate the embedded demo model)")
         return None
     out: list[dict[str, Any]] | None = []
     for i, raw in enumerate(value):
@@ -502,7 +531,7 @@ def _models(value: Any, loc: Loc, problems: Problems) -> list[dict[str, Any]] | 
         else:
             if out is not None:
                 out.extend(entries)
-    return out
+    return None if out is None else _once(out, "models", "model")
 
 
 def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
