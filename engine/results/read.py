@@ -105,6 +105,18 @@ def _shape_problem(data) -> str | None:
         return "'metrics' is missing or not a mapping of numbers"
     if not isinstance(data.get("meta"), dict):
         return "'meta' is missing or not a mapping"
+    return _meta_count_problem(data["meta"])
+
+
+# Counts of meta that readers check a detail file against (engine/results/detail.py)
+META_COUNTS = ("num_images", "num_texts")
+
+
+def _meta_count_problem(meta: dict) -> str | None:
+    for key in META_COUNTS:
+        value = meta.get(key)
+        if key in meta and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return f"meta.{key} is not a non-negative integer (got {value!r:.40})"
     return None
 
 
@@ -127,13 +139,31 @@ def find_results(paths: Iterable[str | os.PathLike], tasks: tuple[str, ...] = ZE
         elif path.is_dir():
             found.extend(_folder_results(path, tasks))
         else:
-            raise ResultError(f"{path} does not exist", "pass result files or output folders of clipeval eval")
+            raise ResultError(f"{path} {_not_there(path)}", "pass result files or output folders of clipeval eval")
     if not found:
         names = ", ".join(str(p) for p in paths)
         raise ResultError(f"no {' or '.join(tasks)} result found in {names}",
                           "pass result files or the --output-dir of clipeval eval (results are searched in the "
                           "folder and one level below)")
     return found
+
+
+def _not_there(path: Path) -> str:
+    """Why ``path``, neither a regular file nor a folder, cannot be read as results (without
+    opening it: a FIFO would block)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if path.is_symlink() else "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return f"is {what}, not a regular file"
+    return "is not a regular file"
 
 
 def _folder_results(folder: Path, tasks) -> list[LoadedResult]:
