@@ -27,16 +27,21 @@ errors that say what to do instead. ``work_dir`` at the top is the output folder
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from ..errors import ConfigError
-from ..numbers import INT64_MAX, MAX_BATCH
+from ..numbers import INT64_MAX, MAX_BATCH, describe
 
-__all__ = ["MTEB_TOOLS", "MtebConfig", "MtebModel", "MtebTask", "parse_mteb_config"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MTEB_TOOLS", "MtebConfig", "MtebConfigError", "MtebModel", "MtebTask", "parse_mteb_config",
+           "problem_location"]
 
 MTEB_TOOLS = ("mteb", "cmteb")
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
@@ -104,10 +109,19 @@ class CustomTaskEntry(_Strict):
     data_format: Literal["jsonl"] = "jsonl"
 
 
+def _bare_path(value: Any) -> Any:
+    """evalscope's docs show bare paths in ``custom_tasks``: ``"DIR"`` means ``{data_path: DIR}``
+    (turned into an entry before validation, so a wrong entry gets one message, not one per
+    branch of a union)."""
+    if isinstance(value, (str, os.PathLike)):
+        return {"data_path": os.fspath(value)}
+    return value
+
+
 class EvalBlock(_Strict):
     """``eval`` of the current shape (evalscope's ``MTEBEvalConfig``)."""
 
-    custom_tasks: list[CustomTaskEntry | PathStr] = Field(min_length=1)
+    custom_tasks: list[Annotated[CustomTaskEntry, BeforeValidator(_bare_path)]] = Field(min_length=1)
     output_folder: PathStr | None = None
     overwrite_results: StrictBool = True
     limits: StrictInt | None = Field(default=None, ge=1, le=INT64_MAX)
@@ -145,6 +159,32 @@ class TopBlock(_Strict):
     eval_config: dict[str, Any]
     work_dir: PathStr | None = None
     no_timestamp: StrictBool = False
+
+
+REMEDY = "docs/text-retrieval.md shows both config shapes"
+
+
+class MtebConfigError(ConfigError):
+    """The problems of an mteb config, each ``"key.path: what"`` (:attr:`problems`); one problem
+    is one line. ``clipeval run`` lists them with the file's line of each key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        if len(problems) == 1:
+            super().__init__(problems[0], f"fix it ({REMEDY})")
+        else:
+            super().__init__(f"{len(problems)} problems in the mteb config:\n    " + "\n    ".join(problems),
+                             f"fix the keys listed ({REMEDY})")
+
+
+def problem_location(problem: str) -> tuple:
+    """The key path a problem starts with, as a location (``eval_config.models[0].x: ...`` ->
+    ``("eval_config", "models", 0, "x")``)."""
+    where = problem.split(": ", 1)[0]
+    loc: list = []
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", where):
+        loc.append(int(part[1:-1]) if part.startswith("[") else part)
+    return tuple(loc)
 
 
 @dataclass
@@ -215,14 +255,30 @@ def _sub_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def _says(err: dict) -> str:
+    """A pydantic error in clipeval's words (``must be ..., got ...``), naming no pydantic internals."""
+    kind, ctx, got = err["type"], err.get("ctx") or {}, describe(err.get("input"))
+    if kind == "too_short":
+        return f"must not be empty, got {got}" if ctx.get("min_length") == 1 else \
+            f"must hold at least {ctx.get('min_length')} items, got {got}"
+    words = {"string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+             "int_from_float": "an integer", "bool_type": "true or false", "bool_parsing": "true or false",
+             "dict_type": "a mapping", "list_type": "a list", "model_type": "a mapping",
+             "model_attributes_type": "a mapping"}
+    if kind in words:
+        return f"must be {words[kind]}, got {got}"
+    if kind == "literal_error":
+        return f"must be {'one of ' if ',' in str(ctx.get('expected')) else ''}{ctx.get('expected')}, got {got}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        word, bound = ("at least", ctx.get("ge")) if kind == "greater_than_equal" else ("at most", ctx.get("le"))
+        return f"must be {word} {bound}, got {got}"
+    return f"{err['msg']} (got {got})"
+
+
 def _problems_of(exc: ValidationError, model: type[BaseModel], prefix: tuple) -> list[str]:
     out = []
     for err in exc.errors():
-        loc = tuple(err["loc"])
-        # a str-or-entry union reports both branches; keep the entry's
-        if "str" in [str(p) for p in loc] and err["type"] == "string_type":
-            continue
-        loc = tuple(p for p in loc if p not in ("CustomTaskEntry", "str"))
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         where = _path(prefix + loc)
         if err["type"] == "extra_forbidden":
             parent = _sub_model(model, loc[:-1])
@@ -231,7 +287,7 @@ def _problems_of(exc: ValidationError, model: type[BaseModel], prefix: tuple) ->
         elif err["type"] == "missing":
             out.append(f"{where}: missing")
         else:
-            out.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+            out.append(f"{where}: {_says(err)}")
     return out
 
 
@@ -289,12 +345,34 @@ def _check_batch(batch: Any, where: str, problems: list[str]) -> None:
         problems.append(f"{where}.encode_kwargs.batch_size: must be an integer from 1 to {MAX_BATCH} (got {batch!r})")
 
 
+def _split_problem(split: str) -> str | None:
+    """Why ``split`` cannot name ``qrels/SPLIT.tsv`` inside the data folder (``None`` when it can)."""
+    if not split.strip() or split in (".", "..") or any(c in split for c in "/\\") or \
+            any(ord(c) < 32 or ord(c) == 127 for c in split):
+        return "a split is a file name in qrels/ (e.g. test, dev): no path separators, '..' or control characters"
+    return None
+
+
 def _tasks(entries: list, prefix: tuple, problems: list[str]) -> list[MtebTask]:
-    tasks = []
+    """The tasks, each split checked as a name; a task or split given twice runs once (logged)."""
+    tasks: list[MtebTask] = []
     for i, entry in enumerate(entries):
-        if isinstance(entry, str):  # evalscope's docs show bare paths
-            entry = CustomTaskEntry(data_path=entry)
-        tasks.append(MtebTask(name=entry.name, data_path=entry.data_path, splits=list(entry.eval_splits)))
+        splits: list[str] = []
+        for j, split in enumerate(entry.eval_splits):
+            why = _split_problem(split)
+            if why:
+                problems.append(f"{_path(prefix + (i, 'eval_splits', j))}: {why}, got {describe(split)}")
+            elif split in splits:
+                log.warning("%s lists the split %r more than once: evaluated once",
+                            _path(prefix + (i, "eval_splits")), split)
+            else:
+                splits.append(split)
+        task = MtebTask(name=entry.name, data_path=entry.data_path, splits=splits)
+        if task in tasks:
+            log.warning("%s repeats the task %s on %s: evaluated once", _path(prefix + (i,)), task.name,
+                        task.data_path)
+            continue
+        tasks.append(task)
     return tasks
 
 
@@ -316,8 +394,7 @@ def parse_mteb_config(eval_config: dict[str, Any], task_cfg: dict[str, Any] | No
     cleaned["eval"] = _refuse(cleaned.get("eval"), REFUSED_EVAL_KEYS, ("eval_config", "eval"), problems)
     block = _validate(OlderToolBlock if older else ToolBlock, cleaned, ("eval_config",), problems)
     if block is None or top is None:
-        raise ConfigError("the mteb config has problems:\n    " + "\n    ".join(problems),
-                          "fix the keys listed (docs/text-retrieval.md shows both config shapes)")
+        raise MtebConfigError(problems)
     models = block.model if older else block.models
     ev = block.eval
     if older:
@@ -346,8 +423,7 @@ def parse_mteb_config(eval_config: dict[str, Any], task_cfg: dict[str, Any] | No
         problems.append(f"eval_config.{models_key}: two-stage retrieval takes one encoder and one cross-encoder "
                         f"(got {len(encoders)} and {len(rerankers)})")
     if problems:
-        raise ConfigError("the mteb config has problems:\n    " + "\n    ".join(problems),
-                          "fix the keys listed (docs/text-retrieval.md shows both config shapes)")
+        raise MtebConfigError(problems)
     output = ev.output_folder or (top.work_dir if top.work_dir else None) or "outputs"
     batch = (getattr(ev, "encode_kwargs", None) or {}).get("batch_size")
     verbose = not (isinstance(ev.verbosity, int) and ev.verbosity == 0)

@@ -569,10 +569,15 @@ def _clip_benchmark(eval_config: dict[str, Any], task_cfg: dict[str, Any], probl
 # it added problems). Another module registers its tool here.
 def _mteb(eval_config: dict[str, Any], task_cfg: dict[str, Any], problems: Problems) -> Any:
     """``tool: mteb`` (also ``MTEB``, ``cmteb``): evalscope's text-retrieval config, checked by
-    :mod:`clipeval.engine.config.mteb` (which raises its own :class:`ConfigError`)."""
-    from .mteb import parse_mteb_config
+    :mod:`clipeval.engine.config.mteb`; its problems join ``problems`` (with their lines)."""
+    from .mteb import MtebConfigError, parse_mteb_config, problem_location
 
-    return parse_mteb_config(eval_config, task_cfg)
+    try:
+        return parse_mteb_config(eval_config, task_cfg)
+    except MtebConfigError as exc:  # listed with the others, each with its line in a file
+        for text in exc.problems:
+            problems.add(problem_location(text), Whole(text))
+        return None
 
 
 TOOLS: dict[str, Callable[[dict[str, Any], dict[str, Any], Problems], Any]] = {
