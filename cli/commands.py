@@ -103,6 +103,7 @@ def run_cmd(config, quiet):
     """Run a JSON or YAML config (the evalscope task_cfg shape, or its eval block)."""
     from clipeval.engine.config import parse_task_cfg
 
+    setup_logging(not quiet)  # the config's own warnings (a model named twice...) go through logging too
     cfg = parse_task_cfg(config)
     if quiet:
         cfg.verbose = False

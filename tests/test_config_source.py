@@ -190,3 +190,16 @@ def test_a_syntax_error_is_one_line_naming_the_file_line_and_column(tmp_path, na
     result = run_cli(tmp_path, name, text)
     assert_one_error(result, needle)
     assert "<unicode string>" not in result.stderr
+
+
+def test_a_config_path_that_is_not_a_regular_file_is_named_as_such_and_never_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    broken = tmp_path / "b.yaml"
+    broken.symlink_to(tmp_path / "nowhere.yaml")
+    for path, needle in ((fifo, "is a FIFO, not a regular file"), ("/dev/null", "is a character device"),
+                         (broken, "is a broken symbolic link"), (tmp_path / "none.yaml", "does not exist")):
+        result = CliRunner().invoke(cli, ["run", str(path)])
+        assert_one_error(result, f"config file {path} {needle}")

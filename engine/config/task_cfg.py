@@ -46,7 +46,7 @@ from pydantic_core import PydanticCustomError
 
 from ..results.detail import DETAIL_MODES
 from ..errors import ConfigError
-from ..fsutil import check_path_text
+from ..fsutil import check_path_text, not_a_file
 from ..numbers import INT64_MAX, MAX_BATCH, MAX_WORKERS, NumberProblem, describe, parse_float, parse_int, show
 from .model_spec import apply_model_spellings
 from .source import parse_config_text
@@ -635,8 +635,8 @@ def _read_config_text(path: Path) -> str:
     if problem:
         raise ConfigError(f"config file name {problem}", "pass the path of a JSON or YAML file")
     try:
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist", "pass the path of a JSON or YAML file")
+        if not path.is_file():  # never opened: a FIFO would block
+            raise ConfigError(f"config file {path} {not_a_file(path)}", "pass the path of a JSON or YAML file")
         if path.suffix.lower() not in (".json", ".yaml", ".yml"):
             raise ConfigError(f"config file {path} must end in .json, .yaml or .yml",
                               "rename it, or write the config as JSON or YAML")

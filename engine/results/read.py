@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import orjson
 
 from ..errors import ResultError
+from ..fsutil import not_a_file
 
 log = logging.getLogger(__name__)
 
@@ -139,31 +140,13 @@ def find_results(paths: Iterable[str | os.PathLike], tasks: tuple[str, ...] = ZE
         elif path.is_dir():
             found.extend(_folder_results(path, tasks))
         else:
-            raise ResultError(f"{path} {_not_there(path)}", "pass result files or output folders of clipeval eval")
+            raise ResultError(f"{path} {not_a_file(path)}", "pass result files or output folders of clipeval eval")
     if not found:
         names = ", ".join(str(p) for p in paths)
         raise ResultError(f"no {' or '.join(tasks)} result found in {names}",
                           "pass result files or the --output-dir of clipeval eval (results are searched in the "
                           "folder and one level below)")
     return found
-
-
-def _not_there(path: Path) -> str:
-    """Why ``path``, neither a regular file nor a folder, cannot be read as results (without
-    opening it: a FIFO would block)."""
-    import stat
-
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return "is a broken symbolic link" if path.is_symlink() else "does not exist"
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
-    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return f"is {what}, not a regular file"
-    return "is not a regular file"
 
 
 def _folder_results(folder: Path, tasks) -> list[LoadedResult]:
