@@ -93,6 +93,17 @@ class Group(click.Group):
         except Exception as exc:
             self._internal(ctx, exc)
 
+    def parse_args(self, ctx, args):
+        """Every argument must be Unicode text: bytes of another encoding reach Python as lone
+        surrogates, which no result file (UTF-8 JSON) can hold; refused here, for every command."""
+        for arg in args:
+            if isinstance(arg, str) and any("\ud800" <= c <= "\udfff" for c in arg):
+                shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                click.echo(f"error: the argument '{shown}' is not UTF-8 text\n"
+                           "  -> pass names, prompts and paths as UTF-8 (rename a file whose name is not)", err=True)
+                raise click.exceptions.Exit(2)
+        return super().parse_args(ctx, args)
+
     def make_context(self, info_name, args, parent=None, **extra):
         """The group's own flags (``clipeval --bogus``) are read here, before :meth:`invoke`."""
         try:

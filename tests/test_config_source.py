@@ -203,3 +203,55 @@ def test_a_config_path_that_is_not_a_regular_file_is_named_as_such_and_never_ope
                          (broken, "is a broken symbolic link"), (tmp_path / "none.yaml", "does not exist")):
         result = CliRunner().invoke(cli, ["run", str(path)])
         assert_one_error(result, f"config file {path} {needle}")
+
+
+# --- text that is not Unicode (lone surrogates): no result file could hold it ----------------------
+
+def _string_paths(data, loc=()):
+    if isinstance(data, str):
+        yield loc
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            yield from _string_paths(v, loc + (k,))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _string_paths(v, loc + (i,))
+
+
+FULL_CFGS = [
+    {"eval_backend": "RAGEval", "eval_config": {"tool": "clip_benchmark", "eval": {
+        "models": [{"model_name": "m", "prompt": "p", "api_base": "http://h/v1"}], "dataset_name": ["custom"],
+        "data_dir": "d", "split": "test", "output_dir": "o", "system_prompt": "s", "limit": "3"}}},
+    {"eval_backend": "RAGEval", "work_dir": "w", "eval_config": {"tool": "MTEB", "models": [
+        {"model_name_or_path": "enc", "prompt": "q", "prompts": {"query": "q", "document": "d"}}],
+        "eval": {"custom_tasks": [{"name": "CustomRetrieval", "data_path": "d", "eval_splits": ["test"]}]}}},
+]
+
+
+@pytest.mark.parametrize("cfg", FULL_CFGS, ids=["clip_benchmark", "mteb"])
+@pytest.mark.parametrize("form", ["value", "yaml", "json"])
+def test_every_string_that_is_not_unicode_text_is_refused_with_its_key(tmp_path, cfg, form):
+    for loc in _string_paths(cfg):
+        bad = json.loads(json.dumps(cfg))
+        target = bad
+        for part in loc[:-1]:
+            target = target[part]
+        target[loc[-1]] = target[loc[-1]] + "\udc80"
+        if form == "value":
+            with pytest.raises(ConfigError, match="is not Unicode text") as info:
+                parse_task_cfg(bad)
+        else:  # the escape as a user writes it in the file
+            path = tmp_path / f"c.{form}"
+            path.write_text(json.dumps(bad) if form == "json" else yaml.safe_dump(bad), encoding="utf-8",
+                            errors="backslashreplace")
+            with pytest.raises(ConfigError, match="is not Unicode text") as info:
+                parse_task_cfg(path)
+        assert str(loc[-1]) in str(info.value)
+        for word in ("Input should", "pydantic"):
+            assert word not in str(info.value)
+
+
+def test_command_line_arguments_that_are_not_utf8_are_refused_for_every_command():
+    for args in (["eval", "--split", "a\udcff"], ["text-eval", "--model", "demo", "--data-dir", "d",
+                                                  "--query-prompt", "\udcff"], ["run", "c\udcff.yaml"]):
+        assert_one_error(CliRunner().invoke(cli, args), "is not UTF-8 text", "\\xff")

@@ -534,6 +534,37 @@ def _models(value: Any, loc: Loc, problems: Problems) -> list[dict[str, Any]] | 
     return None if out is None else _once(out, "models", "model")
 
 
+def _surrogate(text: str) -> int:
+    """Index of the first lone surrogate in ``text`` (-1: none)."""
+    return next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), -1)
+
+
+def not_unicode(data: Any, prefix: Loc, problems: Problems) -> None:
+    """Add a problem for every key or string value of ``data`` that holds a lone surrogate: not
+    Unicode text (a ``"\\udc80"`` escape in YAML or JSON, or bytes of another encoding on the
+    command line), which no result file (UTF-8 JSON) can hold."""
+    seen: set[int] = set()
+    stack = [(data, tuple(prefix))]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, str):
+            at = _surrogate(value)
+            if at >= 0:
+                problems.add(loc, f"is not Unicode text: character {at + 1} is a lone surrogate "
+                                  f"({ascii(value[at])[1:-1]})", "write it as UTF-8 text (a file name too: rename it)")
+        elif isinstance(value, (dict, list, tuple)) and id(value) not in seen:
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and _surrogate(key) >= 0:
+                    problems.add(loc + (key.encode("utf-8", "backslashreplace").decode(),),
+                                 "is a key that is not Unicode text (a lone surrogate)", "write it as UTF-8 text")
+                    continue
+                stack.append((item, loc + (key,)))
+        elif isinstance(value, os.PathLike):
+            stack.append((os.fspath(value), loc))
+
+
 def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
     """Check an ``eval`` block and return an :class:`EvalConfig`.
 
@@ -544,6 +575,8 @@ def make_eval_config(block: dict[str, Any], where: str = "eval") -> EvalConfig:
     flags = where == "the command line"
     problems = Problems(where, flags=flags)
     prefix = () if flags or where == "the config" else tuple(where.split("."))
+    not_unicode(block, prefix, problems)
+    problems.raise_if_any()  # text that is not Unicode first: the checks below would trip over it
     cfg = _eval_block(block, prefix, problems)
     problems.raise_if_any()
     assert cfg is not None
@@ -625,6 +658,8 @@ def parse_task_cfg(task_cfg: dict[str, Any] | str | os.PathLike) -> Any:
     if not isinstance(task_cfg, dict):
         raise ConfigError(f"a task config must be a mapping, got {_kind(task_cfg)}",
                           "give the evalscope task_cfg (eval_backend, eval_config) or its eval block")
+    not_unicode(task_cfg, (), problems)
+    problems.raise_if_any()  # text that is not Unicode first: the checks below would trip over it
     cfg = _task_cfg(task_cfg, problems)
     problems.raise_if_any()
     return cfg
