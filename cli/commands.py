@@ -80,7 +80,7 @@ def eval_config(*, models=(), pretrained=(), datasets=(), data_dir=None, split="
 
     # --model/--pretrained are CLIP_benchmark's model/pretrained keys (engine/config/model_spec.py)
     # no --model: no models key (the embedded demo model); an explicitly empty list is an error
-    naming = {"model": list(models), "pretrained": list(pretrained)} if pretrained else \
+    naming = {**({"model": list(models)} if models else {}), "pretrained": list(pretrained)} if pretrained else \
         {"models": [{"model_name": m} for m in models]} if models else {}
     block = {
         **naming,

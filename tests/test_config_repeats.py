@@ -22,11 +22,13 @@ from clipeval.engine.errors import ConfigError
     ({"model": ""}, "model in the config names no model"),
     ({"pretrained_model": []}, "pretrained_model in the config names no model"),
     ({"models": [], "model": []}, "names no model"),
+    ({"model": "ViT-B-32", "pretrained": []}, "pretrained in the config names no pretrained value"),
+    ({"model": [], "pretrained": "openai"}, "model in the config names no model"),
 ])
 def test_an_explicitly_empty_model_list_is_an_error_not_the_demo_model(block, key):
     with pytest.raises(ConfigError) as info:
         parse_task_cfg({**block, "data_dir": "d"})
-    assert key in str(info.value) and "leave" in str(info.value)
+    assert key in str(info.value) and "leave" in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize("block", [{}, {"models": None}, {"model": None}])
