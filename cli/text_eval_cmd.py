@@ -67,6 +67,14 @@ def text_eval_cmd(model, data_dir, k, reranker, top_k, query_prompt, document_pr
     from clipeval.engine.runner import iter_results
     from clipeval.export.resolve import resolve_model
 
+    from clipeval.engine.config.task_cfg import split_problem
+
+    from .options import FlagValueError
+
+    problem = split_problem(split)
+    if problem:
+        raise FlagValueError(f"{problem}, got {split!r}", "name a file of qrels/ without .tsv",
+                             param_hint="--split", ctx=click.get_current_context())
     setup_logging(not quiet)
     check_writable_dir(output_dir, "output folder (--output-dir)")
     ks, k_list = _parse_k(k)

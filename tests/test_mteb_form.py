@@ -74,7 +74,7 @@ def test_any_wrong_value_names_its_key_without_pydantic_internals(where, value):
 @pytest.mark.parametrize("split", ["../t", "a/b", "..", ".", "", " ", "a\\b", "t\x00", "x\n"])
 def test_split_names_that_are_not_file_names_are_refused(split):
     text = problems_of(mteb_cfg(tasks=[{"data_path": "d", "eval_splits": ["test", split]}]))
-    assert "custom_tasks[0].eval_splits[1]: a split is a file name in qrels/" in text
+    assert "custom_tasks[0].eval_splits[1]: must name a split (e.g. test, dev)" in text
 
 
 def test_repeated_tasks_and_splits_run_once(caplog):
@@ -146,3 +146,28 @@ def test_a_bundle_without_a_text_tower_is_refused_by_what_it_lacks():
     clip = SimpleNamespace(manifest={"precision": "fp32", "variants": {"fp32": {"vision": "v", "text": "t"}}},
                            family="clip")
     _require_text_tower(clip, "'clip'")
+
+
+BAD_SPLITS = ["../t", "a/b", "..", ".", "", " ", "a\\b", "t\x01", "x\n"]
+
+
+@pytest.mark.parametrize("split", BAD_SPLITS)
+def test_every_split_entry_point_takes_names_only(split, tmp_path):
+    """The kind of eval_splits ['../t'] (F44): config ``split`` and both commands' --split."""
+    from clipeval.engine.config import make_eval_config
+
+    with pytest.raises(ConfigError, match="split must (name a split|be a string, got an empty string)"):
+        make_eval_config({"split": split})
+    (tmp_path / "d").mkdir()
+    for args in (["eval", "--split", split], ["text-eval", "--model", "demo", "--data-dir", str(tmp_path / "d"),
+                                              "--split", split]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and r.stdout == "" and "--split must" in r.stderr, r.output
+
+
+@pytest.mark.parametrize("split", ["test", "dev", "train", "validation", "test-2", "ünï"])
+def test_split_names_are_accepted(split):
+    from clipeval.engine.config import make_eval_config
+
+    assert make_eval_config({"split": split}).split == split
+    assert parse_task_cfg(mteb_cfg(tasks=[{"data_path": "d", "eval_splits": [split]}])).tasks[0].splits == [split]

@@ -37,6 +37,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from ..errors import ConfigError
 from ..numbers import INT64_MAX, MAX_BATCH, describe
+from .task_cfg import split_problem
 
 log = logging.getLogger(__name__)
 
@@ -345,21 +346,13 @@ def _check_batch(batch: Any, where: str, problems: list[str]) -> None:
         problems.append(f"{where}.encode_kwargs.batch_size: must be an integer from 1 to {MAX_BATCH} (got {batch!r})")
 
 
-def _split_problem(split: str) -> str | None:
-    """Why ``split`` cannot name ``qrels/SPLIT.tsv`` inside the data folder (``None`` when it can)."""
-    if not split.strip() or split in (".", "..") or any(c in split for c in "/\\") or \
-            any(ord(c) < 32 or ord(c) == 127 for c in split):
-        return "a split is a file name in qrels/ (e.g. test, dev): no path separators, '..' or control characters"
-    return None
-
-
 def _tasks(entries: list, prefix: tuple, problems: list[str]) -> list[MtebTask]:
     """The tasks, each split checked as a name; a task or split given twice runs once (logged)."""
     tasks: list[MtebTask] = []
     for i, entry in enumerate(entries):
         splits: list[str] = []
         for j, split in enumerate(entry.eval_splits):
-            why = _split_problem(split)
+            why = split_problem(split)
             if why:
                 problems.append(f"{_path(prefix + (i, 'eval_splits', j))}: {why}, got {describe(split)}")
             elif split in splits:

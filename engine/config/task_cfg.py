@@ -156,6 +156,24 @@ def _path(nullable: bool = True):
     return PlainValidator(check)
 
 
+def split_problem(split: str) -> str | None:
+    """Why ``split`` cannot be a split's name (``None`` when it can): a split names a file or
+    folder inside the data (``qrels/SPLIT.tsv``, ``SPLIT/0.tar``), so it holds no path separator,
+    is not ``.`` or ``..``, and holds no control character."""
+    if not split.strip() or split in (".", "..") or any(c in split for c in "/\\") or \
+            any(ord(c) < 32 or ord(c) == 127 for c in split):
+        return "must name a split (e.g. test, dev): no path separators, '.', '..' or control characters"
+    return None
+
+
+def _split(value):
+    text = _text(value)
+    problem = split_problem(text)
+    if problem:
+        _fail(f"{problem}, got {_show(text)}")
+    return text
+
+
 def check_url(value: str) -> str | None:
     """Why ``value`` is not a usable ``http(s)://host...`` URL (``None`` when it is)."""
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
@@ -311,7 +329,7 @@ class EvalConfig(BaseModel):
     models: list[dict[str, Any]] = []
     dataset_name: Annotated[list[str], PlainValidator(_names)] = ["custom"]
     data_dir: Annotated[str | None, PlainValidator(_path_or_url)] = None
-    split: Annotated[str, _str()] = "test"
+    split: Annotated[str, PlainValidator(_split)] = "test"
     # one of the registered tasks (engine/tasks: TASKS); None: each dataset's own
     task: Annotated[str | None, PlainValidator(_task)] = None
     batch_size: Annotated[int, _int(1, MAX_BATCH)] = 128
