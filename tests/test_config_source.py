@@ -102,6 +102,7 @@ REPEATS = [
     ("c.yaml", "{limit: 1, limit: 2}\n", "limit", 1, 1),
     ("c.json", '{"models": [{"model_name": "demo"}],\n "batch_size": 2,\n "batch_size": 3}', "batch_size", 3, 2),
     ("c.json", '{"eval_config": {"eval": {"limit": 1, "limit": 2}}}', "limit", 1, 1),
+    ("c.json", '{\n\t"limit": 1,\n\t"limit": 2}', "limit", 3, 2),  # tab-indented JSON (not YAML)
 ]
 
 
@@ -110,6 +111,11 @@ def test_a_repeated_key_is_an_error_naming_both_places(tmp_path, name, text, key
     result = run_cli(tmp_path, name, text)
     assert_one_error(result, f"{name}:{line}", repr(key))
     assert (f"line {first}" if line != first else "column") in result.stderr
+
+
+def test_problems_of_tab_indented_json_carry_their_lines(tmp_path):
+    message = error_of(tmp_path, "c.json", '{\n\t"models": ["m"],\n\t"limit": 1.5\n}')
+    assert "c.json:3: limit must be an integer" in message, message
 
 
 def test_every_repeated_key_is_listed(tmp_path):

@@ -231,10 +231,16 @@ def _parse_json(path: Path, text: str) -> Any:
         raise _too_deep(path) from None
     except _Duplicate as dup:
         try:  # YAML reads most JSON, with positions
-            _, _, dups = _compose(path, text)
+            _, _, dups = _compose(path, _json_as_yaml(text))
         except ConfigError:
             dups = []
         raise _duplicate_error(path, dups or [dup]) from None
+
+
+def _json_as_yaml(text: str) -> str:
+    """JSON text that PyYAML composes with the same lines and columns: a tab, which YAML refuses
+    as indentation, is whitespace to JSON and cannot occur raw inside a JSON string."""
+    return text.replace("\t", " ")
 
 
 def parse_config_text(path: str | Path, text: str) -> tuple[Any, dict[Loc, int]]:
@@ -252,7 +258,7 @@ def parse_config_text(path: str | Path, text: str) -> tuple[Any, dict[Loc, int]]
     if path.suffix.lower() == ".json":
         data = _parse_json(path, text)
         try:
-            _, root, _ = _compose(path, text)
+            _, root, _ = _compose(path, _json_as_yaml(text))
             lines = _lines(root) if root is not None else {}
         except ConfigError:  # JSON that YAML 1.1 does not read (tabs...): no line numbers
             lines = {}
