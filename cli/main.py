@@ -71,7 +71,10 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except ClipevalError as exc:
-            click.echo(f"error: {exc}", err=True)
+            text = str(exc)
+            if ctx.invoked_subcommand:  # a flag's remedy names the command that was run
+                text = text.replace("clipeval COMMAND -h", f"{ctx.command_path} {ctx.invoked_subcommand} -h")
+            click.echo(f"error: {text}", err=True)
             ctx.exit(2)
         except click.exceptions.NoArgsIsHelpError:
             raise
