@@ -229,4 +229,4 @@ def test_mteb_integers_stay_within_int64(where, value):
 def test_a_flag_checked_by_the_config_names_the_command_in_its_remedy(tmp_path):
     r = invoke("eval", "--split", "../t", "--output-dir", tmp_path)
     assert_flag_error(r, "--split must name a split")
-    assert "(clipeval eval -h lists the accepted values)" in r.stderr and "COMMAND" not in r.stderr
+    assert " eval -h lists the accepted values)" in r.stderr and "COMMAND" not in r.stderr
