@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from .console import emit, setup_logging
-from .options import batch_option, decode_option, provider_option, threads_option, verbosity_option
+from .options import MAX_WORKERS, Int, batch_option, decode_option, provider_option, threads_option, verbosity_option
 
 
 def _cpu_name() -> str:
@@ -140,11 +140,11 @@ def _ratio(a, b):
               help="Also run the PyTorch reference pipeline on the same data and checkpoint (needs the export extra).")
 @click.option("--checkpoint", default=None, metavar="DIR",
               help="Checkpoint for --vs-reference (default: the model itself, or the bundle's manifest source).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use exactly the first N gallery images.")
+@click.option("--limit", type=Int(1), default=None, help="Use exactly the first N gallery images.")
 @batch_option
-@click.option("--num-workers", type=click.IntRange(min=0), default=None,
+@click.option("--num-workers", type=Int(0, MAX_WORKERS), default=None,
               help="Decode workers (default: all cores).")
-@click.option("--reference-workers", type=click.IntRange(min=0), default=1, show_default=True,
+@click.option("--reference-workers", type=Int(0, MAX_WORKERS), default=1, show_default=True,
               help="DataLoader workers of the reference pipeline (the reference tool's default is 1).")
 @provider_option
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .console import emit, setup_logging
-from .options import output_option, verbosity_option
+from .options import MAX_WORKERS, Float, Int, output_option, verbosity_option
 
 
 @click.command("caption")
@@ -20,22 +20,22 @@ from .options import output_option, verbosity_option
 @click.option("--split", default="test", show_default=True, help="Dataset split.")
 @click.option("--prompt", default=None, help="Instruction sent as user text with each image. Default: the reference tool's.")
 @click.option("--system-prompt", default=None, help="System message sent before the prompt (none by default).")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Caption length limit.")
-@click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=0.0, show_default=True, help="Sampling temperature.")
-@click.option("--timeout", type=click.FloatRange(min=0.0, min_open=True), default=120.0, show_default=True,
+@click.option("--max-tokens", type=Int(1, 2**31 - 1), default=512, show_default=True, help="Caption length limit.")
+@click.option("--temperature", type=Float(0.0, 2.0), default=0.0, show_default=True, help="Sampling temperature.")
+@click.option("--timeout", type=Float(0.0, 7 * 86400.0, exclusive_min=True), default=120.0, show_default=True,
               help="Seconds one request may take before it is retried.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--concurrency", type=Int(1, MAX_WORKERS), default=8, show_default=True,
               help="Requests in flight at once (and connections to the server).")
-@click.option("--max-failures", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--max-failures", type=Int(0), default=0, show_default=True,
               help="Images that may end without a caption (after retries) before the run stops; "
                    "such images and their queries are left out of the output.")
-@click.option("--max-image-side", type=click.IntRange(min=16), default=None,
+@click.option("--max-image-side", type=Int(16, 65535), default=None,
               help="Downscale images so their longer side is at most this many pixels before sending.")
 @click.option("--id-style", type=click.Choice(["int", "prefixed"]), default="int", show_default=True,
               help="int: ids 0..N-1 for both queries and documents (the reference tool's); prefixed: q0.. and d0.. "
                    "(see docs/caption.md: BEIR's evaluator drops a hit whose query id equals the document id).")
 @output_option
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Caption exactly the first N gallery images.")
+@click.option("--limit", type=Int(1), default=None, help="Caption exactly the first N gallery images.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="What to do with missing or undecodable images.")
 @verbosity_option

@@ -6,6 +6,8 @@ import click
 
 from .console import emit, setup_logging
 from .options import (
+    MAX_WORKERS,
+    Int,
     batch_option,
     cache_options,
     decode_option,
@@ -40,10 +42,10 @@ def _run_config(cfg) -> None:
 @click.option("--task", default=None, help="Task (default: the dataset's own).")
 @output_option
 @batch_option
-@click.option("--num-workers", type=click.IntRange(min=0), default=None,
+@click.option("--num-workers", type=Int(0, MAX_WORKERS), default=None,
               help="Image decode workers (default: all cores; 0 decodes inline).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use exactly the first N gallery images.")
-@click.option("--recall-k", "recall_k", type=click.IntRange(min=1), multiple=True,
+@click.option("--limit", type=Int(1), default=None, help="Use exactly the first N gallery images.")
+@click.option("--recall-k", "recall_k", type=Int(1), multiple=True,
               help="k for recall@k (repeatable). Default: 1, 5, 10 (those larger than the gallery are left out).")
 @click.option("--skip-existing", is_flag=True, help="Skip pairs whose result file already holds this result.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
@@ -77,8 +79,9 @@ def eval_config(*, models=(), pretrained=(), datasets=(), data_dir=None, split="
     from clipeval.engine.config import make_eval_config
 
     # --model/--pretrained are CLIP_benchmark's model/pretrained keys (engine/config/model_spec.py)
-    naming = {"model": list(models), "pretrained": list(pretrained)} if pretrained else \
-        {"models": [{"model_name": m} for m in models]}
+    # no --model: no models key (the embedded demo model); an explicitly empty list is an error
+    naming = {**({"model": list(models)} if models else {}), "pretrained": list(pretrained)} if pretrained else \
+        {"models": [{"model_name": m} for m in models]} if models else {}
     block = {
         **naming,
         "dataset_name": list(datasets) or ["custom"],
@@ -100,6 +103,7 @@ def run_cmd(config, quiet):
     """Run a JSON or YAML config (the evalscope task_cfg shape, or its eval block)."""
     from clipeval.engine.config import parse_task_cfg
 
+    setup_logging(not quiet)  # the config's own warnings (a model named twice...) go through logging too
     cfg = parse_task_cfg(config)
     if quiet:
         cfg.verbose = False

@@ -5,16 +5,16 @@ from __future__ import annotations
 import click
 
 from .console import emit, setup_logging
-from .options import verbosity_option
+from .options import MAX_RESAMPLES, MIN_RESAMPLES, Float, Int, verbosity_option
 
 
 @click.command("compare")
 @click.argument("result_a", type=click.Path())
 @click.argument("result_b", type=click.Path())
-@click.option("--resamples", type=click.IntRange(min=1000), default=2000, show_default=True,
+@click.option("--resamples", type=Int(MIN_RESAMPLES, MAX_RESAMPLES), default=2000, show_default=True,
               help="Bootstrap resamples (queries drawn jointly for both results).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the resamples.")
-@click.option("--confidence", type=click.FloatRange(min=0.5, max=0.999), default=0.95, show_default=True,
+@click.option("--seed", type=Int(0), default=0, show_default=True, help="Seed of the resamples.")
+@click.option("--confidence", type=Float(0.5, 0.999), default=0.95, show_default=True,
               help="Level of the bootstrap interval of B - A.")
 @verbosity_option
 def compare_cmd(result_a, result_b, resamples, seed, confidence, quiet):

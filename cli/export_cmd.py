@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .console import emit, setup_logging
-from .options import verbosity_option
+from .options import Int, verbosity_option
 
 
 @click.command("export")
@@ -13,7 +13,7 @@ from .options import verbosity_option
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Bundle directory to create.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "both"]), default="fp32", show_default=True)
-@click.option("--opset", type=click.IntRange(min=14), default=17, show_default=True)
+@click.option("--opset", type=Int(14), default=17, show_default=True)
 @click.option("--hub", type=click.Choice(["hf", "modelscope"]), default="hf", show_default=True,
               help="Where a SOURCE that is not a local directory is downloaded from.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")

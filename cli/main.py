@@ -32,10 +32,34 @@ def debug_enabled(ctx: click.Context | None = None) -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def usage_message(exc: click.UsageError) -> str:
+    """A flag mistake click found (unknown option or command, a bad or missing value) in the
+    form of every user mistake: ``error: WHAT`` (naming the flag) and ``  -> remedy``."""
+    from .options import FlagValueError
+
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        text = text[0].lower() + text[1:]
+    ctx = exc.ctx or click.get_current_context(silent=True)
+    command = ctx.command_path if ctx is not None else "clipeval"
+    if isinstance(exc, FlagValueError) and exc.hint:
+        remedy = f"{exc.hint} ({command} -h lists the flags)"
+    elif isinstance(exc, click.NoSuchOption):
+        remedy = f"{command} -h lists the accepted flags"
+    elif "no such command" in text:
+        remedy = f"{command} -h lists the commands"
+    else:
+        remedy = f"{command} -h lists the accepted flags and values"
+    return f"error: {text}\n  -> {remedy}"
+
+
 class Group(click.Group):
     """Translates errors into messages on stderr, once, here.
 
     * :class:`ClipevalError` (a user mistake): ``error: ...`` with its remedy, exit status 2;
+    * a flag mistake click finds (unknown option, bad value, missing argument): the same form
+      (:func:`usage_message`), exit status 2 (``clipeval`` and ``clipeval GROUP`` without a
+      command still print their help);
     * an ``OSError`` of the user's machine (no space, permission denied, read-only, name too
       long): ``error: ...`` naming the file, exit status 2;
     * Ctrl-C: ``interrupted``, exit status 130;
@@ -47,7 +71,15 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except ClipevalError as exc:
-            click.echo(f"error: {exc}", err=True)
+            text = str(exc)
+            if ctx.invoked_subcommand:  # a flag's remedy names the command that was run
+                text = text.replace("clipeval COMMAND -h", f"{ctx.command_path} {ctx.invoked_subcommand} -h")
+            click.echo(f"error: {text}", err=True)
+            ctx.exit(2)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            click.echo(usage_message(exc), err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -63,6 +95,27 @@ class Group(click.Group):
             ctx.exit(2)
         except Exception as exc:
             self._internal(ctx, exc)
+
+    def parse_args(self, ctx, args):
+        """Every argument must be Unicode text: bytes of another encoding reach Python as lone
+        surrogates, which no result file (UTF-8 JSON) can hold; refused here, for every command."""
+        for arg in args:
+            if isinstance(arg, str) and any("\ud800" <= c <= "\udfff" for c in arg):
+                shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                click.echo(f"error: the argument '{shown}' is not UTF-8 text\n"
+                           "  -> pass names, prompts and paths as UTF-8 (rename a file whose name is not)", err=True)
+                raise click.exceptions.Exit(2)
+        return super().parse_args(ctx, args)
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        """The group's own flags (``clipeval --bogus``) are read here, before :meth:`invoke`."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            click.echo(usage_message(exc), err=True)
+            raise click.exceptions.Exit(2) from None
 
     @staticmethod
     def _internal(ctx, exc: BaseException):

@@ -9,7 +9,79 @@ from __future__ import annotations
 
 import click
 
+from clipeval.engine.numbers import (  # noqa: F401  (bounds the commands import from here)
+    INT64_MAX,
+    MAX_BATCH,
+    MAX_RESAMPLES,
+    MAX_WORKERS,
+    MIN_RESAMPLES,
+    NumberProblem,
+    parse_float,
+    parse_int,
+)
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class FlagValueError(click.BadParameter):
+    """A flag's value broke the number rule of :mod:`clipeval.engine.numbers`: shown as
+    ``error: --FLAG MESSAGE`` with ``hint`` (if any) as the remedy (:func:`clipeval.cli.main.usage_message`)."""
+
+    def __init__(self, message: str, hint: str | None = None, ctx=None, param=None, param_hint: str | None = None):
+        super().__init__(message, ctx=ctx, param=param, param_hint=param_hint)
+        self.hint = hint
+
+    def format_message(self) -> str:
+        if self.param_hint is not None:
+            name = self.param_hint if isinstance(self.param_hint, str) else " / ".join(self.param_hint)
+        elif self.param is not None:
+            name = self.param.get_error_hint(self.ctx)
+        else:
+            name = "a value"
+        return f"{name.replace(chr(39), '')} {self.message}"
+
+
+class Int(click.ParamType):
+    """An integer flag read by the config's rule (:func:`clipeval.engine.numbers.parse_int`):
+    ASCII digits only (click's ``int()`` would take ``٣``, ``३``, ``3_0`` and `` 3``), within
+    ``[lo, hi]`` (``hi`` at most int64)."""
+
+    name = "integer"
+
+    def __init__(self, lo: int, hi: int = INT64_MAX):
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_int(value, self.lo, self.hi)
+        except NumberProblem as exc:
+            raise FlagValueError(exc.message, exc.hint, ctx=ctx, param=param) from None
+
+    def get_metavar(self, param, ctx=None):
+        return "INTEGER"
+
+    def __repr__(self) -> str:
+        return f"Int({self.lo}, {self.hi})"
+
+
+class Float(click.ParamType):
+    """A number flag read by the config's rule (:func:`clipeval.engine.numbers.parse_float`):
+    finite (click's ``float()`` takes ``nan`` and ``inf``, and NaN passes every range check),
+    ASCII, within the bounds."""
+
+    name = "number"
+
+    def __init__(self, lo: float, hi: float, exclusive_min: bool = False, exclusive_max: bool = False):
+        self.lo, self.hi, self.exclusive_min, self.exclusive_max = lo, hi, exclusive_min, exclusive_max
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_float(value, self.lo, self.hi, self.exclusive_min, self.exclusive_max)
+        except NumberProblem as exc:
+            raise FlagValueError(exc.message, exc.hint, ctx=ctx, param=param) from None
+
+    def get_metavar(self, param, ctx=None):
+        return "NUMBER"
 
 
 def provider_option(f):
@@ -18,7 +90,7 @@ def provider_option(f):
 
 
 def threads_option(f):
-    return click.option("--threads", "num_threads", type=click.IntRange(min=1), default=None,
+    return click.option("--threads", "num_threads", type=Int(1, MAX_WORKERS), default=None,
                         help="onnxruntime / ranking threads (default: all cores).")(f)
 
 
@@ -30,7 +102,7 @@ def decode_option(f):
 
 
 def batch_option(f):
-    return click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+    return click.option("--batch-size", type=Int(1, MAX_BATCH), default=128, show_default=True,
                         help="Images (and texts) per model call.")(f)
 
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import click
 
 from .console import emit, setup_logging
-from .options import verbosity_option
+from .options import MAX_RESAMPLES, MIN_RESAMPLES, Int, verbosity_option
 
 
 @click.command("report")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), metavar="FILE.html",
               help="The HTML file to write (self-contained: opens offline).")
-@click.option("--worst", type=click.IntRange(min=0, max=50), default=8, show_default=True,
+@click.option("--worst", type=Int(0, 50), default=8, show_default=True,
               help="Worst queries shown per direction, model and dataset.")
-@click.option("--resamples", type=click.IntRange(min=1000), default=2000, show_default=True,
+@click.option("--resamples", type=Int(MIN_RESAMPLES, MAX_RESAMPLES), default=2000, show_default=True,
               help="Bootstrap resamples of the comparisons with each dataset's leader.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the resamples.")
+@click.option("--seed", type=Int(0), default=0, show_default=True, help="Seed of the resamples.")
 @verbosity_option
 def report_cmd(paths, output, worst, resamples, seed, quiet):
     """Write one HTML report of the results in PATHS (result files, or output folders of

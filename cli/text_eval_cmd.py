@@ -6,6 +6,7 @@ import click
 
 from .console import emit, setup_logging
 from .options import (
+    Int,
     batch_option,
     cache_options,
     output_option,
@@ -27,7 +28,7 @@ from .options import (
 @click.option("--reranker", default=None, metavar="BUNDLE|CHECKPOINT",
               help="Two-stage retrieval: rerank each query's first --top-k documents with this cross-encoder "
                    "(reranker bundle, or CrossEncoder / sequence-classification checkpoint, exported once).")
-@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--top-k", type=Int(1), default=10, show_default=True,
               help="Documents per query the reranker re-scores.")
 @click.option("--query-prompt", default=None, help="Prefix of every query (default: the checkpoint's `query` prompt).")
 @click.option("--document-prompt", default=None,
@@ -35,7 +36,7 @@ from .options import (
 @click.option("--pooling-mode", default=None,
               type=click.Choice(["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]),
               help="Pooling of a checkpoint exported here (default: the checkpoint's own).")
-@click.option("--max-seq-length", type=click.IntRange(min=2), default=None,
+@click.option("--max-seq-length", type=Int(2), default=None,
               help="Token limit of a checkpoint exported here (default: the checkpoint's own).")
 @click.option("--split", default="test", show_default=True, help="Qrels split (qrels/SPLIT.tsv).")
 @click.option("--dataset-name", default=None,
@@ -66,6 +67,14 @@ def text_eval_cmd(model, data_dir, k, reranker, top_k, query_prompt, document_pr
     from clipeval.engine.runner import iter_results
     from clipeval.export.resolve import resolve_model
 
+    from clipeval.engine.config.task_cfg import split_problem
+
+    from .options import FlagValueError
+
+    problem = split_problem(split)
+    if problem:
+        raise FlagValueError(f"{problem}, got {split!r}", "name a file of qrels/ without .tsv",
+                             param_hint="--split", ctx=click.get_current_context())
     setup_logging(not quiet)
     check_writable_dir(output_dir, "output folder (--output-dir)")
     ks, k_list = _parse_k(k)
@@ -81,16 +90,21 @@ def text_eval_cmd(model, data_dir, k, reranker, top_k, query_prompt, document_pr
 
 
 def _parse_k(values) -> tuple[list[int] | None, str]:
-    """``--k`` values: integers (the cut-offs), or the one word ``mteb`` (mteb's list)."""
+    """``--k`` values: integers by the config's rule (:func:`clipeval.engine.numbers.parse_int`,
+    at least 1, within int64), or the one word ``mteb`` (mteb's list)."""
+    from clipeval.engine.numbers import NumberProblem, parse_int
+
+    from .options import FlagValueError
+
     if list(values) == ["mteb"]:
         return None, "mteb"
     ks = []
     for value in values:
         try:
-            k = int(value)
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is neither a positive integer nor `mteb`", param_hint="--k") from None
-        if k < 1:
-            raise click.BadParameter(f"{k} is not a positive integer", param_hint="--k")
-        ks.append(k)
+            ks.append(parse_int(value, 1))
+        except NumberProblem as exc:
+            hint = "give positive whole numbers (--k 1 --k 10), or --k mteb alone"
+            alone = " (or the word mteb alone)" if exc.hint else ""
+            raise FlagValueError(f"{exc.message}{alone}", hint, param_hint="--k",
+                                 ctx=click.get_current_context(silent=True)) from None
     return ks or None, "default"

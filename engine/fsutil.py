@@ -172,6 +172,28 @@ def check_path_text(value: str) -> str | None:
     return None
 
 
+def not_a_file(path: str | os.PathLike) -> str:
+    """Why ``path``, which is not a regular file, cannot be read as one, without opening it (a
+    FIFO would block): ``does not exist``, ``is a folder``, ``is a FIFO, not a regular file``,
+    ``is a character device, ...``, ``is a broken symbolic link``..."""
+    import stat
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if path.is_symlink() else "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({_reason(exc)})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return f"is {what}, not a regular file"
+    return "is not a regular file"
+
+
 def _nearest_existing(path: Path) -> tuple[Path | None, Path | None]:
     """``(nearest existing folder on the way to path, first existing component that is not a
     folder)``; the second is ``None`` when every existing component is a folder."""

@@ -154,7 +154,9 @@ def _resolve_mteb_model(entry, cfg) -> Bundle:
     from .reranker import resolve_reranker_bundle
     from .text_model import resolve_text_bundle
 
-    path = Path(os.path.expanduser(entry.model_name_or_path))
+    from clipeval.engine.demo import model_path
+
+    path = Path(os.path.expanduser(model_path(entry.model_name_or_path)))  # `demo`: the embedded bundle
     length = entry.max_seq_length
     if length is None and not is_bundle_dir(path) and (path / "config.json").is_file():
         from clipeval.engine.config.mteb import DEFAULT_MAX_SEQ_LENGTH

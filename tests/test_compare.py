@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import statistics
 from math import comb
@@ -24,6 +25,7 @@ from clipeval.engine.results.compare import (
     mcnemar_exact,
     per_query_statistics,
 )
+from clipeval.engine.errors import ResultError
 from clipeval.engine.results.detail import ClassificationDetail, detail_path, load_detail
 from datagen import noise_image, write_dataset
 
@@ -402,3 +404,47 @@ def test_folders_are_searched_by_content_one_level_deep(two_runs, tmp_path):
     copy_result(file_a, folder / "a" / "b")  # two levels down: not searched
     assert sorted(r.path for r in find_results([folder])) == sorted([renamed, folder / "top.json"])
     assert [r.path for r in find_results([folder / "model"])] == [renamed]
+
+
+def test_compare_takes_every_seed_up_to_int64_and_prints_it(two_runs):
+    """F10: a seed beyond 64 bits crashed after the table; the bound is checked up front and the
+    largest seed works end to end (its JSON line holds it)."""
+    root, _, file_a, file_b = two_runs
+    r = run("compare", file_a, file_b, "--seed", 2**63 - 1, "--resamples", 1000)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["bootstrap"]["seed"] == 2**63 - 1
+    assert_clean_failure(run("compare", file_a, file_b, "--seed", 2**63), "--seed must be at most")
+
+
+def test_compare_names_paths_that_are_not_regular_files(two_runs, tmp_path):
+    """F12: a FIFO or a device was reported as "does not exist" (and is never opened: a FIFO blocks)."""
+    import socket
+
+    _, _, file_a, _ = two_runs
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    broken = tmp_path / "broken.json"
+    broken.symlink_to(tmp_path / "nowhere.json")
+    sock_path = tmp_path / "s.json"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    try:
+        for path, needle in ((fifo, "is a FIFO, not a regular file"), ("/dev/null", "is a character device"),
+                             (broken, "is a broken symbolic link"), (sock_path, "is a socket"),
+                             (tmp_path / "none.json", "does not exist")):
+            assert_clean_failure(run("compare", path, file_a), f"{path} {needle}")
+            assert_clean_failure(run("compare", file_a, path), f"{path} {needle}")
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("key", ["num_images", "num_texts"])
+@pytest.mark.parametrize("value", ["6", 6.0, True, -1, None, [6], {"n": 6}])
+def test_a_result_whose_meta_count_is_not_an_integer_is_refused_as_the_result(two_runs, tmp_path, key, value):
+    """F13: meta.num_images "6" read "the detail holds 6 images, the result says 6"."""
+    _, _, file_a, file_b = two_runs
+    bad = copy_result(file_b, tmp_path / "bad", _meta(key, value))
+    assert_clean_failure(run("compare", file_a, bad), f"meta.{key} is not a non-negative integer")
+    data = json.loads(bad.read_text())  # the detail reader itself names the field too, for a dict not read by read_result
+    with pytest.raises(ResultError, match=f"meta.{key} is not an integer|it holds"):
+        load_detail(bad, data)

@@ -118,7 +118,7 @@ def test_json_and_yaml_files(tmp_path):
 def test_unparsable_and_missing_files(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("eval_config: [unclosed\n")
-    with pytest.raises(ConfigError, match="cannot parse"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2:1: while parsing a flow sequence"):
         parse_task_cfg(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         parse_task_cfg(tmp_path / "none.json")
@@ -224,7 +224,9 @@ def test_integer_bounds_are_inclusive_and_ascii_digit_strings_are_read(key):
     lo, hi = INT_KEYS[key]
     assert getattr(make_eval_config({key: lo}), key) == lo
     assert getattr(make_eval_config({key: hi}), key) == hi
-    assert getattr(make_eval_config({key: f" {lo} "}), key) == lo
+    assert getattr(make_eval_config({key: str(lo)}), key) == lo
+    for spelled in (f" {lo} ", f"+{lo}", f"{lo}_0", f"{lo}\n"):  # int() takes these; the rule is ASCII digits only
+        assert f"{key} must be an integer" in config_error({key: spelled})
     assert f"{key} must be at least {lo}" in config_error({key: lo - 1})
     assert f"{key} must be at most {hi}" in config_error({key: hi + 1})
 

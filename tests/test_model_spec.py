@@ -107,7 +107,8 @@ def test_every_combination_is_the_reference_tools_list_or_a_config_error(models,
         assert normalize_models(block) is None and _entries(block) == []
         return
     assert normalize_models(block) == want
-    assert _entries(block) == want
+    once = [w for i, w in enumerate(want) if w not in want[:i]]  # a model named twice is evaluated once
+    assert _entries(block) == once
 
 
 def test_cli_pretrained_takes_every_model_with_every_tag(monkeypatch, tmp_path):

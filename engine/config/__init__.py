@@ -4,7 +4,11 @@
   and its ``eval`` block, the command-line flags, and the registry of config tools;
 * :mod:`.mteb`: evalscope's text-retrieval config (``tool: mteb``);
 * :mod:`.model_spec`: CLIP_benchmark's ways of naming models (``model`` / ``pretrained`` /
-  ``pretrained_model``).
+  ``pretrained_model``);
+* :mod:`.source`: a config file's text read strictly (repeated keys, self-referring YAML
+  aliases, syntax errors as ``FILE:LINE:COLUMN``).
+
+Numbers follow one rule, shared with the command line's flags: :mod:`clipeval.engine.numbers`.
 """
 
 from .task_cfg import (

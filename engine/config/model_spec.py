@@ -72,6 +72,12 @@ def normalize_models(block: dict[str, Any], where: str = "eval") -> list[dict[st
     or ``models`` together with a CLIP_benchmark spelling."""
     given = [k for k in SPELLINGS if block.get(k) not in (None, "", [])]
     models = block.get("models")
+    empty = [k for k in SPELLINGS if k in block and isinstance(block[k], (str, list, tuple)) and not block[k]]
+    if empty and (given or not models):  # named explicitly as nothing: neither the demo model nor "no weights"
+        what = "no pretrained value" if empty[0] == "pretrained" else "no model"
+        raise ConfigError(f"{empty[0]} in {where} names {what} (got {block[empty[0]]!r})",
+                          f"name at least one, or leave {empty[0]} out"
+                          + (" to evaluate the embedded demo model" if not given else ""))
     if not given:
         return models
     if models:

@@ -27,15 +27,22 @@ errors that say what to do instead. ``work_dir`` at the top is the output folder
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from ..errors import ConfigError
+from ..numbers import INT64_MAX, MAX_BATCH, describe
+from .task_cfg import split_problem
 
-__all__ = ["MTEB_TOOLS", "MtebConfig", "MtebModel", "MtebTask", "parse_mteb_config"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MTEB_TOOLS", "MtebConfig", "MtebConfigError", "MtebModel", "MtebTask", "parse_mteb_config",
+           "problem_location"]
 
 MTEB_TOOLS = ("mteb", "cmteb")
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
@@ -85,7 +92,7 @@ class MtebModel(_Strict):
     model_name_or_path: PathStr
     is_cross_encoder: StrictBool = False
     pooling_mode: Literal["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"] | None = None
-    max_seq_length: StrictInt | None = Field(default=None, ge=2)
+    max_seq_length: StrictInt | None = Field(default=None, ge=2, le=INT64_MAX)
     prompt: StrictStr | None = None
     prompts: dict[StrictStr, StrictStr] | None = None
     model_kwargs: dict[StrictStr, Any] = Field(default_factory=dict)
@@ -103,14 +110,23 @@ class CustomTaskEntry(_Strict):
     data_format: Literal["jsonl"] = "jsonl"
 
 
+def _bare_path(value: Any) -> Any:
+    """evalscope's docs show bare paths in ``custom_tasks``: ``"DIR"`` means ``{data_path: DIR}``
+    (turned into an entry before validation, so a wrong entry gets one message, not one per
+    branch of a union)."""
+    if isinstance(value, (str, os.PathLike)):
+        return {"data_path": os.fspath(value)}
+    return value
+
+
 class EvalBlock(_Strict):
     """``eval`` of the current shape (evalscope's ``MTEBEvalConfig``)."""
 
-    custom_tasks: list[CustomTaskEntry | PathStr] = Field(min_length=1)
+    custom_tasks: list[Annotated[CustomTaskEntry, BeforeValidator(_bare_path)]] = Field(min_length=1)
     output_folder: PathStr | None = None
     overwrite_results: StrictBool = True
-    limits: StrictInt | None = Field(default=None, ge=1)
-    top_k: StrictInt = Field(default=DEFAULT_TOP_K["current"], ge=1)
+    limits: StrictInt | None = Field(default=None, ge=1, le=INT64_MAX)
+    top_k: StrictInt = Field(default=DEFAULT_TOP_K["current"], ge=1, le=INT64_MAX)
     encode_kwargs: dict[StrictStr, Any] | None = None
     verbosity: StrictInt | None = Field(default=None, ge=0, le=3)
 
@@ -123,8 +139,8 @@ class OlderEvalBlock(_Strict):
     verbosity: StrictInt = Field(default=2, ge=0, le=3)
     output_folder: PathStr | None = None
     overwrite_results: StrictBool = True
-    limits: StrictInt | None = Field(default=None, ge=1)
-    top_k: StrictInt = Field(default=DEFAULT_TOP_K["older"], ge=1)
+    limits: StrictInt | None = Field(default=None, ge=1, le=INT64_MAX)
+    top_k: StrictInt = Field(default=DEFAULT_TOP_K["older"], ge=1, le=INT64_MAX)
 
 
 class ToolBlock(_Strict):
@@ -144,6 +160,32 @@ class TopBlock(_Strict):
     eval_config: dict[str, Any]
     work_dir: PathStr | None = None
     no_timestamp: StrictBool = False
+
+
+REMEDY = "docs/text-retrieval.md shows both config shapes"
+
+
+class MtebConfigError(ConfigError):
+    """The problems of an mteb config, each ``"key.path: what"`` (:attr:`problems`); one problem
+    is one line. ``clipeval run`` lists them with the file's line of each key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        if len(problems) == 1:
+            super().__init__(problems[0], f"fix it ({REMEDY})")
+        else:
+            super().__init__(f"{len(problems)} problems in the mteb config:\n    " + "\n    ".join(problems),
+                             f"fix the keys listed ({REMEDY})")
+
+
+def problem_location(problem: str) -> tuple:
+    """The key path a problem starts with, as a location (``eval_config.models[0].x: ...`` ->
+    ``("eval_config", "models", 0, "x")``)."""
+    where = problem.split(": ", 1)[0]
+    loc: list = []
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", where):
+        loc.append(int(part[1:-1]) if part.startswith("[") else part)
+    return tuple(loc)
 
 
 @dataclass
@@ -214,14 +256,30 @@ def _sub_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def _says(err: dict) -> str:
+    """A pydantic error in clipeval's words (``must be ..., got ...``), naming no pydantic internals."""
+    kind, ctx, got = err["type"], err.get("ctx") or {}, describe(err.get("input"))
+    if kind == "too_short":
+        return f"must not be empty, got {got}" if ctx.get("min_length") == 1 else \
+            f"must hold at least {ctx.get('min_length')} items, got {got}"
+    words = {"string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+             "int_from_float": "an integer", "bool_type": "true or false", "bool_parsing": "true or false",
+             "dict_type": "a mapping", "list_type": "a list", "model_type": "a mapping",
+             "model_attributes_type": "a mapping"}
+    if kind in words:
+        return f"must be {words[kind]}, got {got}"
+    if kind == "literal_error":
+        return f"must be {'one of ' if ',' in str(ctx.get('expected')) else ''}{ctx.get('expected')}, got {got}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        word, bound = ("at least", ctx.get("ge")) if kind == "greater_than_equal" else ("at most", ctx.get("le"))
+        return f"must be {word} {bound}, got {got}"
+    return f"{err['msg']} (got {got})"
+
+
 def _problems_of(exc: ValidationError, model: type[BaseModel], prefix: tuple) -> list[str]:
     out = []
     for err in exc.errors():
-        loc = tuple(err["loc"])
-        # a str-or-entry union reports both branches; keep the entry's
-        if "str" in [str(p) for p in loc] and err["type"] == "string_type":
-            continue
-        loc = tuple(p for p in loc if p not in ("CustomTaskEntry", "str"))
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         where = _path(prefix + loc)
         if err["type"] == "extra_forbidden":
             parent = _sub_model(model, loc[:-1])
@@ -230,7 +288,7 @@ def _problems_of(exc: ValidationError, model: type[BaseModel], prefix: tuple) ->
         elif err["type"] == "missing":
             out.append(f"{where}: missing")
         else:
-            out.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+            out.append(f"{where}: {_says(err)}")
     return out
 
 
@@ -268,9 +326,7 @@ def _check_model(m: MtebModel, i: int, prefix: tuple, task_names: set[str], prob
     if bad:
         problems.append(f"{where}.encode_kwargs: unknown key(s) {', '.join(bad)} "
                         f"(accepted keys: {', '.join(sorted(ENCODE_KWARGS))})")
-    batch = m.encode_kwargs.get("batch_size")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        problems.append(f"{where}.encode_kwargs.batch_size: must be a positive integer (got {batch!r})")
+    _check_batch(m.encode_kwargs.get("batch_size"), where, problems)
     if m.prompts:
         accepted = ("query",) + DOCUMENT_PROMPT_KEYS + tuple(sorted(task_names))
         bad = [k for k in m.prompts if k not in accepted]
@@ -285,12 +341,31 @@ def _check_model(m: MtebModel, i: int, prefix: tuple, task_names: set[str], prob
                             "remove prompts")
 
 
+def _check_batch(batch: Any, where: str, problems: list[str]) -> None:
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH):
+        problems.append(f"{where}.encode_kwargs.batch_size: must be an integer from 1 to {MAX_BATCH} (got {batch!r})")
+
+
 def _tasks(entries: list, prefix: tuple, problems: list[str]) -> list[MtebTask]:
-    tasks = []
+    """The tasks, each split checked as a name; a task or split given twice runs once (logged)."""
+    tasks: list[MtebTask] = []
     for i, entry in enumerate(entries):
-        if isinstance(entry, str):  # evalscope's docs show bare paths
-            entry = CustomTaskEntry(data_path=entry)
-        tasks.append(MtebTask(name=entry.name, data_path=entry.data_path, splits=list(entry.eval_splits)))
+        splits: list[str] = []
+        for j, split in enumerate(entry.eval_splits):
+            why = split_problem(split)
+            if why:
+                problems.append(f"{_path(prefix + (i, 'eval_splits', j))}: {why}, got {describe(split)}")
+            elif split in splits:
+                log.warning("%s lists the split %r more than once: evaluated once",
+                            _path(prefix + (i, "eval_splits")), split)
+            else:
+                splits.append(split)
+        task = MtebTask(name=entry.name, data_path=entry.data_path, splits=splits)
+        if task in tasks:
+            log.warning("%s repeats the task %s on %s: evaluated once", _path(prefix + (i,)), task.name,
+                        task.data_path)
+            continue
+        tasks.append(task)
     return tasks
 
 
@@ -312,8 +387,7 @@ def parse_mteb_config(eval_config: dict[str, Any], task_cfg: dict[str, Any] | No
     cleaned["eval"] = _refuse(cleaned.get("eval"), REFUSED_EVAL_KEYS, ("eval_config", "eval"), problems)
     block = _validate(OlderToolBlock if older else ToolBlock, cleaned, ("eval_config",), problems)
     if block is None or top is None:
-        raise ConfigError("the mteb config has problems:\n    " + "\n    ".join(problems),
-                          "fix the keys listed (docs/text-retrieval.md shows both config shapes)")
+        raise MtebConfigError(problems)
     models = block.model if older else block.models
     ev = block.eval
     if older:
@@ -325,6 +399,12 @@ def parse_mteb_config(eval_config: dict[str, Any], task_cfg: dict[str, Any] | No
     else:
         tasks = _tasks(ev.custom_tasks, ("eval_config", "eval", "custom_tasks"), problems)
     names = {t.name for t in tasks}
+    ev_encode = getattr(ev, "encode_kwargs", None) or {}
+    bad = sorted(set(ev_encode) - ENCODE_KWARGS)
+    if bad:
+        problems.append(f"eval_config.eval.encode_kwargs: unknown key(s) {', '.join(bad)} "
+                        f"(accepted keys: {', '.join(sorted(ENCODE_KWARGS))})")
+    _check_batch(ev_encode.get("batch_size"), "eval_config.eval", problems)
     for i, m in enumerate(models):
         _check_model(m, i, ("eval_config", models_key), names, problems)
     encoders = [m for m in models if not m.is_cross_encoder]
@@ -336,8 +416,7 @@ def parse_mteb_config(eval_config: dict[str, Any], task_cfg: dict[str, Any] | No
         problems.append(f"eval_config.{models_key}: two-stage retrieval takes one encoder and one cross-encoder "
                         f"(got {len(encoders)} and {len(rerankers)})")
     if problems:
-        raise ConfigError("the mteb config has problems:\n    " + "\n    ".join(problems),
-                          "fix the keys listed (docs/text-retrieval.md shows both config shapes)")
+        raise MtebConfigError(problems)
     from .text_eval import bounded_max_seq_length
 
     for i, m in enumerate(models):  # bounded here, before any model is exported (docs: "bounded")

@@ -19,7 +19,9 @@ Values, as the reference's pydantic config reads them, but stricter where a sile
 would hide a mistake:
 
 * integers: ``int`` or a string of ASCII digits; not a float (``128.0``), a boolean, a string of
-  other digits (``"²"``, ``"١٢"``), nor beyond the key's range (every one fits int64);
+  other digits (``"²"``, ``"١٢"``), spaces, ``+`` or ``_``, nor beyond the key's range (every
+  one fits int64); the command line's integer flags follow the same rule
+  (:mod:`clipeval.engine.numbers`);
 * numbers: ``int`` / ``float`` or an ASCII decimal string, finite (no NaN / inf);
 * booleans: ``true`` / ``false``, or one of the strings ``true false yes no 1 0``;
 * strings: ``str`` only (a list, a mapping, a number or a boolean is an error: YAML reads an
@@ -35,9 +37,8 @@ Two extension points: :data:`TOOLS` (the parser of each ``eval_config.tool``) an
 
 from __future__ import annotations
 
-import math
+import logging
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Callable
 from urllib.parse import urlsplit
@@ -47,10 +48,14 @@ from pydantic_core import PydanticCustomError
 
 from ..results.detail import DETAIL_MODES
 from ..errors import ConfigError
-from ..fsutil import check_path_text
+from ..fsutil import check_path_text, not_a_file
 from ..http_retry import shown_url
+from ..numbers import INT64_MAX, MAX_BATCH, MAX_WORKERS, NumberProblem, describe, parse_float, parse_int, show
 from .model_spec import apply_model_spellings
+from .source import parse_config_text
 from ..textio import to_utf8
+
+log = logging.getLogger(__name__)
 
 TOP_KEYS = ("eval_backend", "eval_config", "work_dir", "no_timestamp")
 EVAL_CONFIG_KEYS = ("tool", "eval")
@@ -60,57 +65,32 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DECODE_CHOICES = ("auto", "threads", "processes")
 ID_STYLES = ("int", "prefixed")
 DEFAULT_RECALL_K = (1, 5, 10)
-INT64_MAX = 2**63 - 1
-MAX_WORKERS = 1024  # decode workers / threads: far above any machine's cores, far below what would hurt
-MAX_BATCH = 1 << 20
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
 CLI_FLAGS = {"models": "--model", "model_name": "--model", "dataset_name": "--dataset", "num_threads": "--threads",
              "recall_k": "--recall-k"}
 
-_ASCII_INT = re.compile(r"[+-]?[0-9]+")
-_ASCII_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _YAML_BOOL = "YAML reads an unquoted yes/no/on/off/true/false as a boolean: put the value in quotes"
 
 
 # --- value checkers (each raises a pydantic error whose message follows the key's name) ---------
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+_show = show
+_kind = describe
 
 
 def _fail(message: str, hint: str | None = None):
     raise PydanticCustomError("clipeval", "{message}", {"message": message, "hint": hint})
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, (list, tuple)):
-        return f"a list ({_show(value)})"
-    if isinstance(value, dict):
-        return f"a mapping ({_show(value)})"
-    if isinstance(value, float):
-        return f"the number {value!r}"
-    return _show(value)
-
-
 def _int(lo: int, hi: int = INT64_MAX, nullable: bool = False):
     def check(value):
         if value is None and nullable:
             return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            n = value
-        elif isinstance(value, str) and _ASCII_INT.fullmatch(value.strip()) and len(value.strip()) <= 25:
-            n = int(value.strip())
-        else:
-            _fail(f"must be an integer, got {_kind(value)}", "write a whole number in ASCII digits, e.g. 128")
-        if n < lo:
-            _fail(f"must be at least {lo}, got {n}")
-        if n > hi:
-            _fail(f"must be at most {hi}, got {n if abs(n) < 10**30 else f'{n:.3e}'}")
-        return n
+        try:
+            return parse_int(value, lo, hi)
+        except NumberProblem as exc:
+            _fail(exc.message, exc.hint)
 
     return PlainValidator(check)
 
@@ -119,20 +99,10 @@ def _float(lo: float, hi: float, nullable: bool = False, exclusive_min: bool = F
     def check(value):
         if value is None and nullable:
             return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                x = float(value)
-            except OverflowError:
-                _fail(f"must be a finite number, got {_kind(value)[:40]}")
-        elif isinstance(value, str) and _ASCII_FLOAT.fullmatch(value.strip()):
-            x = float(value.strip())
-        else:
-            _fail(f"must be a number, got {_kind(value)}", "write a number in ASCII digits, e.g. 0.5")
-        if not math.isfinite(x):
-            _fail(f"must be a finite number, got {value!r}")
-        if (x <= lo if exclusive_min else x < lo) or x > hi:
-            _fail(f"must be {'more than' if exclusive_min else 'at least'} {lo:g} and at most {hi:g}, got {x:g}")
-        return x
+        try:
+            return parse_float(value, lo, hi, exclusive_min=exclusive_min)
+        except NumberProblem as exc:
+            _fail(exc.message, exc.hint)
 
     return PlainValidator(check)
 
@@ -201,6 +171,24 @@ def _secret(value):
     return value
 
 
+def split_problem(split: str) -> str | None:
+    """Why ``split`` cannot be a split's name (``None`` when it can): a split names a file or
+    folder inside the data (``qrels/SPLIT.tsv``, ``SPLIT/0.tar``), so it holds no path separator,
+    is not ``.`` or ``..``, and holds no control character."""
+    if not split.strip() or split in (".", "..") or any(c in split for c in "/\\") or \
+            any(ord(c) < 32 or ord(c) == 127 for c in split):
+        return "must name a split (e.g. test, dev): no path separators, '.', '..' or control characters"
+    return None
+
+
+def _split(value):
+    text = _text(value)
+    problem = split_problem(text)
+    if problem:
+        _fail(f"{problem}, got {_show(text)}")
+    return text
+
+
 def check_url(value: str, api_root: bool = False) -> str | None:
     """Why ``value`` is not a usable ``http(s)://host...`` URL (``None`` when it is); an
     ``api_root`` (a base that paths are appended to) also holds no ``?query`` or ``#fragment``."""
@@ -253,7 +241,20 @@ def _names(value):
         if not isinstance(v, str) or not v.strip() or "\0" in v:
             _fail(f"must be a name or a non-empty list of names, got {_show(v)} in {_show(value)}")
     # CLIP_benchmark spells webdataset names "wds/<name>"; here every named set is a webdataset
-    return [n[4:] if n.startswith("wds/") else n for n in value]
+    return _once([n[4:] if n.startswith("wds/") else n for n in value], "dataset_name", "dataset")
+
+
+def _once(items: list, key: str, what: str) -> list:
+    """``items`` with repeats left out (the first kept, in order), each repeat logged: evaluating
+    it again would only write the same result file twice (as ``recall_k: [5, 5]`` is one k)."""
+    out: list = []
+    for item in items:
+        if item in out:
+            log.warning("%s lists the %s %s more than once: evaluated once", key, what,
+                        _show(item.get("model_name", item) if isinstance(item, dict) else item))
+        else:
+            out.append(item)
+    return out
 
 
 _K_INT = _int(1).func
@@ -346,7 +347,7 @@ class EvalConfig(BaseModel):
     models: list[dict[str, Any]] = []
     dataset_name: Annotated[list[str], PlainValidator(_names)] = ["custom"]
     data_dir: Annotated[str | None, PlainValidator(_path_or_url)] = None
-    split: Annotated[str, _str()] = "test"
+    split: Annotated[str, PlainValidator(_split)] = "test"
     # one of the registered tasks (engine/tasks: TASKS); None: each dataset's own
     task: Annotated[str | None, PlainValidator(_task)] = None
     batch_size: Annotated[int, _int(1, MAX_BATCH)] = 128
@@ -429,6 +430,10 @@ class ClipBenchmarkToolConfig(BaseModel):
 Loc = tuple  # of str (keys) and int (list positions)
 
 
+class Whole(str):
+    """A problem's text that names its key itself (shown after the file and line, not after the key)."""
+
+
 class Problems:
     """Problems found in one config, each ``(location from the document root, text, hint)``; an
     unknown key is located at the key itself (for its line) and named by the mapping holding it."""
@@ -475,6 +480,8 @@ class Problems:
         return f"{self.file}: " if self.file else ""
 
     def _text(self, loc: Loc, text: str) -> str:
+        if isinstance(text, Whole):
+            return f"{self._line(loc)}{text}"
         if text.startswith("unknown key"):  # located at the (first) key, named by the mapping holding it
             return f"{self._line(loc)}{text} in {self.name(loc[:-1]) or self.label}"
         return f"{self._line(loc)}{self.name(loc) or self.label} {text}"
@@ -519,9 +526,9 @@ def _eval_block(block: Any, prefix: Loc, problems: Problems) -> EvalConfig | Non
         problems.add(prefix, f"must be a mapping of eval keys, got {_kind(block)}")
         return None
     try:  # CLIP_benchmark's model / pretrained / pretrained_model spellings -> models entries
-        block = apply_model_spellings(block, problems.name(prefix) or problems.label)
-    except ConfigError as exc:
-        problems.add(prefix, exc.message, exc.remedy)
+        block = apply_model_spellings(block, (problems.name(prefix) if prefix else "") or problems.label)
+    except ConfigError as exc:  # its message names the key and the block itself
+        problems.add(prefix, Whole(exc.message), exc.remedy)
         return None
     fields = {k: v for k, v in block.items() if v is not None or k in NULLABLE_KEYS or k not in EVAL_KEYS}
     raw_models = fields.pop("models", None)
@@ -534,12 +541,19 @@ def _eval_block(block: Any, prefix: Loc, problems: Problems) -> EvalConfig | Non
 
 
 def _models(value: Any, loc: Loc, problems: Problems) -> list[dict[str, Any]] | None:
+    """The checked ``models`` entries; ``[]`` (the embedded demo model) when the key is absent or
+    null. An explicitly empty list names no model and is a problem: a templated config whose
+    list came out empty must not evaluate the demo model as if it had been asked for."""
     if value is None:
         return []
     if isinstance(value, (str, os.PathLike, dict)):
         value = [value]
     if not isinstance(value, (list, tuple)):
         problems.add(loc, f"must be a list of {{model_name: ...}} entries, got {_kind(value)}")
+        return None
+    if not value:
+        problems.add(loc, "is an empty list: it names no model",
+                     "name at least one model (or leave models out to evaluate the embedded demo model)")
         return None
     out: list[dict[str, Any]] | None = []
     for i, raw in enumerate(value):
@@ -554,7 +568,38 @@ def _models(value: Any, loc: Loc, problems: Problems) -> list[dict[str, Any]] | 
         else:
             if out is not None:
                 out.extend(entries)
-    return out
+    return None if out is None else _once(out, "models", "model")
+
+
+def _surrogate(text: str) -> int:
+    """Index of the first lone surrogate in ``text`` (-1: none)."""
+    return next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), -1)
+
+
+def not_unicode(data: Any, prefix: Loc, problems: Problems) -> None:
+    """Add a problem for every key or string value of ``data`` that holds a lone surrogate: not
+    Unicode text (a ``"\\udc80"`` escape in YAML or JSON, or bytes of another encoding on the
+    command line), which no result file (UTF-8 JSON) can hold."""
+    seen: set[int] = set()
+    stack = [(data, tuple(prefix))]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, str):
+            at = _surrogate(value)
+            if at >= 0:
+                problems.add(loc, f"is not Unicode text: character {at + 1} is a lone surrogate "
+                                  f"({ascii(value[at])[1:-1]})", "write it as UTF-8 text (a file name too: rename it)")
+        elif isinstance(value, (dict, list, tuple)) and id(value) not in seen:
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and _surrogate(key) >= 0:
+                    problems.add(loc + (key.encode("utf-8", "backslashreplace").decode(),),
+                                 "is a key that is not Unicode text (a lone surrogate)", "write it as UTF-8 text")
+                    continue
+                stack.append((item, loc + (key,)))
+        elif isinstance(value, os.PathLike):
+            stack.append((os.fspath(value), loc))
 
 
 def make_eval_config(block: dict[str, Any], where: str = "eval", flag_names: dict[str, str] | None = None) -> EvalConfig:
@@ -568,6 +613,8 @@ def make_eval_config(block: dict[str, Any], where: str = "eval", flag_names: dic
     flags = where == "the command line"
     problems = Problems(where, flags=flags, flag_names=flag_names)
     prefix = () if flags or where == "the config" else tuple(where.split("."))
+    not_unicode(block, prefix, problems)
+    problems.raise_if_any()  # text that is not Unicode first: the checks below would trip over it
     cfg = _eval_block(block, prefix, problems)
     problems.raise_if_any()
     assert cfg is not None
@@ -593,10 +640,15 @@ def _clip_benchmark(eval_config: dict[str, Any], task_cfg: dict[str, Any], probl
 # it added problems). Another module registers its tool here.
 def _mteb(eval_config: dict[str, Any], task_cfg: dict[str, Any], problems: Problems) -> Any:
     """``tool: mteb`` (also ``MTEB``, ``cmteb``): evalscope's text-retrieval config, checked by
-    :mod:`clipeval.engine.config.mteb` (which raises its own :class:`ConfigError`)."""
-    from .mteb import parse_mteb_config
+    :mod:`clipeval.engine.config.mteb`; its problems join ``problems`` (with their lines)."""
+    from .mteb import MtebConfigError, parse_mteb_config, problem_location
 
-    return parse_mteb_config(eval_config, task_cfg)
+    try:
+        return parse_mteb_config(eval_config, task_cfg)
+    except MtebConfigError as exc:  # listed with the others, each with its line in a file
+        for text in exc.problems:
+            problems.add(problem_location(text), Whole(text))
+        return None
 
 
 TOOLS: dict[str, Callable[[dict[str, Any], dict[str, Any], Problems], Any]] = {
@@ -639,13 +691,13 @@ def parse_task_cfg(task_cfg: dict[str, Any] | str | os.PathLike) -> Any:
     problems = Problems("the task config")
     if isinstance(task_cfg, (str, os.PathLike)):
         path = Path(task_cfg)
-        text = _read_config_text(path)
-        task_cfg = _parse_text(path, text)
+        task_cfg, problems.lines = parse_config_text(path, _read_config_text(path))
         problems.file = str(path)
-        problems.lines = _key_lines(text)
     if not isinstance(task_cfg, dict):
         raise ConfigError(f"a task config must be a mapping, got {_kind(task_cfg)}",
                           "give the evalscope task_cfg (eval_backend, eval_config) or its eval block")
+    not_unicode(task_cfg, (), problems)
+    problems.raise_if_any()  # text that is not Unicode first: the checks below would trip over it
     cfg = _task_cfg(task_cfg, problems)
     problems.raise_if_any()
     return cfg
@@ -656,8 +708,8 @@ def _read_config_text(path: Path) -> str:
     if problem:
         raise ConfigError(f"config file name {problem}", "pass the path of a JSON or YAML file")
     try:
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist", "pass the path of a JSON or YAML file")
+        if not path.is_file():  # never opened: a FIFO would block
+            raise ConfigError(f"config file {path} {not_a_file(path)}", "pass the path of a JSON or YAML file")
         if path.suffix.lower() not in (".json", ".yaml", ".yml"):
             raise ConfigError(f"config file {path} must end in .json, .yaml or .yml",
                               "rename it, or write the config as JSON or YAML")
@@ -673,42 +725,7 @@ def _read_config_text(path: Path) -> str:
 
 
 def _parse_text(path: Path, text: str) -> Any:
-    try:
-        if path.suffix.lower() == ".json":
-            import json
-
-            return json.loads(text)
-        import yaml
-
-        return yaml.safe_load(text)
-    except Exception as exc:  # json / yaml parse errors carry line and column
-        raise ConfigError(f"cannot parse {path}: {exc}", "fix the syntax at the place named") from None
-
-
-def _key_lines(text: str) -> dict[Loc, int]:
-    """1-based line of every key and list item of a YAML (or JSON) document, by location."""
-    try:
-        import yaml
-
-        root = yaml.compose(text)
-    except Exception:  # JSON that YAML 1.1 does not read (tabs...): no line numbers
-        return {}
-    lines: dict[Loc, int] = {}
-
-    def walk(node, loc: Loc) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                k = (*loc, key.value)
-                lines[k] = key.start_mark.line + 1
-                walk(value, k)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                lines[(*loc, i)] = item.start_mark.line + 1
-                walk(item, (*loc, i))
-
-    if root is not None:
-        walk(root, ())
-    return lines
+    return parse_config_text(path, text)[0]
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -465,7 +465,7 @@ def read_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
         raise DatasetError(
             f"{root} is not a BEIR folder: missing {', '.join(missing)} (it holds: {', '.join(found) or 'nothing'})",
             "pass the retrieval_data folder written by `clipeval caption`, or any BEIR-format folder"
-            + (f"; for another split pass --split (qrels/ holds: {', '.join(sorted(p.stem for p in (root / 'qrels').glob('*.tsv')))})"
+            + (f"; for another split pass --split, or in a config split / eval_splits (qrels/ holds: {', '.join(sorted(p.stem for p in (root / 'qrels').glob('*.tsv')))})"
                if (root / "qrels").is_dir() else ""),
         )
     problems: list[str] = []

@@ -107,14 +107,13 @@ def default_max_bytes() -> int:
     env = os.environ.get("CLIPEVAL_CACHE_MAX_BYTES")
     if not env:
         return DEFAULT_MAX_BYTES
-    try:
-        value = int(env)
-        if value < 0:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"CLIPEVAL_CACHE_MAX_BYTES must be a non-negative integer (got {env!r})",
+    from ..numbers import NumberProblem, parse_int
+
+    try:  # the config's rule: ASCII digits, within int64 (Python's int() also takes "٣", "3_0", " 3")
+        return parse_int(env, 0)
+    except NumberProblem as exc:
+        raise ConfigError(f"CLIPEVAL_CACHE_MAX_BYTES {exc.message}",
                           "set it to a size in bytes, e.g. 4294967296 for 4 GiB") from None
-    return value
 
 
 def _digest(ns: str, key: bytes, vec: bytes, trusted: bool = False) -> bytes:

@@ -39,6 +39,7 @@ import numpy as np
 
 from .detail import ClassificationDetail, RetrievalDetail, load_detail
 from ..errors import ResultError
+from ..numbers import INT64_MAX, MAX_RESAMPLES, MIN_RESAMPLES
 from .read import LoadedResult
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ __all__ = ["DEFAULT_RESAMPLES", "PairedStatistic", "binomial_two_sided_p", "boot
            "mcnemar_exact", "per_query_statistics"]
 
 DEFAULT_RESAMPLES = 2000
-MIN_RESAMPLES = 1000
 DEFAULT_SEED = 0
 DEFAULT_CONFIDENCE = 0.95
 # Resampled values held at once: rows per chunk = this // n (at least one row).
@@ -124,12 +124,16 @@ def bootstrap_intervals(stats: Sequence[PairedStatistic], *, resamples: int = DE
     Returns one ``(low, high)`` per statistic, in order.
 
     Raises:
-        ValueError: fewer than :data:`MIN_RESAMPLES` resamples, a confidence outside (0, 1), an
-            unknown kind, or statistics of one query set with different query counts.
+        ValueError: resamples outside [:data:`MIN_RESAMPLES`, :data:`MAX_RESAMPLES`], a seed
+            outside [0, 2**63 - 1], a confidence outside (0, 1) (NaN included), an unknown kind,
+            or statistics of one query set with different query counts.
     """
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < MIN_RESAMPLES:
-        raise ValueError(f"resamples must be an integer of at least {MIN_RESAMPLES}, got {resamples!r}")
-    if not 0.0 < confidence < 1.0:
+    if (isinstance(resamples, bool) or not isinstance(resamples, int)
+            or not MIN_RESAMPLES <= resamples <= MAX_RESAMPLES):
+        raise ValueError(f"resamples must be an integer in [{MIN_RESAMPLES}, {MAX_RESAMPLES}], got {resamples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= INT64_MAX:
+        raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
+    if not 0.0 < confidence < 1.0:  # False for NaN
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
     by_queries: dict[str, list[int]] = {}
     for i, stat in enumerate(stats):

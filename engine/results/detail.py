@@ -377,8 +377,13 @@ def _within(values: np.ndarray, lo: int, hi: int, name: str) -> None:
 
 def _meta_counts(meta: dict, counts: dict[str, int]) -> None:
     for key, n in counts.items():
-        if key in meta and meta[key] != n:
-            raise ValueError(f"it holds {n} {key[4:]}, the result says {meta[key]}")
+        if key not in meta:
+            continue
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"the result's meta.{key} is not an integer (got {value!r:.40})")
+        if value != n:
+            raise ValueError(f"it holds {n} {key[4:]}, the result says {value}")
 
 
 # --------------------------------------------------------------------------- strings

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import orjson
 
 from ..errors import ResultError
+from ..fsutil import not_a_file
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,18 @@ def _shape_problem(data) -> str | None:
         value = data["meta"].get(key)
         if value is not None and not isinstance(value, str):
             return f"'meta.{key}' is not a string"
+    return _meta_count_problem(data["meta"])
+
+
+# Counts of meta that readers check a detail file against (engine/results/detail.py)
+META_COUNTS = ("num_images", "num_texts")
+
+
+def _meta_count_problem(meta: dict) -> str | None:
+    for key in META_COUNTS:
+        value = meta.get(key)
+        if key in meta and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return f"meta.{key} is not a non-negative integer (got {value!r:.40})"
     return None
 
 
@@ -134,7 +147,7 @@ def find_results(paths: Iterable[str | os.PathLike], tasks: tuple[str, ...] = ZE
         elif path.is_dir():
             results = _folder_results(path, tasks)
         else:
-            raise ResultError(f"{path} does not exist", "pass result files or output folders of clipeval eval")
+            raise ResultError(f"{path} {not_a_file(path)}", "pass result files or output folders of clipeval eval")
         for result in results:  # a file named twice (or also found in a folder named) counts once
             real = result.path.resolve()
             if real not in seen:

@@ -398,11 +398,13 @@ def _text_model_ref(bundle: Bundle, name: str | None, entry: Any) -> ModelRef:
                     bundle=bundle, precision=precision, own_precision=precision, entry=entry)
 
 
-def _require_text_family(bundle: Bundle, what: str) -> None:
-    if bundle.family != "text":
-        raise ConfigError(f"task {TASK} needs a text embedding model; {what} is a {bundle.family} bundle",
-                          "export a sentence-transformers / BERT-style checkpoint (clipeval text-eval does it on "
-                          "first use)")
+def _require_text_tower(bundle: Bundle, what: str) -> None:
+    """A text bundle, or the text tower of a CLIP-style bundle (as ``clipeval text-eval`` takes
+    any bundle with a text tower); a reranker bundle has none."""
+    if "text" not in bundle.manifest["variants"][bundle.manifest["precision"]]:
+        raise ConfigError(f"task {TASK} needs a model with a text tower; {what} is a {bundle.family} bundle "
+                          "without one", "give a text embedding model (a sentence-transformers / BERT-style "
+                          "checkpoint or its bundle) or a CLIP-style bundle; a cross-encoder only reranks")
 
 
 class TextRetrieval(Task):
@@ -432,7 +434,7 @@ class TextRetrieval(Task):
 
     def evaluations(self, cfg: Any, entry: Any, dataset: str, models: Models) -> list[Evaluation]:
         bundle = models.bundle(entry, "text")
-        _require_text_family(bundle, repr(entry["model_name"]))
+        _require_text_tower(bundle, repr(entry["model_name"]))
         params = TextRetrievalParams(k=cfg.recall_k, batch_size=cfg.batch_size, split=cfg.split,
                                      num_threads=cfg.num_threads, progress=cfg.verbose)
         return [self.evaluation(bundle, cfg.data_dir, params, dataset_name=None if dataset == "custom" else dataset,
@@ -463,9 +465,7 @@ class TextRetrieval(Task):
         reranker = models.bundle(cfg.reranker, "reranker") if cfg.reranker is not None else None
         for entry in cfg.encoders:
             bundle = models.bundle(entry, "text")
-            if bundle.family != "text":
-                raise ConfigError(f"{entry.model_name_or_path!r} is a {bundle.family} bundle, not a text embedding "
-                                  "model", "give a sentence-transformers / BERT-style checkpoint or its text bundle")
+            _require_text_tower(bundle, repr(entry.model_name_or_path))
             batch = entry.encode_kwargs.get("batch_size") or cfg.batch_size or 32
             if entry.encode_kwargs.get("normalize_embeddings") and not is_normalized(bundle):
                 raise ConfigError(f"{entry.model_name_or_path}: normalize_embeddings with a dot-product model is not "
