@@ -391,3 +391,30 @@ def test_long_ids_are_shortened_in_messages(tmp_path):
     with pytest.raises(DatasetError) as err:
         read_beir(tmp_path)
     assert err.value.message.count("(5002 chars)") == 2 and len(err.value.message) < 2000
+
+
+# --- scores below -2: used as not relevant, with a warning (brk2 K5) ---------------------------
+
+@pytest.mark.parametrize("scores, warned", [
+    (["1", "0", "-1", "-2"], 0), (["1", "-3"], 1), (["-3", "-100", "1", str(-(2**63))], 3), (["-2", "-2"], 0),
+])
+@pytest.mark.parametrize("jsonl", [False, True])
+def test_scores_below_minus_two_are_warned_about(tmp_path, scores, warned, jsonl):
+    _score_folder(tmp_path, scores, jsonl=jsonl)
+    data = read_beir(tmp_path)
+    assert [s for _, _, s in data.qrels] == [int(s) for s in scores]  # used, none dropped
+    said = [w for w in data.warnings if "below -2" in w]
+    assert len(said) == (1 if warned else 0)
+    if warned:
+        assert said[0].split(": ", 1)[1].startswith(f"{warned} row(s)") and "use 0" in said[0]
+
+
+def test_scores_below_minus_two_score_as_not_relevant(tmp_path):
+    """The formula: a document is relevant when rel >= 1; a negative grade adds no gain."""
+    from clipeval.engine.metrics.ir import score_run_dict
+
+    run = {"q": {"a": 0.9, "b": 0.5, "c": 0.1}}
+    means, _, _ = score_run_dict(run, {"q": {"a": -5, "b": 1}}, [1, 3])
+    assert means["recall_at_1"] == 0.0 and means["recall_at_3"] == 1.0
+    assert means["ndcg_at_3"] == pytest.approx((1 / __import__("math").log2(3)) / 1.0)
+    assert means["precision_at_3"] == pytest.approx(1 / 3)

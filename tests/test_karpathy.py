@@ -237,3 +237,34 @@ def test_flickr_dotdot_names_are_read(tmp_path):
     ds = read_dataset("flickr8k", tmp_path / "f", "test", "fail")
     assert [os.path.realpath(p) for p in ds.images] == [os.path.realpath(tmp_path / "f/Images/a.jpg"),
                                                         os.path.realpath(tmp_path / "elsewhere/x.jpg")]
+
+
+# --- line ends (brk2 K2): a Flickr file is read as the reference reads it, in text mode ----------
+
+FLICKR_LINES = ["image,caption", "0.jpg,a red thing", "0.jpg,another one, with a comma", "1.jpg,a dark thing",
+                "2.jpg,bright"]
+
+
+@pytest.mark.parametrize("ends", [["\n"], ["\r\n"], ["\r"], ["\r", "\n"], ["\r\n", "\r", "\n"], ["\n", "\r"]])
+@pytest.mark.parametrize("last", ["", "\n", "\r", "\r\n"])
+def test_flickr_line_ends_give_the_same_records(tmp_path, ends, last):
+    """The repro: a file with CR-only line ends was one line, taken for the header ("names no
+    usable image"). Any mix of \\n, \\r\\n and \\r gives the records the reference's text mode gives."""
+    import io
+
+    images(tmp_path, ["0.jpg", "1.jpg", "2.jpg"])
+    body = "".join(line + ends[i % len(ends)] for i, line in enumerate(FLICKR_LINES[:-1])) + FLICKR_LINES[-1] + last
+    (tmp_path / "flickr8k_test_karpathy.txt").write_bytes(body.encode("utf-8"))
+    # the reference's reading: text mode (universal newlines), the header line dropped
+    reference = [line.rstrip("\n") for line in io.TextIOWrapper(io.BytesIO(body.encode("utf-8")), encoding="utf-8")]
+    expected = [line.partition(".jpg,")[2] for line in reference[1:]]
+    ds = read_dataset("flickr8k", tmp_path, "test", "fail")
+    assert ds.texts == expected == [line.partition(".jpg,")[2] for line in FLICKR_LINES[1:]]
+    assert ds.text_to_image.tolist() == [0, 0, 1, 2] and ds.num_images == 3
+
+
+def test_flickr_line_numbers_count_lone_carriage_returns(tmp_path):
+    images(tmp_path, ["0.jpg"])
+    (tmp_path / "flickr8k_test_karpathy.txt").write_bytes(b"image,caption\r0.jpg,ok\rno comma here\r")
+    with pytest.raises(DatasetError, match=r"flickr8k_test_karpathy.txt:3"):
+        read_dataset("flickr8k", tmp_path, "test", "fail")

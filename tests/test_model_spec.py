@@ -125,3 +125,63 @@ def test_cli_pretrained_takes_every_model_with_every_tag(monkeypatch, tmp_path):
                     for m, p in itertools.product(["ViT-B-32", "RN50"], ["openai", "yfcc15m"])]
     res = CliRunner().invoke(cli, ["eval", "--pretrained", "openai"])
     assert res.exit_code == 2 and "has no model to go with" in res.stderr and "Traceback" not in res.output
+
+
+# --- a pretrained_model file as users have them (brk2 K3) ---------------------------------------
+
+PAIRS = [{"model_name": "ViT-B-32", "pretrained": "openai"}, {"model_name": "RN50", "pretrained": "yfcc15m"}]
+
+# file bytes -> the pairs, or the words of the error
+PAIR_FILES = [
+    (b"ViT-B-32,openai\nRN50,yfcc15m\n", PAIRS),
+    (b"ViT-B-32,openai\r\nRN50,yfcc15m\r\n", PAIRS),
+    (b"ViT-B-32,openai\rRN50,yfcc15m", PAIRS),  # CR-only line ends: two lines, as text mode reads them
+    (b"\xef\xbb\xbfViT-B-32,openai\n# c\n\nRN50,yfcc15m # t\n", PAIRS),
+    (b"ViT-B-32,\xff\xfe\n", ("error", ":1: not UTF-8 text", "byte 0xff")),
+    (b"ViT-B-32,openai\nRN50,yfcc\xe915m\n", ("error", ":2: not UTF-8 text", "byte 0xe9")),
+    (b"ViT-B-32,openai\rRN50,\xc3\n", ("error", ":2: not UTF-8")),
+    (b"", ("error", "names no model")),
+    (b"# only a comment\n\n", ("error", "names no model")),
+    (b"ViT-B-32,openai\nRN50\n", ("error", ":2 is 'RN50'", "not \"model,pretrained\"")),
+]
+
+
+@pytest.mark.parametrize("content,expected", PAIR_FILES)
+def test_a_pretrained_model_file_is_read_or_refused_in_one_message(tmp_path, content, expected):
+    path = tmp_path / "models.txt"
+    path.write_bytes(content)
+    if isinstance(expected, list):
+        assert _entries({"pretrained_model": str(path)}) == expected
+        return
+    with pytest.raises(ConfigError) as err:
+        _entries({"pretrained_model": str(path)})
+    assert all(w in str(err.value) for w in expected[1:]), str(err.value)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "fifo"])
+def test_a_pretrained_model_path_that_is_no_file_says_so(tmp_path, kind):
+    import os
+
+    path = tmp_path / "models.txt"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(ConfigError) as err:
+        _entries({"pretrained_model": str(path)})
+    words = {"missing": "no such file exists", "folder": "is a directory", "fifo": "FIFO"}[kind]
+    assert words in str(err.value) and str(path) in str(err.value)
+
+
+def test_the_issues_non_utf8_pairs_file_is_an_error_with_exit_status_2(tmp_path):
+    """The repro: a config naming a pretrained_model file that is not UTF-8 ended in
+    'internal error: UnicodeDecodeError' (exit 1)."""
+    pairs = tmp_path / "pm.txt"
+    pairs.write_bytes(b"ViT-B-32,\xff\xfe\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("eval_backend: RAGEval\neval_config:\n  tool: clip_benchmark\n  eval:\n"
+                   f"    pretrained_model: {pairs}\n    dataset_name: [custom]\n    data_dir: {tmp_path}\n")
+    res = CliRunner().invoke(cli, ["run", str(cfg)])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("error: ") and f"{pairs}:1: not UTF-8" in res.stderr and "internal" not in res.stderr

@@ -55,7 +55,15 @@ FOLDER_FILES = [
     ("dataset_type.txt", "", ("error", "dataset_type.txt is empty")),
     ("dataset_type.txt", "classification\nretrieval\n", ("error", "dataset_type.txt:2", "a second line")),
     ("dataset_type.txt", BOM + "Classification\r\n", ("ok", NAMES)),
-    ("dataset_type.txt", "<html><body>Not Found</body></html>", ("error", "dataset_type.txt:1")),
+    ("dataset_type.txt", "<html><body>Not Found</body></html>", ("error", "dataset_type.txt is a web page")),
+    # a web page saved in place of a side file (brk2 K1): its lines would pass for names or templates
+    ("classnames.txt", "<!DOCTYPE html>\n<html>\n<head>\n<title>x</title>\n</head>\n<body>\nlogin\n</body>\n</html>\n",
+     ("error", "classnames.txt is a web page", "'<!DOCTYPE html>")),
+    ("classnames.txt", BOM + "\n <HTML><BODY>Just a moment...</BODY></HTML>", ("error", "is a web page")),
+    ("zeroshot_classification_templates.txt", "<html><body>a photo of a {c}</body></html>\n",
+     ("error", "templates.txt is a web page")),
+    ("classnames.txt", "<unk>\n<b>bold</b>\nhtml\nclass3\nclass4\nclass5\n",
+     ("ok", ["<unk>", "<b>bold</b>", "html", "class3", "class4", "class5"])),
     ("dataset_type.txt", "retrieval", ("error", "is a retrieval dataset")),
 ]
 
@@ -319,3 +327,24 @@ def test_the_data_fingerprint_never_reads_a_fifo_or_a_device(tmp_path, kind):
     names = tmp_path / "names"
     os.mkfifo(names)
     assert len(data_fingerprint("custom", d, "test", classnames_file=names)) == 64
+
+
+PAGE_STARTS = ["<!DOCTYPE html>", "<!doctype HTML PUBLIC>", "<html>", "<HTML lang=en>", "<head>", "<body>",
+               '<?xml version="1.0"?>', "<html/>", "<html", "<BODY\tclass=x>"]
+NOT_PAGES = ["cat\ndog", "<unk>", "<b>bold</b>", "a photo of a <{c}>", "", "  ", "html", "htm<html>", "<htm",
+             "<bodyguard>", "<header>x</header>", "<htmlish>", "<?xmlfoo", "1\n"]
+
+
+@pytest.mark.parametrize("start", PAGE_STARTS)
+@pytest.mark.parametrize("before", ["", "\ufeff", "\n\n", " \t\r\n", "\ufeff  \n"])
+def test_html_page_sees_a_page_however_it_starts(start, before):
+    from clipeval.engine.datasets.sidefiles import html_page
+
+    assert html_page((before + start + "\n<p>x</p>").encode("utf-8"))
+
+
+@pytest.mark.parametrize("text", NOT_PAGES)
+def test_html_page_passes_side_files(text):
+    from clipeval.engine.datasets.sidefiles import html_page
+
+    assert not html_page(text.encode("utf-8"))

@@ -36,7 +36,19 @@ BAD_BODIES = {
     "gzip-encoded shard": lambda d: ({"Content-Length": str(len(gzip.compress(d))), "Content-Encoding": "gzip"},
                                      gzip.compress(d)),
 }
+SHARD_MODES = list(BAD_BODIES)
 WRONG = [m for m in BAD_BODIES if m != "gzip-encoded shard"]
+
+# web pages a hub answers with 200 in place of a side file (login walls, bot checks, error pages)
+PAGES = {
+    "doctype page": b"<!DOCTYPE html>\n<html>\n<head>\n<title>Sign in</title>\n</head>\n<body>\nlogin\n</body>\n</html>\n",
+    "one-line page holding {c}": b"<html><body>a photo of a {c}</body></html>\n",
+    "bom, blank lines, upper case": b"\xef\xbb\xbf\n  \t<HTML lang=en><BODY>Just a moment...</BODY></HTML>",
+    "body fragment": b"<body>\nrate limited\n</body>\n",
+    "xml error document": b'<?xml version="1.0"?>\n<Error><Code>AccessDenied</Code></Error>\n',
+}
+for _page, _body in PAGES.items():
+    BAD_BODIES[f"page: {_page}"] = lambda d, b=_body: ({"Content-Length": str(len(b)), "Content-Type": "text/html"}, b)
 
 
 class Server:
@@ -218,7 +230,7 @@ def test_cli_folder_and_server_give_identical_metrics(served, tiny_bundle, tmp_p
 
 # --- wrong bodies are never kept ---------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", list(BAD_BODIES))
+@pytest.mark.parametrize("mode", SHARD_MODES)
 def test_a_wrong_shard_body_is_fetched_again_within_the_run(served, tmp_path, mode):
     served.bad["flickr8k/test/1.tar"] = [mode]
     url = f"{served.url}/flickr8k"
@@ -287,7 +299,7 @@ def test_a_wrong_nshards_from_the_server_is_an_error_and_not_kept(served, tmp_pa
 
 
 @pytest.mark.parametrize("name, body, words", [
-    ("dataset_type.txt", "<html>oops</html>", "dataset_type.txt"),
+    ("dataset_type.txt", "classification\nretrieval\n", "a second line"),
     ("classnames.txt", "", "holds no class names"),
     ("classnames.txt", "cat\ndog\ncat\n", "duplicate class name"),
     ("zeroshot_classification_templates.txt", "a photo\n", "has no {c}"),
@@ -377,3 +389,70 @@ def test_every_shard_is_fetched_once_by_the_workers(served, tmp_path):
     shards = sorted(p for p, _ in served.requests if p.endswith(".tar"))
     assert shards == sorted(f"many/test/{i}.tar" for i in range(22))
     assert same_tree(served.root / "many", folder)
+
+
+# --- a side file answered with a web page is never kept (brk2 K1) --------------------------------
+
+SIDE_FILES = ["classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt", "test/nshards.txt"]
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+@pytest.mark.parametrize("name", SIDE_FILES)
+def test_a_side_file_answered_once_with_a_web_page_is_fetched_again_within_the_run(served, tmp_path, name, page):
+    """The repro: classnames.txt answered with a 9-line HTML page became 9 class names (labels 0..5
+    in range: a run with wrong names, kept for every later run)."""
+    if name == "dataset_type.txt":  # the classification set has none: use the retrieval set's
+        rel, dataset = f"flickr8k/{name}", "flickr8k"
+    else:
+        rel, dataset = f"vtab-cifar10/{name}", "vtab/cifar10"
+    served.bad[rel] = [f"page: {page}"]
+    opts = dict(dataset_url=f"{served.url}/{{name}}", cache_dir=tmp_path / "cache", progress=False)
+    if dataset == "flickr8k":
+        ds = read_dataset(dataset, None, "test", "fail", **opts)
+        assert ds.num_images == 9
+    else:
+        ds = read_classification_dataset(dataset, None, "test", "fail", **opts)
+        assert ds.num_images == 12 and ds.classnames == [f"class{i}" for i in range(6)]
+    assert [p for p, _ in served.requests].count(rel) == 2
+    folder = cache_folder(rel.split("/")[0], f"{served.url}/{rel.split('/')[0]}", tmp_path / "cache")
+    local = rel.split("/", 1)[1]
+    assert (folder / local).read_bytes() == (served.root / rel).read_bytes()
+
+
+@pytest.mark.parametrize("name", SIDE_FILES)
+def test_a_server_that_keeps_sending_a_web_page_for_a_side_file_is_an_error_and_nothing_is_kept(served, tmp_path,
+                                                                                                 name):
+    rel = f"vtab-cifar10/{name}"
+    if not (served.root / rel).exists():
+        (served.root / rel).write_text("classification\n")
+    served.bad[rel] = ["page: doctype page"] * 5
+    url = f"{served.url}/vtab-cifar10"
+    with pytest.raises(DatasetError) as err:
+        fetch_dataset("vtab-cifar10", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    assert name in err.value.message and "web page" in err.value.message
+    folder = cache_folder("vtab-cifar10", url, tmp_path / "cache")
+    files = json.loads((folder / "manifest.json").read_text())["files"] if (folder / "manifest.json").exists() else {}
+    assert name not in files and not (folder / name).exists() and not list(folder.rglob("*.part"))
+    served.requests.clear()  # the server is fixed: the next run fetches that file (and what was not reached)
+    fetch_dataset("vtab-cifar10", "test", url=url, cache_dir=tmp_path / "cache", progress=False)
+    assert (folder / name).read_bytes() == (served.root / rel).read_bytes()
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_a_web_page_an_earlier_version_cached_as_class_names_is_dropped_and_fetched_again(served, tmp_path, page):
+    """A cache filled before pages were refused: the manifest vouches for the page (its size), the
+    reader refuses it, drops it, and the next run fetches the real file."""
+    opts = dict(dataset_url=f"{served.url}/{{name}}", cache_dir=tmp_path / "cache", progress=False)
+    read_classification_dataset("vtab/cifar10", None, "test", "fail", **opts)
+    folder = cache_folder("vtab-cifar10", f"{served.url}/vtab-cifar10", tmp_path / "cache")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "classnames.txt").write_bytes(PAGES[page])
+    manifest["files"]["classnames.txt"] = len(PAGES[page])
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError) as err:
+        read_classification_dataset("vtab/cifar10", None, "test", "fail", **opts)
+    assert "web page" in err.value.message and "removed from the download cache" in err.value.remedy
+    served.requests.clear()
+    ds = read_classification_dataset("vtab/cifar10", None, "test", "fail", **opts)
+    assert ds.classnames == [f"class{i}" for i in range(6)]
+    assert [p for p, _ in served.requests] == ["vtab-cifar10/classnames.txt"]

@@ -212,7 +212,7 @@ SHARD_TABLE = {
     "nshards unicode digit": ({"0.tar": S}, "\u00b2", ("not a number of shards",)),
     "nshards arabic digit": ({"0.tar": S}, "\u0661", ("not a number of shards",)),
     "nshards two lines": ({"0.tar": S}, "1\n2\n", ("not a number of shards",)),
-    "nshards html": ({"0.tar": S}, "<!DOCTYPE html><html><body>404</body></html>", ("not a number of shards",)),
+    "nshards html": ({"0.tar": S}, "<!DOCTYPE html><html><body>404</body></html>", ("nshards.txt is a web page",)),
     "nshards huge": ({"0.tar": S}, "99999999999999999999999", ("more than 1,000,000",)),
     "nshards just over the bound": ({"0.tar": S}, "1000001", ("more than 1,000,000",)),
     "nshards at the bound": ({"0.tar": S}, "1000000", ("999999 of the 1000000", "1.tar", "more)")),

@@ -19,11 +19,13 @@ before checking the block's keys.
 from __future__ import annotations
 
 import os
+import re
 from itertools import product
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..textio import FileTooLarge, NotRegularFile, read_regular, strip_bom
 
 SPELLINGS = ("model", "pretrained", "pretrained_model")
 COLLECTIONS = ("openai", "openclip_base", "openclip_multilingual", "openclip_all")
@@ -42,17 +44,25 @@ def _names(key: str, value: Any, where: str) -> list[str]:
 def _pairs(value: Any, where: str) -> list[tuple[str, str]]:
     items = _names("pretrained_model", value, where)
     located = [(f"pretrained_model entry {i + 1} in {where}", item) for i, item in enumerate(items)]
+    single_file = False
     if len(items) == 1 and "," not in items[0]:
         item = items[0]
         path = Path(os.path.expanduser(item))
-        if path.is_file():
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-            located = [(f"{path}:{n}", line.split("#", 1)[0].strip()) for n, line in enumerate(lines, 1)]
-            located = [(at, line) for at, line in located if line]
+        if os.path.lexists(path):
+            located = [(at, line) for at, line in _pair_lines(path) if line]
+            single_file = True
         elif item in COLLECTIONS:
             raise ConfigError(f"pretrained_model {item!r} in {where} is a CLIP_benchmark collection, which "
                               "clipeval does not ship",
                               "list the pairs instead: pretrained_model: [\"ViT-B-32,laion2b_s34b_b79k\", ...]")
+        else:
+            raise ConfigError(f"pretrained_model in {where} is {item!r}: not \"model,pretrained\", and no such "
+                              "file exists",
+                              "give the path of an existing file with one MODEL,PRETRAINED per line, or the pairs "
+                              "themselves (e.g. ViT-B-32,laion2b_s34b_b79k)")
+    if single_file and not located:
+        raise ConfigError(f"{items[0]} (pretrained_model in {where}) names no model",
+                          "write one MODEL,PRETRAINED per line (# starts a comment)")
     pairs = []
     for at, item in located:
         parts = [p.strip() for p in item.split(",")]
@@ -61,6 +71,35 @@ def _pairs(value: Any, where: str) -> list[tuple[str, str]]:
                               "write each as MODEL,PRETRAINED, e.g. ViT-B-32,laion2b_s34b_b79k")
         pairs.append((parts[0], parts[1]))
     return pairs
+
+
+MAX_PAIRS_FILE_BYTES = 16 << 20  # a list of (model, pretrained) pairs; anything larger is not one
+
+
+def _pair_lines(path: Path) -> list[tuple[str, str]]:
+    """``(where, line without comment, stripped)`` of a ``pretrained_model`` file: UTF-8 (a leading
+    byte-order mark allowed), lines ending at ``\n``, ``\r\n`` or ``\r``. Raises
+    :class:`ConfigError` for a file that is not a regular file, cannot be read, is larger than
+    :data:`MAX_PAIRS_FILE_BYTES` or is not UTF-8 (naming the line and byte)."""
+    try:
+        data = strip_bom(read_regular(path, MAX_PAIRS_FILE_BYTES))
+    except NotRegularFile as exc:
+        raise ConfigError(f"pretrained_model file {path} is {exc.strerror}",
+                          "give a regular text file with one MODEL,PRETRAINED per line") from None
+    except FileTooLarge:
+        raise ConfigError(f"pretrained_model file {path} is larger than {MAX_PAIRS_FILE_BYTES >> 20} MiB: not a "
+                          "list of model,pretrained pairs", "check that the path names the file you mean") from None
+    except OSError as exc:
+        raise ConfigError(f"pretrained_model file {path} cannot be read ({exc.strerror or exc})",
+                          "check the file and its permissions") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = len(re.findall(rb"\r\n|\r|\n", data[:exc.start])) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+                          "save the pretrained_model file as UTF-8") from None
+    lines = re.split(r"\r\n|\r|\n", text)
+    return [(f"{path}:{n}", line.split("#", 1)[0].strip()) for n, line in enumerate(lines, 1)]
 
 
 def normalize_models(block: dict[str, Any], where: str = "eval") -> list[dict[str, Any]]:

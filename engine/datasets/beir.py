@@ -24,7 +24,8 @@ characters that :meth:`str.splitlines` would break on); a UTF-8 byte-order mark 
 one :class:`~clipeval.engine.errors.DatasetError` with file and line number. Every other record
 is used or left out and counted by reason (:data:`LEFT_OUT_REASONS`); nothing is dropped
 silently and no missing value becomes the string ``"None"``. A qrels score is ASCII digits with
-an optional sign within a signed 64-bit integer (:func:`_is_int`, :func:`_score_problem`). The qrels come from
+an optional sign within a signed 64-bit integer (:func:`_is_int`, :func:`_score_problem`); a
+score below :data:`MIN_TREC_SCORE` is used (not relevant) with a warning. The qrels come from
 ``qrels/{split}.tsv`` when it exists, else from ``qrels.jsonl``.
 """
 
@@ -422,7 +423,20 @@ def _use_qrels(rows: list[tuple[str, str, int, str]], query_ids: set[str], corpu
     if unknown_docs:
         warnings.append(f"{qrels_file}: {unknown_docs} row(s) name a corpus id that is not in {CORPUS}; "
                         "they count as relevant documents that cannot be retrieved")
+    below = [(q, d, s) for q, d, s in used if s < MIN_TREC_SCORE]
+    if below:
+        q, d, s = below[0]
+        warnings.append(f"{qrels_file}: {len(below)} row(s) have a score below {MIN_TREC_SCORE} (first: "
+                        f"({_id(q)}, {_id(d)}) score {s}); clipeval counts them as not relevant (gain 0), but "
+                        f"trec_eval keeps only -1 and -2 as special values and indexes its arrays with lower "
+                        f"ones (pytrec_eval can crash on them), so no tool can check these numbers: use 0 for "
+                        f"a non-relevant document")
     return used
+
+
+# The lowest qrels score trec_eval handles: -1 and -2 are its special values (not pooled,
+# unjudged); a lower one indexes its relevance-level arrays out of bounds.
+MIN_TREC_SCORE = -2
 
 
 LEFT_OUT_REASONS = {

@@ -62,6 +62,11 @@ def strip_pos_tags(caption: str) -> str:
     return out
 
 
+# Line ends of a Flickr file: \n, \r\n or a lone \r, as the reference reads it (Python's text mode,
+# universal newlines). Split on the bytes: no UTF-8 sequence holds these bytes.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 def _candidates(data_dir: Path, name: str) -> list[Path]:
     """Where image ``name`` may be: an absolute name as it is; else under ``data_dir`` and each of
     :data:`IMAGE_FOLDERS`, in that order (a ``..`` in the name is followed, as the reference's
@@ -155,7 +160,8 @@ def read_flickr(data_dir, split: str, *, name: str, base: str, language: str = "
     """A Flickr8k / Flickr30k Karpathy file: ``{data_dir}/{base}_{split}_karpathy.txt``
     (``{base}_{split}_zh.txt`` for ``language`` ``zh``), ``IMAGE.jpg,CAPTION`` lines after a
     header, from the releases of github.com/mehdidc/retrieval_annotations that CLIP_benchmark
-    downloads (Karpathy's splits, "Deep Visual-Semantic Alignments", CVPR 2015).
+    downloads (Karpathy's splits, "Deep Visual-Semantic Alignments", CVPR 2015). A line ends at
+    ``\n``, ``\r\n`` or a lone ``\r`` (the reference reads the file in text mode).
 
     Returns a :class:`RetrievalDataset` named ``name``: images in order of first appearance (paths
     found under ``data_dir`` in :data:`IMAGE_FOLDERS`), captions in file order, each with the index
@@ -180,10 +186,10 @@ def read_flickr(data_dir, split: str, *, name: str, base: str, language: str = "
     captions: list[tuple[int, str, str]] = []
     bad: list[BadItem] = []
     left = LeftOut()
-    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
+    for lineno, line_bytes in enumerate(_LINE_END.split(raw), start=1):
         where = f"{ann}:{lineno}"
         try:
-            line = line_bytes.decode("utf-8").rstrip("\r")
+            line = line_bytes.decode("utf-8")
         except UnicodeDecodeError as exc:
             bad.append(BadItem(where, f"not UTF-8 text (byte 0x{line_bytes[exc.start]:02x})", lineno))
             left.add("texts", "bad_line")

@@ -4,7 +4,9 @@ the files of ``--classnames-file`` / ``--templates-file`` (text, or JSON: a list
 keyed by dataset name as CLIP_benchmark's ``--custom_classname_file``, or CuPL-style templates).
 
 Text files are read as UTF-8; a leading byte-order mark is dropped
-(:func:`clipeval.engine.textio.strip_bom`). Every problem is a :class:`SideFileError` that names
+(:func:`clipeval.engine.textio.strip_bom`). A file that is a web page (:func:`html_page`: what a
+hub sends with status 200 for a login wall or a "just a moment" check) is refused: its lines would
+otherwise pass for class names or templates. Every problem is a :class:`SideFileError` that names
 the file, and the line (or the JSON entry) where it applies; no content of a side file ends in a
 traceback.
 """
@@ -48,13 +50,25 @@ class SideFileError(DatasetError):
 # Text
 
 
+# How a web page starts (after a BOM and blank space, any case): an HTML document or fragment, or XML;
+# the tag name ends there (``<bodyguard>`` is no page).
+_PAGE_START = re.compile(rb"<(?:!doctype\s+html|html|head|body|\?xml)(?:[\s>/]|$)")
+
+
+def html_page(data: bytes) -> bool:
+    """Whether ``data`` is a web page rather than a side file: after a byte-order mark and blank
+    space it starts with the tag ``<!DOCTYPE html``, ``<html``, ``<head``, ``<body`` or ``<?xml``
+    (any case, the name ending in a space, ``>``, ``/`` or the end). No class name list, template list, shard count or dataset type starts so."""
+    return _PAGE_START.match(strip_bom(data[:4096]).lstrip().lower()) is not None
+
+
 def read_text(path: str | os.PathLike) -> str:
     """The UTF-8 text of a side file, without a leading BOM.
 
     Raises :class:`SideFileError` when it is not a regular file (a folder, a FIFO, a device such
     as ``/dev/zero``: never read, so nothing blocks or runs for ever), is larger than
-    :data:`MAX_SIDE_FILE_BYTES`, cannot be read, or is not UTF-8 (with the line and byte of the
-    first bad byte).
+    :data:`MAX_SIDE_FILE_BYTES`, cannot be read, is not UTF-8 (with the line and byte of the
+    first bad byte), or is a web page (:func:`html_page`).
     """
     p = Path(path)
     if p.is_dir():
@@ -69,6 +83,10 @@ def read_text(path: str | os.PathLike) -> str:
                             "check that the path names the file you mean") from None
     except OSError as exc:
         raise SideFileError(p, f"{p} cannot be read ({exc.strerror or exc})", "check the file and its permissions") from None
+    if html_page(data):
+        raise SideFileError(p, f"{p} is a web page (it starts with {strip_bom(data).lstrip()[:40]!r}), not {p.name}",
+                            f"put the real {p.name} there (a server answered with a web page, e.g. a login or "
+                            "'just a moment' page)")
     data = strip_bom(data)
     try:
         return data.decode("utf-8")

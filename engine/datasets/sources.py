@@ -14,7 +14,8 @@ Every file is fetched to ``NAME.part`` and renamed into place only once its size
 server announced (Content-Length, or the total of Content-Range) and, for a shard, once it reads
 as a whole tar file (:func:`~.wds.check_tar`: an HTML page of the right length, a gzip file, a
 transfer cut short without Content-Length, an empty body are not kept, and are fetched again
-within the same tries). Requests ask for ``Accept-Encoding: identity``; a body the server
+within the same tries); a side file (``nshards.txt``, class names, templates, ``dataset_type.txt``)
+that is a web page (:func:`~.sidefiles.html_page`) is not kept either. Requests ask for ``Accept-Encoding: identity``; a body the server
 encodes anyway (``Content-Encoding: gzip``) is decoded, and then only the tar check vouches for it. An interrupted transfer
 resumes from the bytes already there with an HTTP ``Range`` request (up to 5 tries per file,
 with the waits and the retryable statuses of :mod:`clipeval.engine.http_retry`, ``Retry-After`` honoured); a server that ignores ``Range`` sends the whole file again. ``manifest.json`` in the
@@ -199,7 +200,9 @@ class Fetcher:
         part = dest.with_name(dest.name + ".part")
         dest.parent.mkdir(parents=True, exist_ok=True)
         last_error = "no attempt made"
+        wrong_body = False  # the last answer was a whole body, but not the file (a web page ...)
         for attempt in range(self.retry.attempts):
+            wrong_body = False
             have = part.stat().st_size if part.is_file() else 0
             headers = {"Accept-Encoding": "identity"}
             if have:
@@ -249,6 +252,7 @@ class Fetcher:
                     problem = self._usable(rel, part)
                     if problem is not None:
                         last_error = problem
+                        wrong_body = True
                         log.warning("%s: %s; fetching it again (attempt %d of %d)", rel, problem, attempt + 1,
                                     self.retry.attempts)
                         part.unlink()
@@ -262,13 +266,22 @@ class Fetcher:
                 log.warning("%s: %s; resuming (attempt %d of %d)", rel, last_error, attempt + 1, self.retry.attempts)
                 if self.retry.more(attempt):
                     await self.retry.pause(attempt)
+        if wrong_body:
+            raise DatasetError(f"could not download {self.url}/{rel} ({last_error})",
+                               "the server sent something else than the file (it was not kept): check the URL "
+                               "(--dataset-url) and the split, then run again; finished files are kept")
         raise DatasetError(f"could not download {self.url}/{rel} ({last_error})",
                            "check the network and the URL (--dataset-url), then run again: finished files are kept")
 
     @staticmethod
     def _usable(rel: str, part: Path) -> str | None:
-        """What is wrong with a fetched shard (None for other files, and for a whole tar)."""
+        """What is wrong with a fetched file: a shard that is not a whole tar, a side file that is
+        a web page (:func:`~.sidefiles.html_page`); None when nothing is."""
         if not rel.endswith(".tar"):
+            with open(part, "rb") as f:
+                head = f.read(4096)
+            if sidefiles.html_page(head):
+                return f"the body is a web page, not {rel}; it starts with {head.lstrip()[:24]!r}"
             return None
         problem = wds.check_tar(part, rel)
         if problem is None:

@@ -2,7 +2,7 @@
 BEIR-format folder.
 
 Steps: read and check the folder (:mod:`clipeval.engine.datasets.beir`); embed the corpus (``title``
-and ``text`` joined by a space, as BEIR does) and the evaluated queries (those with qrels and a
+and ``text`` joined by a space, stripped, as BEIR does: :func:`doc_text`) and the evaluated queries (those with qrels and a
 non-blank text, the first ``limits`` of them when set), each with its prompt prefix (the
 config's, else the checkpoint's sentence-transformers prompts ``query`` / ``document``); rank
 the whole corpus for every query with the exact blocked top-k kernel
@@ -136,9 +136,13 @@ def _check_ks(ks: list[int] | None, n_docs: int, k_list: str = "default") -> tup
     return sorted(set(ks)), []
 
 
-def _doc_text(doc: dict[str, str]) -> str:
+def doc_text(doc: dict[str, str]) -> str:
+    """The text a document is embedded (and reranked) as: ``(title + " " + text).strip()``, or
+    ``text.strip()`` without a title, as BEIR's and mteb's models and evalscope's
+    ``encode_corpus`` build it (whitespace around the text is never part of it: a tokenizer that
+    keeps a trailing newline as a token, as byte-level BPE does, would otherwise embed another text)."""
     title = doc.get("title") or ""
-    return f"{title} {doc['text']}".strip() if title else doc["text"]
+    return f"{title} {doc['text']}".strip() if title else doc["text"].strip()
 
 
 def trec_tie_keys(doc_ids: list[str]) -> np.ndarray:
@@ -266,7 +270,7 @@ def run_text_retrieval(stage, encoder: Bundle, data: BeirData, params: TextRetri
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    corpus = stage.texts(encoder, precision, [prompts["document"] + _doc_text(d) for d in data.corpus],
+    corpus = stage.texts(encoder, precision, [prompts["document"] + doc_text(d) for d in data.corpus],
                          batch_size=params.batch_size, label="corpus")
     timings["corpus_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -329,7 +333,7 @@ def _rerank_stage(stage, reranker: Bundle, data: BeirData, queries, stage1: Rank
     candidates = stage1.indices[:, :width]
     own = reranker.manifest.get("reranker") or {}
     prompt = reranker_prompt(reranker, params.reranker_prompt)
-    doc_texts = [_doc_text(d) for d in data.corpus]
+    doc_texts = [doc_text(d) for d in data.corpus]
     pairs = [(prompt + q["text"], doc_texts[j]) for q, row in zip(queries, candidates.tolist()) for j in row if j >= 0]
     t0 = time.perf_counter()
     scored = stage.pair_scores(reranker, pairs, batch_size=params.reranker_batch_size or params.batch_size,
