@@ -54,6 +54,17 @@ def _cache_options(f):
                         help="Neither read nor write the embedding cache (CACHE_ROOT/embeddings).")(f)
 
 
+def _executor_options(f):
+    """Where the work runs (engine/executors/, docs/scale.md)."""
+    f = click.option("--ray-address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
+                     help="The Ray cluster for --executor ray: auto (a running cluster), a head node's address, "
+                          "or a Ray Client address. Default: $RAY_ADDRESS, else a Ray instance started on this "
+                          "machine for the run.")(f)
+    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="local: this process. ray: a Ray cluster (pip install 'clipeval[ray]'); the embedding "
+                             "stage runs as a Ray Dataset, several (model, dataset) pairs as Ray tasks.")(f)
+
+
 @cli.command("eval")
 @click.option("--model", "models", multiple=True, metavar="BUNDLE|CHECKPOINT|demo",
               help="Model bundle directory, checkpoint directory or hub id (repeatable). Default: the embedded demo model.")
@@ -85,10 +96,11 @@ def _cache_options(f):
                    "8 MiB; clipeval compare and clipeval report read it).")
 @_named_dataset_options
 @_cache_options
+@_executor_options
 @verbosity_option
 def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, num_workers, limit, recall_k,
              skip_existing, on_error, provider, precision, fast_decode, decode, num_threads, detail, quiet, no_cache,
-             verify_cache, **named_dataset):
+             verify_cache, executor, ray_address, **named_dataset):
     """Evaluate models on datasets; prints one JSON line per result on stdout."""
     from clipeval.engine.config import make_eval_config
 
@@ -102,6 +114,7 @@ def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, nu
         "provider": provider, "precision": precision, "fast_decode": fast_decode, "decode": decode,
         "num_threads": num_threads, "detail": detail, "verbose": not quiet,
         "no_cache": no_cache, "verify_cache": verify_cache,
+        "executor": executor, "ray_address": ray_address,
         **named_dataset,
     }
     _run_config(make_eval_config(block, "the command line"))
