@@ -9,8 +9,6 @@ import hashlib
 import json
 import shutil
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -27,70 +25,11 @@ from clipeval.engine.executors import rows as rows_mod
 from clipeval.engine.executors.rows import fetch_sources, http_get, image_table
 from clipeval.engine.executors.shipping import needed_files, pack_bundle, unpack_bundle
 from datagen import noise_image
+from rangeserver import RangeServer
 from wdsgen import png_bytes, write_retrieval_set
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=40,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-class RangeServer:
-    """Serves a folder with ``Range: bytes=A-B`` (206 and Content-Range, as HTTP says); records
-    each request; ``ignore_range`` answers 200 with the whole file; ``fail[path]`` answers that
-    many 503s first; ``replace[path]`` serves other bytes (a shard changed on the server)."""
-
-    def __init__(self, root):
-        self.root = root
-        self.requests: list[tuple[str, str | None]] = []
-        self.ignore_range = False
-        self.fail: dict[str, int] = {}
-        self.replace: dict[str, bytes] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                rel = self.path.lstrip("/")
-                server.requests.append((rel, self.headers.get("Range")))
-                if server.fail.get(rel, 0) > 0:
-                    server.fail[rel] -= 1
-                    self.send_error(503)
-                    return
-                path = server.root / rel
-                if rel in server.replace:
-                    data = server.replace[rel]
-                elif ".." in rel or not path.is_file():
-                    self.send_error(404)
-                    return
-                else:
-                    data = path.read_bytes()
-                rng = self.headers.get("Range")
-                if rng and not server.ignore_range:
-                    a, b = rng.split("=")[1].split("-")
-                    a, b = int(a), min(int(b), len(data) - 1)
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {a}-{b}/{len(data)}")
-                    body = data[a:b + 1]
-                else:
-                    self.send_response(200)
-                    body = data
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from typing import Iterator
 
 from ..errors import ConfigError
@@ -142,16 +143,21 @@ class RayDataLog(logging.Handler):
 @contextlib.contextmanager
 def data_context(**settings) -> Iterator[object]:
     """Ray Data's current ``DataContext`` with ``settings`` for the block (Datasets created in it
-    copy them), restored afterwards; progress bars off."""
+    copy them), restored afterwards; progress bars off. Settings this Ray version does not have
+    are left out. Ray Data's warnings about its own deprecated settings, which copying the context
+    raises, are not shown."""
     from ray.data import DataContext
 
-    ctx = DataContext.get_current()
-    settings = {"enable_progress_bars": False, "print_on_execution_start": False, **settings}
-    old = {k: getattr(ctx, k) for k in settings}
-    for k, v in settings.items():
-        setattr(ctx, k, v)
-    try:
-        yield ctx
-    finally:
-        for k, v in old.items():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`\w+` is deprecated")
+        ctx = DataContext.get_current()
+        settings = {"enable_progress_bars": False, "print_on_execution_start": False, **settings}
+        settings = {k: v for k, v in settings.items() if hasattr(ctx, k)}
+        old = {k: getattr(ctx, k) for k in settings}
+        for k, v in settings.items():
             setattr(ctx, k, v)
+        try:
+            yield ctx
+        finally:
+            for k, v in old.items():
+                setattr(ctx, k, v)

@@ -1,0 +1,219 @@
+"""Faults on a simulated multi-node Ray cluster (``ray.cluster_utils.Cluster`` on 127.0.0.1): a
+worker node killed mid-run is retried by Ray and the run gives the local embeddings; a batch
+whose worker dies every time ends the run with one error naming its images, while the other
+batches finish and are cached whole. Every wait is bounded; the cluster is shut down (and checked
+to have left no process) whatever happens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from clipeval.engine.bundle import load_bundle
+from clipeval.engine.cache import image_key, open_cache
+from clipeval.engine.embed import embed_images
+from clipeval.engine.errors import ClusterError
+from clipeval.engine.executors.ray_embed import RETRIES, RayEmbedder
+from clipeval.engine.tasks.context import load_model
+from datagen import noise_image
+from rayfix import simulated_cluster
+
+WAIT_S = 120.0
+# Fast detection of a dead node (defaults: several seconds per missed check, five checks)
+HEAD_CONFIG = {"health_check_period_ms": 500, "health_check_failure_threshold": 2}
+
+
+def pid_of_client(port: int) -> int | None:
+    """The process holding the local TCP socket ``127.0.0.1:port`` (from /proc: socket inode,
+    then the process whose file descriptors include it)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if int(parts[1].rsplit(":", 1)[1], 16) == port:
+                inode = parts[9]
+                break
+        if inode:
+            break
+    if not inode:
+        return None
+    target = f"socket:[{inode}]"
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{proc}/fd"):
+                if os.readlink(f"/proc/{proc}/fd/{fd}") == target:
+                    return int(proc)
+        except OSError:
+            continue
+    return None
+
+
+class ImageServer:
+    """Serves ``images`` (name -> PNG bytes). ``hold_after``: requests after that many are held
+    until :meth:`release`; ``poison``: a name whose every request kills the process that asked
+    (SIGKILL, as an out-of-memory kill would) and is counted in ``poisoned``."""
+
+    def __init__(self, images: dict[str, bytes], hold_after: int | None = None, poison: str | None = None):
+        self.images = images
+        self.hold_after = hold_after
+        self.poison = poison
+        self.served = 0
+        self.held = 0
+        self.poisoned = 0
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                if name == server.poison:
+                    pid = pid_of_client(self.client_address[1])
+                    with server.lock:
+                        server.poisoned += 1
+                    if pid is not None and pid != os.getpid():
+                        os.kill(pid, signal.SIGKILL)
+                    return
+                with server.lock:
+                    server.served += 1
+                    hold = server.hold_after is not None and server.served > server.hold_after
+                    if hold:
+                        server.held += 1
+                if hold:
+                    server.gate.wait(WAIT_S)
+                data = server.images[name]
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client was killed with its node
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def release(self):
+        self.hold_after = None
+        self.gate.set()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+def wait_for(predicate, what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def png(i: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    noise_image(300 + i, (24 + i, 20)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node that only runs the driver (0 CPUs) and one worker node of 2 CPUs."""
+    with simulated_cluster(head_cpus=0, nodes=(2,), head_config=HEAD_CONFIG) as (ray, cl):
+        yield ray, cl
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    return bundle, load_model(bundle, provider="cpu", precision="fp32", threads=1)
+
+
+def test_a_worker_node_killed_mid_run_is_retried_and_the_embeddings_are_the_local_ones(cluster, model):
+    ray, cl = cluster
+    bundle, local = model
+    images = {f"{i}.png": png(i) for i in range(12)}
+    with ImageServer(images, hold_after=4) as server:
+        sources = [f"{server.url}/{i}.png" for i in range(12)]
+        out: dict = {}
+
+        def run():
+            try:
+                out["result"] = RayEmbedder(bundle, precision="fp32", provider="cpu").embed_images(
+                    sources, batch_size=3, progress=False)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                out["error"] = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        wait_for(lambda: server.held >= 1, "a decode task on the worker node to be mid-request")
+        victim = cl.worker_nodes and list(cl.worker_nodes)[0]
+        raylet = victim.all_processes["raylet"][0].process.pid
+        cl.remove_node(victim, allow_graceful=False)  # the node dies with the task it was running
+        cl.add_node(num_cpus=2, num_gpus=0, object_store_memory=96 << 20)
+        server.release()
+        thread.join(timeout=300)
+        assert not thread.is_alive(), "the run did not finish after the node was replaced"
+    assert "error" not in out, out.get("error")
+    with pytest.raises(ProcessLookupError):
+        os.kill(raylet, 0)
+    want = embed_images(local.vision, local.preprocessor, list(images.values()), batch_size=3, num_workers=0,
+                        progress=False)
+    got = out["result"]
+    assert got.indices.tolist() == want.indices.tolist() == list(range(12))
+    assert np.abs(got.embeds - want.embeds).max() <= 1e-6
+    assert server.served > 12  # some images were fetched again by the retried tasks
+
+
+def test_a_batch_that_keeps_failing_ends_the_run_naming_its_images_and_caches_only_whole_batches(
+        cluster, model, tmp_path):
+    bundle, local = model
+    folder = tmp_path / "g"
+    folder.mkdir()
+    paths = []
+    for i in range(9):
+        (folder / f"{i}.png").write_bytes(png(i))
+        paths.append(str(folder / f"{i}.png"))
+    with ImageServer({}, poison="poison.png") as server:
+        sources = paths[:4] + [f"{server.url}/poison.png"] + paths[5:]  # batch 2 of 3 holds the poison
+        cache = open_cache(tmp_path / "cache")
+        space = cache.space(bundle.identity, "fp32", "image", verified=bundle.verified)
+        with pytest.raises(ClusterError) as err:
+            RayEmbedder(bundle, precision="fp32", provider="cpu").embed_images(
+                sources, batch_size=3, progress=False, cache=space, where=[f"row {i}" for i in range(9)])
+        assert server.poisoned == RETRIES + 1  # Ray tried the batch that many times
+    message = str(err.value)
+    assert f"3 image(s) did not come back from the Ray cluster: their batch failed {RETRIES + 1} times" in message
+    assert [line.split(":")[0].strip() for line in message.splitlines()[1:4]] == ["row 3", "row 4", "row 5"]
+    assert "row 2" not in message and "row 6" not in message
+    keys = [image_key(s) for s in sources]
+    stored = space.lookup(keys)
+    assert sorted(stored) == [0, 1, 2, 6, 7, 8]  # the two batches that finished, whole; nothing of the failed one
+    want = embed_images(local.vision, local.preprocessor, [paths[i] for i in (0, 1, 2, 6, 7, 8)], batch_size=3,
+                        num_workers=0, progress=False)
+    assert np.abs(np.stack([stored[i] for i in (0, 1, 2, 6, 7, 8)]) - want.embeds).max() <= 1e-6
+    cache.close()
