@@ -8,7 +8,8 @@ Data flow of :meth:`RayEmbedder.embed_images` (``sources`` of N images, batch si
                                           preprocess into float32 [b, 3, H, W] (1 CPU each)
               map_batches(TowerActor)     actor pool: one onnxruntime session per actor, opened
                                           once from the bundle; 1 GPU per actor on a cluster
-                                          with GPUs, else ``num_threads`` CPUs (default 1)
+                                          with GPUs, else ``num_threads`` threads (default 1)
+                                          sharing the CPUs with decoding (:func:`placement`)
     driver: embeddings by row index, cache writes (one transaction per batch), progress
 
 * **Row order.** Blocks hold the rows that missed the cache in input order, B at a time, which
@@ -55,6 +56,7 @@ from .shipping import pack_bundle, unpack_bundle
 
 log = logging.getLogger(__name__)
 
+CPU_ACTOR_CPUS = 0  # CPUs a CPU tower actor reserves in Ray's accounting (see placement)
 RETRIES = 3  # further tries of a failed decode task or tower call, on any node
 DECODE = "ray"  # ImageEmbeddings.decode of a run on Ray
 LOGS_HINT = "the Ray logs of each node are in /tmp/ray/session_latest/logs"
@@ -144,9 +146,18 @@ class Placement:
 
 
 def placement(ray, provider: str, num_threads: int | None) -> Placement:
-    """One actor per GPU (``num_gpus=1``, CUDA) on a cluster with GPUs unless ``provider`` is
-    ``cpu``; else CPU actors of ``num_threads`` CPUs each (default 1, at most the CPUs of the
-    largest node), between 1 and as many as the cluster's CPUs hold, scaled by Ray Data."""
+    """Where the tower actors run.
+
+    * A cluster with GPUs (``provider`` not ``cpu``): one actor per GPU, each taking one GPU
+      (``num_gpus=1``) and one CPU; decoding gets the other CPUs.
+    * CPU only: actors of ``num_threads`` onnxruntime threads (default 1, at most the CPUs of
+      the largest node), from 1 up to as many as the cluster's CPUs hold, added by Ray Data
+      while the towers are the bottleneck. They reserve no CPU in Ray's accounting: decode tasks
+      take one CPU each, and the towers' threads share the cores with them, as decode threads
+      and onnxruntime threads share them in a local run. An actor that reserved whole CPUs would
+      keep them from decoding while it waits for pixels (on a 2-core node: half the decoding;
+      docs/speed.md, "Ray").
+    """
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     if gpus and provider != "cpu":
@@ -161,7 +172,7 @@ def placement(ray, provider: str, num_threads: int | None) -> Placement:
     if provider == "cuda":
         notes.append("CUDA was asked for, but the Ray cluster has no GPUs; the towers run on CPU")
     pool = max(1, int(resources.get("CPU", 1)) // threads)
-    return Placement({"min_size": 1, "max_size": pool, "num_cpus": threads}, "cpu", threads, notes)
+    return Placement({"min_size": 1, "max_size": pool, "num_cpus": CPU_ACTOR_CPUS}, "cpu", threads, notes)
 
 
 @contextlib.contextmanager
