@@ -55,8 +55,8 @@ def served(tmp_path_factory):
 
 def gallery(root, served):
     """(sources for Ray, the same images as a local run takes them): files of several sizes and
-    modes, one missing, one cut short after its header, one that is not an image, two URLs
-    (locally: the files the server serves), bytes."""
+    modes, one missing, one cut short after its header, one that is not an image, one by a path
+    relative to the working directory, two URLs (locally: the files the server serves), bytes."""
     root.mkdir(parents=True, exist_ok=True)
     ray_sources, local_sources = [], []
     for i, (size, mode) in enumerate([((40, 30), "RGB"), ((17, 64), "RGB"), ((64, 64), "L"), ((50, 45), "RGBA"),
@@ -70,7 +70,8 @@ def gallery(root, served):
     data = full.read_bytes()
     full.write_bytes(data[: len(data) // 2])
     (root / "text.png").write_text("not an image")
-    ray_sources += [str(root / "missing.png"), str(full), str(root / "text.png")]
+    ray_sources += [str(root / "missing.png"), str(full), str(root / "text.png"), "rel.png"]
+    noise_image(5, (20, 20)).save(root / "rel.png")  # relative to the driver's working directory
     local_sources = list(ray_sources)
     for i in range(2):
         ray_sources.append(f"{served.url}/img/{i}.png")
@@ -90,8 +91,10 @@ def assert_same_images(got, want, *, same_reasons=True):
         assert [f.reason for f in got.failures] == [f.reason for f in want.failures]
 
 
-def test_images_on_ray_are_the_local_embeddings_in_input_order(ray_session, bundle, local_model, served, tmp_path):
+def test_images_on_ray_are_the_local_embeddings_in_input_order(ray_session, bundle, local_model, served, tmp_path,
+                                                               monkeypatch):
     ray_sources, local_sources = gallery(tmp_path / "g", served)
+    monkeypatch.chdir(tmp_path / "g")
     want = embed_images(local_model.vision, local_model.preprocessor, local_sources, batch_size=4, num_workers=0,
                         progress=False, on_error="skip")
     assert len(want.failures) == 3  # missing, cut short, not an image
@@ -113,16 +116,6 @@ def test_images_on_ray_are_the_local_embeddings_in_input_order(ray_session, bund
         if i in stored:
             assert np.abs(stored[i] - want.embeds[row]).max() <= TOL
     cache.close()
-
-
-def test_a_relative_path_is_read_as_the_driver_reads_it(ray_session, bundle, local_model, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    noise_image(5, (20, 20)).save(tmp_path / "rel.png")
-    want = embed_images(local_model.vision, local_model.preprocessor, ["rel.png"], batch_size=2, num_workers=0,
-                        progress=False)
-    got = RayEmbedder(bundle, precision="fp32", provider="cpu").embed_images(["rel.png"], batch_size=2,
-                                                                            progress=False)
-    assert_same_images(got, want)
 
 
 def test_texts_on_ray_are_the_local_embeddings(ray_session, bundle, local_model, tmp_path):
