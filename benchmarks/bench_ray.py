@@ -21,8 +21,9 @@ embeddings are checked against the local ones (max absolute difference). The loa
 printed before each run: other work on the machine shows there.
 
 Prints one line per run, then per way the median, min and max seconds, images/s, and the ratio
-to local (median over median, and the spread: slowest ray / fastest local .. fastest ray /
-slowest local).
+to local (median over median, and the spread: fastest ray / slowest local .. slowest ray /
+fastest local), and each Ray run over the local run of its rotation (the runs closest in time,
+so the least touched by a change of load).
 
     python benchmarks/bench_ray.py [--n 2000] [--repeats 3] [--batch 64] [--model BUNDLE]
                                    [--actor-cpus X] [--ways local,ray-1,ray-2]
@@ -180,6 +181,12 @@ def main() -> None:
         ratio = f"{med / statistics.median(local):8.2f}" if local else "       -"
         spread = f"{min(t) / max(local):.2f}..{max(t) / min(local):.2f}" if local else "-"
         print(f"{name:6s} {med:9.2f} {min(t):7.2f} {max(t):7.2f} {args.n / med:7.1f} {ratio} {spread:>13s}")
+    if local:
+        for name in names:
+            if name != "local":
+                pairs = [r / l for r, l in zip(times[name], local)]
+                print(f"{name} / local of the same rotation: {', '.join(f'{x:.2f}' for x in pairs)} "
+                      f"(median {statistics.median(pairs):.2f})")
     if "ray-1" in times and "ray-2" in times:
         print(f"ray-2 / ray-1 (median): {statistics.median(times['ray-2']) / statistics.median(times['ray-1']):.2f}")
 
