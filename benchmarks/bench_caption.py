@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fake_openai import FakeOpenAI  # noqa: E402
 
 from clipeval.engine.config import make_eval_config  # noqa: E402
-from clipeval.engine.tasks.caption import run_caption  # noqa: E402
+from clipeval.engine.tasks.image_caption import run_caption  # noqa: E402
 
 
 def photo_like(seed: int, size=(640, 480)) -> Image.Image:

@@ -40,9 +40,9 @@ from multiprocessing import shared_memory
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from clipeval.engine.images import load_image
-from clipeval.engine.pipeline import iter_pixel_batches
-from clipeval.engine.preprocess import PreprocessSpec, Preprocessor
+from clipeval.engine.images.load import load_image
+from clipeval.engine.images.pipeline import iter_pixel_batches
+from clipeval.engine.images.preprocess import PreprocessSpec, Preprocessor
 
 CLIP_LIKE = {
     "do_convert_rgb": True, "do_resize": True, "size": {"shortest_edge": 224}, "resample": "bicubic",

@@ -45,7 +45,7 @@ def correlated(n_texts, n_images, dim, seed=0):
 
 
 def part_ranking(n_texts, n_images, dim, repeat):
-    from clipeval.engine.detail import RetrievalPerQuery, write_detail
+    from clipeval.engine.results.detail import RetrievalPerQuery, write_detail
     from clipeval.engine.kernels import positive_ranks
 
     text, image, text_to_image = correlated(n_texts, n_images, dim)

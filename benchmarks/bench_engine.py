@@ -53,10 +53,10 @@ def _export_text_b32(root: Path) -> Path:
 
 
 def bench_text(args) -> None:
-    from clipeval.engine.bundle import load_bundle
-    from clipeval.engine.embed import embed_texts
-    from clipeval.engine.session import open_tower
-    from clipeval.engine.tokenizer import TextTokenizer
+    from clipeval.engine.sessions.bundle import load_bundle
+    from clipeval.engine.embedding.stage import embed_texts
+    from clipeval.engine.sessions.onnx import open_tower
+    from clipeval.engine.text.tokenizer import TextTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -133,8 +133,9 @@ def bench_memory(args) -> None:
 
 _INFLIGHT_CHILD = """
 import sys
-from clipeval.engine import decode_procs, pipeline
-from clipeval.engine.preprocess import PreprocessSpec, Preprocessor
+from clipeval.engine.images import decode_procs
+from clipeval.engine.images import pipeline
+from clipeval.engine.images.preprocess import PreprocessSpec, Preprocessor
 sys.path.insert(0, {bench!r})
 from bench_decode import CLIP_LIKE
 if {old!r}:
@@ -178,7 +179,7 @@ def bench_inflight(args) -> None:
 
 
 _NO_SPIN = (
-    "import clipeval.engine.session as s\n"
+    "import clipeval.engine.sessions.onnx as s\n"
     "plain = s.session_options\n"
     "def no_spin(threads=None):\n"
     "    so = plain(threads)\n"

@@ -97,7 +97,7 @@ def env(smoke: bool) -> dict:
     import onnxruntime as ort
     import torch
 
-    from clipeval.engine.session import cuda_problem
+    from clipeval.engine.sessions.onnx import cuda_problem
 
     info = {
         "python": platform.python_version(), "cpus": os.cpu_count(), "onnxruntime": ort.__version__,
@@ -184,7 +184,7 @@ class OrtCase:
                  cuda_graph: bool = False, fp16_io: bool = False):
         import onnxruntime as ort
 
-        from clipeval.engine.session import open_tower, session_options
+        from clipeval.engine.sessions.onnx import open_tower, session_options
 
         self.name, self.mode, self.n = name, mode, next(iter(feeds.values())).shape[0]
         self.feeds = {k: (v.astype(np.float16) if fp16_io and v.dtype == np.float32 else v) for k, v in feeds.items()}

@@ -31,8 +31,8 @@ if which == "uncut":
     tok.enable_truncation(json.load(open(DEMO_MODEL_DIR / "manifest.json"))["context_length"])
     ids = tok.encode_batch([text])[0].ids
 else:
-    from clipeval.engine.bundle import load_bundle
-    from clipeval.engine.tokenizer import TextTokenizer
+    from clipeval.engine.sessions.bundle import load_bundle
+    from clipeval.engine.text.tokenizer import TextTokenizer
     b = load_bundle(DEMO_MODEL_DIR)
     ids = TextTokenizer(DEMO_MODEL_DIR / "tokenizer.json", b.tokenizer_rule, b.context_length).encode([text]).ids[0].tolist()
 wall = time.perf_counter() - t

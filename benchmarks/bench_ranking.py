@@ -102,7 +102,7 @@ def fmt_mb(mb):
 
 def run_size(n_texts, n_images, dim, kind, repeat, threads, dense):
     from clipeval.engine.kernels import rank
-    from clipeval.engine.metrics import retrieval_metrics
+    from clipeval.engine.metrics.retrieval import retrieval_metrics
 
     text, image, text_to_image = make_data(n_texts, n_images, dim, kind)
     block_rows = rank._pick_block_rows(None, n_texts, n_images)

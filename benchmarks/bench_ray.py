@@ -3,10 +3,12 @@
 Writes ``--n`` photo-like JPEGs (640x480, quality 90; benchmarks/bench_decode.py's generator)
 and embeds them all with one bundle (default: the embedded demo model), no cache, three ways:
 
-* ``local``  — :func:`clipeval.engine.embed.embed_images`, decode threads = onnxruntime threads
-  = the machine's cores (what ``clipeval eval`` does);
-* ``ray-1``  — :class:`~clipeval.engine.executors.ray_embed.RayEmbedder` on ``ray.init(num_cpus=C)``
-  (C = the machine's cores): one node;
+* ``local``  — the embedding stage with :class:`~clipeval.engine.embedding.local.LocalExecutor`,
+  decode threads = onnxruntime threads = the machine's cores (what ``clipeval eval`` does); its
+  session is opened before the runs;
+* ``ray-1``  — the embedding stage with :class:`~clipeval.engine.executors.ray_embed.RayExecutor`
+  (what ``clipeval eval --executor ray`` does) on ``ray.init(num_cpus=C)`` (C = the machine's
+  cores): one node;
 * ``ray-2``  — the same on a simulated cluster (``ray.cluster_utils.Cluster``): a head node that
   only runs the driver and two worker nodes of C CPUs each. Both nodes share this machine's C
   cores, so this cannot show a speed-up; it shows what spreading the work over two nodes costs
@@ -72,10 +74,13 @@ class Way:
     def start(self):
         t0 = time.perf_counter()
         if self.name == "local":
-            from clipeval.engine.tasks.context import load_model
+            from clipeval.engine.embedding.executor import TowerRef
+            from clipeval.engine.embedding.local import LocalExecutor
+            from clipeval.engine.embedding.stage import EmbeddingStage
 
-            self.model = load_model(self.bundle, provider="cpu", precision=self.bundle.manifest["precision"],
-                                    threads=self.cores)
+            executor = LocalExecutor(provider="cpu", threads=self.cores, num_workers=self.cores, decode="threads")
+            executor.session(TowerRef(self.bundle, self.bundle.manifest["precision"], "vision"))
+            self.stage = EmbeddingStage(executor, None, progress=False)
         else:
             import ray
 
@@ -106,18 +111,19 @@ class Way:
         self.start_s = time.perf_counter() - t0
 
     def run(self, paths):
+        precision = self.bundle.manifest["precision"]
         if self.name == "local":
-            from clipeval.engine.embed import embed_images
+            return self.stage.images(self.bundle, precision, paths, batch_size=self.batch)
+        from clipeval.engine.embedding.stage import EmbeddingStage
+        from clipeval.engine.executors.ray_embed import RayExecutor
 
-            return embed_images(self.model.vision, self.model.preprocessor, paths, batch_size=self.batch,
-                                num_workers=self.cores, decode="threads", progress=False)
-        from clipeval.engine.executors.ray_embed import RayEmbedder
-
-        return RayEmbedder(self.bundle, precision=self.bundle.manifest["precision"], provider="cpu").embed_images(
-            paths, batch_size=self.batch, progress=False)
+        with EmbeddingStage(RayExecutor(provider="cpu"), None, progress=False) as stage:
+            return stage.images(self.bundle, precision, paths, batch_size=self.batch)
 
     def stop(self):
-        if self.name != "local":
+        if self.name == "local":
+            self.stage.close()
+        else:
             import ray
 
             ray.shutdown()
@@ -128,7 +134,7 @@ class Way:
 def main() -> None:
     from bench_decode import write_jpegs
 
-    from clipeval.engine.bundle import load_bundle
+    from clipeval.engine.sessions.bundle import load_bundle
     from clipeval.engine.demo import DEMO_MODEL_DIR
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -70,7 +70,7 @@ def quantized_demo(root: Path) -> Path:
     """A copy of the demo bundle with an int8 variant from quantize_dynamic (fp32 stays the default)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from clipeval.engine.bundle import MANIFEST, write_manifest
+    from clipeval.engine.sessions.bundle import MANIFEST, write_manifest
     from clipeval.engine.demo import DEMO_MODEL_DIR
 
     out = root / "demo-int8"

@@ -1,4 +1,4 @@
-"""Blocked exact top-k (clipeval.engine.textret.search) vs a full score matrix in numpy, and the
+"""Blocked exact top-k (clipeval.engine.kernels.search) vs a full score matrix in numpy, and the
 IR metrics on a large run. Prints figures; asserts only that both rankings agree.
 
     python benchmarks/bench_text_search.py [--queries 2000] [--docs 50000] [--dim 384] [--k 100]
@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from clipeval.engine.textret.ir_metrics import RankedRun, score_ranked
-from clipeval.engine.textret.search import top_k
+from clipeval.engine.metrics.ir import RankedRun, score_ranked
+from clipeval.engine.kernels.search import top_k
 
 
 def normalised(rng, n, dim):

@@ -18,16 +18,8 @@ from pathlib import Path
 
 import click
 
-from .main import (
-    batch_option,
-    cli,
-    decode_option,
-    emit,
-    provider_option,
-    setup_logging,
-    threads_option,
-    verbosity_option,
-)
+from .console import emit, setup_logging
+from .options import batch_option, decode_option, provider_option, threads_option, verbosity_option
 
 
 def _cpu_name() -> str:
@@ -50,6 +42,27 @@ def _require_reference_deps() -> None:
                             "install the export extra: pip install 'clipeval[export]'")
 
 
+def _reference_open_clip(bundle) -> tuple[str, str | None]:
+    """``(model_name, pretrained)`` for open_clip of an open_clip bundle, from its manifest."""
+    from clipeval.engine.errors import ClipevalError
+
+    m = bundle.manifest
+    source, pretrained = str(m.get("source") or ""), m.get("pretrained")
+    if m.get("hub") is None:  # a local folder, recorded as its absolute path
+        if not (Path(source) / "open_clip_config.json").is_file():
+            raise ClipevalError(
+                f"--vs-reference needs the open_clip folder {bundle.path} was exported from, {source}, "
+                "which no longer exists",
+                "restore it, or bench a bundle whose source is at hand",
+            )
+        return f"local-dir:{source}", None
+    if pretrained and m.get("hub") == "open_clip" and os.path.isabs(str(pretrained)) \
+            and not os.path.isfile(str(pretrained)):
+        raise ClipevalError(f"--vs-reference needs the weights file {pretrained}, which no longer exists",
+                            "restore it, or bench a bundle whose weights are at hand")
+    return source, pretrained
+
+
 def _reference_checkpoint(model_arg: str, bundle, checkpoint: str | None) -> Path:
     from clipeval.engine.errors import ClipevalError
     from clipeval.export.hub import is_hub_id, local_checkpoint
@@ -60,13 +73,31 @@ def _reference_checkpoint(model_arg: str, bundle, checkpoint: str | None) -> Pat
     if (given / "config.json").is_file():
         return given
     source = bundle.manifest.get("source")
-    if source and (Path(os.path.expanduser(str(source))) / "config.json").is_file():
-        return Path(os.path.expanduser(str(source)))
+    local = Path(os.path.expanduser(str(source))) if source else None
+    if local is not None and (local / "config.json").is_file():
+        return local
+    # The manifest says hub null for a local directory (clipeval export records its absolute path).
+    if source and bundle.manifest.get("hub") is None:
+        state = "holds no config.json" if local.is_dir() else "no longer exists"
+        raise ClipevalError(
+            f"--vs-reference needs the checkpoint {bundle.path} was exported from, {source}, which {state}",
+            "pass the checkpoint directory with --checkpoint DIR",
+        )
     if source and is_hub_id(str(source)):
         return local_checkpoint(str(source), hub=bundle.manifest.get("hub") or "hf",
                                 revision=bundle.manifest.get("revision"))
     raise ClipevalError(f"the checkpoint bundle {bundle.path} was exported from ({source!r}) is not at hand",
                         "pass the checkpoint directory with --checkpoint DIR")
+
+
+def child_argv(cfg, path: Path) -> list[str]:
+    """The command of a child run of the eval config ``cfg`` (an
+    :class:`~clipeval.engine.config.EvalConfig`): ``clipeval run PATH`` on the config written as
+    JSON to ``path``, in a fresh interpreter (its wall time counts its imports)."""
+    import orjson
+
+    path.write_bytes(orjson.dumps(cfg.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+    return [sys.executable, "-c", "from clipeval.cli.main import main; main()", "run", str(path), "--quiet"]
 
 
 def _check(run, what: str):
@@ -84,7 +115,7 @@ def _ratio(a, b):
     return a / b if a and b else None
 
 
-@cli.command("bench")
+@click.command("bench")
 @click.option("--model", required=True, metavar="BUNDLE|CHECKPOINT|demo",
               help="Model bundle or checkpoint directory, or demo (the embedded model).")
 @click.option("--data-dir", required=True, help="A custom dataset folder (image_queries.jsonl).")
@@ -110,20 +141,24 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
               provider, precision, fast_decode, decode, no_second_run, num_threads, quiet):
     """Time each stage and the whole evaluation (table on stderr, JSON on stdout)."""
     from clipeval.engine.bench import bench_stages, run_child
-    from clipeval.engine.config import make_eval_config
     from clipeval.engine.datasets import read_dataset
-    from clipeval.engine.embed import resolve_decode
-    from clipeval.engine.session import default_threads
-    from clipeval.engine.tasks.context import load_model
+    from clipeval.engine.images.pipeline import resolve_decode
+    from clipeval.engine.sessions.model import load_model
+    from clipeval.engine.sessions.onnx import default_threads
     from clipeval.export.resolve import resolve_model
+
+    from .commands import eval_config
 
     setup_logging(not quiet)
     if vs_reference:
         _require_reference_deps()
-    cfg = make_eval_config({"models": [{"model_name": model}], "data_dir": data_dir, "precision": precision,
-                            "provider": provider, "batch_size": batch_size, "verbose": False}, "the command line")
+    # the same config object `clipeval eval` builds from these options; the child runs take it as it is
+    cfg = eval_config(models=(model,), data_dir=data_dir, limit=limit, batch_size=batch_size, num_workers=num_workers,
+                      provider=provider, precision=precision, fast_decode=fast_decode, decode=decode,
+                      num_threads=num_threads, quiet=True)
     bundle = resolve_model(cfg.models[0], cfg)
-    ckpt = _reference_checkpoint(model, bundle, checkpoint) if vs_reference else None
+    open_clip_ref = _reference_open_clip(bundle) if vs_reference and bundle.family == "open_clip" else None
+    ckpt = _reference_checkpoint(model, bundle, checkpoint) if vs_reference and open_clip_ref is None else None
     workers = num_workers if num_workers is not None else default_threads()
     dataset = read_dataset("custom", data_dir, "test", "fail", progress=False, limit=limit).limit(limit)
 
@@ -141,15 +176,11 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
     del context
 
     with tempfile.TemporaryDirectory(prefix="clipeval-bench-") as tmp:
-        argv = [sys.executable, "-c", "from clipeval.cli.main import main; main()", "eval", "--model", str(bundle.path), "--data-dir", data_dir,
-                "--output-dir", os.path.join(tmp, "out"), "--quiet", "--batch-size", str(batch_size),
-                "--num-workers", str(workers), "--decode", backend, "--provider", provider]
-        for flag, value in (("--limit", limit), ("--precision", precision), ("--threads", num_threads)):
-            if value is not None:
-                argv += [flag, str(value)]
-        if fast_decode:
-            argv.append("--fast-decode")
-        env = {"CLIPEVAL_CACHE_DIR": os.path.join(tmp, "cache")}
+        child = cfg.model_copy(update={"models": [{"model_name": str(bundle.path)}],
+                                       "output_dir": os.path.join(tmp, "out"), "cache_dir": os.path.join(tmp, "cache"),
+                                       "num_workers": workers, "decode": backend, "verbose": False})
+        argv = child_argv(child, Path(tmp) / "eval.json")
+        env = None
         click.echo("engine: first run ...", err=True)
         first = run_child(argv, env)
         first_result = _check(first, "engine's first run")
@@ -164,9 +195,12 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
                                               "timings": second_result["meta"]["timings"],
                                               "cache": second_result["meta"].get("cache")}
         if vs_reference:
-            click.echo(f"reference: PyTorch + transformers, DataLoader with {reference_workers} worker(s) ...",
-                       err=True)
-            rargv = [sys.executable, "-m", "clipeval.export.reference", "--checkpoint", str(ckpt),
+            click.echo(f"reference: PyTorch + {'open_clip' if open_clip_ref else 'transformers'}, DataLoader with "
+                       f"{reference_workers} worker(s) ...", err=True)
+            which = ["--open-clip", open_clip_ref[0]] + (["--pretrained", str(open_clip_ref[1])]
+                                                          if open_clip_ref[1] else []) \
+                if open_clip_ref else ["--checkpoint", str(ckpt)]
+            rargv = [sys.executable, "-m", "clipeval.export.reference", *which,
                      "--data-dir", data_dir, "--batch-size", str(batch_size),
                      "--num-workers", str(reference_workers)]
             if limit is not None:
@@ -175,8 +209,8 @@ def bench_cmd(model, data_dir, vs_reference, checkpoint, limit, batch_size, num_
                 rargv += ["--device", "cpu"]
             ref = run_child(rargv)
             ref_result = _check(ref, "reference pipeline")
-            report["reference"] = {"checkpoint": str(ckpt), "wall_s": ref.wall_s, "peak_rss_mb": ref.peak_rss_mb,
-                                   **ref_result}
+            report["reference"] = {"checkpoint": str(ckpt) if ckpt else " ".join(map(str, filter(None, open_clip_ref))),
+                                   "wall_s": ref.wall_s, "peak_rss_mb": ref.peak_rss_mb, **ref_result}
     report["ratios"] = _ratios(report)
     _table(report)
     emit(report)

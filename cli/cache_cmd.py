@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .main import cli, emit
+from .console import emit
+from .options import CONTEXT
 
 
 def _cache_dir_option(f):
@@ -26,7 +27,7 @@ def _size(n: int) -> str:
     return str(n)
 
 
-@cli.group("cache", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("cache", context_settings=CONTEXT)
 def cache_group():
     """Inspect or empty the embedding cache."""
 
@@ -35,7 +36,7 @@ def cache_group():
 @_cache_dir_option
 def info_cmd(cache_dir):
     """Entries and size per bundle (a table on stderr, JSON on stdout)."""
-    from clipeval.engine.cache import CacheUnavailable, EmbeddingCache
+    from clipeval.engine.embedding.cache import CacheUnavailable, EmbeddingCache
 
     try:
         with EmbeddingCache(cache_dir) as cache:
@@ -58,7 +59,7 @@ def info_cmd(cache_dir):
 def clear_cmd(cache_dir, bundle):
     """Delete cached embeddings (all, or one bundle's). A damaged cache database is removed and
     an empty one created (every entry is gone then, whatever --bundle says)."""
-    from clipeval.engine.cache import CacheUnavailable, EmbeddingCache, reset_cache
+    from clipeval.engine.embedding.cache import CacheUnavailable, EmbeddingCache, reset_cache
 
     try:
         with EmbeddingCache(cache_dir) as cache:

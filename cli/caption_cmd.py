@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .main import cli, emit, output_option, setup_logging, verbosity_option
+from .console import emit, setup_logging
+from .options import output_option, verbosity_option
 
 
-@cli.command("caption")
+@click.command("caption")
 @click.option("--api-base", required=True, metavar="URL",
               help="Root of the OpenAI-compatible API, e.g. http://localhost:8008/v1 (POST URL/chat/completions).")
 @click.option("--model-name", required=True, metavar="NAME",

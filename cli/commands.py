@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import click
 
-from .main import (
+from .console import emit, setup_logging
+from .options import (
     batch_option,
-    cli,
+    cache_options,
     decode_option,
-    emit,
+    executor_options,
+    named_dataset_options,
     output_option,
     provider_option,
-    setup_logging,
     threads_option,
     verbosity_option,
 )
@@ -25,49 +26,13 @@ def _run_config(cfg) -> None:
         emit(result)
 
 
-def _named_dataset_options(f):
-    """Options of the named datasets (docs/datasets.md); they reach the config as they are named."""
-    options = [
-        click.option("--language", default=None, metavar="en|zh",
-                     help="Language of captions / class names (zh; cn is accepted). Default: en."),
-        click.option("--dataset-url", default=None, metavar="URL",
-                     help="Base URL to download named datasets from ({name} is replaced by the dataset name). "
-                          "Default: $CLIPEVAL_DATASET_URL, else ModelScope clip-benchmark/wds_{name}."),
-        click.option("--cache-dir", default=None, metavar="DIR",
-                     help="Cache root (models/, embeddings/, datasets/). Default: $CLIPEVAL_CACHE_DIR, else ~/.cache/clipeval."),
-        click.option("--classnames-file", default=None, metavar="FILE",
-                     help="Class names for zero-shot classification (one per line, or JSON keyed by dataset)."),
-        click.option("--templates-file", default=None, metavar="FILE",
-                     help="Templates with {c} for zero-shot classification (one per line, or JSON keyed by dataset)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _cache_options(f):
-    """Embedding-cache options (engine/cache.py; ``clipeval cache info|clear`` manages it)."""
-    f = click.option("--verify-cache", is_flag=True,
-                     help="Key cached image embeddings by the sha256 of each file's content instead of its path, "
-                          "size and modification time, and re-hash every bundle file.")(f)
-    return click.option("--no-cache", is_flag=True,
-                        help="Neither read nor write the embedding cache (CACHE_ROOT/embeddings).")(f)
-
-
-def _executor_options(f):
-    """Where the work runs (engine/executors/, docs/scale.md)."""
-    f = click.option("--ray-address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
-                     help="The Ray cluster for --executor ray: auto (a running cluster), a head node's address, "
-                          "or a Ray Client address. Default: $RAY_ADDRESS, else a Ray instance started on this "
-                          "machine for the run.")(f)
-    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                        help="local: this process. ray: a Ray cluster (pip install 'clipeval[ray]'); the embedding "
-                             "stage runs as a Ray Dataset, several (model, dataset) pairs as Ray tasks.")(f)
-
-
-@cli.command("eval")
+@click.command("eval")
 @click.option("--model", "models", multiple=True, metavar="BUNDLE|CHECKPOINT|demo",
-              help="Model bundle directory, checkpoint directory or hub id (repeatable). Default: the embedded demo model.")
+              help="Model bundle directory, checkpoint directory or hub id, or an open_clip model "
+                   "(architecture, hf-hub:org/name, folder) (repeatable). Default: the embedded demo model.")
+@click.option("--pretrained", "pretrained", multiple=True, metavar="TAG|FILE",
+              help="open_clip pretrained tag or weights file for --model architectures (repeatable: every "
+                   "--model with every --pretrained, as CLIP_benchmark does).")
 @click.option("--dataset", "datasets", multiple=True, metavar="NAME",
               help="Dataset name (repeatable). Default: custom.")
 @click.option("--data-dir", default=None, help="Dataset folder (for custom: the folder holding image_queries.jsonl).")
@@ -94,19 +59,31 @@ def _executor_options(f):
 @click.option("--detail", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Keep each result's per-query ranks and top-10 lists in RESULT.detail.npz (auto: when under "
                    "8 MiB; clipeval compare and clipeval report read it).")
-@_named_dataset_options
-@_cache_options
-@_executor_options
+@named_dataset_options
+@cache_options
+@executor_options
 @verbosity_option
-def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, num_workers, limit, recall_k,
-             skip_existing, on_error, provider, precision, fast_decode, decode, num_threads, detail, quiet, no_cache,
-             verify_cache, executor, ray_address, **named_dataset):
+def eval_cmd(quiet, **options):
     """Evaluate models on datasets; prints one JSON line per result on stdout."""
+    setup_logging(not quiet)
+    _run_config(eval_config(quiet=quiet, **options))
+
+
+def eval_config(*, models=(), pretrained=(), datasets=(), data_dir=None, split="test", task=None,
+                output_dir="outputs", batch_size=128, num_workers=None, limit=None, recall_k=(), skip_existing=False,
+                on_error="fail", provider="auto", precision=None, fast_decode=False, decode="auto", num_threads=None,
+                detail="auto", quiet=False, no_cache=False, verify_cache=False, executor="local", ray_address=None,
+                **named_dataset):
+    """The checked config (:class:`clipeval.engine.config.EvalConfig`) of ``clipeval eval``'s
+    options; ``clipeval bench`` builds its child runs from the same object. Raises
+    :class:`~clipeval.engine.errors.ConfigError` naming the flag of every problem."""
     from clipeval.engine.config import make_eval_config
 
-    setup_logging(not quiet)
+    # --model/--pretrained are CLIP_benchmark's model/pretrained keys (engine/config/model_spec.py)
+    naming = {"model": list(models), "pretrained": list(pretrained)} if pretrained else \
+        {"models": [{"model_name": m} for m in models]}
     block = {
-        "models": [{"model_name": m} for m in models],
+        **naming,
         "dataset_name": list(datasets) or ["custom"],
         "data_dir": data_dir, "split": split, "task": task, "output_dir": output_dir,
         "batch_size": batch_size, "num_workers": num_workers, "limit": limit,
@@ -115,12 +92,12 @@ def eval_cmd(models, datasets, data_dir, split, task, output_dir, batch_size, nu
         "num_threads": num_threads, "detail": detail, "verbose": not quiet,
         "no_cache": no_cache, "verify_cache": verify_cache,
         "executor": executor, "ray_address": ray_address,
-        **named_dataset,
+        **{k: v for k, v in named_dataset.items() if v is not None},
     }
-    _run_config(make_eval_config(block, "the command line"))
+    return make_eval_config(block, "the command line")
 
 
-@cli.command("run")
+@click.command("run")
 @click.argument("config", type=click.Path(dir_okay=False))
 @verbosity_option
 def run_cmd(config, quiet):

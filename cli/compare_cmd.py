@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .main import cli, emit, setup_logging, verbosity_option
+from .console import emit, setup_logging
+from .options import verbosity_option
 
 
-@cli.command("compare")
+@click.command("compare")
 @click.argument("result_a", type=click.Path())
 @click.argument("result_b", type=click.Path())
 @click.option("--resamples", type=click.IntRange(min=1000), default=2000, show_default=True,
@@ -25,9 +26,9 @@ def compare_cmd(result_a, result_b, resamples, seed, confidence, quiet):
     """
     from pathlib import Path
 
-    from clipeval.engine.compare import compare_results
+    from clipeval.engine.results.compare import compare_results
     from clipeval.engine.errors import ResultError
-    from clipeval.engine.resultset import find_results, pair_results
+    from clipeval.engine.results.read import find_results, pair_results
 
     setup_logging(not quiet)
     a_is_dir, b_is_dir = Path(result_a).is_dir(), Path(result_b).is_dir()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .main import cli, emit, setup_logging, verbosity_option
+from .console import emit, setup_logging
+from .options import verbosity_option
 
 
-@cli.command("export")
+@click.command("export")
 @click.argument("source")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Bundle directory to create.")
@@ -16,15 +17,18 @@ from .main import cli, emit, setup_logging, verbosity_option
 @click.option("--hub", type=click.Choice(["hf", "modelscope"]), default="hf", show_default=True,
               help="Where a SOURCE that is not a local directory is downloaded from.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")
+@click.option("--pretrained", default=None, metavar="TAG|FILE",
+              help="open_clip pretrained tag or weights file, when SOURCE is an open_clip architecture (ViT-B-32).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists and is not empty.")
 @click.option("--no-validate", is_flag=True, help="Skip the PyTorch vs onnxruntime parity check.")
 @verbosity_option
-def export_cmd(source, out_dir, precision, opset, hub, revision, force, no_validate, quiet):
+def export_cmd(source, out_dir, precision, opset, hub, revision, pretrained, force, no_validate, quiet):
     """Export a checkpoint to a verified ONNX model bundle.
 
-    SOURCE is a directory written by save_pretrained or a hub id. Families: CLIPModel,
-    ChineseCLIPModel, SiglipModel. --precision fp16 / int8 add that variant beside fp32 and make it
-    the default; both = fp32 + fp16 (default fp32). See docs/export.md.
+    SOURCE is a directory written by save_pretrained or a hub id (CLIPModel, ChineseCLIPModel,
+    SiglipModel), or an open_clip model: an architecture with --pretrained TAG|FILE, hf-hub:org/name,
+    or a folder holding open_clip_config.json. --precision fp16 / int8 add that variant beside fp32
+    and make it the default; both = fp32 + fp16 (default fp32). See docs/export.md.
     """
     from clipeval.engine.demo import DEMO_MODEL_DIR, is_demo_name
     from clipeval.engine.errors import ExportError
@@ -39,5 +43,5 @@ def export_cmd(source, out_dir, precision, opset, hub, revision, force, no_valid
                           "to use the bundle elsewhere")
     check_writable_dir(out_dir, "bundle folder (-o)")
     path = export_checkpoint(source, out_dir, precision=precision, opset=opset, force=force,
-                             validate=not no_validate, hub=hub, revision=revision)
+                             validate=not no_validate, hub=hub, revision=revision, pretrained=pretrained)
     emit({"bundle": str(path)})

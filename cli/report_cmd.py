@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .main import cli, emit, setup_logging, verbosity_option
+from .console import emit, setup_logging
+from .options import verbosity_option
 
 
-@cli.command("report")
+@click.command("report")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), metavar="FILE.html",
               help="The HTML file to write (self-contained: opens offline).")
@@ -24,7 +25,7 @@ def report_cmd(paths, output, worst, resamples, seed, quiet):
 
     Needs the report extra: pip install 'clipeval[report]'. Prints one JSON line (the file written).
     """
-    from clipeval.engine.report import write_report
+    from clipeval.engine.results.report import write_report
 
     setup_logging(not quiet)
     emit(write_report(paths, output, worst=worst, resamples=resamples, seed=seed))

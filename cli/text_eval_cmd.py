@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import click
 
-from .main import (
+from .console import emit, setup_logging
+from .options import (
     batch_option,
-    cli,
-    emit,
+    cache_options,
     output_option,
     provider_option,
-    setup_logging,
     threads_option,
     verbosity_option,
 )
 
 
-@cli.command("text-eval")
+@click.command("text-eval")
 @click.option("--model", "model", required=True, metavar="BUNDLE|CHECKPOINT|demo",
               help="Text bundle directory, a sentence-transformers checkpoint directory "
                    "(exported once into the model cache), or demo (the embedded model's text tower).")
@@ -42,16 +41,19 @@ from .main import (
 @click.option("--dataset-name", default=None,
               help="Name in the result file (default: the data folder's name, or its parent's for retrieval_data).")
 @click.option("--model-name", default=None, help="Name in the result path (default: from the bundle).")
-@click.option("--cache-dir", default=None, help="Model cache (default: $CLIPEVAL_CACHE_DIR or ~/.cache/clipeval).")
+@click.option("--cache-dir", default=None,
+              help="Cache root: exported models and the embedding cache (default: $CLIPEVAL_CACHE_DIR or "
+                   "~/.cache/clipeval).")
 @click.option("--skip-existing", is_flag=True, help="Reuse the result file if it holds this exact result.")
+@cache_options
 @output_option
 @batch_option
 @provider_option
 @threads_option
 @verbosity_option
 def text_eval_cmd(model, data_dir, k, reranker, top_k, query_prompt, document_prompt, pooling_mode, max_seq_length,
-                  split, dataset_name, model_name, cache_dir, skip_existing, output_dir, batch_size, provider,
-                  num_threads, quiet):
+                  split, dataset_name, model_name, cache_dir, skip_existing, no_cache, verify_cache, output_dir,
+                  batch_size, provider, num_threads, quiet):
     """Text retrieval on a BEIR folder: nDCG, MAP, recall, precision, MRR and hit rate at k
     (trec_eval definitions), optionally reranked by a cross-encoder.
 
@@ -59,29 +61,22 @@ def text_eval_cmd(model, data_dir, k, reranker, top_k, query_prompt, document_pr
     OUTPUT_DIR/stage2/...) and the ranked run (TREC format) beside each, and prints each result as
     one JSON line. See docs/text-retrieval.md.
     """
-    from clipeval.engine.tasks.text_retrieval import TextRetrievalParams, text_retrieval_results
-    from clipeval.engine.textret.embed import load_text_model
+    from clipeval.engine.config.text_eval import TextEvalConfig
     from clipeval.engine.fsutil import check_writable_dir
-    from clipeval.export.text_model import resolve_text_bundle
+    from clipeval.engine.runner import iter_results
+    from clipeval.export.resolve import resolve_model
 
     setup_logging(not quiet)
     check_writable_dir(output_dir, "output folder (--output-dir)")
     ks, k_list = _parse_k(k)
-    rerank_model = None
-    if reranker is not None:
-        from clipeval.engine.textret.rerank import load_reranker
-        from clipeval.export.reranker import resolve_reranker_bundle
-
-        rerank_model = load_reranker(resolve_reranker_bundle(reranker, cache_dir), provider=provider,
-                                     threads=num_threads)
-    bundle = resolve_text_bundle(model, cache_dir, pooling_mode=pooling_mode, max_seq_length=max_seq_length)
-    text_model = load_text_model(bundle, provider=provider, threads=num_threads)
-    params = TextRetrievalParams(k=ks, k_list=k_list, batch_size=batch_size, split=split, num_threads=num_threads,
-                                 progress=not quiet, query_prompt=query_prompt, document_prompt=document_prompt,
-                                 top_k=top_k)
-    for result in text_retrieval_results(text_model, data_dir, params, reranker=rerank_model, output_dir=output_dir,
-                                         dataset_name=dataset_name, model_name=model_name,
-                                         skip_existing=skip_existing):
+    cfg = TextEvalConfig(model=str(model), data_dir=str(data_dir), reranker=None if reranker is None else str(reranker),
+                         k=ks, k_list=k_list, top_k=top_k, query_prompt=query_prompt, document_prompt=document_prompt,
+                         pooling_mode=pooling_mode, max_seq_length=max_seq_length, split=split,
+                         dataset_name=dataset_name, model_name=model_name, output_dir=output_dir,
+                         batch_size=batch_size, provider=provider, num_threads=num_threads, cache_dir=cache_dir,
+                         no_cache=no_cache, verify_cache=verify_cache, skip_existing=skip_existing,
+                         verbose=not quiet)
+    for result in iter_results(cfg, resolve_model):
         emit(result)
 
 

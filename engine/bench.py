@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .datasets.base import RetrievalDataset
-from .embed import embed_texts
+from .embedding.stage import embed_texts
 from .kernels import SMALL_PAIRS
-from .metrics import evaluate_retrieval
-from .pipeline import iter_pixel_batches
-from .tasks.context import ModelContext
+from .metrics.retrieval import evaluate_retrieval
+from .images.pipeline import iter_pixel_batches
+from .sessions.model import ModelContext
 
 log = logging.getLogger(__name__)
 

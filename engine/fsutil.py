@@ -7,14 +7,20 @@
 * :func:`current_umask`, :func:`make_temp_dir`, :func:`apply_umask`: files and folders made
   through :mod:`tempfile` get ``0600`` / ``0700``; what clipeval publishes (result files, bundles)
   gets the mode a plain ``open`` / ``mkdir`` would give (``0666`` / ``0777`` less the umask).
+* :func:`write_atomic`: the one way a file is published (a temporary file beside it, then a
+  rename), and :func:`staging_dir` + :func:`publish_dir`: the one way a folder is (built beside
+  its place, then swapped in by renames, the old one put back if the swap fails). A reader never
+  sees a half-written file or folder.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 
 from .errors import ConfigError
@@ -60,6 +66,74 @@ def make_temp_dir(prefix: str, dir: str | os.PathLike, suffix: str = "") -> Path
     path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=dir))
     os.chmod(path, dir_mode())
     return path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
+
+    The folder is created when missing. The file gets the mode a plain ``open`` would give it
+    (``0o666`` less the umask), not the ``0o600`` of :func:`tempfile.mkstemp`. On any error the
+    temporary file is removed and ``path`` is as it was. Raises ``OSError`` from the system.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), file_mode())
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+STAGE_MARK = ".partial-"  # hidden folders being built: ``.{name}.partial-XXXX`` beside their place
+OLD_MARK = ".old-"  # a replaced folder on its way out: ``.{name}.old-XXXX``
+
+
+def staging_dir(target: str | os.PathLike) -> Path:
+    """A new, empty, hidden folder beside ``target`` (``.{name}.partial-XXXX``, the mode of a
+    plain ``mkdir``) to build its content in before :func:`publish_dir`. Creates the parent."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return make_temp_dir(prefix=f".{target.name}{STAGE_MARK}", dir=target.parent)
+
+
+def publish_dir(stage: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make the folder ``stage`` appear at ``target`` by renames only.
+
+    A folder already at ``target`` is renamed aside first and removed once the new one is in
+    place; if putting the new one in place fails, the old one is renamed back before the error
+    is raised, so ``target`` always holds one whole folder (the old or the new). ``stage`` must
+    be on the same file system (:func:`staging_dir` makes it so).
+    """
+    stage, target = Path(stage), Path(target)
+    if not os.path.lexists(target):
+        os.replace(stage, target)
+        return
+    old = target.parent / f".{target.name}{OLD_MARK}{uuid.uuid4().hex[:8]}"
+    os.replace(target, old)
+    try:
+        os.replace(stage, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_stages(target: str | os.PathLike) -> None:
+    """Remove the staging and replaced folders of ``target`` a killed run left behind. Only for
+    a caller that holds ``target`` exclusively (another run may be building one right now)."""
+    target = Path(target)
+    for mark in (STAGE_MARK, OLD_MARK):
+        for stale in target.parent.glob(f".{target.name}{mark}*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _reason(exc: OSError) -> str:

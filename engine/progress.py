@@ -7,7 +7,7 @@
   not zero, a line says so when the stage ends: ``images: 250 from cache, 50 computed``, or,
   with nothing to compute and no bar at all, ``images: 300 from cache``.
 * On a terminal the bar redraws in place. Log records do not tear it: the CLI's log handler
-  writes through ``tqdm.write`` (:func:`clipeval.cli.main.setup_logging`), and while a bar is
+  writes through ``tqdm.write`` (:func:`clipeval.cli.console.setup_logging`), and while a bar is
   drawn, plain console handlers of the root logger (``logging.basicConfig`` in a user's
   script) are routed the same way (``tqdm.contrib.logging.logging_redirect_tqdm``).
 * Elsewhere (a file, a pipe, a CI log) there is no carriage-return redrawing: the bar is

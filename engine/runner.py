@@ -1,49 +1,68 @@
-"""Run an evaluation config: every (model, dataset) pair, one result file and one JSON line each."""
+"""Run a config: every evaluation it asks for, one result file and one JSON line each.
+
+The runner names no task. It asks the config what to run (:func:`plan`: the tasks, through the
+registry :data:`clipeval.engine.tasks.TASKS`), lets each task check the config, opens one
+embedding stage for the whole run (:mod:`clipeval.engine.embedding`: the cache and the
+executor the config names, ``local`` or ``ray``; models are loaded once, on their first cache
+miss), and runs each evaluation the same way (:func:`run_evaluation`): find a finished result
+(``skip_existing``), else evaluate, then name the result file, build its ``meta`` and write it
+(:mod:`clipeval.engine.results.layout`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .. import __version__
-from .bundle import Bundle, is_bundle_dir, load_bundle
-from .cache import open_cache
-from .config import EvalConfig, parse_task_cfg
+from .config import parse_task_cfg
 from .datasets import default_task
-from .detail import detail_satisfied, write_detail
-from .embed import resolve_decode
-from .demo import DEMO_DATA_DIR, DEMO_MODEL_DIR, DEMO_NAME, is_demo_name
-from .errors import BundleError, ConfigError, DatasetError
-from .datasets.fingerprint import data_fingerprint
+from .demo import DEMO_MODEL_DIR, is_demo_name
+from .embedding.cache import open_cache
+from .embedding.local import LocalExecutor
+from .embedding.stage import EmbeddingStage
+from .errors import BundleError
 from .fsutil import check_writable_dir
-from .results import DEFAULT_LANGUAGE, Slot, destination, find_existing, params_key, result_path, slot_tags, write_result
-from .session import default_threads
-from .tasks import TASKS, TaskParams
-from .tasks.context import ModelContext, default_precision, load_model
+from .results.layout import (
+    destination,
+    find_existing,
+    params_key,
+    primary_path,
+    result_meta,
+    say_destination,
+    slot_of,
+    write_result,
+)
+from .sessions.bundle import Bundle, is_bundle_dir, load_bundle
+from .tasks import Evaluation, Models, Task, get_task
 
 log = logging.getLogger(__name__)
 
-ModelResolver = Callable[[dict[str, Any], EvalConfig], Bundle]
+ModelResolver = Callable[..., Bundle]
+OUTPUT_DIR_WHAT = "output folder (--output-dir / output_dir)"
 
 
-def is_demo(model: dict[str, Any]) -> bool:
-    return is_demo_name(model.get("model_name"))
+def is_demo(model: Any) -> bool:
+    return isinstance(model, dict) and is_demo_name(model.get("model_name"))
 
 
-def resolve_bundle(model: dict[str, Any], cfg: EvalConfig) -> Bundle:
-    """Engine-only model resolution: the embedded demo or a bundle directory."""
-    name = model.get("model_name")
-    if is_demo(model):
-        return load_bundle(DEMO_MODEL_DIR, trust_stamp=not getattr(cfg, "verify_cache", False))
+def resolve_bundle(model: Any, cfg: Any, kind: str = "image_text") -> Bundle:
+    """Engine-only model resolution: the embedded demo or a bundle directory (the CLI's resolver,
+    :func:`clipeval.export.resolve.resolve_model`, also exports checkpoints on first use).
+    ``model``: a config's model entry (``{"model_name": ...}``, or an mteb entry);
+    ``kind``: ``image_text``, ``text`` or ``reranker`` (what the task takes). Raises
+    :class:`BundleError` for anything else."""
+    name = model.get("model_name") if isinstance(model, dict) else getattr(model, "model_name_or_path", None)
+    trust = not getattr(cfg, "verify_cache", False)
+    if is_demo_name(name):
+        return load_bundle(DEMO_MODEL_DIR, trust_stamp=trust)
     path = Path(os.path.expanduser(str(name)))
     if is_bundle_dir(path):
-        return load_bundle(path, trust_stamp=not getattr(cfg, "verify_cache", False))
+        return load_bundle(path, trust_stamp=trust)
     if (path / "config.json").is_file():
         raise BundleError(
             f"{path} is a checkpoint, not a model bundle",
@@ -55,157 +74,145 @@ def resolve_bundle(model: dict[str, Any], cfg: EvalConfig) -> Bundle:
     )
 
 
-def _data_dir(cfg: EvalConfig, model: dict[str, Any], dataset: str) -> str | None:
-    """The data folder (or URL) of a pair; ``None`` for a named dataset to download by name."""
-    if cfg.data_dir:
-        return cfg.data_dir
-    if dataset == "custom" and is_demo(model):
-        return str(DEMO_DATA_DIR)
-    if dataset != "custom":
-        return None
-    raise DatasetError(f"dataset {dataset!r} needs a data folder", "pass --data-dir (config key data_dir)")
+def plan(cfg: Any) -> list[tuple[Task, str | None]]:
+    """What ``cfg`` asks for, through the registry: ``(task, dataset)`` in the order of its
+    datasets (``dataset`` ``None`` for a config written for one task alone, whose
+    ``task_name`` names it: the mteb form, ``clipeval text-eval``). A dataset's task is the
+    config's ``task``, else the dataset's own. Raises :class:`ConfigError` naming the tasks or
+    datasets there are for one that is not."""
+    own = getattr(cfg, "task_name", None)
+    if own is not None:
+        return [(get_task(own), None)]
+    return [(get_task(cfg.task or default_task(dataset)), dataset) for dataset in cfg.dataset_name]
 
 
-def _data_key(data_dir: str | None, cfg: EvalConfig) -> str:
-    if data_dir is None:
-        from .datasets.sources import base_url
+def open_stage(cfg: Any) -> EmbeddingStage:
+    """The run's embedding stage: the embedding cache (unless ``no_cache``; a cache that cannot be
+    opened is a warning, and the run goes on without it) and the executor ``cfg.executor`` names:
+    ``local`` (``provider``, ``num_threads``, ``num_workers``, ``decode``; a process decoder's
+    fork server starts now) or ``ray`` (:class:`~clipeval.engine.executors.ray_embed.RayExecutor`,
+    on the Ray cluster this process is connected to: :func:`iter_results` connects first)."""
+    cache = None if getattr(cfg, "no_cache", False) else open_cache(
+        getattr(cfg, "cache_dir", None), max_bytes=getattr(cfg, "cache_max_bytes", None),
+        verify=getattr(cfg, "verify_cache", False))
+    if getattr(cfg, "executor", "local") == "ray":
+        from .executors.ray_embed import RayExecutor
 
-        return f"url:{base_url('{name}', cfg.dataset_url)}"
-    return data_dir if "://" in data_dir else os.path.abspath(os.path.expanduser(data_dir))
+        executor = RayExecutor(provider=getattr(cfg, "provider", "auto"), threads=getattr(cfg, "num_threads", None))
+    else:
+        executor = LocalExecutor(provider=getattr(cfg, "provider", "auto"), threads=getattr(cfg, "num_threads", None),
+                                 num_workers=getattr(cfg, "num_workers", None), decode=getattr(cfg, "decode", "auto"),
+                                 prestart=True)
+    return EmbeddingStage(executor, cache, progress=getattr(cfg, "verbose", True))
 
 
-def _versions() -> dict[str, str]:
-    import numba
-    import numpy
-    import onnxruntime
-
-    return {"clipeval": __version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
-            "numba": numba.__version__, "python": platform.python_version()}
-
-
-OUTPUT_DIR_WHAT = "output folder (--output-dir / output_dir)"
-
-
-def iter_results(cfg: EvalConfig, resolve: ModelResolver = resolve_bundle) -> Iterator[dict[str, Any]]:
-    """Yield one result object per (model, dataset) pair, writing each result file as it completes.
+def iter_results(cfg: Any, resolve: ModelResolver = resolve_bundle) -> Iterator[dict[str, Any]]:
+    """Yield one result object per result file, writing each file as it completes.
 
     The output folder is checked for writability first, before any model or dataset work
-    (:func:`~clipeval.engine.fsutil.check_writable_dir`; a :class:`ConfigError` otherwise).
+    (:func:`~clipeval.engine.fsutil.check_writable_dir`; a :class:`ConfigError` otherwise); then
+    every task the config asks for checks it (:meth:`~clipeval.engine.tasks.base.Task.check`).
+
+    With ``executor: ray`` the run connects to its Ray cluster first (``ray_address``,
+    :func:`~clipeval.engine.executors.ray_cluster.connected`; a :class:`ConfigError` naming
+    ``pip install 'clipeval[ray]'`` without Ray). Several (model, dataset) pairs of CLIP-style
+    models then run as concurrent Ray tasks, each a local run of its pair
+    (:func:`~clipeval.engine.executors.ray_pairs.pair_results`); otherwise the evaluations run
+    here, in order, and the embedding stage computes on the cluster.
     """
     check_writable_dir(cfg.output_dir, OUTPUT_DIR_WHAT)
-    if getattr(cfg, "tool", None) in ("mteb", "cmteb"):  # evalscope's text-retrieval config (config_mteb)
-        from .tasks.text_retrieval import mteb_results
+    pairs = plan(cfg)
+    for task in dict.fromkeys(task for task, _ in pairs):
+        task.check(cfg)
+    if getattr(cfg, "executor", "local") == "ray":
+        from .executors.ray_cluster import connected
 
-        yield from mteb_results(cfg, resolve)
-        return
-    if cfg.task == "image_caption":  # asks an API; no model bundle to resolve
-        from .tasks.caption import caption_results
+        with connected(getattr(cfg, "ray_address", None)):
+            entries = _pair_entries(cfg, pairs)
+            if entries is not None:
+                from .executors.ray_pairs import pair_results
 
-        yield from caption_results(cfg)
+                yield from pair_results(cfg, resolve, entries)
+                return
+            yield from _run(cfg, pairs, resolve)
         return
-    if cfg.task == "text_retrieval":  # a text embedding model on a BEIR folder
-        yield from _text_retrieval_results(cfg, resolve)
-        return
-    models = cfg.models or [{"model_name": DEMO_NAME}]
-    tasks = {}
-    for dataset in cfg.dataset_name:
-        task = cfg.task or default_task(dataset)
-        if task not in TASKS:
-            raise ConfigError(f"unknown task {task!r}",
-                              f"available tasks: {', '.join([*TASKS, 'image_caption', 'text_retrieval'])}")
-        tasks[dataset] = task
-    workers = cfg.num_workers if cfg.num_workers is not None else default_threads()
-    if resolve_decode(cfg.decode, workers) == "processes":
-        from .decode_procs import prestart
+    yield from _run(cfg, pairs, resolve)
 
-        prestart()  # the decode workers' fork server starts while the model loads
-    cache = None if cfg.no_cache else open_cache(cfg.cache_dir, max_bytes=cfg.cache_max_bytes,
-                                                 verify=cfg.verify_cache)
+
+def _pair_entries(cfg: Any, pairs: list[tuple[Task, str | None]]) -> list[Any] | None:
+    """The model entries when ``cfg`` is an ``eval`` block of more than one (model, dataset) pair,
+    every task of which takes CLIP-style models (they run as Ray tasks); else ``None``."""
+    if pairs[0][1] is None or any(task.metadata.models != "image_text" for task, _ in pairs):
+        return None
+    entries = pairs[0][0].model_entries(cfg)
+    return entries if len(entries) * len(pairs) > 1 else None
+
+
+def _run(cfg: Any, pairs: list[tuple[Task, str | None]], resolve: ModelResolver) -> Iterator[dict[str, Any]]:
+    """Every evaluation of ``cfg`` here, in order, with one embedding stage for the run."""
+    models = Models(resolve, cfg)
+    stage = open_stage(cfg) if any(task.metadata.embeds for task, _ in pairs) else None
     try:
-        yield from _iter_models(cfg, resolve, models, tasks, workers, cache)
+        for ev in _evaluations(cfg, pairs, models):
+            yield from run_evaluation(ev, stage, cfg.output_dir)
     finally:
-        if cache is not None:
-            cache.close()
+        if stage is not None:
+            stage.close()
+            if stage.cache is not None:
+                stage.cache.close()
 
 
-def _fingerprint(cfg: EvalConfig, dataset_name: str, data_dir: str | None) -> str:
-    return data_fingerprint(dataset_name, data_dir, cfg.split, limit=cfg.limit, language=cfg.language,
-                            dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir,
-                            classnames_file=cfg.classnames_file, templates_file=cfg.templates_file)
+def _evaluations(cfg: Any, pairs: list[tuple[Task, str | None]], models: Models) -> Iterator[Evaluation]:
+    """Every model on every dataset, in the config's order (a config of one task's own form
+    lists its evaluations itself)."""
+    if pairs[0][1] is None:
+        yield from pairs[0][0].config_evaluations(cfg, models)
+        return
+    for entry in pairs[0][0].model_entries(cfg):
+        for task, dataset in pairs:
+            yield from task.evaluations(cfg, entry, dataset, models)
 
 
-def _iter_models(cfg, resolve, models, tasks, workers, cache) -> Iterator[dict[str, Any]]:
-    logged: set[str] = set()  # provider warnings said once per run, not per tower or model
-    for model in models:
-        bundle = resolve(model, cfg)
-        precision = model.get("precision") or cfg.precision or default_precision(bundle, cfg.provider)
-        context: ModelContext | None = None
-        model_name = bundle.name
-        for dataset_name in cfg.dataset_name:
-            task = tasks[dataset_name]
-            data_dir = _data_dir(cfg, model, dataset_name)
-            fingerprint = _fingerprint(cfg, dataset_name, data_dir)
-            slot = Slot(bundle=bundle.identity, precision=precision, language=cfg.language or DEFAULT_LANGUAGE,
-                        data=_data_key(data_dir, cfg), split=cfg.split)
-            params = {"dataset": dataset_name, "task": task, "data_dir": slot.data,
-                      "split": cfg.split, "limit": cfg.limit, "recall_k": cfg.recall_k, "on_error": cfg.on_error,
-                      "precision": precision, "fast_decode": cfg.fast_decode, "data_fingerprint": fingerprint}
-            for extra in ("language", "classnames_file", "templates_file"):  # in the key only when set
-                if getattr(cfg, extra):
-                    params[extra] = getattr(cfg, extra)
-            key = params_key(params)
-            primary = result_path(cfg.output_dir, model_name, dataset_name, task,
-                                  slot_tags(precision, bundle.manifest["precision"], cfg.language, cfg.split))
-            if cfg.skip_existing:
-                found = find_existing(primary, slot, key)
-                if found is not None and detail_satisfied(found[0], found[1], cfg.detail):
-                    log.info("skip_existing: %s already holds this result", found[0])
-                    yield found[1]
-                    continue
-            t_start = time.perf_counter()
-            if context is None:
-                context = load_model(bundle, provider=cfg.provider, precision=precision, threads=cfg.num_threads,
-                                     cache=cache, lazy=True, logged=logged)  # towers open after the data checks
-            task_params = TaskParams(batch_size=cfg.batch_size, num_workers=workers, recall_k=cfg.recall_k,
-                                     on_error=cfg.on_error, fast_decode=cfg.fast_decode,
-                                     decode=cfg.decode,
-                                     num_threads=cfg.num_threads, progress=cfg.verbose,
-                                     split=cfg.split, limit=cfg.limit, language=cfg.language,
-                                     dataset_url=cfg.dataset_url, cache_dir=cfg.cache_dir,
-                                     classnames_file=cfg.classnames_file, templates_file=cfg.templates_file)
-            metrics, meta, per_query = TASKS[task](context, dataset_name, data_dir, task_params)
-            if data_dir is None or "://" in data_dir:  # downloaded during the task: now it can be fingerprinted
-                fingerprint = _fingerprint(cfg, dataset_name, data_dir)
-                params["data_fingerprint"] = fingerprint
-                key = params_key(params)
-            meta["timings"] = {"model_load_s": context.model_load_s, **meta["timings"],
-                               "total_s": time.perf_counter() - t_start}
-            meta.update({
-                "bundle": context.describe(),
-                "provider": context.provider,
-                "precision": context.precision,
-                "language": slot.language,
-                "batch_size": cfg.batch_size,
-                "num_workers": workers,
-                "split": cfg.split,
-                "limit": cfg.limit,
-                "data_dir": slot.data,
-                "data_fingerprint": fingerprint,
-                "slot_digest": slot.digest,
-                "params_key": key,
-                "versions": _versions(),
-            })
-            if context.warnings:
-                meta["warnings"] = context.warnings
-            meta["cache"] = {"path": str(cache.path), **meta.get("cache", {})} if cache is not None else None
-            out = destination(primary, slot)
-            meta["result_file"] = str(out)
-            meta["detail"] = write_detail(out, per_query, cfg.detail, num_threads=cfg.num_threads)
-            result = {"dataset": dataset_name, "model": model_name, "task": task, "metrics": metrics, "meta": meta}
-            write_result(out, result)
-            log.info("%s", result_line(result))
-            log.info("wrote %s", out)
-            yield result
+def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str | os.PathLike
+                   ) -> Iterator[dict[str, Any]]:
+    """Run one evaluation and write its result files; yields their result objects.
+
+    The same for every task: the slot and readable name of each result, the skip key (the task's
+    parameters and the data fingerprint), ``skip_existing`` (a finished result of the same slot
+    and key, whole, is yielded as it is), the task's :meth:`~clipeval.engine.tasks.base.Task.evaluate`,
+    then the ``meta`` block, the files beside each result and the atomic write."""
+    task = ev.task
+    slots = [slot_of(ev, spec) for spec in ev.results]
+    primaries = [primary_path(output_dir, ev, spec) for spec in ev.results]
+    fingerprint = task.fingerprint(ev)
+    key = params_key({**ev.params, "data_fingerprint": fingerprint})
+    if ev.skip_existing:
+        found = [find_existing(primary, slot, key) for primary, slot in zip(primaries, slots)]
+        if all(f is not None for f in found) and all(task.complete(path, result, ev) for path, result in found):
+            log.info("skip_existing: %s already hold%s this result", ", ".join(str(path) for path, _ in found),
+                     "s" if len(found) == 1 else "")
+            for _, result in found:
+                yield result
+            return
+    t_start = time.perf_counter()
+    ev.targets = [destination(primary, slot, say=False) for primary, slot in zip(primaries, slots)]
+    outputs = task.evaluate(ev, stage)
+    if ev.downloaded:  # fetched during the evaluation: now it can be fingerprinted
+        fingerprint = task.fingerprint(ev)
+        key = params_key({**ev.params, "data_fingerprint": fingerprint})
+    total_s = time.perf_counter() - t_start
+    cache_path = str(stage.cache.path) if stage is not None and stage.cache is not None else None
+    for out, spec, slot, primary, target in zip(outputs, ev.results, slots, primaries, ev.targets):
+        say_destination(primary, slot, target)
+        meta = result_meta(ev, spec, out.meta, slot=slot, key=key, fingerprint=fingerprint, result_file=target,
+                           stage=stage, cache_path=cache_path, total_s=total_s)
+        if out.write_beside is not None:
+            out.write_beside(target, meta)
+        result = {"dataset": ev.dataset, "model": spec.name, "task": task.name, "metrics": out.metrics, "meta": meta}
+        write_result(target, result)
+        log.info("%s", result_line(result))
+        log.info("wrote %s", target)
+        yield result
 
 
 def result_line(result: dict[str, Any]) -> str:
@@ -213,33 +220,6 @@ def result_line(result: dict[str, Any]) -> str:
     metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in result["metrics"].items())
     return f"{result['model']} on {result['dataset']} ({result['task']}): {metrics}"
-
-
-def _text_retrieval_results(cfg: EvalConfig, resolve: ModelResolver) -> Iterator[dict[str, Any]]:
-    """``task: text_retrieval``: each model on the BEIR folder ``data_dir`` (``recall_k`` sets the
-    cut-offs of every metric); the dataset name, unless ``custom``, names the result file."""
-    from .tasks.text_retrieval import TextRetrievalParams, text_retrieval_task
-    from .textret.embed import load_text_model
-
-    if not cfg.models:
-        raise ConfigError("task text_retrieval needs models", "add models: [{model_name: TEXT_BUNDLE_OR_CHECKPOINT}]")
-    if not cfg.data_dir:
-        raise ConfigError("task text_retrieval needs data_dir", "set data_dir to a BEIR folder (corpus.jsonl, "
-                          "queries.jsonl, qrels/)")
-    params = TextRetrievalParams(k=cfg.recall_k, batch_size=cfg.batch_size, split=cfg.split,
-                                 num_threads=cfg.num_threads, progress=cfg.verbose)
-    for model in cfg.models:
-        bundle = resolve(model, cfg)
-        if bundle.family != "text":
-            raise ConfigError(
-                f"task text_retrieval needs a text embedding model; {model['model_name']!r} is a {bundle.family} bundle",
-                "export a sentence-transformers / BERT-style checkpoint (clipeval text-eval does it on first use)",
-            )
-        text_model = load_text_model(bundle, provider=cfg.provider, threads=cfg.num_threads)
-        for dataset_name in cfg.dataset_name:
-            yield text_retrieval_task(text_model, cfg.data_dir, params, output_dir=cfg.output_dir,
-                                      dataset_name=None if dataset_name == "custom" else dataset_name,
-                                      skip_existing=cfg.skip_existing)
 
 
 def run_task(task_cfg=None, resolve: ModelResolver | None = None) -> list[dict[str, Any]]:

@@ -25,27 +25,27 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clipeval import __version__
-from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, write_manifest
+from clipeval.engine.sessions.bundle import FORMAT_VERSION, MANIFEST, write_manifest
 from clipeval.engine.errors import ExportError
-from clipeval.engine.fsutil import make_temp_dir
+from clipeval.engine.fsutil import publish_dir, staging_dir
+from clipeval.engine.versions import versions
 
 from . import validate as _validate
 from .families import FAMILIES, Family, ModelFacts, family_for
 from .hub import check_hub, local_checkpoint
 from .preprocess_config import preprocess_from_checkpoint, read_json_object
-from .tokenizer_export import check_pooling, encode_padded, export_tokenizer, tokenizer_rule
+from .tokenizer_export import TokenizerInfo, check_pooling, encode_padded, export_tokenizer, tokenizer_rule
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EXPORT_PRECISIONS", "FAMILIES", "Family", "ModelFacts", "export_checkpoint", "family_for",
-           "variants_for"]
+           "source_record", "variants_for"]
 
 # --precision -> (variants written, the bundle's default). fp32 is always written: it is the
 # reference the others are made from, and it runs everywhere.
@@ -101,14 +101,16 @@ def _check_options(precision: str, opset: int) -> None:
         raise ExportError(f"opset {opset!r} is not supported", f"use an integer opset >= {MIN_OPSET} (default 17)")
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder unless ``force`` and it holds a
+    bundle (``force`` replaces only bundles). Raises :class:`ExportError`."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"output {out} exists and is not a directory", "pick another output directory")
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise ExportError(
                 f"output directory {out} is not empty",
-                "pick another directory, or pass --force to replace the bundle in it",
+                "pick another directory, or pass --force (force=True) to replace the bundle in it",
             )
         if not (out / MANIFEST).is_file():
             raise ExportError(
@@ -118,9 +120,25 @@ def _check_out_dir(out: Path, force: bool) -> None:
             )
 
 
-def _require_export_deps() -> None:
+def build_bundle(out: Path, build, *, force: bool) -> Path:
+    """Build a bundle in a staging folder beside ``out`` (``build(stage) -> manifest``), write
+    its manifest, and swap it into place (:func:`clipeval.engine.fsutil.publish_dir`: an old
+    bundle there is replaced, or put back if the swap fails). ``out`` is checked again before
+    the swap (the build took a while). Nothing appears at ``out`` unless all succeeds."""
+    stage = staging_dir(out)  # the user's umask, not 0700
+    try:
+        write_manifest(stage, build(stage))
+        check_out_dir(out, force)
+        publish_dir(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
+
+
+def _require_export_deps(open_clip: bool = False) -> None:
     missing = []
-    for name in ("torch", "transformers", "onnx"):
+    for name in ("torch", "transformers", "onnx") + (("open_clip",) if open_clip else ()):
         try:
             importlib.import_module(name)
         except ImportError:
@@ -134,13 +152,8 @@ def _require_export_deps() -> None:
 
 
 def tool_versions() -> dict[str, str]:
-    out = {}
-    for name in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            out[name] = importlib.import_module(name).__version__
-        except ImportError:
-            pass
-    return out
+    """The versions of what made an export (``exported_with`` in the manifest)."""
+    return versions("torch", "transformers", "onnx", "onnxruntime", "tokenizers")
 
 
 def export_checkpoint(
@@ -153,12 +166,15 @@ def export_checkpoint(
     validate: bool = True,
     hub: str = "hf",
     revision: str | None = None,
+    pretrained: str | None = None,
 ) -> Path:
-    """Export the checkpoint ``source`` to a model bundle at ``out_dir``; return its path.
+    """Export ``source`` to a model bundle at ``out_dir``; return its path.
 
     ``source`` is a directory written by ``save_pretrained`` or a hub id (``hub`` ``"hf"`` or
-    ``"modelscope"``, at ``revision``). ``precision`` is ``fp32``, ``fp16`` (fp32 + fp16,
-    default fp16), ``int8`` (fp32 + int8, default int8) or ``both`` (fp32 + fp16, default fp32).
+    ``"modelscope"``, at ``revision``), or an open_clip model (:mod:`.openclip_source`): an
+    architecture name with ``pretrained`` (a tag or a weights file), ``hf-hub:org/name``, a Hub id
+    or a folder in open_clip's layout. ``precision`` is ``fp32``, ``fp16`` (fp32 + fp16, default
+    fp16), ``int8`` (fp32 + int8, default int8) or ``both`` (fp32 + fp16, default fp32).
 
     Raises :class:`ExportError` for a source that is not a supported checkpoint, a non-empty
     ``out_dir`` without ``force`` (``force`` replaces only an existing bundle), missing export
@@ -169,40 +185,51 @@ def export_checkpoint(
     check_hub(hub)
     _check_options(precision, opset)
     out = Path(out_dir)
-    _check_out_dir(out, force)
-    src = local_checkpoint(source, hub=hub, revision=revision)
-    family = family_for(_read_config(src).get("model_type"), f" in {src / 'config.json'}")
-    _require_export_deps()
+    check_out_dir(out, force)
+    open_clip_source = _open_clip_source(source, pretrained, hub, revision)
+    if open_clip_source is None:
+        src = local_checkpoint(source, hub=hub, revision=revision)
+        family = family_for(_read_config(src).get("model_type"), f" in {src / 'config.json'}")
+    _require_export_deps(open_clip=open_clip_source is not None)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = make_temp_dir(prefix=f".{out.name}.partial-", dir=out.parent)  # the user's umask, not 0700
-    try:
+    def build(stage: Path) -> dict[str, Any]:
+        if open_clip_source is not None:
+            from . import openclip_export
+
+            manifest = openclip_export.build(open_clip_source, stage, precision=precision, opset=opset,
+                                             validate=validate)
+            manifest.update({"source": open_clip_source.source, "pretrained": open_clip_source.pretrained,
+                             "revision": open_clip_source.revision, "hub": open_clip_source.hub})
+            return manifest
         manifest = _build(family, src, stage, precision=precision, opset=opset, validate=validate)
-        manifest.update({"source": str(source), "revision": revision,
-                         "hub": None if Path(os.path.expanduser(str(source))).is_dir() else hub})
-        write_manifest(stage, manifest)
-        _check_out_dir(out, force)  # again: the export took a while
-        _publish(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        manifest.update(source_record(source, src, hub=hub, revision=revision))
+        return manifest
+
+    build_bundle(out, build, force=force)
     log.info("exported %s -> %s", source, out)
     return out
 
 
-def _publish(stage: Path, out: Path) -> None:
-    """Make ``stage`` appear at ``out`` by renames only; an old bundle there is replaced."""
-    if not out.exists():
-        os.replace(stage, out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(out, old)
-    try:
-        os.replace(stage, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _open_clip_source(source, pretrained: str | None, hub: str, revision: str | None):
+    """The open_clip model ``source`` names (see :mod:`.openclip_source`), or ``None``."""
+    from .openclip_source import classify
+
+    if hub != "hf":
+        if pretrained is not None:
+            raise ExportError(f"--pretrained was given with --hub {hub}",
+                              "open_clip models come from open_clip's table or the Hugging Face Hub: drop --hub")
+        return None
+    return classify(source, pretrained, hub=hub, revision=revision)
+
+
+def source_record(source: str | os.PathLike, local: Path, *, hub: str | None, revision: str | None) -> dict[str, Any]:
+    """The manifest's ``source``, ``revision`` and ``hub``: a local directory as its resolved
+    absolute path (so the record stays true from any working directory, e.g. for
+    ``clipeval bench --vs-reference``) with ``hub`` null; a hub id as given, with its hub."""
+    given = Path(os.path.expanduser(str(source)))
+    if given.is_dir():
+        return {"source": str(given.resolve()), "revision": None, "hub": None}
+    return {"source": str(source), "revision": revision, "hub": hub}
 
 
 def validation_images(image_size: int, count: int = VALIDATION_IMAGES, seed: int = 0) -> np.ndarray:
@@ -210,9 +237,9 @@ def validation_images(image_size: int, count: int = VALIDATION_IMAGES, seed: int
     return np.random.default_rng(seed).standard_normal((count, 3, image_size, image_size)).astype(np.float32)
 
 
-def _text_feeds(family: Family, tokenizer: Path, texts, facts: ModelFacts, pad_id: int) -> dict[str, np.ndarray]:
+def _text_feeds(family: Family, tokenizer: Path, texts, facts: ModelFacts, info: TokenizerInfo) -> dict[str, np.ndarray]:
     length = facts.context_length if family.padding == "max_length" else None
-    feeds = encode_padded(tokenizer, texts, facts.context_length, pad_id, length=length)
+    feeds = encode_padded(tokenizer, texts, facts.context_length, info.pad_id, length=length, extra=info.extra)
     return {name: feeds[name] for name in family.text_inputs}
 
 
@@ -229,15 +256,18 @@ def _build(family: Family, src: Path, stage: Path, *, precision: str, opset: int
     info = export_tokenizer(src, stage / "tokenizer.json", family.tokenizer)
     pool_eos = info.eos_id if facts.pooling == "max_id" else facts.pool_eos_id
     texts = list(VALIDATION_TEXTS)
-    full = encode_padded(stage / "tokenizer.json", texts, facts.context_length, info.pad_id)
+    full = encode_padded(stage / "tokenizer.json", texts, facts.context_length, info.pad_id, extra=info.extra)
     check_pooling(full, texts, facts.pooling, pool_eos, info.eos_id, facts.context_length, info.pad_id)
-    text_feeds = _text_feeds(family, stage / "tokenizer.json", texts, facts, info.pad_id)
+    text_feeds = _text_feeds(family, stage / "tokenizer.json", texts, facts, info)
+    if validate:  # token ids against the checkpoint's own tokenizer (manifest validation.tokenizer)
+        token_parity = _validate.tokenizer_parity(stage / "tokenizer.json", info, facts.context_length,
+                                                  _transformers_tokenizer(src), "transformers AutoTokenizer")
 
     preprocess = preprocess_from_checkpoint(src, image_size=facts.image_size)
     (stage / "preprocess.json").write_text(json.dumps(preprocess, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     images = validation_images(facts.image_size)
-    trace_text = _text_feeds(family, stage / "tokenizer.json", texts[:TRACE_TEXTS], facts, info.pad_id)
+    trace_text = _text_feeds(family, stage / "tokenizer.json", texts[:TRACE_TEXTS], facts, info)
     work = stage / ".work"
     work.mkdir()
     vision, text = _export_towers(model, family, work, images[:TRACE_IMAGES], trace_text, opset)
@@ -253,6 +283,7 @@ def _build(family: Family, src: Path, stage: Path, *, precision: str, opset: int
             "text_lengths": [int(n) for n in full["attention_mask"].sum(axis=1)],
             "text_shape": list(text_feeds["input_ids"].shape),
         }
+        validation["tokenizer"] = token_parity
     else:
         validation = {"skipped": True}
     log.info("export %.1f s, validation %.1f s", t_export, time.perf_counter() - t0 - t_export)
@@ -272,6 +303,22 @@ def _build(family: Family, src: Path, stage: Path, *, precision: str, opset: int
         "exported_with": tool_versions(),
         "created_by": f"clipeval {__version__}",
     }
+
+
+def _transformers_tokenizer(src: Path):
+    """The checkpoint's tokenizer as transformers loads it: the reference for token ids."""
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(str(src))
+    except Exception as exc:  # transformers raises many types for a missing or broken tokenizer
+        raise ExportError(f"cannot load the tokenizer of {src}: {type(exc).__name__}: {exc}",
+                          "save the tokenizer with the model (`processor.save_pretrained(dir)`)") from None
+
+    def ids(texts: list[str], context_length: int) -> list[list[int]]:
+        return [list(x) for x in hf(texts, truncation=True, max_length=context_length)["input_ids"]]
+
+    return ids
 
 
 def _export_towers(model: Any, family: Family, work: Path, images: np.ndarray,
@@ -303,11 +350,14 @@ def _export_towers(model: Any, family: Family, work: Path, images: np.ndarray,
     return vision, text
 
 
-def _write_variants(family: Family, facts: ModelFacts, work: Path, stage: Path, variants, opset: int):
+def _write_variants(family: Family, facts: ModelFacts, work: Path, stage: Path, variants, opset: int,
+                    tolerate_fusion_failure: bool = False):
     """Fuse both towers, then write each variant's files into ``stage``.
 
     Returns ``(fused_ops, graph_ops)``: the fusion record per tower, and per variant and tower the
-    node count and ``Cast`` count of the written graph."""
+    node count and ``Cast`` count of the written graph. With ``tolerate_fusion_failure`` (open_clip
+    graphs, which onnxruntime's optimizer was not written for) a tower the optimizer fails on is
+    used unfused and its record says why."""
     from . import optimize
 
     fused_ops: dict[str, Any] = {}
@@ -318,8 +368,15 @@ def _write_variants(family: Family, facts: ModelFacts, work: Path, stage: Path, 
     }
     for tower, (layers, heads, hidden, kind) in shapes.items():
         raw, fused = work / f"{tower}.onnx", work / f"{tower}.fused.onnx"
-        counts = optimize.fuse(raw, fused, model_type=kind, num_heads=heads, hidden_size=hidden, opset=opset)
-        fused_ops[tower] = optimize.fusion_summary(counts, layers, kind)
+        try:
+            counts = optimize.fuse(raw, fused, model_type=kind, num_heads=heads, hidden_size=hidden, opset=opset)
+            fused_ops[tower] = optimize.fusion_summary(counts, layers, kind)
+        except ExportError as exc:
+            if not tolerate_fusion_failure:
+                raise
+            log.info("%s tower not fused: %s", tower, exc.message)
+            shutil.copyfile(raw, fused)
+            fused_ops[tower] = {"optimizer_model_type": kind, "layers": layers, "error": exc.message}
         for variant in variants:
             dst = stage / TOWER_FILES[variant][tower]
             if variant == "fp32":

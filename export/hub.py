@@ -44,8 +44,10 @@ def local_checkpoint(source: str | os.PathLike, *, hub: str = "hf", revision: st
     if not is_hub_id(text) or path.exists():
         raise ExportError(
             f"checkpoint {source} is neither a local directory nor a hub id",
-            "pass a directory written by `model.save_pretrained(dir)`, or a hub id such as "
-            "openai/clip-vit-base-patch32 (--hub hf|modelscope)",
+            "pass a directory written by `model.save_pretrained(dir)`, a hub id such as "
+            "openai/clip-vit-base-patch32 (--hub hf|modelscope), or an open_clip model: an architecture "
+            "with --pretrained TAG|FILE (ViT-B-32 --pretrained laion2b_s34b_b79k), hf-hub:org/name, or a "
+            "folder holding open_clip_config.json",
         )
     return _download_modelscope(text, revision) if hub == "modelscope" else _download_hf(text, revision)
 

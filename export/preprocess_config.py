@@ -1,8 +1,18 @@
 """A checkpoint's image processor config -> the bundle's ``preprocess.json`` object.
 
-The conversion itself is :meth:`clipeval.engine.preprocess.PreprocessSpec.from_hf_processor_config`
-(one converter for exporter and engine); this module reads the checkpoint's file, turns problems
-into :class:`ExportError` and checks that the images it describes fit the vision tower.
+The conversion itself is :meth:`clipeval.engine.images.preprocess.PreprocessSpec.from_hf_processor_config`
+(one converter for exporter and engine); this module finds and reads the checkpoint's file, turns
+problems into :class:`ExportError` and checks that the images it describes fit the vision tower.
+
+Where the image processor config lives depends on the transformers version that saved it:
+
+* transformers 5 (``processor.save_pretrained(dir)``): ``processor_config.json``, with the image
+  processor nested under ``"image_processor"``; there is no ``preprocessor_config.json``;
+* transformers 4 (``processor.save_pretrained`` / ``image_processor.save_pretrained``):
+  ``preprocessor_config.json`` holding the image processor's keys at the top level.
+
+Both are read, in the order transformers 5 itself uses (``ImageProcessingMixin.get_image_processor_dict``):
+the nested entry of ``processor_config.json`` when there is one, else ``preprocessor_config.json``.
 """
 
 from __future__ import annotations
@@ -12,9 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from clipeval.engine.errors import BundleError, ExportError
-from clipeval.engine.preprocess import PreprocessSpec
+from clipeval.engine.images.preprocess import PreprocessSpec
 
-PROCESSOR_CONFIG = "preprocessor_config.json"
+PROCESSOR_CONFIG = "preprocessor_config.json"  # transformers 4: the image processor's own file
+NESTED_PROCESSOR_CONFIG = "processor_config.json"  # transformers 5: {"image_processor": {...}, ...}
+NESTED_KEY = "image_processor"
+SAVE_REMEDY = ("save the processor with the model: `CLIPProcessor(image_processor=..., tokenizer=...)"
+               ".save_pretrained(dir)` (or ChineseCLIPProcessor / SiglipProcessor); transformers 5 writes "
+               f"{NESTED_PROCESSOR_CONFIG}, 4.x writes {PROCESSOR_CONFIG}, and both are read")
 
 
 def preprocess_from_hf(config: dict[str, Any], source: str | None = None) -> dict[str, Any]:
@@ -30,7 +45,7 @@ def read_json_object(path: Path, missing: str, remedy: str) -> dict[str, Any]:
     if not path.is_file():
         raise ExportError(missing, remedy)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot read {path}: {exc}", remedy) from None
     if not isinstance(config, dict):
@@ -38,21 +53,44 @@ def read_json_object(path: Path, missing: str, remedy: str) -> dict[str, Any]:
     return config
 
 
+def read_image_processor_config(checkpoint: str | Path) -> tuple[dict[str, Any], str]:
+    """The image processor config of a local checkpoint and where it was read (for messages).
+
+    Raises :class:`ExportError` when neither layout is present or the file is not a JSON object.
+    """
+    root = Path(checkpoint)
+    nested = root / NESTED_PROCESSOR_CONFIG
+    if nested.is_file():
+        processor = read_json_object(nested, "", SAVE_REMEDY)
+        entry = processor.get(NESTED_KEY)
+        if entry is not None:
+            if not isinstance(entry, dict):
+                raise ExportError(f"{nested}: {NESTED_KEY!r} is not a JSON object", SAVE_REMEDY)
+            return entry, f"{nested} ({NESTED_KEY})"
+    flat = root / PROCESSOR_CONFIG
+    if not flat.is_file():
+        found = f"{NESTED_PROCESSOR_CONFIG} without an {NESTED_KEY!r} entry" if nested.is_file() else "neither file"
+        raise ExportError(
+            f"checkpoint {checkpoint} has no image processor config: looked for {NESTED_PROCESSOR_CONFIG} "
+            f"(its {NESTED_KEY!r} entry) and {PROCESSOR_CONFIG}, found {found}",
+            SAVE_REMEDY,
+        )
+    return read_json_object(flat, "", SAVE_REMEDY), str(flat)
+
+
 def preprocess_from_checkpoint(checkpoint: str | Path, image_size: int | None = None) -> dict[str, Any]:
-    """Read ``preprocessor_config.json`` of a local checkpoint and convert it.
+    """Read a local checkpoint's image processor config (either layout) and convert it.
 
     ``image_size`` (the vision tower's fixed input side) is checked against the size the
     preprocessing produces, so a bundle never feeds its tower images of the wrong shape.
     """
-    path = Path(checkpoint) / PROCESSOR_CONFIG
-    config = read_json_object(path, f"checkpoint {checkpoint} has no {PROCESSOR_CONFIG}",
-                              "save the image processor with the model (`processor.save_pretrained(dir)`)")
-    spec = preprocess_from_hf(config, source=str(path))
+    config, where = read_image_processor_config(checkpoint)
+    spec = preprocess_from_hf(config, source=where)
     if image_size is not None:
         out_hw = PreprocessSpec.from_dict(spec).output_size
         if out_hw != (image_size, image_size):
             raise ExportError(
-                f"{path} produces {out_hw[0]}x{out_hw[1]} images but the vision tower takes "
+                f"{where} produces {out_hw[0]}x{out_hw[1]} images but the vision tower takes "
                 f"{image_size}x{image_size}",
                 "fix crop_size/size in the image processor config to match vision_config.image_size",
             )

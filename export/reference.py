@@ -4,7 +4,8 @@ It follows evalscope's ``clip_benchmark`` backend on a ``custom`` dataset, with
 CLIP_benchmark's metric code re-implemented from its definition:
 
 * the checkpoint loaded with transformers (``<Family>Model.from_pretrained``, eval mode) and its
-  image processor (the PIL implementation; torchvision is not needed) and tokenizer;
+  image processor (the PIL implementation; either config layout, see :mod:`.preprocess_config`)
+  and tokenizer;
 * a ``torch.utils.data.DataLoader`` over the gallery with ``num_workers`` worker processes
   (the reference tool's default: 1); each item is decoded with PIL and run through the image
   processor in the worker, the batch's captions travel with it;
@@ -16,12 +17,19 @@ CLIP_benchmark's metric code re-implemented from its definition:
   ``recall_at_k``: ``topk`` over each row, a one-hot ``[rows, k, columns]`` tensor times the
   positive pairs, per chunk of ``batch_size`` rows, then ``(recall > 0).mean()``, both ways.
 
+For an open_clip model (``--open-clip MODEL [--pretrained TAG|FILE]``) the pipeline is
+CLIP_benchmark's instead: ``open_clip.create_model_and_transforms`` (eval mode) and
+``open_clip.get_tokenizer``; each image opened with PIL, ``convert("RGB")`` and run through
+open_clip's eval transform in the worker; captions tokenised by open_clip (padded to its context
+length); ``encode_image`` / ``encode_text``, L2-normalised; the same metric code.
+
 The dataset is read with clipeval's own ``custom`` reader, so both pipelines see the same
 images and captions in the same order (reading a JSONL file is not what either spends time on).
 
 Run as a module it prints one JSON object on stdout::
 
     python -m clipeval.export.reference --checkpoint DIR --data-dir DIR [--limit N]
+    python -m clipeval.export.reference --open-clip ViT-B-32 --pretrained laion2b_s34b_b79k --data-dir DIR
 """
 
 from __future__ import annotations
@@ -53,8 +61,8 @@ class _Gallery:
         import torch.utils.data
 
         class Gallery(torch.utils.data.Dataset):
-            def __init__(self, paths, captions, processor):
-                self.paths, self.captions, self.processor = paths, captions, processor
+            def __init__(self, paths, captions, pixels):
+                self.paths, self.captions, self.pixels = paths, captions, pixels
 
             def __len__(self):
                 return len(self.paths)
@@ -63,8 +71,7 @@ class _Gallery:
                 from PIL import Image
 
                 image = Image.open(self.paths[i]).convert("RGB")
-                pixels = self.processor(image, return_tensors="pt")["pixel_values"][0]
-                return pixels, self.captions[i]
+                return self.pixels(image), self.captions[i]
 
         return Gallery(*args, **kwargs)
 
@@ -102,16 +109,24 @@ def _load(checkpoint: Path, device: str):
 
     model = getattr(transformers, _model_class(checkpoint)).from_pretrained(str(checkpoint)).eval().to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
-    try:
-        from transformers import AutoImageProcessor
+    return model, tokenizer, _pil_image_processor(checkpoint)
 
-        processor = AutoImageProcessor.from_pretrained(str(checkpoint))
-    except Exception:  # noqa: BLE001 - no torchvision: the PIL processor class directly
-        cfg = json.loads((checkpoint / "preprocessor_config.json").read_text())
-        name = cfg.get("image_processor_type", "CLIPImageProcessor")
+
+def _pil_image_processor(checkpoint: Path):
+    """The checkpoint's image processor, PIL implementation (transformers 5 would otherwise pick its
+    torchvision backend, which differs by up to one grey level); either config layout."""
+    import transformers
+
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(str(checkpoint), backend="pil")
+    except Exception:  # noqa: BLE001 - older transformers: the processor class named in the config
+        from .preprocess_config import read_image_processor_config
+
+        cfg, _ = read_image_processor_config(checkpoint)
+        name = str(cfg.get("image_processor_type") or "CLIPImageProcessor")
+        name = name.removesuffix("Fast").removesuffix("Pil")
         cls = getattr(transformers, name + "Pil", None) or getattr(transformers, name)
-        processor = cls.from_pretrained(str(checkpoint))
-    return model, tokenizer, processor
+        return cls(**{k: v for k, v in cfg.items() if k != "image_processor_type"})
 
 
 def _features(output):
@@ -120,9 +135,59 @@ def _features(output):
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def run_reference(checkpoint: str | Path, data_dir: str | Path, *, limit: int | None = None, batch_size: int = 128,
-                  num_workers: int = 1, device: str | None = None, recall_k=DEFAULT_K) -> dict:
-    """Run the reference pipeline; returns ``{"metrics", "timings", "counts", "device"}``."""
+class _HFPixels:
+    """transformers' image processor as a picklable image -> ``[3, H, W]`` function."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image):
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
+
+
+class TransformersPipeline:
+    """evalscope's: ``<Family>Model`` + AutoTokenizer (padding to the batch's longest) + PIL image processor."""
+
+    def __init__(self, checkpoint: Path, device: str):
+        self.model, self.tokenizer, processor = _load(checkpoint, device)
+        self.pixels = _HFPixels(processor)
+        self.device = device
+        limit = self.tokenizer.model_max_length
+        self.max_length = limit if limit < 10**6 else 512
+
+    def encode_image(self, pixels):
+        return _features(self.model.get_image_features(pixel_values=pixels.to(self.device)))
+
+    def encode_text(self, texts):
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        return _features(self.model.get_text_features(**tokens))
+
+
+class OpenClipPipeline:
+    """CLIP_benchmark's: ``open_clip.create_model_and_transforms`` + ``get_tokenizer``."""
+
+    def __init__(self, model_name: str, pretrained: str | None, device: str):
+        import open_clip
+
+        model, _, self.pixels = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+        self.model = model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.device = device
+
+    def encode_image(self, pixels):
+        return self.model.encode_image(pixels.to(self.device))
+
+    def encode_text(self, texts):
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+
+def run_reference(checkpoint: str | Path | None, data_dir: str | Path, *, limit: int | None = None,
+                  batch_size: int = 128, num_workers: int = 1, device: str | None = None, recall_k=DEFAULT_K,
+                  open_clip: tuple[str, str | None] | None = None) -> dict:
+    """Run the reference pipeline of a transformers ``checkpoint`` (evalscope's) or of the open_clip
+    model ``open_clip = (model_name, pretrained)`` (CLIP_benchmark's); returns ``{"metrics",
+    "timings", "counts", "device"}``."""
     t_start = time.perf_counter()
     import torch
     import torch.nn.functional as F
@@ -131,19 +196,20 @@ def run_reference(checkpoint: str | Path, data_dir: str | Path, *, limit: int | 
 
     t_imports = time.perf_counter() - t_start
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    checkpoint = Path(checkpoint)
     t0 = time.perf_counter()
-    model, tokenizer, processor = _load(checkpoint, device)
+    if open_clip is not None:
+        pipeline = OpenClipPipeline(open_clip[0], open_clip[1], device)
+    else:
+        pipeline = TransformersPipeline(Path(checkpoint), device)
     t_load = time.perf_counter() - t0
 
     dataset = read_dataset("custom", str(data_dir), "test", "fail", progress=False, limit=limit).limit(limit)
     captions: list[list[str]] = [[] for _ in range(dataset.num_images)]
     for text, image in zip(dataset.texts, dataset.text_to_image.tolist()):
         captions[image].append(text)
-    loader = torch.utils.data.DataLoader(_Gallery([str(p) for p in dataset.images], captions, processor),
+    loader = torch.utils.data.DataLoader(_Gallery([str(p) for p in dataset.images], captions, pipeline.pixels),
                                          batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
                                          shuffle=False)
-    max_length = tokenizer.model_max_length if tokenizer.model_max_length < 10**6 else 512
     images_emb, texts_emb, texts_image_index = [], [], []
     t_wait = t_vision = t_text = 0.0
     t0 = time.perf_counter()
@@ -154,14 +220,12 @@ def run_reference(checkpoint: str | Path, data_dir: str | Path, *, limit: int | 
         t_wait += now - mark
         batch_texts = [t for caps in batch_captions for t in caps]
         texts_image_index.extend(start_index + i for i, caps in enumerate(batch_captions) for _ in caps)
-        tokens = tokenizer(batch_texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         with torch.no_grad(), autocast:
             tv = time.perf_counter()
-            img = F.normalize(_features(model.get_image_features(pixel_values=pixels.to(device))), dim=-1)
+            img = F.normalize(pipeline.encode_image(pixels), dim=-1)
             images_emb.append(img.float().cpu())
             tt = time.perf_counter()
-            txt = F.normalize(_features(model.get_text_features(**tokens)), dim=-1)
+            txt = F.normalize(pipeline.encode_text(batch_texts), dim=-1)
             texts_emb.append(txt.float().cpu())
             mark = time.perf_counter()
         t_vision += tt - tv
@@ -198,7 +262,10 @@ def run_reference(checkpoint: str | Path, data_dir: str | Path, *, limit: int | 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m clipeval.export.reference", description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint", default=None, help="a transformers checkpoint directory")
+    ap.add_argument("--open-clip", default=None, metavar="MODEL",
+                    help="an open_clip model (architecture, hf-hub:org/name or local-dir:PATH) instead")
+    ap.add_argument("--pretrained", default=None, help="open_clip pretrained tag or file")
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -206,8 +273,11 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--recall-k", type=int, nargs="*", default=list(DEFAULT_K))
     args = ap.parse_args(argv)
+    if (args.checkpoint is None) == (args.open_clip is None):
+        ap.error("give either --checkpoint or --open-clip")
     result = run_reference(args.checkpoint, args.data_dir, limit=args.limit, batch_size=args.batch_size,
-                           num_workers=args.num_workers, device=args.device, recall_k=args.recall_k)
+                           num_workers=args.num_workers, device=args.device, recall_k=args.recall_k,
+                           open_clip=(args.open_clip, args.pretrained) if args.open_clip else None)
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -29,17 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from clipeval import __version__
-from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, Bundle, is_bundle_dir, load_bundle, write_manifest
+from clipeval.engine.sessions.bundle import FORMAT_VERSION, Bundle, is_bundle_dir, load_bundle
 from clipeval.engine.errors import BundleError, ExportError
 
-from .convert import tool_versions
+from .convert import build_bundle, check_out_dir, tool_versions
 
 log = logging.getLogger(__name__)
 
@@ -114,24 +112,12 @@ def _scorer(model: Any, activation: str, input_names: tuple[str, ...]):
 
 def encode_pairs(tokenizer_path: str | Path, pairs, context_length: int, pad_id: int,
                  input_names: tuple[str, ...]) -> dict:
-    """Pairs tokenised as the engine does (``longest_first`` truncation, right padding)."""
-    import numpy as np
-    from tokenizers import Tokenizer
+    """Pairs tokenised and padded by the engine's own pair tokenizer (``longest_first``
+    truncation, right padding): the validation feeds are what a run feeds."""
+    from clipeval.engine.text.pairs import PairTokenizer
 
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    tok.no_padding()
-    tok.enable_truncation(max_length=context_length, strategy="longest_first")
-    encs = tok.encode_batch([tuple(p) for p in pairs])
-    width = max(len(e.ids) for e in encs)
-    feeds = {name: np.zeros((len(encs), width), dtype=np.int64) for name in input_names}
-    feeds["input_ids"][:] = pad_id
-    for row, e in enumerate(encs):
-        n = len(e.ids)
-        feeds["input_ids"][row, :n] = e.ids
-        feeds["attention_mask"][row, :n] = 1
-        if "token_type_ids" in feeds:
-            feeds["token_type_ids"][row, :n] = e.type_ids
-    return feeds
+    tok = PairTokenizer(tokenizer_path, {"pad_id": pad_id, "text_inputs": list(input_names)}, context_length)
+    return tok.pad(tok.encode([tuple(p) for p in pairs]))
 
 
 def _load(src: Path):
@@ -178,26 +164,14 @@ def export_reranker(source: str | os.PathLike, out_dir: str | os.PathLike, *, op
                           "*ForSequenceClassification architecture)",
                           "pass a sentence-transformers CrossEncoder or sequence-classification model directory")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force or not (out / MANIFEST).is_file():
-            raise ExportError(f"output {out} exists and is not empty",
-                              "pick another directory, or pass force=True to replace a bundle there")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    check_out_dir(out, force)
+
+    def build(stage: Path) -> dict[str, Any]:
         manifest = _build(src, stage, opset=opset, max_seq_length=max_seq_length)
         manifest.update({"source": str(source), "revision": None})
-        write_manifest(stage, manifest)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(stage, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        return manifest
+
+    build_bundle(out, build, force=force)
     log.info("exported reranker %s -> %s", source, out)
     return out
 

@@ -1,7 +1,8 @@
 """Model resolution with export on first use.
 
-A bundle directory (or ``demo``) is used as it is. A checkpoint directory or a hub id is
-exported once into the model cache (``cache_dir`` / ``$CLIPEVAL_CACHE_DIR`` / ``~/.cache/clipeval``,
+A bundle directory (or ``demo``) is used as it is. A checkpoint directory or a hub id, or an
+open_clip model (an architecture with ``pretrained``, ``hf-hub:org/name``, an open_clip folder;
+:mod:`.openclip_source`), is exported once into the model cache (``cache_dir`` / ``$CLIPEVAL_CACHE_DIR`` / ``~/.cache/clipeval``,
 then ``models/``) and reused after, keyed by source, hub, revision, precision and, for a local
 directory, the checkpoint files' sizes and modification times. The export is built in a hidden
 directory and renamed into place, so an interrupted export never becomes a cache entry.
@@ -15,8 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from clipeval.engine.bundle import Bundle, is_bundle_dir, load_bundle
-from clipeval.engine.paths import cache_root
+from clipeval.engine.sessions.bundle import Bundle, is_bundle_dir, load_bundle
+from clipeval.engine.errors import ConfigError
+from clipeval.engine.paths import cache_root, safe_name
 from clipeval.engine.runner import is_demo, resolve_bundle
 
 from .hub import is_hub_id
@@ -38,7 +40,7 @@ def cached_bundle_dir(source: str, revision: str | None, precision: str, root: P
     local = Path(os.path.expanduser(source))
     ident = f"{local.resolve()}|{_fingerprint(local)}" if local.is_dir() else f"{hub}:{source}"
     digest = hashlib.sha256(f"{ident}|{revision}|{precision}".encode()).hexdigest()[:16]
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(source.rstrip("/")))
+    name = safe_name(os.path.basename(source.rstrip("/")))
     return root / "models" / f"{name}-{precision}-{digest}"
 
 
@@ -48,27 +50,49 @@ def _is_checkpoint(name: str, path: Path) -> bool:
     return not path.exists() and is_hub_id(name)
 
 
-def resolve_model(model: dict[str, Any], cfg) -> Bundle:
-    """The bundle for one ``models`` entry: the demo or a bundle directory as they are; a
-    checkpoint directory or hub id exported into the cache on first use, reused after (for
-    ``task: text_retrieval``, a sentence-transformers / BERT-style text model)."""
-    if getattr(cfg, "tool", None) in ("mteb", "cmteb"):  # an evalscope MTEB model entry (engine/config_mteb.py)
+def resolve_model(model: Any, cfg, kind: str = "image_text") -> Bundle:
+    """The bundle for one model entry of a config: the demo or a bundle directory as they are; a
+    checkpoint directory or hub id exported into the cache on first use, reused after.
+
+    ``kind`` is what the task takes (its metadata, :mod:`clipeval.engine.tasks.base`):
+    ``image_text`` (a CLIP-style model: transformers checkpoints, open_clip models), ``text`` (a
+    sentence-transformers / BERT-style text model; the entry's ``pooling_mode`` and
+    ``max_seq_length`` go to its export) or ``reranker`` (a cross-encoder). An evalscope mteb
+    entry (``model_name_or_path``) says which of the last two it is itself."""
+    if hasattr(model, "model_name_or_path"):  # an evalscope MTEB model entry (engine/config/mteb.py)
         return _resolve_mteb_model(model, cfg)
-    if getattr(cfg, "task", None) == "text_retrieval":
+    if kind == "text":
         from .text_model import resolve_text_bundle
 
-        return resolve_text_bundle(model["model_name"], getattr(cfg, "cache_dir", None))
+        return resolve_text_bundle(model["model_name"], getattr(cfg, "cache_dir", None),
+                                   pooling_mode=model.get("pooling_mode"), max_seq_length=model.get("max_seq_length"))
+    if kind == "reranker":
+        from .reranker import resolve_reranker_bundle
+
+        return resolve_reranker_bundle(model["model_name"], getattr(cfg, "cache_dir", None),
+                                       max_seq_length=model.get("max_seq_length"))
     return _resolve_image_text_model(model, cfg)
 
 
 def _resolve_image_text_model(model: dict[str, Any], cfg) -> Bundle:
     name = str(model.get("model_name") or "")
+    pretrained = model.get("pretrained")
     path = Path(os.path.expanduser(name))
-    if is_demo(model) or is_bundle_dir(path) or not _is_checkpoint(name, path):
-        return resolve_bundle(model, cfg)  # the demo, a bundle, or an error that says what was expected
+    if is_demo(model) or is_bundle_dir(path):
+        if pretrained:
+            raise ConfigError(f"pretrained {pretrained!r} was given for {name or 'the demo'}, which is a model bundle",
+                              "pretrained goes with an open_clip architecture name (e.g. ViT-B-32)")
+        return resolve_bundle(model, cfg)  # the demo or a bundle
     precision = model.get("precision") or getattr(cfg, "precision", None) or "fp32"
     revision, hub = model.get("revision"), model.get("hub") or "hf"
-    target = cached_bundle_dir(name, revision, precision, cache_root(getattr(cfg, "cache_dir", None)), hub)
+    root = cache_root(getattr(cfg, "cache_dir", None))
+    open_clip_source = _open_clip_source(name, path, pretrained, hub, revision)
+    if open_clip_source is not None:
+        target = open_clip_cache_dir(open_clip_source, precision, root)
+    elif _is_checkpoint(name, path):
+        target = cached_bundle_dir(name, revision, precision, root, hub)
+    else:
+        return resolve_bundle(model, cfg)  # an error that says what was expected
     if is_bundle_dir(target):
         log.info("using cached export %s", target)
         return load_bundle(target, trust_stamp=not getattr(cfg, "verify_cache", False))
@@ -76,7 +100,8 @@ def _resolve_image_text_model(model: dict[str, Any], cfg) -> Bundle:
 
     log.info("exporting %s into the model cache at %s (once)", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    export_checkpoint(name, target, precision=precision, force=False, hub=hub, revision=revision)
+    export_checkpoint(name, target, precision=precision, force=False, hub=hub, revision=revision,
+                      pretrained=pretrained)
     return load_bundle(target)
 
 
@@ -92,7 +117,7 @@ def _resolve_mteb_model(entry, cfg) -> Bundle:
     path = Path(os.path.expanduser(entry.model_name_or_path))
     length = entry.max_seq_length
     if length is None and not is_bundle_dir(path) and (path / "config.json").is_file():
-        from clipeval.engine.config_mteb import DEFAULT_MAX_SEQ_LENGTH
+        from clipeval.engine.config.mteb import DEFAULT_MAX_SEQ_LENGTH
 
         try:
             positions = json.loads((path / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
@@ -103,3 +128,26 @@ def _resolve_mteb_model(entry, cfg) -> Bundle:
         return resolve_reranker_bundle(path, getattr(cfg, "cache_dir", None), max_seq_length=length)
     return resolve_text_bundle(path, getattr(cfg, "cache_dir", None), pooling_mode=entry.pooling_mode,
                                max_seq_length=length)
+
+
+def _open_clip_source(name: str, path: Path, pretrained, hub: str, revision: str | None):
+    """The open_clip model a ``models`` entry names (see :mod:`.openclip_source`), or ``None``."""
+    from .openclip_source import classify
+
+    if hub != "hf":
+        if pretrained:
+            raise ConfigError(f"pretrained {pretrained!r} was given with hub {hub!r}",
+                              "open_clip models come from open_clip's table or the Hugging Face Hub: drop hub")
+        return None
+    if not pretrained and path.is_dir() and (path / "config.json").is_file():
+        return None  # a transformers checkpoint folder: no need to import open_clip
+    return classify(name, pretrained, hub=hub, revision=revision)
+
+
+def open_clip_cache_dir(source, precision: str, root: Path) -> Path:
+    """The cache directory of an open_clip model exported at ``precision``
+    (``root/models/NAME-PRECISION-KEY``; the key covers the weights file's or folder's files'
+    sizes and modification times, so edited weights are exported again)."""
+    digest = hashlib.sha256(f"{source.cache_identity()}|{precision}".encode()).hexdigest()[:16]
+    name = safe_name(source.display_name)
+    return root / "models" / f"{name}-{precision}-{digest}"

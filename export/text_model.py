@@ -43,17 +43,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from clipeval import __version__
-from clipeval.engine.bundle import FORMAT_VERSION, MANIFEST, Bundle, is_bundle_dir, load_bundle, write_manifest
+from clipeval.engine.sessions.bundle import FORMAT_VERSION, Bundle, is_bundle_dir, load_bundle
 from clipeval.engine.errors import BundleError, ExportError
-from clipeval.engine.fsutil import make_temp_dir
 
-from .convert import tool_versions
+from .convert import build_bundle, check_out_dir, tool_versions
 
 log = logging.getLogger(__name__)
 
@@ -304,27 +302,15 @@ def export_text_model(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
         raise ExportError(f"{src} is not a checkpoint directory (no config.json)",
                           "pass a sentence-transformers model directory")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force or not (out / MANIFEST).is_file():
-            raise ExportError(f"output {out} exists and is not empty",
-                              "pick another directory, or pass force=True to replace a bundle there")
+    check_out_dir(out, force)
     spec = read_text_spec(src, pooling_mode=pooling_mode, max_seq_length=max_seq_length)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = make_temp_dir(prefix=f".{out.name}.partial-", dir=out.parent)  # the user's umask, not 0700
-    try:
+
+    def build(stage: Path) -> dict[str, Any]:
         manifest = _build(src, stage, spec, opset=opset, validate=validate)
-        manifest.update({"source": str(source), "revision": None})
-        write_manifest(stage, manifest)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(stage, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        manifest.update({"source": str(src.resolve()), "revision": None})
+        return manifest
+
+    build_bundle(out, build, force=force)
     log.info("exported text model %s -> %s", source, out)
     return out
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class TokenizerInfo:
     pad_id: int
     eos_id: int
     bos_id: int | None
+    extra: dict[str, Any] = field(default_factory=dict)  # more keys of the manifest's tokenizer block
 
 
 def train_wordlevel_tokenizer(corpus: Iterable[str], *, eos_last: bool = False, lowercase: bool = True):
@@ -103,15 +104,20 @@ def export_tokenizer(checkpoint: str | Path, out_path: str | Path, kind: str = "
     truncation off: the engine sets them) and return its special ids.
 
     ``kind`` ``"fast"`` saves the fast tokenizer transformers loads (CLIP's BPE, Chinese-CLIP's
-    BERT WordPiece); ``"siglip_spm"`` converts SigLIP's ``spiece.model`` (see :mod:`.siglip_tokenizer`).
+    BERT WordPiece); ``"siglip_spm"`` converts SigLIP's ``spiece.model`` and copies it beside
+    ``out_path`` (see :mod:`.siglip_tokenizer`).
     A tokenizer without an end token (BERT) uses its separator token as the end.
     """
     if kind == "siglip_spm":
-        from .siglip_tokenizer import convert_siglip_tokenizer
+        import shutil
+
+        from .siglip_tokenizer import SPIECE, convert_siglip_tokenizer, sentencepiece_block
 
         tok, info = convert_siglip_tokenizer(checkpoint)
         tok.save(str(out_path))
-        return info
+        shutil.copyfile(Path(checkpoint) / SPIECE, Path(out_path).parent / SPIECE)
+        return TokenizerInfo(info.pad_id, info.eos_id, info.bos_id,
+                             {"sentencepiece": sentencepiece_block(checkpoint, info.eos_id)})
     if kind != "fast":
         raise ValueError(f"unknown tokenizer kind {kind!r}")
     from transformers import AutoTokenizer
@@ -151,22 +157,15 @@ def export_tokenizer(checkpoint: str | Path, out_path: str | Path, kind: str = "
 
 
 def encode_padded(tokenizer_path: str | Path, texts: Sequence[str], context_length: int, pad_id: int,
-                  length: int | None = None) -> dict[str, np.ndarray]:
-    """Tokenise ``texts`` with a bundle's tokenizer: truncated to ``context_length``, padded on the
-    right with ``pad_id`` to ``length`` (default: the longest text)."""
-    from tokenizers import Tokenizer
+                  length: int | None = None, extra: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Tokenise ``texts`` as the engine does with a bundle's tokenizer (``tokenizer.json`` plus the
+    manifest's ``extra`` steps, see :mod:`clipeval.engine.text.prep`): truncated to
+    ``context_length``, padded on the right with ``pad_id`` to ``length`` (default: the longest)."""
+    from clipeval.engine.text.tokenizer import TextTokenizer
 
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    tok.no_padding()
-    tok.enable_truncation(max_length=context_length)
-    ids = [e.ids for e in tok.encode_batch(list(texts))]
-    width = max(len(x) for x in ids) if length is None else length
-    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for row, x in enumerate(ids):
-        input_ids[row, : len(x)] = x
-        mask[row, : len(x)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+    rule = {"pad_id": pad_id, "padding": "longest", "text_inputs": list(TEXT_INPUTS), **(extra or {})}
+    tok = TextTokenizer(tokenizer_path, rule, context_length)
+    return tok.pad(tok.encode(list(texts)).ids, length)
 
 
 def pooled_positions(input_ids: np.ndarray, rule: str, eos_id: int) -> np.ndarray:
@@ -213,7 +212,8 @@ def check_pooling(feeds: dict[str, np.ndarray], texts: Sequence[str], rule: str,
 
 def tokenizer_rule(info: TokenizerInfo, pooling: str, padding: str = "longest",
                    text_inputs: Sequence[str] = TEXT_INPUTS) -> dict[str, Any]:
-    """The manifest's ``tokenizer`` block."""
+    """The manifest's ``tokenizer`` block (plus ``info.extra``: ``clean``, ``sentencepiece``; see
+    :mod:`clipeval.engine.text.prep`)."""
     return {
         "pad_id": info.pad_id,
         "eos_id": info.eos_id,
@@ -221,4 +221,5 @@ def tokenizer_rule(info: TokenizerInfo, pooling: str, padding: str = "longest",
         "padding": padding,
         "pooling": pooling,
         "text_inputs": list(text_inputs),
+        **info.extra,
     }

@@ -146,3 +146,56 @@ def run_torch(module, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = module(*args)
     outs = out if isinstance(out, (tuple, list)) else (out,)
     return {name: t.detach().cpu().numpy() for name, t in zip(module.output_names, outs)}
+
+
+# Texts every export tokenises both ways (the bundle's tokenizer as the engine runs it, and the
+# reference tokenizer of the checkpoint): punctuation, accents, scripts, emoji, whitespace of
+# several kinds, HTML entities, mojibake, an empty text and one longer than any context.
+TOKENIZER_CHECK_TEXTS = (
+    "",
+    " ",
+    "a",
+    "A photo of a CAT.",
+    " a dog in the snow",
+    "- a dog in the snow",
+    "  leading, trailing and   inner   runs  ",
+    "tabs\tnewlines\nand\r\nreturns",
+    "\u00a0no-break\u3000ideographic\u2028line separator",
+    "naïve café résumé Straße",
+    "Ελληνικά ΟΔΟΣ Русский текст",
+    "两只猫在雪里玩 日本語のテキスト",
+    "emoji 🐱🐶 👍🏽 family 👨‍👩‍👧",
+    "&amp; &lt;b&gt;bold&lt;/b&gt; &#39;quoted&#39; &eacute;",
+    "mojibake: cafÃ© â€œquotedâ€\x9d",
+    "punctuation!!! ... ??? (parens) [brackets] {braces} #hash @at",
+    "it's a dog's life, isn't it? we'll see",
+    "e\u0301 combining \u200b zero\u200dwidth",
+    "under_score snake_case_words",
+    "Numbers 123 4.56 7,890 ½ ①",
+    " ".join(["a long caption that keeps going and going"] * 12),
+)
+
+
+def tokenizer_parity(tokenizer_path: str | Path, info: Any, context_length: int, reference, reference_name: str,
+                     texts=TOKENIZER_CHECK_TEXTS, pad_to: int | None = None) -> dict[str, Any]:
+    """Token ids of :data:`TOKENIZER_CHECK_TEXTS` from the bundle's tokenizer (as the engine runs it:
+    ``tokenizer.json`` plus the manifest's ``info.extra`` steps) against ``reference(texts,
+    context_length) -> list of id lists`` (rows padded with ``info.pad_id`` to ``pad_to`` when the
+    reference pads); the manifest's ``validation.tokenizer`` block.
+
+    Raises :class:`ExportError` listing every text whose ids differ."""
+    from clipeval.engine.text.tokenizer import TextTokenizer
+
+    rule = {"pad_id": info.pad_id, "padding": "longest", **info.extra}
+    ours = [list(map(int, x)) for x in TextTokenizer(tokenizer_path, rule, context_length).encode(list(texts)).ids]
+    if pad_to is not None:
+        ours = [x + [info.pad_id] * (pad_to - len(x)) for x in ours]
+    theirs = [list(map(int, x)) for x in reference(list(texts), context_length)]
+    differ = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
+    if differ:
+        raise ExportError(
+            f"the bundle's tokenizer differs from {reference_name} on {len(differ)} of {len(texts)} texts:\n    "
+            + "\n    ".join(f"{t[:60]!r}: {a} != {b}" for t, a, b in differ[:10]),
+            "report the checkpoint and versions",
+        )
+    return {"reference": reference_name, "texts": len(texts), "identical": len(texts) - len(differ)}

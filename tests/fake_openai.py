@@ -60,10 +60,10 @@ class DemoCaptioner:
     """The demo CLIP's best caption among every sentence of its grammar (first phrasing)."""
 
     def __init__(self):
-        from clipeval.engine.bundle import load_bundle
+        from clipeval.engine.sessions.bundle import load_bundle
         from clipeval.engine.demo import DEMO_MODEL_DIR
-        from clipeval.engine.embed import embed_texts
-        from clipeval.engine.tasks.context import load_model
+        from clipeval.engine.embedding.stage import embed_texts
+        from clipeval.engine.sessions.model import load_model
         from clipeval.export.demo.shapes import all_scenes, caption
 
         self.model = load_model(load_bundle(DEMO_MODEL_DIR), provider="cpu", threads=1)

@@ -1,11 +1,27 @@
-"""Tiny checkpoints for tests: ``save_pretrained`` directories that the exporter reads.
+"""Tiny checkpoints for tests, written the way users write theirs.
 
 Import as ``from fixtures_ckpt import make_tiny_clip_checkpoint`` (``tests/`` is on sys.path).
 torch and transformers are imported inside the functions.
+
+Every Hugging Face checkpoint here is ``model.save_pretrained(dir)`` plus
+``<Family>Processor(image_processor=..., tokenizer=...).save_pretrained(dir)`` of the installed
+transformers, so the folder has whatever layout that version writes (transformers 5:
+``processor_config.json`` with the image processor nested under ``"image_processor"``;
+transformers 4: ``preprocessor_config.json``). :func:`make_transformers4_clip_checkpoint` adds
+the other layout from plain files committed under ``tests/fixtures/transformers4_clip/``, so both
+layouts are covered whatever transformers CI resolves; :func:`to_transformers4_layout` rewrites
+any folder into the 4.x layout for the other families.
+
+Tokenizers are real ones: CLIP's byte-level BPE (a prefix of the OpenAI merges that open_clip
+ships), BERT WordPiece for Chinese-CLIP, and for SigLIP a SentencePiece Unigram model trained here
+with the ``nmt_nfkc`` normaliser (as released SigLIP vocabularies are), or an identity-normaliser
+model written with the protobuf schema.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 DEFAULT_WORDS = (
@@ -14,45 +30,124 @@ DEFAULT_WORDS = (
 ).split()
 IMAGE_SIZE = 32
 CONTEXT_LENGTH = 16
+CLIP_MERGES = 2000  # of the 48,894 OpenAI merges: common English words are single tokens
+FIXTURES = Path(__file__).parent / "fixtures"
+TRANSFORMERS4_CLIP = FIXTURES / "transformers4_clip"
+
+
+# -- CLIP -------------------------------------------------------------------------------------------
+
+def write_clip_bpe_files(path, n_merges: int = CLIP_MERGES) -> int:
+    """``vocab.json`` and ``merges.txt`` of CLIP's byte-level BPE cut to the first ``n_merges``
+    merges (the files ``CLIPTokenizer`` reads; the order of the OpenAI vocabulary: 256 byte
+    symbols, the same with ``</w>``, one token per merge, ``<|startoftext|>``, ``<|endoftext|>``).
+    Returns the vocabulary size."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:1 + n_merges]
+    merges = [tuple(line.split()) for line in lines]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False),
+                                     encoding="utf-8")
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
+                                     encoding="utf-8")
+    return len(vocab)
+
+
+def clip_tokenizer(workdir, *, pad_token: str = "!", n_merges: int = CLIP_MERGES):
+    """A ``CLIPTokenizerFast`` over :func:`write_clip_bpe_files` (``pad_token`` ``"!"`` (id 0) as in
+    the LAION conversions, or ``"<|endoftext|>"`` as in the OpenAI ones)."""
+    from transformers import CLIPTokenizerFast
+
+    write_clip_bpe_files(workdir, n_merges)
+    return CLIPTokenizerFast.from_pretrained(str(workdir), model_max_length=CONTEXT_LENGTH, pad_token=pad_token)
 
 
 def _image_processor(size: int):
+    """transformers' CLIPImageProcessor (the class users save) for ``size`` px."""
+    return _family_processor("CLIP", size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _family_processor(prefix: str, **kwargs):
+    """``<prefix>ImageProcessor(**kwargs)``; its PIL twin where the plain class cannot be built
+    (transformers 5 without torchvision)."""
+    import transformers
+
     try:
-        from transformers import CLIPImageProcessorPil as Processor  # transformers 5 without torchvision
+        return getattr(transformers, f"{prefix}ImageProcessor")(**kwargs)
     except ImportError:
-        from transformers import CLIPImageProcessor as Processor
-    return Processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        return getattr(transformers, f"{prefix}ImageProcessorPil")(**kwargs)
 
 
-def make_tiny_clip_checkpoint(path, *, vocab_words=None, seed: int = 0, legacy_eos: bool = False) -> Path:
-    """Write a tiny random CLIPModel, its word-level tokenizer and image processor into ``path``.
+def make_tiny_clip_checkpoint(path, *, seed: int = 0, legacy_eos: bool = False) -> Path:
+    """Write a tiny random CLIPModel with a CLIPProcessor (byte-level BPE tokenizer + image
+    processor) into ``path``, both through ``save_pretrained``.
 
     Hidden 32, 2 layers, 2 heads, 32x32 images in 8x8 patches, projection 16, 16 positions.
-    Special tokens: ``<pad>`` 0, ``<unk>`` 1, ``<bos>`` 2, ``<eos>`` 3, and the text config's
-    pad/bos/eos ids agree. With ``legacy_eos`` the end token gets the largest id and the text
-    config says ``eos_token_id = 2``: transformers' legacy "largest id" pooling, as in the
-    OpenAI checkpoints.
+    By default the text config's ``eos_token_id`` is ``<|endoftext|>`` and the pad token is ``!``
+    (id 0), as in the LAION conversions ("first_eos" pooling). With ``legacy_eos`` the config
+    says ``eos_token_id = 2`` and the pad token is ``<|endoftext|>``, as in the OpenAI checkpoints
+    (transformers' legacy "largest id" pooling; the end token has the largest id).
     """
-    from clipeval.export.tokenizer_export import special_ids, train_wordlevel_tokenizer, wrap_fast_tokenizer
+    from transformers import CLIPProcessor
+
     from clipeval.export.towers import build_clip_config, build_clip_model
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    words = list(vocab_words) if vocab_words is not None else DEFAULT_WORDS
-    tok = train_wordlevel_tokenizer([" ".join(words)], eos_last=legacy_eos)
-    ids = special_ids(tok)
+    tok = clip_tokenizer(path / ".bpe", pad_token="<|endoftext|>" if legacy_eos else "!")
+    shutil.rmtree(path / ".bpe")
     config = build_clip_config(
-        tok.get_vocab_size(),
-        pad_id=ids.pad_id,
-        bos_id=ids.bos_id,
-        eos_id=ids.eos_id,
+        len(tok),
+        pad_id=tok.pad_token_id,
+        bos_id=tok.bos_token_id,
+        eos_id=tok.eos_token_id,
         config_eos_id=2 if legacy_eos else None,
         image_size=IMAGE_SIZE,
         context_length=CONTEXT_LENGTH,
     )
     build_clip_model(config, seed=seed).save_pretrained(path)
-    wrap_fast_tokenizer(tok, CONTEXT_LENGTH).save_pretrained(path)
-    _image_processor(IMAGE_SIZE).save_pretrained(path)
+    CLIPProcessor(image_processor=_image_processor(IMAGE_SIZE), tokenizer=tok).save_pretrained(path)
+    return path
+
+
+def make_transformers4_clip_checkpoint(path, *, seed: int = 0) -> Path:
+    """The transformers 4.x layout: the committed ``preprocessor_config.json``, ``vocab.json``,
+    ``merges.txt``, ``tokenizer_config.json`` and ``special_tokens_map.json`` of
+    ``tests/fixtures/transformers4_clip`` (an OpenAI-style CLIP: pad = end token, legacy
+    ``eos_token_id = 2``), plus random weights of the matching config written here."""
+    from clipeval.export.towers import build_clip_config, build_clip_model
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for f in TRANSFORMERS4_CLIP.iterdir():
+        if f.suffix in (".json", ".txt"):
+            shutil.copyfile(f, path / f.name)
+    vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+    config = build_clip_config(len(vocab), pad_id=vocab["<|endoftext|>"], bos_id=vocab["<|startoftext|>"],
+                               eos_id=vocab["<|endoftext|>"], config_eos_id=2, image_size=IMAGE_SIZE,
+                               context_length=CONTEXT_LENGTH)
+    build_clip_model(config, seed=seed).save_pretrained(path)
+    return path
+
+
+def to_transformers4_layout(path) -> Path:
+    """Rewrite a checkpoint saved by transformers 5 into the 4.x layout in place: the image
+    processor nested in ``processor_config.json`` becomes ``preprocessor_config.json``."""
+    path = Path(path)
+    nested = path / "processor_config.json"
+    if nested.is_file():
+        processor = json.loads(nested.read_text(encoding="utf-8"))
+        image = processor.pop("image_processor")
+        image.setdefault("processor_class", processor.get("processor_class"))
+        (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2), encoding="utf-8")
+        nested.unlink()
     return path
 
 
@@ -85,16 +180,19 @@ def write_wordpiece_vocab(path, words=DEFAULT_WORDS, chars=CHINESE_WORDS) -> Pat
 
 
 def make_tiny_chinese_clip_checkpoint(path, *, seed: int = 0) -> Path:
-    """A tiny random ChineseCLIPModel with a BERT WordPiece tokenizer (``BertTokenizerFast`` over a
-    vocab file) and a ChineseCLIP image processor. BERT text tower: hidden 32, 2 layers, 2 heads,
-    16 positions; ViT: 32x32 images in 8x8 patches; projection 16."""
+    """A tiny random ChineseCLIPModel and a ChineseCLIPProcessor (BERT WordPiece ``BertTokenizerFast``
+    over a vocab file + image processor), both saved with ``save_pretrained``. BERT text tower:
+    hidden 32, 2 layers, 2 heads, 16 positions; ViT: 32x32 images in 8x8 patches; projection 16."""
+    import tempfile
+
     import torch
-    from transformers import BertTokenizerFast, ChineseCLIPConfig, ChineseCLIPModel
+    from transformers import BertTokenizerFast, ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    vocab = write_wordpiece_vocab(path / "vocab.txt")
-    tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=True, model_max_length=CONTEXT_LENGTH)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = write_wordpiece_vocab(Path(tmp) / "vocab.txt")
+        tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=True, model_max_length=CONTEXT_LENGTH)
     text = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                 intermediate_size=64, max_position_embeddings=CONTEXT_LENGTH, pad_token_id=0)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -104,22 +202,42 @@ def make_tiny_chinese_clip_checkpoint(path, *, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = ChineseCLIPModel(config).eval()
     model.save_pretrained(path)
-    tok.save_pretrained(path)
-    _family_processor("ChineseCLIP", size={"shortest_edge": IMAGE_SIZE},
-                      crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(path)
+    image = _family_processor("ChineseCLIP", size={"shortest_edge": IMAGE_SIZE},
+                              crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    ChineseCLIPProcessor(image_processor=image, tokenizer=tok).save_pretrained(path)
     return path
-
-
-def _family_processor(prefix: str, **kwargs):
-    import transformers
-
-    cls = getattr(transformers, f"{prefix}ImageProcessorPil", None) or getattr(transformers, f"{prefix}ImageProcessor")
-    return cls(**kwargs)
 
 
 # -- SigLIP -----------------------------------------------------------------------------------------
 
 SIGLIP_SPECIALS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as in the released checkpoints
+# What the nmt_nfkc SentencePiece model is trained on: captions, accents, other scripts, width
+# and compatibility forms NFKC folds, so its vocabulary has pieces for all of them.
+SPM_CORPUS = [
+    "a photo of the cat", "two dogs playing in the snow", "a red car next to a big blue house",
+    "the small green tree on the grass", "three cats sitting in the sky", "a dog running with a cat",
+    "café naïve résumé façade", "straße über grün", "Ελληνικά κείμενα", "Русский текст",
+    "日本語のテキスト", "两只猫在雪里玩", "ﬁne ＦＵＬＬ ｗｉｄｔｈ", "½ ① ㎏ ™",
+]
+
+
+def train_siglip_spm(path, *, normalization: str = "nmt_nfkc", vocab_size: int = 200) -> Path:
+    """Train a SentencePiece Unigram model with the given normalisation rule (default ``nmt_nfkc``,
+    what released SigLIP vocabularies use) and SigLIP's special ids: ``<pad>`` 0, ``</s>`` 1,
+    ``<unk>`` 2. One thread, fixed corpus: the same file every time."""
+    import io
+
+    import sentencepiece as spm
+
+    corpus = [" ".join(DEFAULT_WORDS)] + SPM_CORPUS * 20
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        normalization_rule_name=normalization, character_coverage=0.9995, pad_id=0, eos_id=1, unk_id=2,
+        bos_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2,
+    )
+    Path(path).write_bytes(model.getvalue())
+    return Path(path)
 
 
 def siglip_pieces(words=DEFAULT_WORDS) -> list[tuple[str, float, int]]:
@@ -141,8 +259,8 @@ def siglip_pieces(words=DEFAULT_WORDS) -> list[tuple[str, float, int]]:
 
 
 def write_siglip_spm(path, words=DEFAULT_WORDS) -> Path:
-    """A SentencePiece Unigram ``spiece.model`` written with the protobuf schema (no sentencepiece
-    package needed): identity normaliser, dummy prefix, whitespace escaping."""
+    """A SentencePiece Unigram ``spiece.model`` written with the protobuf schema: identity
+    normaliser, dummy prefix, whitespace escaping (the vocabulary of :func:`siglip_pieces`)."""
     from clipeval.export.siglip_tokenizer import _sp_proto
 
     pb2 = _sp_proto()
@@ -161,21 +279,32 @@ def write_siglip_spm(path, words=DEFAULT_WORDS) -> Path:
     return Path(path)
 
 
-def make_tiny_siglip_checkpoint(path, *, seed: int = 0) -> Path:
-    """A tiny random SiglipModel with a SentencePiece ``spiece.model`` and the tokenizer config a
-    released SigLIP checkpoint has (``SiglipTokenizer``, pad = eos = ``</s>``, lowercase), and a
-    Siglip image processor (fixed-size resize, no crop). Hidden 32, 2 layers, 2 heads, 16 positions."""
-    import json
+def make_tiny_siglip_checkpoint(path, *, seed: int = 0, normalizer: str = "nmt_nfkc") -> Path:
+    """A tiny random SiglipModel and a SiglipProcessor (``SiglipTokenizer`` over a SentencePiece
+    model + image processor: fixed-size resize, no crop), both saved with ``save_pretrained``.
+
+    ``normalizer`` ``"nmt_nfkc"`` trains the SentencePiece model here (:func:`train_siglip_spm`);
+    ``"identity"`` writes :func:`write_siglip_spm`. Hidden 32, 2 layers, 2 heads, 16 positions."""
+    import tempfile
 
     import torch
-    from transformers import SiglipConfig, SiglipModel
+    from transformers import SiglipConfig, SiglipModel, SiglipProcessor, SiglipTokenizer
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    write_siglip_spm(path / "spiece.model")
-    n_vocab = len(siglip_pieces())
+    with tempfile.TemporaryDirectory() as tmp:
+        spm_file = Path(tmp) / "spiece.model"
+        if normalizer == "identity":
+            write_siglip_spm(spm_file)
+        else:
+            train_siglip_spm(spm_file, normalization=normalizer)
+        tok = SiglipTokenizer(str(spm_file), model_max_length=CONTEXT_LENGTH)
+        n_vocab = tok.vocab_size
+        image = _family_processor("Siglip", size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+        SiglipProcessor(image_processor=image, tokenizer=tok).save_pretrained(path)
     text = dict(vocab_size=n_vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=CONTEXT_LENGTH, pad_token_id=1, bos_token_id=1, eos_token_id=1)
+                intermediate_size=64, max_position_embeddings=CONTEXT_LENGTH, pad_token_id=1, bos_token_id=1,
+                eos_token_id=1)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=IMAGE_SIZE, patch_size=8)
     config = SiglipConfig(text_config=text, vision_config=vision)
@@ -183,13 +312,6 @@ def make_tiny_siglip_checkpoint(path, *, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = SiglipModel(config).eval()
     model.save_pretrained(path)
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "SiglipTokenizer", "model_max_length": CONTEXT_LENGTH, "do_lower_case": True,
-        "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>",
-    }), encoding="utf-8")
-    (path / "special_tokens_map.json").write_text(json.dumps(
-        {"eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}), encoding="utf-8")
-    _family_processor("Siglip", size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(path)
     return path
 
 
@@ -221,8 +343,6 @@ def parity_images(seed: int = 0):
 
 def write_custom_dataset(root, n_images: int = 4, seed: int = 0) -> Path:
     """A ``custom`` dataset folder: PNGs and ``image_queries.jsonl`` with two queries per image."""
-    import json
-
     import numpy as np
     from PIL import Image
 

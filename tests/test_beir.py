@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipeval.engine.beir import BeirData, read_beir, write_beir
+from clipeval.engine.datasets.beir import BeirData, read_beir, write_beir
 from clipeval.engine.errors import DatasetError
 
 # Any text, including newlines, quotes, tabs, U+2028, NUL and the empty string.
@@ -292,7 +292,7 @@ def test_repeated_pair_with_another_score_is_an_error(tmp_path):
 def test_left_out_records_are_logged(tmp_path, caplog):
     write_beir(tmp_path, [{"_id": "d", "text": "t"}], [{"_id": "q", "text": "t"}, {"_id": "x", "text": "t"}],
                [("q", "d", 1)])
-    with caplog.at_level("WARNING", logger="clipeval.engine.beir"):
+    with caplog.at_level("WARNING", logger="clipeval.engine.datasets.beir"):
         data = read_beir(tmp_path)
     assert data.left_out == {"queries_without_qrels": 1}
     assert "left out 1: queries that no qrels row names" in caplog.text

@@ -10,7 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from clipeval.cli.main import cli
-from clipeval.engine.metrics import evaluate_retrieval
+from clipeval.engine.metrics.retrieval import evaluate_retrieval
 from datagen import noise_image, write_dataset
 
 
@@ -74,3 +74,27 @@ def test_vs_reference_without_the_export_extra_says_what_to_install(tiny_bundle,
 
 def test_bench_help():
     assert CliRunner().invoke(cli, ["bench", "-h"]).exit_code == 0
+
+
+def test_bench_children_run_the_config_object_eval_builds(tmp_path, monkeypatch):
+    """`clipeval bench` builds its child runs from the same EvalConfig `clipeval eval` builds from
+    the same options (cli/commands.eval_config), written whole for `clipeval run`, not re-spelled
+    as flags."""
+    from clipeval.cli import commands
+    from clipeval.cli.bench_cmd import child_argv
+    from clipeval.engine.config import parse_task_cfg
+    from clipeval.engine.demo import DEMO_DATA_DIR
+
+    options = dict(models=("demo",), data_dir=str(DEMO_DATA_DIR), limit=8, batch_size=16, num_workers=0,
+                   fast_decode=True, decode="threads", num_threads=1, precision="fp32", quiet=True)
+    cfg = commands.eval_config(**options)
+    seen = []
+    monkeypatch.setattr(commands, "_run_config", seen.append)
+    r = CliRunner().invoke(cli, ["eval", "--model", "demo", "--data-dir", str(DEMO_DATA_DIR), "--limit", "8",
+                                 "--batch-size", "16", "--num-workers", "0", "--fast-decode", "--decode", "threads",
+                                 "--threads", "1", "--precision", "fp32", "-q"])
+    assert r.exit_code == 0, r.output
+    assert seen == [cfg]  # the eval command's config is this object
+    argv = child_argv(cfg, tmp_path / "eval.json")
+    assert argv[-3:] == ["run", str(tmp_path / "eval.json"), "--quiet"]
+    assert parse_task_cfg(tmp_path / "eval.json") == cfg  # what the child runs, read back: the same object

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipeval.engine.bundle import MANIFEST, load_bundle, manifest_problems, unsafe_file_name, write_manifest
+from clipeval.engine.sessions.bundle import MANIFEST, load_bundle, manifest_problems, unsafe_file_name, write_manifest
 from clipeval.engine.demo import DEMO_MODEL_DIR
 from clipeval.engine.errors import BundleError
 

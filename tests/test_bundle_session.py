@@ -6,9 +6,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from clipeval.engine.bundle import load_bundle, sha256_file, write_manifest
+from clipeval.engine.sessions.bundle import load_bundle, sha256_file, write_manifest
 from clipeval.engine.errors import BundleError, ProviderError
-from clipeval.engine.session import cuda_problem, open_tower
+from clipeval.engine.sessions.onnx import cuda_problem, open_tower
 
 
 def _identity_model(path, dim=4):
@@ -127,7 +127,7 @@ def test_corrupt_onnx_file_is_a_bundle_error(tmp_path):
 def test_verified_files_are_not_hashed_again_until_they_change(tmp_path, monkeypatch):
     import os
 
-    import clipeval.engine.bundle as bundle_mod
+    import clipeval.engine.sessions.bundle as bundle_mod
 
     monkeypatch.setenv("CLIPEVAL_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "b"
@@ -156,7 +156,7 @@ def test_verified_files_are_not_hashed_again_until_they_change(tmp_path, monkeyp
 
 
 def test_fp16_is_the_default_only_where_cuda_runs_it(tmp_path, monkeypatch):
-    import clipeval.engine.tasks.context as context
+    import clipeval.engine.sessions.model as context
 
     root = tmp_path / "b"
     root.mkdir()

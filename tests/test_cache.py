@@ -15,12 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from clipeval.cli.main import cli
-from clipeval.engine import cache as cache_mod
-from clipeval.engine.bundle import load_bundle
-from clipeval.engine.cache import ENTRY_OVERHEAD, EmbeddingCache, image_key, text_key
-from clipeval.engine.embed import embed_images, embed_texts
-from clipeval.engine.session import Tower
-from clipeval.engine.tasks.context import load_model
+from clipeval.engine.embedding import cache as cache_mod
+from clipeval.engine.sessions.bundle import load_bundle
+from clipeval.engine.embedding.cache import ENTRY_OVERHEAD, EmbeddingCache, image_key, text_key
+from clipeval.engine.embedding.stage import embed_images, embed_texts
+from clipeval.engine.sessions.onnx import Tower
+from clipeval.engine.sessions.model import load_model
 from datagen import noise_image, write_dataset
 
 DIM = 16
@@ -63,7 +63,7 @@ def test_round_trip_is_exact_and_missing_keys_miss(tmp_path):
 WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from clipeval.engine.cache import EmbeddingCache, text_key
+    from clipeval.engine.embedding.cache import EmbeddingCache, text_key
     root, name, start_file = sys.argv[1], sys.argv[2], sys.argv[3]
     import os
     while not os.path.exists(start_file):
@@ -222,7 +222,7 @@ def test_a_second_run_does_no_model_work(tiny_bundle, tmp_path, monkeypatch):
         raise AssertionError("the model ran on the second run")
 
     monkeypatch.setattr(Tower, "run", no_model)
-    monkeypatch.setattr("clipeval.engine.tasks.context.open_tower", no_model)
+    monkeypatch.setattr("clipeval.engine.embedding.local.open_tower", no_model)
     (second,) = run_task(_block(tiny_bundle, data, tmp_path / "out", tmp_path / "cache"))
     assert second["metrics"] == first["metrics"]
     assert second["meta"]["cache"]["image_hits"] == 5 and second["meta"]["cache"]["text_hits"] == 10
@@ -424,7 +424,7 @@ def test_a_read_or_write_that_fails_mid_run_turns_the_cache_off_once(tmp_path, c
         space = cache.space("d" * 64, "fp32", "text")
         space.store([key_for(0)], vec_for(0)[None])
         cache._db.execute("DROP TABLE entries")  # every later statement on it fails
-        with caplog.at_level("WARNING", logger="clipeval.engine.cache"):
+        with caplog.at_level("WARNING", logger="clipeval.engine.embedding.cache"):
             assert space.lookup([key_for(0), key_for(1)]) == {}
             space.store([key_for(2)], vec_for(2)[None])
             assert space.lookup([key_for(2)]) == {}

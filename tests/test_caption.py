@@ -23,14 +23,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clipeval.cli.main import cli
-from clipeval.engine.beir import read_beir
+from clipeval.engine.datasets.beir import read_beir
 from clipeval.engine.caption.client import CaptionAPIError, error_text, parse_retry_after, redact
 from clipeval.engine.caption.encode import encode_jpeg
 from clipeval.engine.caption.journal import JOURNAL_NAME, Journal
 from clipeval.engine.config import make_eval_config
 from clipeval.engine.errors import ConfigError, DatasetError
-from clipeval.engine.images import load_image
-from clipeval.engine.tasks.caption import run_caption
+from clipeval.engine.images.load import load_image
+from clipeval.engine.tasks.image_caption import run_caption
 from datagen import noise_image, write_dataset
 from fake_openai import FakeOpenAI, error_response, image_id
 

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipeval.engine.beir import read_beir
+from clipeval.engine.datasets.beir import read_beir
 from clipeval.engine.caption.client import NoCaption, caption_text
 from clipeval.engine.caption.encode import encode_jpeg
 from clipeval.engine.caption.journal import JOURNAL_NAME, Journal
 from clipeval.engine.config import make_eval_config
-from clipeval.engine.tasks.caption import run_caption
+from clipeval.engine.tasks.image_caption import run_caption
 from datagen import noise_image, write_dataset
 from fake_openai import FakeOpenAI, image_id
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipeval.cli.main import cli
-from clipeval.engine.classification_metrics import average_precision, multilabel_metrics, single_label_metrics
+from clipeval.engine.metrics.classification import average_precision, multilabel_metrics, single_label_metrics
 from clipeval.engine.kernels.topk import label_ranks
-from clipeval.engine.tasks.classification import average_class_embeddings, class_prompts
+from clipeval.engine.tasks.zeroshot_classification import average_class_embeddings, class_prompts
 from wdsgen import write_classification_set
 
 
@@ -115,10 +115,10 @@ def eval_cli(bundle, *args):
 
 
 def test_task_metrics_equal_numpy_from_the_same_embeddings(tiny_bundle, tmp_path):
-    from clipeval.engine.bundle import load_bundle
+    from clipeval.engine.sessions.bundle import load_bundle
     from clipeval.engine.datasets import read_classification_dataset
-    from clipeval.engine.embed import embed_images, embed_texts
-    from clipeval.engine.tasks.context import load_model
+    from clipeval.engine.embedding.stage import embed_images, embed_texts
+    from clipeval.engine.sessions.model import load_model
 
     root = tmp_path / "ds"
     write_classification_set(root, n=14, n_classes=6, per_shard=4)
@@ -211,3 +211,34 @@ def test_left_out_samples_are_counted_in_the_result(tiny_bundle, tmp_path):
     assert meta["data_left_out"] == {"images": {"label_out_of_range": 1, "no_image": 1}}
     assert meta["num_images"] + 2 == len(samples)
     assert "left out 2 images (1 label_out_of_range, 1 no_image)" in r.stderr
+
+
+def test_a_second_classification_run_is_served_from_the_cache(tiny_bundle, tmp_path, monkeypatch):
+    """Class-prompt and image embeddings come from the embedding cache on a second run: no tower
+    opens, the hit counts are every prompt and every image, the metrics are the same. Other
+    templates are other prompts (another key): only they are embedded again."""
+    from clipeval import run_task
+    from clipeval.engine.embedding import local
+
+    root = tmp_path / "ds"
+    write_classification_set(root, n=10, n_classes=4, per_shard=4)  # 2 templates: 8 prompts
+    block = {"models": [{"model_name": str(tiny_bundle)}], "dataset_name": ["imagenet1k"], "data_dir": str(root),
+             "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), "batch_size": 4,
+             "num_workers": 0, "verbose": False}
+    (first,) = run_task(block)
+    assert first["meta"]["cache"]["image_hits"] == 0 and first["meta"]["cache"]["text_hits"] == 0
+    assert first["meta"]["provider"] == "cpu"
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a tower was opened on the second run")
+
+    with monkeypatch.context() as m:
+        m.setattr(local, "open_tower", no_model)
+        (second,) = run_task(block)
+    assert second["metrics"] == first["metrics"] and second["meta"]["provider"] == "none"
+    assert second["meta"]["cache"] == {"path": str(tmp_path / "cache" / "embeddings" / "embeddings.sqlite3"),
+                                       "image_hits": 10, "text_hits": 4 * 2}
+    (tmp_path / "t.txt").write_text("a photo of a {c}.\na sketch of a {c}.\n")  # one template shared, one new
+    (third,) = run_task({**block, "templates_file": str(tmp_path / "t.txt")})
+    assert third["meta"]["cache"]["image_hits"] == 10 and third["meta"]["cache"]["text_hits"] == 4
+    assert third["meta"]["provider"] == "cpu"

@@ -264,7 +264,7 @@ def _no_model_work(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("model work started before the destination was checked")
 
-    monkeypatch.setattr(runner, "load_model", boom)
+    monkeypatch.setattr(runner, "open_stage", boom)
     monkeypatch.setattr(resolve, "resolve_model", boom)
 
 
@@ -354,7 +354,7 @@ def test_an_internal_error_is_one_line_with_a_way_to_the_traceback(tmp_path, mon
     def bug(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(runner, "load_model", bug)
+    monkeypatch.setattr(runner, "open_stage", bug)
     monkeypatch.delenv("CLIPEVAL_DEBUG", raising=False)
     args = ["eval", "-q", "--no-cache", "--limit", "2", "--output-dir", tmp_path / "out"]
     r = run(*args)

@@ -15,16 +15,16 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import clipeval.engine.compare as compare_mod
+import clipeval.engine.results.compare as compare_mod
 from clipeval.cli.main import cli
-from clipeval.engine.compare import (
+from clipeval.engine.results.compare import (
     PairedStatistic,
     binomial_two_sided_p,
     bootstrap_intervals,
     mcnemar_exact,
     per_query_statistics,
 )
-from clipeval.engine.detail import ClassificationDetail, detail_path, load_detail
+from clipeval.engine.results.detail import ClassificationDetail, detail_path, load_detail
 from datagen import noise_image, write_dataset
 
 # --------------------------------------------------------------------------- slow oracles
@@ -355,7 +355,7 @@ def test_compare_and_report_have_help():
 
 
 def _loaded(path, dataset="custom", precision="fp32", fingerprint=None, split="test"):
-    from clipeval.engine.resultset import LoadedResult
+    from clipeval.engine.results.read import LoadedResult
 
     meta = {"precision": precision, "split": split, **({"data_fingerprint": fingerprint} if fingerprint else {})}
     return LoadedResult(path, {"dataset": dataset, "task": "zeroshot_retrieval", "model": "m", "metrics": {},
@@ -364,7 +364,7 @@ def _loaded(path, dataset="custom", precision="fp32", fingerprint=None, split="t
 
 def test_pairing_folders_by_what_was_measured(tmp_path):
     from clipeval.engine.errors import ResultError
-    from clipeval.engine.resultset import pair_results
+    from clipeval.engine.results.read import pair_results
 
     a_fp32, a_int8 = _loaded(tmp_path / "a1"), _loaded(tmp_path / "a2", precision="int8")
     b_fp32, b_int8 = _loaded(tmp_path / "b1"), _loaded(tmp_path / "b2", precision="int8")
@@ -388,7 +388,7 @@ def test_pairing_folders_by_what_was_measured(tmp_path):
 
 
 def test_folders_are_searched_by_content_one_level_deep(two_runs, tmp_path):
-    from clipeval.engine.resultset import find_results
+    from clipeval.engine.results.read import find_results
 
     root, _, file_a, _ = two_runs
     folder = tmp_path / "runs"

@@ -138,7 +138,7 @@ def test_clip_benchmark_wds_prefix_is_accepted():
 
 
 def test_decode_auto_picks_processes_only_on_many_cores():
-    from clipeval.engine.embed import PROCESS_DECODE_MIN_WORKERS, resolve_decode
+    from clipeval.engine.images.pipeline import PROCESS_DECODE_MIN_WORKERS, resolve_decode
 
     assert make_eval_config({}).decode == "auto"
     assert resolve_decode("auto", PROCESS_DECODE_MIN_WORKERS) == "processes"
@@ -148,14 +148,14 @@ def test_decode_auto_picks_processes_only_on_many_cores():
 
 
 def test_decode_auto_falls_back_to_threads_when_shared_memory_is_short(monkeypatch, caplog):
-    from clipeval.engine import decode_procs
-    from clipeval.engine.embed import PROCESS_DECODE_MIN_WORKERS, resolve_decode
+    from clipeval.engine.images import decode_procs
+    from clipeval.engine.images.pipeline import PROCESS_DECODE_MIN_WORKERS, resolve_decode
 
     workers = PROCESS_DECODE_MIN_WORKERS
     need = decode_procs.ring_bytes(128, workers, 2, (224, 224))
     assert need == (decode_procs.batches_ahead(128, workers, 2) + 1) * 128 * 3 * 224 * 224 * 4
     monkeypatch.setattr(decode_procs, "shm_free_bytes", lambda: need - 1)  # a container's small /dev/shm
-    with caplog.at_level("INFO", logger="clipeval.engine.embed"):
+    with caplog.at_level("INFO", logger="clipeval.engine.images.pipeline"):
         assert resolve_decode("auto", workers, batch_size=128, pixel_shape=(224, 224)) == "threads"
     assert "shm-size" in caplog.text
     assert resolve_decode("processes", workers, batch_size=128, pixel_shape=(224, 224)) == "processes"
@@ -169,7 +169,7 @@ def test_decode_auto_keeps_threads_under_a_users_own_script(monkeypatch):
     import sys
     import types
 
-    from clipeval.engine.embed import PROCESS_DECODE_MIN_WORKERS, resolve_decode
+    from clipeval.engine.images.pipeline import PROCESS_DECODE_MIN_WORKERS, resolve_decode
 
     def main_module(file=None, spec_name=None):
         module = types.ModuleType("__main__")

@@ -365,12 +365,12 @@ def test_a_split_other_than_test_is_refused_for_custom(tmp_path, split):
 @pytest.mark.parametrize("no_cache", [False, True])
 def test_bad_images_fail_the_run_before_a_tower_is_opened(tmp_path, monkeypatch, no_cache):
     from clipeval import run_task
-    from clipeval.engine.tasks import context
+    from clipeval.engine.embedding import local
 
     def no_model_work(*args, **kwargs):
         raise AssertionError("a tower was opened before the data was checked")
 
-    monkeypatch.setattr(context, "open_tower", no_model_work)
+    monkeypatch.setattr(local, "open_tower", no_model_work)
     d = tmp_path / "ds"
     _img(d / "a.png")
     (d / "empty.png").write_bytes(b"")

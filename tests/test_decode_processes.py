@@ -18,11 +18,11 @@ import pytest
 from datagen import PREPROCESS_32, noise_image
 from PIL import Image
 
-from clipeval.engine import decode_procs
+from clipeval.engine.images import decode_procs
 from clipeval.engine.errors import ConfigError, ImageError
-from clipeval.engine.images import load_image
-from clipeval.engine.pipeline import iter_pixel_batches
-from clipeval.engine.preprocess import Preprocessor
+from clipeval.engine.images.load import load_image
+from clipeval.engine.images.pipeline import iter_pixel_batches
+from clipeval.engine.images.preprocess import Preprocessor
 
 SPEC = PREPROCESS_32
 LINUX_SHM = os.path.isdir("/dev/shm") and os.path.exists("/proc/self/maps")
@@ -280,8 +280,8 @@ def test_too_little_shared_memory_is_a_config_error(pp, image_paths):
 
 _SCRIPT = """
 import sys
-from clipeval.engine.pipeline import iter_pixel_batches
-from clipeval.engine.preprocess import Preprocessor
+from clipeval.engine.images.pipeline import iter_pixel_batches
+from clipeval.engine.images.preprocess import Preprocessor
 
 if __name__ == "__main__":
     spec, paths = eval(sys.argv[1]), sys.argv[2:]
@@ -318,7 +318,7 @@ def test_a_checkout_in_the_working_directory_does_not_shadow_the_package(tmp_pat
 def test_prestart_starts_the_fork_server_in_the_background():
     code = (
         "import multiprocessing.forkserver as fs\n"
-        "from clipeval.engine.decode_procs import prestart\n"
+        "from clipeval.engine.images.decode_procs import prestart\n"
         "assert fs._forkserver._forkserver_pid is None\n"
         "thread = prestart()\n"
         "thread.join(30)\n"

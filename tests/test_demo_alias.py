@@ -103,8 +103,8 @@ def test_a_split_for_custom_is_refused_on_the_command_line_and_in_a_config(tmp_p
 # --- a provider fallback is said once per run ---------------------------------------------------
 
 def test_cuda_without_cuda_warns_once_per_run(tmp_path, monkeypatch, caplog):
-    from clipeval.engine import session
-    from clipeval.engine.tasks import context
+    from clipeval.engine.sessions import onnx as session
+    from clipeval.engine.sessions import model as context
 
     problem = "the CUDA provider cannot load: libcudart.so.13 is missing"
     monkeypatch.setattr(session, "cuda_problem", lambda: problem)

@@ -190,7 +190,7 @@ SHIPPED_MODEL = Path(demo_pkg.DEMO_MODEL_DIR)
 @pytest.mark.skipif(not (SHIPPED_MODEL / "manifest.json").is_file() or not (SHIPPED / "image_queries.jsonl").is_file(),
                     reason="demo model not built")
 def test_shipped_bundle_retrieves_shipped_demo_with_onnxruntime():
-    from clipeval.engine.bundle import load_bundle
+    from clipeval.engine.sessions.bundle import load_bundle
     from clipeval.export.demo.build import onnx_recall
 
     bundle = load_bundle(SHIPPED_MODEL)  # every file matches its sha256

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import clipeval.engine.detail as detail_mod
+import clipeval.engine.results.detail as detail_mod
 from clipeval.cli.main import cli
-from clipeval.engine.detail import (
+from clipeval.engine.results.detail import (
     TOP_K,
     ClassificationPerQuery,
     best_true_rank,
@@ -30,8 +30,8 @@ from clipeval.engine.detail import (
 )
 from clipeval.engine.errors import ResultError
 from clipeval.engine.kernels.topk_small import top_k_small
-from clipeval.engine.metrics import retrieval_metrics, score_retrieval
-from clipeval.engine.textret.search import top_k as top_k_numba
+from clipeval.engine.metrics.retrieval import retrieval_metrics, score_retrieval
+from clipeval.engine.kernels.search import top_k as top_k_numba
 from datagen import noise_image, write_dataset
 
 
@@ -363,10 +363,10 @@ def small_dataset(root, n=7):
 
 
 def test_eval_writes_the_detail_of_the_ranks_it_scored(tiny_bundle, tmp_path):
-    from clipeval.engine.bundle import load_bundle
+    from clipeval.engine.sessions.bundle import load_bundle
     from clipeval.engine.datasets import read_dataset
-    from clipeval.engine.embed import embed_images, embed_texts
-    from clipeval.engine.tasks.context import load_model
+    from clipeval.engine.embedding.stage import embed_images, embed_texts
+    from clipeval.engine.sessions.model import load_model
 
     data = small_dataset(tmp_path / "ds")
     r = CliRunner().invoke(cli, eval_args(tiny_bundle, data, tmp_path / "out", "--recall-k", "1", "--recall-k", "3"))

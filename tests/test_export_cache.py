@@ -15,7 +15,7 @@ from fixtures_ckpt import make_tiny_clip_checkpoint, write_custom_dataset  # noq
 
 import clipeval.export as export_pkg  # noqa: E402
 from clipeval.cli.main import cli  # noqa: E402
-from clipeval.engine.bundle import is_bundle_dir, load_bundle  # noqa: E402
+from clipeval.engine.sessions.bundle import is_bundle_dir, load_bundle  # noqa: E402
 from clipeval.export import resolve  # noqa: E402
 
 

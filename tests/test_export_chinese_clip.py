@@ -21,9 +21,9 @@ from fixtures_ckpt import (  # noqa: E402
     write_custom_dataset,
 )
 
-from clipeval.engine.bundle import load_bundle  # noqa: E402
-from clipeval.engine.preprocess import Preprocessor  # noqa: E402
-from clipeval.engine.tokenizer import TextTokenizer  # noqa: E402
+from clipeval.engine.sessions.bundle import load_bundle  # noqa: E402
+from clipeval.engine.images.preprocess import Preprocessor  # noqa: E402
+from clipeval.engine.text.tokenizer import TextTokenizer  # noqa: E402
 from clipeval.export import export_checkpoint  # noqa: E402
 
 

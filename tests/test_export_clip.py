@@ -17,16 +17,18 @@ import onnxruntime as ort  # noqa: E402
 from fixtures_ckpt import CONTEXT_LENGTH, IMAGE_SIZE, make_tiny_bert_checkpoint, make_tiny_clip_checkpoint  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from clipeval.engine.bundle import load_bundle  # noqa: E402
+from clipeval.engine.sessions.bundle import load_bundle  # noqa: E402
 from clipeval.engine.errors import ExportError  # noqa: E402
+from clipeval.engine.text.tokenizer import TextTokenizer  # noqa: E402
 from clipeval.export import FAMILIES, convert, export_checkpoint  # noqa: E402
 from clipeval.export import validate as validate_mod  # noqa: E402
+from clipeval.export.preprocess_config import read_image_processor_config  # noqa: E402
 from clipeval.export.tokenizer_export import pooled_positions  # noqa: E402
 
 TEXTS = [
     "a",
     "a red car",
-    "two dogs playing in the snow next to a big blue house",
+    "two dogs playing in the snow",
     "the cat",
     " ".join(["a small green tree on the grass"] * 5),  # longer than the context: truncated
 ]
@@ -57,6 +59,12 @@ def torch_model(ckpt):
     from transformers import CLIPModel
 
     return CLIPModel.from_pretrained(str(ckpt), attn_implementation="eager").eval()
+
+
+def _hf_tokenizer(ckpt):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(ckpt))
 
 
 def _features(out):
@@ -96,17 +104,18 @@ def test_bundle_loads_verified_with_manifest_facts(bundle, ckpt):
     m = b.manifest
     config = json.loads((ckpt / "config.json").read_text())
     assert m["family"] == "clip"
-    assert m["source"] == str(ckpt)
+    assert m["source"] == str(ckpt.resolve())
     assert b.embed_dim == config["projection_dim"]
     assert b.context_length == config["text_config"]["max_position_embeddings"] == CONTEXT_LENGTH
     assert m["precision"] == "fp32" and m["opset"] == 17
     assert m["variants"] == {"fp32": {"vision": "vision.onnx", "text": "text.onnx"}}
     assert set(m["files"]) == {"vision.onnx", "text.onnx", "tokenizer.json", "preprocess.json"}
-    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    hf = _hf_tokenizer(ckpt)
+    assert hf.pad_token == "!" and hf.pad_token_id == 0  # as in the LAION conversions
     assert m["tokenizer"] == {
-        "pad_id": tok.token_to_id("<pad>"),
-        "eos_id": tok.token_to_id("<eos>"),
-        "bos_id": tok.token_to_id("<bos>"),
+        "pad_id": hf.pad_token_id,
+        "eos_id": hf.eos_token_id,
+        "bos_id": hf.bos_token_id,
         "padding": "longest",
         "pooling": "first_eos",
         "text_inputs": ["input_ids", "attention_mask"],
@@ -119,18 +128,31 @@ def test_bundle_loads_verified_with_manifest_facts(bundle, ckpt):
         assert fig["max_abs_diff"] <= tol.max_abs and fig["min_cosine"] >= tol.min_cosine
 
 
-def test_tokenizer_json_has_padding_and_truncation_off(bundle):
+def test_tokenizer_json_has_padding_and_truncation_off(bundle, ckpt):
     raw = json.loads((bundle / "tokenizer.json").read_text())
     assert raw["padding"] is None and raw["truncation"] is None
-    # the post-processor wraps every text in <bos> ... <eos>
+    # the post-processor wraps every text in <|startoftext|> ... <|endoftext|>, words end in </w>
     tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
     ids = tok.encode("A Red car").ids
-    assert ids[0] == tok.token_to_id("<bos>") and ids[-1] == tok.token_to_id("<eos>")
-    assert ids[1:-1] == [tok.token_to_id("a"), tok.token_to_id("red"), tok.token_to_id("car")]
+    assert ids[0] == tok.token_to_id("<|startoftext|>") and ids[-1] == tok.token_to_id("<|endoftext|>")
+    assert ids[1:-1] == [tok.token_to_id("a</w>"), tok.token_to_id("red</w>"), tok.token_to_id("car</w>")]
+    assert ids == _hf_tokenizer(ckpt)("A Red car")["input_ids"]
+
+
+def test_engine_tokenizer_equals_transformers_on_varied_texts(bundle, ckpt):
+    from fixtures_ckpt import PARITY_TEXTS
+
+    texts = PARITY_TEXTS + TEXTS + ["", "  ", "naïve café", "emoji 🐱🐶", "it's a DOG's life", "x" * 60]
+    hf = _hf_tokenizer(ckpt)
+    b = load_bundle(bundle)
+    got = TextTokenizer(b.path / "tokenizer.json", b.tokenizer_rule, b.context_length)(texts)
+    want = hf(texts, padding="longest", truncation=True, max_length=CONTEXT_LENGTH, return_tensors="np")
+    np.testing.assert_array_equal(got["input_ids"], want["input_ids"])
+    np.testing.assert_array_equal(got["attention_mask"], want["attention_mask"])
 
 
 def test_preprocess_json_follows_the_image_processor(bundle, ckpt):
-    hf = json.loads((ckpt / "preprocessor_config.json").read_text())
+    hf, _ = read_image_processor_config(ckpt)
     pre = load_bundle(bundle).preprocess
     assert pre["size"] == {"shortest_edge": IMAGE_SIZE}
     assert pre["crop_size"] == {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
@@ -216,7 +238,8 @@ def test_legacy_eos_rule_is_recorded_and_matches_torch(legacy_bundle, legacy_ckp
     m = load_bundle(legacy_bundle).manifest
     tok = Tokenizer.from_file(str(legacy_bundle / "tokenizer.json"))
     assert m["tokenizer"]["pooling"] == "max_id"
-    assert m["tokenizer"]["eos_id"] == tok.token_to_id("<eos>") == tok.get_vocab_size() - 1
+    assert m["tokenizer"]["eos_id"] == tok.token_to_id("<|endoftext|>") == tok.get_vocab_size() - 1
+    assert m["tokenizer"]["pad_id"] == m["tokenizer"]["eos_id"]  # OpenAI style: pads with the end token
     assert json.loads((legacy_ckpt / "config.json").read_text())["text_config"]["eos_token_id"] == 2
     feeds = _encode(legacy_bundle, TEXTS)
     lengths = feeds["attention_mask"].sum(axis=1)
@@ -368,7 +391,7 @@ def test_eos_id_mismatch_is_caught_before_writing(ckpt, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(ckpt, bad)
     config = json.loads((bad / "config.json").read_text())
-    config["text_config"]["eos_token_id"] = 1  # <unk>: the tower would pool the wrong position
+    config["text_config"]["eos_token_id"] = 1  # '"': the tower would pool the wrong position
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(ExportError, match="pooling rule 'first_eos'"):
         export_checkpoint(bad, tmp_path / "out")
@@ -380,7 +403,10 @@ def test_missing_image_processor_config(ckpt, tmp_path):
 
     bad = tmp_path / "bad"
     shutil.copytree(ckpt, bad)
-    (bad / "preprocessor_config.json").unlink()
-    with pytest.raises(ExportError, match="preprocessor_config.json"):
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        (bad / name).unlink(missing_ok=True)
+    with pytest.raises(ExportError) as err:
         export_checkpoint(bad, tmp_path / "out")
+    assert "processor_config.json" in err.value.message and "preprocessor_config.json" in err.value.message
+    assert "save_pretrained" in err.value.remedy and "both are read" in err.value.remedy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from clipeval.engine.errors import ConfigError
 from clipeval.engine.fsutil import check_writable_dir, current_umask, make_temp_dir
-from clipeval.engine.results import write_atomic
+from clipeval.engine.fsutil import write_atomic
 
 WHAT = "output folder (--output-dir / output_dir)"
 
@@ -123,7 +123,7 @@ def test_result_files_and_published_folders_get_the_users_umask(tmp_path, mask):
 
 @pytest.mark.parametrize("mask", [0o022, 0o002])
 def test_eval_results_and_caption_folders_get_the_users_umask(tmp_path, mask, monkeypatch):
-    from clipeval.engine.tasks.caption import publish_beir
+    from clipeval.engine.tasks.image_caption import publish_beir
     from clipeval.cli.main import cli
     from click.testing import CliRunner
 

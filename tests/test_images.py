@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from clipeval.engine.errors import ImageError
-from clipeval.engine.images import load_image, to_rgb
+from clipeval.engine.images.load import load_image, to_rgb
 
 RNG_SEED = 11
 
@@ -278,7 +278,7 @@ def test_unsupported_source_type():
 
 @pytest.mark.parametrize("size", [(640, 480), (481, 1023), (1800, 449), (225, 2000), (900, 900)])
 def test_draft_never_decodes_below_the_resize_target(tmp_path, size):
-    from clipeval.engine.preprocess import PreprocessSpec
+    from clipeval.engine.images.preprocess import PreprocessSpec
 
     path = write_jpeg(tmp_path / "x.jpg", *size)
     for spec_size in ({"shortest_edge": 224}, {"shortest_edge": 112}, {"height": 200, "width": 300}):
@@ -297,8 +297,8 @@ def test_draft_never_decodes_below_the_resize_target(tmp_path, size):
 
 # --- header probe: bad files refused before their data is read ----------------------------------
 
-from clipeval.engine import images as images_mod  # noqa: E402
-from clipeval.engine.images import DEFAULT_MAX_PIXELS, HEADER_READS, probe_image  # noqa: E402
+from clipeval.engine.images import load as images_mod  # noqa: E402
+from clipeval.engine.images.load import DEFAULT_MAX_PIXELS, HEADER_READS, probe_image  # noqa: E402
 
 
 class CountingRaw(io.RawIOBase):

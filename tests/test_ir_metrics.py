@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipeval.engine.textret.ir_metrics import score_run_dict, trec_order
+from clipeval.engine.metrics.ir import score_run_dict, trec_order
 
 KS = (1, 3, 5, 10, 100)
 

@@ -121,9 +121,9 @@ def test_the_issues_coco_file_keeps_the_distractor_and_reports_the_bad_caption(t
     from click.testing import CliRunner
 
     from clipeval.cli.main import cli
-    from clipeval.engine.bundle import load_bundle
-    from clipeval.engine.embed import embed_images, embed_texts
-    from clipeval.engine.tasks.context import load_model
+    from clipeval.engine.sessions.bundle import load_bundle
+    from clipeval.engine.embedding.stage import embed_images, embed_texts
+    from clipeval.engine.sessions.model import load_model
 
     _issue_coco_folder(tmp_path)
     args = ["eval", "--model", str(tiny_bundle), "--dataset", "mscoco_captions", "--data-dir", str(tmp_path),

@@ -302,7 +302,7 @@ def test_small_inputs_rank_without_importing_numba():
 
     code = (
         "import sys, numpy as np\n"
-        "from clipeval.engine.metrics import evaluate_retrieval\n"
+        "from clipeval.engine.metrics.retrieval import evaluate_retrieval\n"
         "rng = np.random.default_rng(0)\n"
         "text, image = rng.standard_normal((50, 8)), rng.standard_normal((10, 8))\n"
         "evaluate_retrieval(text, image, np.repeat(np.arange(10), 5))\n"

@@ -328,3 +328,85 @@ def test_coco_files_count_every_image_and_annotation(image_kinds, annotations, c
                 read_dataset(name, root, "test", "fail")
         else:
             assert read_dataset(name, root, "test", "fail").texts == ds.texts
+
+
+# --- custom -------------------------------------------------------------------------------------
+
+CUSTOM_KINDS = {
+    # kind -> (what is written at the row's image path, left-out reason or None)
+    "good": ("image", None),
+    "missing": (None, "missing_file"),
+    "empty": (b"", "bad_header"),
+    "not an image": (b"these bytes are no image at all", "bad_header"),
+    "a folder": ("folder", "bad_header"),
+}
+
+
+@SETTINGS
+@given(kinds=st.lists(st.sampled_from(sorted(CUSTOM_KINDS)), min_size=1, max_size=10),
+       queries=st.lists(st.integers(1, 3), min_size=10, max_size=10), repeat=st.booleans())
+def test_custom_rows_count_every_image_and_query(kinds, queries, repeat):
+    from PIL import Image
+
+    from clipeval.engine.datasets.custom import read_custom
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rows = []
+        for i, kind in enumerate(kinds):
+            content, _ = CUSTOM_KINDS[kind]
+            name = f"{i}.png"
+            if content == "image":
+                Image.new("RGB", (8, 6), (i * 20 % 256, 0, 0)).save(root / name)
+            elif content == "folder":
+                (root / name).mkdir()
+            elif content is not None:
+                (root / name).write_bytes(content)
+            rows.append({"image_path": name, "query": [f"q{i} {j}" for j in range(queries[i])]})
+        if repeat:  # a row naming an image already listed: merged into it, whatever its kind
+            rows.append({"image_path": "0.png", "query": ["again"]})
+        (root / "image_queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if all(CUSTOM_KINDS[k][1] is not None for k in kinds):
+            with pytest.raises(DatasetError, match="no usable rows"):
+                read_custom(root, on_error="skip")
+            return
+        ds = read_custom(root, on_error="skip")
+        left = ds.left_out
+        bad = [i for i, k in enumerate(kinds) if CUSTOM_KINDS[k][1] is not None]
+        expected_images = {}
+        for i in bad:
+            reason = CUSTOM_KINDS[kinds[i]][1]
+            expected_images[reason] = expected_images.get(reason, 0) + 1
+        assert left.get("images", {}) == expected_images
+        bad_queries = sum(queries[i] for i in bad) + (1 if repeat and 0 in bad else 0)
+        assert left.get("texts", {}).get("image_left_out", 0) == bad_queries
+        # used + left out == the records of the input
+        assert ds.num_images + _total(left, "images") == len(kinds)
+        assert ds.num_texts + _total(left, "texts") == sum(len(r["query"]) for r in rows)
+        assert len(ds.skipped) == len(bad) + (1 if repeat and 0 in bad else 0)
+        _no_invented_text(ds.texts)
+
+
+def test_custom_left_out_counts_reach_the_result(tmp_path):
+    """`eval --on-error skip` on a custom folder: the reader's counts and the undecodable image's
+    are in meta.data_left_out, once each (dropped_texts still counts every dropped query)."""
+    from click.testing import CliRunner
+
+    from clipeval.cli.main import cli
+    from datagen import noise_image, write_dataset
+
+    rows = [{"image_path": f"{i}.png", "query": [f"q{i}", f"r{i}"]} for i in range(4)]
+    rows.append({"image_path": "gone.png", "query": ["lost", "also lost", "third"]})
+    rows.append({"image_path": "cut.png", "query": ["cut"]})
+    data = write_dataset(tmp_path / "ds", rows, {f"{i}.png": noise_image(i) for i in range(4)})
+    buf = io.BytesIO()
+    noise_image(9, size=(64, 64)).save(buf, format="PNG")
+    (data / "cut.png").write_bytes(buf.getvalue()[:80])  # a whole header, pixel data cut short
+    r = CliRunner().invoke(cli, ["eval", "--model", "demo", "--data-dir", str(data), "--on-error", "skip", "--no-cache",
+                                 "--output-dir", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads(r.stdout)["meta"]
+    assert meta["data_left_out"] == {"images": {"missing_file": 1, "undecodable": 1},
+                                     "texts": {"image_left_out": 3 + 1}}
+    assert meta["dropped_texts"] == 3 + 1 and meta["num_images"] == 4 and meta["num_texts"] == 8
+    assert "custom: left out 1 images (1 missing_file); 3 texts (3 image_left_out)" in r.stderr

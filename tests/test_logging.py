@@ -1,4 +1,4 @@
-"""One verbosity for clipeval and the libraries it drives (cli/main.setup_logging)."""
+"""One verbosity for clipeval and the libraries it drives (cli/console.setup_logging)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clipeval.cli.main import _VerbosityFilter
+from clipeval.cli.console import _VerbosityFilter
 
 ORT_DIR = Path(__import__("onnxruntime").__file__).parent
 ORT_QUANTIZER = str(ORT_DIR / "quantization" / "onnx_quantizer.py")

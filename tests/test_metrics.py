@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipeval.engine.errors import MetricError
-from clipeval.engine.metrics import evaluate_retrieval, retrieval_metrics
+from clipeval.engine.metrics.retrieval import evaluate_retrieval, retrieval_metrics
 
 
 def clip_benchmark_recalls(text_emb, image_emb, text_to_image, ks):

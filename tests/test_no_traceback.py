@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clipeval.cli.main import cli
-from clipeval.engine.bundle import MANIFEST
+from clipeval.engine.sessions.bundle import MANIFEST
 from clipeval.engine.config import EVAL_KEYS
 from clipeval.engine.demo import DEMO_DATA_DIR, DEMO_MODEL_DIR
 

@@ -12,9 +12,9 @@ from datagen import PREPROCESS_32
 from PIL import Image
 
 from clipeval.engine.errors import ConfigError, ImageError
-from clipeval.engine.images import load_image
-from clipeval.engine.pipeline import Batch, batches_ahead, iter_pixel_batches
-from clipeval.engine.preprocess import Preprocessor
+from clipeval.engine.images.load import load_image
+from clipeval.engine.images.pipeline import Batch, batches_ahead, iter_pixel_batches
+from clipeval.engine.images.preprocess import Preprocessor
 
 SPEC = PREPROCESS_32
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from clipeval.engine.errors import BundleError, ImageError
-from clipeval.engine.preprocess import PreprocessSpec, Preprocessor
+from clipeval.engine.images.preprocess import PreprocessSpec, Preprocessor
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil  # noqa: E402
@@ -224,8 +224,73 @@ def test_extreme_aspect_ratio_is_an_image_error():
 
 def test_engine_does_not_import_transformers_or_torch():
     code = (
-        "import sys; import clipeval.engine.preprocess, clipeval.engine.images, clipeval.engine.pipeline; "
+        "import sys; import clipeval.engine.images.preprocess, clipeval.engine.images.load, clipeval.engine.images.pipeline; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- open_clip's transform (resize_mode, crop_rule, pad_fill) -------------------------------------------
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"resize_mode": "widest"}, ["resize_mode", "shortest"]),
+    ({"resize_mode": "longest"}, ["resize_mode", "height"]),  # with a shortest_edge size
+    ({"crop_rule": "numpy"}, ["crop_rule", "torchvision"]),
+    ({"pad_fill": [0, 0]}, ["pad_fill"]),
+    ({"pad_fill": [0, 256, 0]}, ["pad_fill"]),
+    ({"pad_fill": [0.5, 0, 0]}, ["pad_fill"]),
+])
+def test_bad_open_clip_keys_name_the_key(change, words):
+    with pytest.raises(BundleError) as err:
+        PreprocessSpec.from_dict({**CLIP_JSON, **change}, source="/b/preprocess.json")
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_transformers_bundles_keep_their_preprocess_json():
+    """The open_clip keys appear only where they differ from transformers' behaviour."""
+    for make in HF_PROCESSORS.values():
+        d = PreprocessSpec.from_hf_processor_config(make().to_dict()).to_dict()
+        assert not {"resize_mode", "crop_rule", "pad_fill"} & set(d)
+    assert PreprocessSpec.from_dict(CLIP_JSON).to_dict() == CLIP_JSON
+
+
+def _open_clip_cfg(size, mode, interpolation, fill):
+    return {"size": size, "mode": "RGB", "mean": (0.48145466, 0.4578275, 0.40821073),
+            "std": (0.26862954, 0.26130258, 0.27577711), "interpolation": interpolation, "resize_mode": mode,
+            "fill_color": fill}
+
+
+def test_open_clip_transform_oracle_on_generated_sizes_and_configs():
+    """Every resize mode, square and rectangular targets, both interpolations, fill colours, images
+    from 1x1 to very wide: clipeval's pixels equal open_clip's eval transform (torchvision's PIL
+    path), or both refuse the image."""
+    pytest.importorskip("open_clip")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from clipeval.export.openclip_export import preprocess_spec
+
+    sizes = st.one_of(st.integers(8, 48), st.tuples(st.integers(8, 48), st.integers(8, 48)))
+
+    @settings(max_examples=150, deadline=None)
+    @given(size=sizes, mode=st.sampled_from(["shortest", "longest", "squash"]),
+           interpolation=st.sampled_from(["bicubic", "bilinear", "random"]), fill=st.integers(0, 255),
+           w=st.integers(1, 120), h=st.integers(1, 120), seed=st.integers(0, 3))
+    def check(size, mode, interpolation, fill, w, h, seed):
+        cfg = _open_clip_cfg(size, mode, interpolation, fill)
+        transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+        pre = Preprocessor(preprocess_spec(cfg))
+        img = noise_image(w, h, seed)
+        try:
+            want = transform(img).numpy()
+        except ValueError:  # a "longest" fit that rounds a side to 0
+            with pytest.raises(ImageError):
+                pre(img)
+            return
+        np.testing.assert_array_equal(pre(img), want)
+
+    check()

@@ -10,7 +10,8 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from clipeval.cli.main import cli, setup_logging
+from clipeval.cli.console import setup_logging
+from clipeval.cli.main import cli
 from clipeval.engine.progress import Progress
 
 

@@ -15,12 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from clipeval.engine.bundle import load_bundle
-from clipeval.engine.cache import image_key, open_cache
-from clipeval.engine.embed import embed_images
+from clipeval.engine.embedding.cache import image_key, open_cache
+from clipeval.engine.embedding.local import LocalExecutor
+from clipeval.engine.embedding.stage import EmbeddingStage
 from clipeval.engine.errors import ClusterError
-from clipeval.engine.executors.ray_embed import RETRIES, RayEmbedder
-from clipeval.engine.tasks.context import load_model
+from clipeval.engine.executors.ray_embed import RETRIES, RayExecutor
+from clipeval.engine.sessions.bundle import load_bundle
 from datagen import noise_image
 from rayfix import simulated_cluster
 
@@ -148,14 +148,22 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def model(tiny_bundle):
-    bundle = load_bundle(tiny_bundle)
-    return bundle, load_model(bundle, provider="cpu", precision="fp32", threads=1)
+def bundle(tiny_bundle):
+    return load_bundle(tiny_bundle)
 
 
-def test_a_worker_node_killed_mid_run_is_retried_and_the_embeddings_are_the_local_ones(cluster, model):
+def local_images(bundle, sources, **kwargs):
+    """The oracle: the same images through the embedding stage with the local executor."""
+    stage = EmbeddingStage(LocalExecutor(provider="cpu", threads=1, num_workers=0), None, progress=False)
+    return stage.images(bundle, "fp32", sources, **kwargs)
+
+
+def ray_stage(cache=None) -> EmbeddingStage:
+    return EmbeddingStage(RayExecutor(provider="cpu"), cache, progress=False)
+
+
+def test_a_worker_node_killed_mid_run_is_retried_and_the_embeddings_are_the_local_ones(cluster, bundle):
     ray, cl = cluster
-    bundle, local = model
     images = {f"{i}.png": png(i) for i in range(12)}
     with ImageServer(images, hold_after=4) as server:
         sources = [f"{server.url}/{i}.png" for i in range(12)]
@@ -163,8 +171,7 @@ def test_a_worker_node_killed_mid_run_is_retried_and_the_embeddings_are_the_loca
 
         def run():
             try:
-                out["result"] = RayEmbedder(bundle, precision="fp32", provider="cpu").embed_images(
-                    sources, batch_size=3, progress=False)
+                out["result"] = ray_stage().images(bundle, "fp32", sources, batch_size=3)
             except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 out["error"] = exc
 
@@ -181,8 +188,7 @@ def test_a_worker_node_killed_mid_run_is_retried_and_the_embeddings_are_the_loca
     assert "error" not in out, out.get("error")
     with pytest.raises(ProcessLookupError):
         os.kill(raylet, 0)
-    want = embed_images(local.vision, local.preprocessor, list(images.values()), batch_size=3, num_workers=0,
-                        progress=False)
+    want = local_images(bundle, list(images.values()), batch_size=3)
     got = out["result"]
     assert got.indices.tolist() == want.indices.tolist() == list(range(12))
     assert np.abs(got.embeds - want.embeds).max() <= 1e-6
@@ -190,8 +196,7 @@ def test_a_worker_node_killed_mid_run_is_retried_and_the_embeddings_are_the_loca
 
 
 def test_a_batch_that_keeps_failing_ends_the_run_naming_its_images_and_caches_only_whole_batches(
-        cluster, model, tmp_path):
-    bundle, local = model
+        cluster, bundle, tmp_path):
     folder = tmp_path / "g"
     folder.mkdir()
     paths = []
@@ -201,19 +206,17 @@ def test_a_batch_that_keeps_failing_ends_the_run_naming_its_images_and_caches_on
     with ImageServer({}, poison="poison.png") as server:
         sources = paths[:4] + [f"{server.url}/poison.png"] + paths[5:]  # batch 2 of 3 holds the poison
         cache = open_cache(tmp_path / "cache")
-        space = cache.space(bundle.identity, "fp32", "image", verified=bundle.verified)
         with pytest.raises(ClusterError) as err:
-            RayEmbedder(bundle, precision="fp32", provider="cpu").embed_images(
-                sources, batch_size=3, progress=False, cache=space, where=[f"row {i}" for i in range(9)])
+            ray_stage(cache).images(bundle, "fp32", sources, batch_size=3, where=[f"row {i}" for i in range(9)])
         assert server.poisoned == RETRIES + 1  # Ray tried the batch that many times
     message = str(err.value)
     assert f"3 image(s) did not come back from the Ray cluster: their batch failed {RETRIES + 1} times" in message
-    assert [line.split(":")[0].strip() for line in message.splitlines()[1:4]] == ["row 3", "row 4", "row 5"]
-    assert "row 2" not in message and "row 6" not in message
+    named = message.splitlines()[1:4]  # the images of the failed batch, by their sources
+    assert all(line.strip().startswith(f"{sources[i]}: ") for i, line in zip((3, 4, 5), named)), named
+    assert sources[2] not in message and sources[6] not in message
     keys = [image_key(s) for s in sources]
-    stored = space.lookup(keys)
+    stored = cache.space(bundle.identity, "fp32", "image", verified=bundle.verified).lookup(keys)
     assert sorted(stored) == [0, 1, 2, 6, 7, 8]  # the two batches that finished, whole; nothing of the failed one
-    want = embed_images(local.vision, local.preprocessor, [paths[i] for i in (0, 1, 2, 6, 7, 8)], batch_size=3,
-                        num_workers=0, progress=False)
+    want = local_images(bundle, [paths[i] for i in (0, 1, 2, 6, 7, 8)], batch_size=3)
     assert np.abs(np.stack([stored[i] for i in (0, 1, 2, 6, 7, 8)]) - want.embeds).max() <= 1e-6
     cache.close()

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipeval.engine.bundle import load_bundle, write_manifest
+from clipeval.engine.sessions.bundle import load_bundle, write_manifest
 from clipeval.engine.config import make_eval_config
 from clipeval.engine.datasets.sources import fetch_dataset
 from clipeval.engine.datasets.wds import ShardImages, read_wds_retrieval
@@ -297,13 +297,22 @@ def test_unknown_executors_list_the_known_ones(executor):
         make_eval_config(block)
 
 
-def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):
-    from clipeval.engine.executors.ray_cluster import import_ray
+def test_without_ray_the_executor_says_how_to_install_it(monkeypatch, tmp_path):
+    """``clipeval eval --executor ray`` where Ray cannot be imported: exit status 2, one error
+    naming the extra to install, nothing on stdout, no result written."""
+    from click.testing import CliRunner
+
+    from clipeval.cli.main import cli
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    with pytest.raises(ConfigError) as err:
-        import_ray()
-    assert "pip install 'clipeval[ray]'" in str(err.value)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    r = CliRunner().invoke(cli, ["eval", "--executor", "ray", "--model", "demo", "--quiet",
+                                 "--output-dir", str(tmp_path / "out")])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.stdout == ""
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "pip install 'clipeval[ray]'" in r.stderr and "Traceback" not in r.stderr
+    assert not list((tmp_path / "out").rglob("*.json"))
 
 
 def test_the_local_executor_never_imports_ray(tmp_path):

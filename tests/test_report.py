@@ -18,12 +18,12 @@ from markupsafe import escape
 from PIL import Image
 
 from clipeval.cli.main import cli
-from clipeval.engine.compare import compare_results
-from clipeval.engine.detail import RetrievalDetail, load_detail
-from clipeval.engine.report.build import SHOWN_TOP_K, worst_retrieval
-from clipeval.engine.report.plots import recall_curve
-from clipeval.engine.report.thumbs import MAX_THUMBNAILS, ThumbnailBudget
-from clipeval.engine.resultset import read_result
+from clipeval.engine.results.compare import compare_results
+from clipeval.engine.results.detail import RetrievalDetail, load_detail
+from clipeval.engine.results.report.build import SHOWN_TOP_K, worst_retrieval
+from clipeval.engine.results.report.plots import recall_curve
+from clipeval.engine.results.report.thumbs import MAX_THUMBNAILS, ThumbnailBudget
+from clipeval.engine.results.read import read_result
 from resultgen import evaluate, image_dataset
 
 
@@ -239,8 +239,8 @@ def test_report_failures_are_one_clear_error(two_runs, tmp_path, monkeypatch):
 
 
 def test_the_engine_and_the_cli_do_not_import_the_report_extra():
-    code = ("import sys, clipeval.cli.main, clipeval.engine.runner, clipeval.engine.compare, clipeval.engine.report, "
-            "clipeval.engine.detail\n"
+    code = ("import sys, clipeval.cli.main, clipeval.engine.runner, clipeval.engine.results.compare, clipeval.engine.results.report, "
+            "clipeval.engine.results.detail\n"
             "print(sorted(m for m in ('jinja2', 'matplotlib', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from clipeval.cli.main import cli
-from clipeval.engine.bundle import MANIFEST
+from clipeval.engine.sessions.bundle import MANIFEST
 from clipeval.engine.datasets.fingerprint import data_fingerprint
 from clipeval.engine.demo import DEMO_DATA_DIR, DEMO_MODEL_DIR
-from clipeval.engine.results import (
+from clipeval.engine.results.layout import (
     Slot,
     destination,
     find_existing,
@@ -284,3 +284,76 @@ def test_run_task_leaves_a_callers_logging_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "wrote" not in proc.stderr  # the caller asked for warnings only
 
+
+
+# --- every task follows the scheme: text retrieval and captioning too ---------------------------
+
+def _beir(folder: Path, n_docs: int, offset: int = 0) -> Path:
+    from clipeval.engine.datasets.beir import write_beir
+
+    words = "red blue green square circle star small large".split()
+    corpus = [{"_id": f"d{i}", "text": f"a {words[(i + offset) % 8]} {words[(3 * i + offset) % 8]}"}
+              for i in range(n_docs)]
+    queries = [{"_id": f"q{i}", "text": words[(i + offset) % 8]} for i in range(4)]
+    return write_beir(folder, corpus, queries, [(f"q{i}", f"d{i}", 1) for i in range(4)])
+
+
+@pytest.mark.parametrize("change", ["data folder", "query prompt", "document prompt", "split"])
+def test_text_retrieval_results_of_two_slots_never_share_a_file(tmp_path, change):
+    """text-eval (the demo's text tower): two runs that differ in data folder, a prompt or the split
+    write two files under one dataset name; a re-run of the first replaces its own file."""
+    out = tmp_path / "out"
+    a = _beir(tmp_path / "a" / "retrieval_data", 6)
+    base = ["text-eval", "--model", "demo", "--dataset-name", "shapes", "--output-dir", out, "--no-cache", "-q"]
+    first = ok(run(*base, "--data-dir", a))
+    if change == "data folder":
+        second_args = ["--data-dir", _beir(tmp_path / "b" / "retrieval_data", 6, offset=1)]
+    elif change == "split":
+        from clipeval.engine.datasets.beir import write_beir
+
+        write_beir(a, [{"_id": f"d{i}", "text": f"doc {i}"} for i in range(6)],
+                   [{"_id": "q0", "text": "doc 1"}], [("q0", "d1", 1)], split="dev")
+        second_args = ["--data-dir", a, "--split", "dev"]
+    else:
+        second_args = ["--data-dir", a, f"--{change.replace(' ', '-')}", "prefix: "]
+    second = ok(run(*base, *second_args))
+    f1, f2 = first["meta"]["result_file"], second["meta"]["result_file"]
+    assert f1 != f2 and Path(f1).is_file() and Path(f2).is_file()
+    assert first["meta"]["slot_digest"] != second["meta"]["slot_digest"]
+    if change == "split":
+        assert f2.endswith("shapes_text_retrieval.dev.json")  # a readable tag
+    else:
+        assert f2.endswith(f"shapes_text_retrieval.{second['meta']['slot_digest'][:8]}.json")
+    assert read_result(f1)["metrics"] == first["metrics"]  # the first result is intact
+    again = ok(run(*base, "--data-dir", a))
+    assert again["meta"]["result_file"] == f1  # a re-run of the first slot replaces its own file
+
+
+def test_caption_summaries_of_two_data_folders_never_share_a_file(tmp_path):
+    """Captioning two folders under one dataset name: the second summary goes to the digest name,
+    and its BEIR folder and journal beside it, so the first is intact."""
+    from fake_openai import FakeOpenAI
+
+    from datagen import noise_image, write_dataset
+
+    out = tmp_path / "out"
+    rows = [{"image_path": f"{i}.png", "query": [f"q{i}"]} for i in range(3)]
+    a = write_dataset(tmp_path / "a", rows, {f"{i}.png": noise_image(i) for i in range(3)})
+    b = write_dataset(tmp_path / "b", rows[:2], {f"{i}.png": noise_image(10 + i) for i in range(2)})
+    with FakeOpenAI(captioner="echo") as srv:
+        args = ["caption", "--api-base", srv.url, "--model-name", "fake-vlm", "--output-dir", out, "-q"]
+        env = {"CLIPEVAL_API_KEY": "sk-secret-0123456789"}
+        first = ok(CliRunner().invoke(cli, [str(x) for x in [*args, "--data-dir", a]], env=env))
+        second = ok(CliRunner().invoke(cli, [str(x) for x in [*args, "--data-dir", b]], env=env))
+    digest = second["meta"]["slot_digest"][:8]
+    assert Path(first["meta"]["result_file"]) == out / "fake-vlm" / "custom_image_caption.json"
+    assert Path(second["meta"]["result_file"]) == out / "fake-vlm" / f"custom_image_caption.{digest}.json"
+    assert Path(first["metrics"]["save_path"]) == out / "fake-vlm" / "custom" / "retrieval_data"
+    assert Path(second["metrics"]["save_path"]) == out / "fake-vlm" / f"custom.{digest}" / "retrieval_data"
+    from clipeval.engine.datasets.beir import read_beir
+
+    assert len(read_beir(first["metrics"]["save_path"]).corpus) == 3
+    assert len(read_beir(second["metrics"]["save_path"]).corpus) == 2
+    assert second["meta"]["journal"].startswith(str(out / "fake-vlm" / f"custom.{digest}"))
+    assert first["meta"]["bundle"]["model_name"] == "fake-vlm"
+    assert "sk-secret" not in json.dumps(first) + json.dumps(second)

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from clipeval.engine.bundle import load_bundle
+from clipeval.engine.sessions.bundle import load_bundle
 from clipeval.engine.errors import BundleError, ExportError
-from clipeval.engine.textret.embed import load_text_model
+from clipeval.engine.embedding.models import load_text_model
 from fixtures_text import TEXTS, make_sentence_transformer
 
 pytest.importorskip("sentence_transformers")

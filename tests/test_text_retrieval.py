@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipeval.cli.main import cli
-from clipeval.engine.beir import read_beir, write_beir
+from clipeval.engine.datasets.beir import read_beir, write_beir
 from clipeval.engine.demo import DEMO_DATA_DIR
 from clipeval.engine.tasks.text_retrieval import (
     TextRetrievalParams,
@@ -22,10 +22,10 @@ from clipeval.engine.tasks.text_retrieval import (
     run_text_retrieval,
     trec_tie_keys,
 )
-from clipeval.engine.textret.embed import load_text_model
-from clipeval.engine.textret.ir_metrics import METRICS, score_run_dict
-from clipeval.engine.textret.search import top_k
-from clipeval.engine.textret.trec import read_run
+from clipeval.engine.embedding.models import load_text_model
+from clipeval.engine.metrics.ir import METRICS, score_run_dict
+from clipeval.engine.kernels.search import top_k
+from clipeval.engine.results.trec import read_run
 
 # --------------------------------------------------------------------------- search kernel
 
@@ -249,7 +249,7 @@ def test_query_id_equal_to_document_id_is_never_dropped(minilm, tmp_path):
                          {"_id": 2, "text": "an orange star"}],
                         [{"_id": 0, "text": "a small red circle"}, {"_id": 1, "text": "an orange star"}],
                         [(0, 0, 1), (1, 2, 1)])
-    (out,) = run_text_retrieval(minilm, read_beir(folder), TextRetrievalParams(progress=False))
+    (out,) = run_text_retrieval(minilm.stage, minilm.bundle, read_beir(folder), TextRetrievalParams(progress=False))
     run = out.run
     assert run.doc_ids[run.indices[0, 0]] == "0"
     assert out.metrics["recall_at_1"] == 1.0 and out.metrics["mrr_at_1"] == 1.0

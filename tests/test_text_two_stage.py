@@ -16,13 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipeval.cli.main import cli
-from clipeval.engine.beir import read_beir, write_beir
+from clipeval.engine.datasets.beir import read_beir, write_beir
 from clipeval.engine.config import parse_task_cfg
 from clipeval.engine.errors import ConfigError
 from clipeval.engine.tasks.text_retrieval import rerank_order, trec_tie_keys
-from clipeval.engine.textret.ir_metrics import METRICS, MTEB_K, RankedRun, score_ranked
-from clipeval.engine.textret.search import top_k
-from clipeval.engine.textret.trec import write_run
+from clipeval.engine.metrics.ir import METRICS, MTEB_K, RankedRun, score_ranked
+from clipeval.engine.kernels.search import top_k
+from clipeval.engine.results.trec import write_run
 from fixtures_text import TEXTS, make_cross_encoder, make_sentence_transformer, make_sequence_classifier
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
@@ -140,7 +140,7 @@ PAIRS = [(q, d) for q in TEXTS for d in TEXTS]
 def test_reranker_scores_match_the_cross_encoder(tiny_models, kind):
     from sentence_transformers import CrossEncoder
 
-    from clipeval.engine.textret.rerank import load_reranker
+    from clipeval.engine.embedding.models import load_reranker
     from clipeval.export.reranker import resolve_reranker_bundle
 
     bundle = resolve_reranker_bundle(tiny_models[kind], tiny_models["cache"])
@@ -213,6 +213,56 @@ def test_text_eval_two_stages(tiny_models, small_beir, tmp_path):
         expected = pytrec_per_query(run, qrels, stage["meta"]["k"])
         for name, value in stage["metrics"].items():
             assert value == pytest.approx(np.mean([expected[q][name] for q in expected]), abs=1e-12), name
+
+
+def test_a_second_text_retrieval_run_is_served_from_the_cache(tiny_models, small_beir, tmp_path, monkeypatch):
+    """Corpus and query embeddings and the reranker's pair scores come from the embedding cache on
+    a second run (no tower opened); another query prompt is another key, so only the queries are
+    embedded again, and its result goes to a file of its own."""
+    from clipeval.engine.embedding import local
+    from clipeval.export.reranker import resolve_reranker_bundle
+    from clipeval.export.text_model import resolve_text_bundle
+
+    encoder = resolve_text_bundle(tiny_models["encoder"], tiny_models["cache"]).path  # exported once (module cache)
+    cross = resolve_reranker_bundle(tiny_models["cross"], tiny_models["cache"]).path
+    out, cache = tmp_path / "out", tmp_path / "cache"  # a fresh embedding cache
+    args = ["text-eval", "--model", encoder, "--reranker", cross, "--top-k", 7, "--data-dir", small_beir,
+            "--dataset-name", "small", "--output-dir", out, "--cache-dir", cache, "-q"]
+    first = invoke(*args)
+    assert first.exit_code == 0, (first.output, first.exception)
+    one1, one2 = [json.loads(line) for line in first.stdout.splitlines()]
+    n_docs, n_queries, n_pairs = 40, 15, 15 * 7
+    assert one1["meta"]["cache"]["corpus_hits"] == 0 and one2["meta"]["cache"]["pair_hits"] == 0
+
+    opened = []
+
+    def no_model(*a, **kw):
+        opened.append(a)
+        raise AssertionError("a tower was opened on the second run")
+
+    monkeypatch.setattr(local, "open_tower", no_model)
+    second = invoke(*args)
+    assert second.exit_code == 0, (second.output, second.exception)
+    two1, two2 = [json.loads(line) for line in second.stdout.splitlines()]
+    assert not opened and two1["meta"]["provider"] == "none" == two2["meta"]["provider"]
+    assert two1["meta"]["cache"] == {"path": str(cache / "embeddings" / "embeddings.sqlite3"),
+                                     "corpus_hits": n_docs, "query_hits": n_queries}
+    assert two2["meta"]["cache"]["pair_hits"] == n_pairs
+    assert two1["metrics"] == one1["metrics"] and two2["metrics"] == one2["metrics"]
+    assert two1["meta"]["result_file"] == one1["meta"]["result_file"]  # a re-run of the same slot: replaced
+
+    monkeypatch.undo()
+    third = invoke(*args[:-1], "--query-prompt", "search: ", "-q")
+    assert third.exit_code == 0, (third.output, third.exception)
+    three1, three2 = [json.loads(line) for line in third.stdout.splitlines()]
+    assert three1["meta"]["cache"]["corpus_hits"] == n_docs and three1["meta"]["cache"]["query_hits"] == 0
+    assert three1["meta"]["slot_parts"]["query_prompt"] == "search: "
+    for old, new in ((one1, three1), (one2, three2)):  # another slot: another file, the first one kept
+        assert new["meta"]["result_file"] != old["meta"]["result_file"]
+        assert new["meta"]["result_file"] == old["meta"]["result_file"][:-len(".json")] + \
+            f".{new['meta']['slot_digest'][:8]}.json"
+        assert json.loads(Path(old["meta"]["result_file"]).read_text())["metrics"] == old["metrics"]
+        assert Path(new["meta"]["result_file"]).with_suffix(".trec").is_file()
 
 
 # --------------------------------------------------------------------------- the config form

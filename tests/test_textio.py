@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clipeval.engine.bundle import load_bundle
+from clipeval.engine.sessions.bundle import load_bundle
 from clipeval.engine.config import load_config_file
 from clipeval.engine.demo import DEMO_MODEL_DIR
-from clipeval.engine.results import existing_result
+from clipeval.engine.results.layout import Slot, find_existing
 from clipeval.engine.textio import json_lines, read_json, to_utf8
 
 # (name, BOM bytes, codec): what editors and shells write
@@ -71,7 +71,7 @@ def test_config_files_in_every_encoding(tmp_path, name, bom, codec):
 
 
 def test_a_bundle_whose_json_files_start_with_a_bom(tmp_path):
-    from clipeval.engine.bundle import write_manifest
+    from clipeval.engine.sessions.bundle import write_manifest
 
     root = tmp_path / "bundle"
     shutil.copytree(DEMO_MODEL_DIR, root)
@@ -88,8 +88,10 @@ def test_a_bundle_whose_json_files_start_with_a_bom(tmp_path):
 
 def test_a_result_file_with_a_bom_is_reused_by_skip_existing(tmp_path):
     result = {"dataset": "custom", "model": "m", "task": "zeroshot_retrieval", "metrics": {},
-              "meta": {"bundle": {"identity": "abc"}, "params_key": "k1"}}
+              "meta": {"bundle": {"identity": "abc"}, "precision": "fp32", "data_dir": "/d", "split": "test",
+                       "params_key": "k1"}}
+    slot = Slot("abc", "fp32", "en", "/d", "test")
     path = tmp_path / "r.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(result).encode())
-    assert existing_result(path, "abc", "k1") == result
-    assert existing_result(path, "abc", "k2") is None
+    assert find_existing(path, slot, "k1") == (path, result)
+    assert find_existing(path, slot, "k2") is None

@@ -3,7 +3,7 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from clipeval.engine.errors import BundleError
-from clipeval.engine.tokenizer import TextTokenizer
+from clipeval.engine.text.tokenizer import TextTokenizer
 
 WORDS = "a small large red blue triangle square at the top left".split()
 
@@ -71,8 +71,8 @@ import json  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from clipeval.engine import tokenizer as tokenizer_mod  # noqa: E402
-from clipeval.engine.tokenizer import CUT_CHARS_PER_TOKEN, LAST_CUT_CHARS_PER_TOKEN, cut_point  # noqa: E402
+from clipeval.engine.text import tokenizer as tokenizer_mod  # noqa: E402
+from clipeval.engine.text.tokenizer import CUT_CHARS_PER_TOKEN, LAST_CUT_CHARS_PER_TOKEN, cut_point  # noqa: E402
 
 CORPUS = [
     "a photo of a cat on the grass", "two dogs playing in the snow next to a big blue house",
@@ -253,7 +253,7 @@ def test_cut_point_rules():
 
 
 def test_truncated_texts_are_counted_and_said_on_stderr(tok_path, caplog):
-    from clipeval.engine.embed import embed_texts
+    from clipeval.engine.embedding.stage import embed_texts
 
     path, _ = tok_path
 
@@ -263,7 +263,7 @@ def test_truncated_texts_are_counted_and_said_on_stderr(tok_path, caplog):
 
     tok = TextTokenizer(path, RULE, context_length=5)  # <bos> a red square <eos> fits
     texts = ["a red square", "a small red triangle at the top left", "blue", "a " * 10_000]
-    with caplog.at_level("INFO", logger="clipeval.engine.embed"):
+    with caplog.at_level("INFO", logger="clipeval.engine.embedding.stage"):
         out = embed_texts(Tower(), tok, texts, batch_size=2, progress=False)
     assert out.truncated == 2
     assert "2 of 4 text(s) are longer than the context length of 5 tokens and were truncated" in caplog.text

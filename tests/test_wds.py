@@ -14,7 +14,7 @@ from clipeval.engine.datasets import read_dataset
 from clipeval.engine.datasets.wds import (ShardBytes, ShardImages, ShardRetrievalDataset, read_wds_classification,
                                           read_wds_retrieval, shard_paths)
 from clipeval.engine.errors import DatasetError
-from clipeval.engine.images import load_image
+from clipeval.engine.images.load import load_image
 from wdsgen import png_bytes, write_classification_set, write_retrieval_set, write_split, write_tar
 
 

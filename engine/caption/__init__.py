@@ -5,7 +5,7 @@
 - :mod:`.journal`: the append-only journal that makes a run resumable.
 - :mod:`.pool`: bounded concurrency over many images.
 
-The task that turns captions into a BEIR folder is :mod:`clipeval.engine.tasks.caption`.
+The task that turns captions into a BEIR folder is :mod:`clipeval.engine.tasks.image_caption`.
 """
 
 from .client import DEFAULT_PROMPT, CaptionAPIError, CaptionClient, ClientSettings, ItemFailed, Refused

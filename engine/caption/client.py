@@ -7,8 +7,9 @@ is worth retrying:
 * connection errors, dropped connections, timeouts, a 200 whose body is not a chat completion
   or holds no caption (an empty or whitespace-only text, a null content, a refusal: see
   :func:`caption_text`), and HTTP 408, 409, 429 and 5xx are retried, up to ``max_attempts``
-  attempts in all, after an exponential backoff with jitter (``backoff_base * 2**attempt``, capped at ``backoff_max``, then
-  a random point in its upper half);
+  attempts in all, with the waits of :class:`clipeval.engine.http_retry.RetryPolicy` (the one retry
+  policy of clipeval's HTTP clients: exponential backoff from ``backoff_base``, capped at
+  ``backoff_max``, with jitter);
 * a ``Retry-After`` (or ``retry-after-ms``) header is honoured: that attempt waits at least as
   long (capped at ``retry_after_max``), and so does every other request of the client, so a rate
   limit slows the whole run down instead of provoking a storm of retries;
@@ -21,11 +22,8 @@ server text quoted in an error has the key replaced by ``***``.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import http
 import logging
-import random
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -33,13 +31,13 @@ import aiohttp
 import orjson
 
 from ..errors import ClipevalError
+from ..http_retry import RetryPolicy, parse_retry_after, retryable_status
 
 log = logging.getLogger(__name__)
 
 # The reference tool's default instruction (evalscope VLMAPI).
 DEFAULT_PROMPT = ("Please describe this image in general. Directly provide the description, "
                   "do not include prefix like 'This image depicts'")
-RETRY_STATUSES = frozenset({408, 409, 429})
 MAX_ERROR_TEXT = 400
 
 
@@ -108,28 +106,6 @@ def error_text(raw: bytes, secret: str | None) -> str:
     if len(message) > MAX_ERROR_TEXT:
         message = message[:MAX_ERROR_TEXT] + "..."
     return message
-
-
-def parse_retry_after(headers) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class NoCaption(Exception):
@@ -218,6 +194,11 @@ class ClientSettings:
     def url(self) -> str:
         return self.api_base.rstrip("/") + "/chat/completions"
 
+    def policy(self) -> RetryPolicy:
+        """The retry policy these settings make (:mod:`clipeval.engine.http_retry`)."""
+        return RetryPolicy(attempts=self.max_attempts, backoff_base=self.backoff_base, backoff_max=self.backoff_max,
+                           retry_after_max=self.retry_after_max, seed=self.seed)
+
 
 @dataclass
 class ClientStats:
@@ -238,7 +219,7 @@ class CaptionClient:
     def __init__(self, settings: ClientSettings):
         self.settings = settings
         self.stats = ClientStats()
-        self._rng = random.Random(settings.seed)
+        self.retry = settings.policy()
         self._session: aiohttp.ClientSession | None = None
         self._pause_until = 0.0  # loop time before which no request starts (Retry-After)
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -274,15 +255,6 @@ class CaptionClient:
         if s.temperature is not None:
             body["temperature"] = s.temperature
         return body
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        s = self.settings
-        span = min(s.backoff_max, s.backoff_base * (2 ** attempt))
-        delay = span / 2 + self._rng.uniform(0, span / 2)
-        if retry_after is not None:
-            wait = min(s.retry_after_max, retry_after)
-            delay = max(delay, wait + self._rng.uniform(0, 0.1 * wait + 0.05))
-        return delay
 
     async def _gate(self) -> None:
         loop = asyncio.get_running_loop()
@@ -321,7 +293,7 @@ class CaptionClient:
             return text
         self.stats.outcomes[str(status)] += 1
         text = error_text(raw, s.api_key)
-        if status in RETRY_STATUSES or status >= 500:
+        if retryable_status(status):
             raise _Retry(f"{status_line(status)}: {text}", str(status), parse_retry_after(headers))
         raise Refused(status, text)
 
@@ -335,15 +307,15 @@ class CaptionClient:
         payload = orjson.dumps(self.body(image_url))
         last: _Retry | None = None
         loop = asyncio.get_running_loop()
-        for attempt in range(s.max_attempts):
+        for attempt in range(self.retry.attempts):
             await self._gate()
             try:
                 text = await self._once(payload)
             except _Retry as exc:
                 last = exc
-                if attempt + 1 >= s.max_attempts:
+                if not self.retry.more(attempt):
                     break
-                delay = self._backoff(attempt, exc.retry_after)
+                delay = self.retry.delay(attempt, exc.retry_after)
                 if exc.retry_after is not None:
                     self._pause_until = max(self._pause_until, loop.time() + delay)
                 self.stats.retries += 1

@@ -1,6 +1,6 @@
 """Images to the base64 JPEG data URLs that OpenAI-compatible chat APIs take.
 
-Every source goes through :func:`clipeval.engine.images.load_image` first, so any mode Pillow can
+Every source goes through :func:`clipeval.engine.images.load.load_image` first, so any mode Pillow can
 open (palette, transparency, 16-bit grey, CMYK, ...) becomes 8-bit RGB before the JPEG encoder
 sees it; the reference tool saves the image as it comes and fails on RGBA or palette images.
 """
@@ -12,7 +12,7 @@ import io
 
 from PIL import Image
 
-from ..images import ImageSource, load_image
+from ..images.load import ImageSource, load_image
 
 JPEG_QUALITY = 90
 

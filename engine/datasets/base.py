@@ -26,7 +26,7 @@ class BadItem:
 class RetrievalDataset:
     """An image gallery and its texts; each text has exactly one positive image.
 
-    ``images`` are decodable sources (paths, or anything :func:`clipeval.engine.images.load_image`
+    ``images`` are decodable sources (paths, or anything :func:`clipeval.engine.images.load.load_image`
     accepts), in dataset order; ``text_to_image[t]`` is the index of text ``t``'s image.
     """
 

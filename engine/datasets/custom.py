@@ -30,9 +30,10 @@ from typing import Callable
 import orjson
 
 from ..errors import DatasetError, ImageError, listing
-from ..images import DEFAULT_MAX_PIXELS, probe_image
+from ..images.load import DEFAULT_MAX_PIXELS, probe_image
 from ..textio import json_lines
 from .base import BadItem, RetrievalDataset
+from .leftout import LeftOut
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class _Checked:
     key: str | None = None
     resolved: str | None = None
     problem: str | None = None
+    reason: str | None = None  # the data_left_out reason of the problem: missing_file or bad_header
 
 
 def _locate(row: _Row, data_dir: Path) -> _Checked:
@@ -118,7 +120,8 @@ def _locate(row: _Row, data_dir: Path) -> _Checked:
     resolved, tried, why = _resolve(row.path, data_dir)
     if resolved is None:
         places = " or ".join(str(p) for p in tried)
-        return _Checked(problem=f"image not found (tried {places})" + (f": {why}" if why else ""))
+        return _Checked(problem=f"image not found (tried {places})" + (f": {why}" if why else ""),
+                        reason="missing_file")
     return _Checked(key=os.path.realpath(resolved), resolved=str(resolved))
 
 
@@ -127,6 +130,7 @@ def _probe(checked: _Checked, max_pixels: int | None) -> None:
         probe_image(checked.resolved, max_pixels=max_pixels)
     except ImageError as exc:
         checked.problem = exc.message
+        checked.reason = "bad_header"
 
 
 def check_split(split: str | None) -> None:
@@ -163,9 +167,11 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
     """Read and check ``image_queries.jsonl``.
 
     Malformed rows always fail. Rows whose image is missing or unusable by its header
-    (:func:`~clipeval.engine.images.probe_image`: empty, not an image, header cut short, more
-    than ``max_pixels`` pixels) fail too, unless ``on_error == "skip"``: then they are left out
-    and listed in ``dataset.skipped``. Every problem is listed in one :class:`DatasetError`.
+    (:func:`~clipeval.engine.images.load.probe_image`: empty, not an image, header cut short, more
+    than ``max_pixels`` pixels) fail too, unless ``on_error == "skip"``: then they are left out,
+    listed in ``dataset.skipped`` and counted in ``dataset.left_out`` (``images: missing_file``
+    or ``bad_header``, their queries as ``texts: image_left_out``; see :mod:`.leftout`). Every
+    problem is listed in one :class:`DatasetError`.
 
     ``limit``: the images of the first ``limit`` usable gallery images are checked; rows after
     them are parsed (malformed rows still fail) and merged into those images when they name one,
@@ -194,6 +200,7 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
     text_to_image: list[int] = []
     by_key: dict[str, int] = {}
     problems: list[BadItem] = []
+    reasons: list[tuple[str, str]] = []  # (data_left_out reason, image identity) of each problem
     unchecked: set[str] = set()  # gallery images past the limit (counted, not opened)
     merged = 0
     full = False
@@ -216,6 +223,7 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
                         continue
                     if c.problem is not None:
                         problems.append(BadItem(where, c.problem, row.line, row.path, texts=len(row.queries)))
+                        reasons.append((c.reason or "missing_file", c.key or row.path))
                         continue
                     index = by_key[c.key] = len(images)
                     images.append(c.resolved)
@@ -234,9 +242,17 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
         raise DatasetError(f"{len(listed)} bad row(s) in {jsonl}:\n    {listing(listed)}", remedy)
     if not images:
         raise DatasetError(f"{jsonl} has no usable rows", "add rows of the form {\"image_path\": ..., \"query\": [...]}")
+    left = LeftOut()
     if problems:
         log.warning("skipping %d row(s) of %s whose image is missing or unusable (listed in meta.skipped):\n    %s",
                     len(problems), jsonl, listing(problems))
+        seen: set[str] = set()
+        for item, (reason, image) in zip(problems, reasons):
+            if image not in seen:  # rows naming the same unusable image leave out one image
+                seen.add(image)
+                left.add("images", reason)
+            left.add("texts", "image_left_out", item.texts)
+        left.report("custom", log)
     if merged:
         log.warning("%d row(s) of %s name an image already listed; their queries were merged into that image", merged, jsonl)
     return RetrievalDataset(
@@ -248,4 +264,5 @@ def read_custom(data_dir: str | os.PathLike, *, on_error: str = "fail", split: s
         skipped=problems,
         merged_rows=merged,
         limited_from=len(images) + len(unchecked) if unchecked else None,
+        left_out=left.as_dict(),
     )

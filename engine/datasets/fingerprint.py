@@ -10,7 +10,10 @@ No image is decoded or read; what the fingerprint covers, per source:
   names and templates);
 * a downloaded set: the download cache's ``manifest.json`` (URL and the size of every file);
 * always: the dataset name, split, limit, language and the content of custom class-name and
-  template files.
+  template files;
+* a BEIR folder (text retrieval, :func:`beir_fingerprint`): the name, size and modification time
+  of ``corpus.jsonl``, ``queries.jsonl`` and the qrels file of the split (a corpus can be large:
+  it is not hashed).
 
 A change in any of these gives another fingerprint, so a rows file that grew from 5 to 20 rows,
 a shard that was replaced, or another ``limit`` is a different result. Images named by a rows
@@ -106,4 +109,18 @@ def data_fingerprint(dataset_name: str, data_dir: str | os.PathLike | None, spli
         "classnames_file": _file_digest(Path(classnames_file)) if classnames_file else None,
         "templates_file": _file_digest(Path(templates_file)) if templates_file else None,
     }
+    return hashlib.sha256(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def beir_fingerprint(folder: str | os.PathLike, split: str, *, limits: int | None = None) -> str:
+    """sha256 (hex) of what :func:`~clipeval.engine.datasets.beir.read_beir` would read: the
+    names, sizes and modification times of the corpus, the queries and the split's qrels file
+    (``qrels/{split}.tsv``, else ``qrels.jsonl``), the split and ``limits``. Never raises."""
+    from .beir import CORPUS, QRELS_JSONL, QUERIES, qrels_tsv_path
+
+    root = Path(os.path.expanduser(os.fspath(folder)))
+    tsv = qrels_tsv_path(root, split)
+    qrels = tsv if tsv.is_file() else root / QRELS_JSONL
+    key = {"kind": "beir", "split": split, "limits": limits,
+           "files": [_stat(root / CORPUS), _stat(root / QUERIES), [str(qrels.relative_to(root)), *_stat(qrels)[1:]]]}
     return hashlib.sha256(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()

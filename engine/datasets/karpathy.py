@@ -1,5 +1,13 @@
 """Raw Karpathy-split annotation files (as CLIP_benchmark's native loaders read them).
 
+The splits are Karpathy and Fei-Fei's, from "Deep Visual-Semantic Alignments for Generating Image
+Descriptions" (CVPR 2015; https://cs.stanford.edu/people/karpathy/deepimagesent/): 1,000 test
+images for Flickr8k and Flickr30k, 5,000 for MS-COCO. The annotation files read here are the ones
+CLIP_benchmark downloads for its ``flickr8k`` / ``flickr30k`` / ``mscoco_captions`` loaders, from
+the releases of https://github.com/mehdidc/retrieval_annotations (``{name}_{split}_karpathy.txt``,
+``coco_{split}_karpathy.json``), and their Chinese counterparts (Flickr8k-CN, Flickr30k-CN,
+COCO-CN) in the same shapes.
+
 * Flickr8k / Flickr30k: ``{data_dir}/{name}_{split}_karpathy.txt`` (English) or
   ``{name}_{split}_zh.txt`` (Flickr8k-CN / Flickr30k-CN), one ``image,caption`` per line after
   a header line (``image,caption``). The image name ends at the first ``.jpg,`` (captions may
@@ -130,11 +138,18 @@ def coco_file(data_dir: Path, split: str, language: str) -> Path:
 
 def read_flickr(data_dir, split: str, *, name: str, base: str, language: str = "en",
                 on_error: str = "fail") -> RetrievalDataset:
-    """A Flickr8k / Flickr30k Karpathy file (``IMAGE.jpg,CAPTION`` lines after a header).
+    """A Flickr8k / Flickr30k Karpathy file: ``{data_dir}/{base}_{split}_karpathy.txt``
+    (``{base}_{split}_zh.txt`` for ``language`` ``zh``), ``IMAGE.jpg,CAPTION`` lines after a
+    header, from the releases of github.com/mehdidc/retrieval_annotations that CLIP_benchmark
+    downloads (Karpathy's splits, "Deep Visual-Semantic Alignments", CVPR 2015).
 
-    Every line is one caption record: used, or counted in ``left_out`` as ``texts: bad_line``
-    (no ``.jpg,``, no image name, not UTF-8: an error unless ``on_error`` is skip), ``texts:
-    blank`` (an empty caption: its image still joins the gallery) or ``texts: image_left_out``.
+    Returns a :class:`RetrievalDataset` named ``name``: images in order of first appearance (paths
+    found under ``data_dir`` in :data:`IMAGE_FOLDERS`), captions in file order, each with the index
+    of its image (int64 ``text_to_image``). Every line is one caption record: used, or counted in
+    ``left_out`` as ``texts: bad_line`` (no ``.jpg,``, no image name, not UTF-8: an error unless
+    ``on_error`` is skip), ``texts: blank`` (an empty caption: its image still joins the gallery)
+    or ``texts: image_left_out``. Raises :class:`DatasetError` for a missing or unreadable file,
+    and (``on_error`` ``fail``) for bad lines and missing images, all listed in one error.
     """
     data_dir = Path(data_dir)
     ann = flickr_file(data_dir, base, split, language)
@@ -185,7 +200,14 @@ def _is_id(value) -> bool:
 
 
 def read_coco(data_dir, split: str, *, name: str, language: str = "en", on_error: str = "fail") -> RetrievalDataset:
-    """A COCO captions file (``images: [{id, file_name}]``, ``annotations: [{image_id, caption}]``).
+    """A COCO captions file: ``{data_dir}/coco_{split}_karpathy.json`` (``..._karpathy_zh.json``
+    for COCO-CN), ``images: [{id, file_name}]`` and ``annotations: [{image_id, caption}]``, as in the
+    releases of github.com/mehdidc/retrieval_annotations that CLIP_benchmark downloads (Karpathy's
+    5,000-image test split, "Deep Visual-Semantic Alignments", CVPR 2015).
+
+    Returns a :class:`RetrievalDataset` named ``name``. Raises :class:`DatasetError` for a
+    missing, unreadable or malformed file, and (``on_error`` ``fail``) for bad records and
+    missing images, all listed in one error.
 
     Every image listed is a gallery image, in the order of ``images``, with or without captions
     (CLIP_benchmark's reader keeps an image without annotation too); every annotation is one

@@ -16,8 +16,8 @@ as a whole tar file (:func:`~.wds.check_tar`: an HTML page of the right length, 
 transfer cut short without Content-Length, an empty body are not kept, and are fetched again
 within the same tries). Requests ask for ``Accept-Encoding: identity``; a body the server
 encodes anyway (``Content-Encoding: gzip``) is decoded, and then only the tar check vouches for it. An interrupted transfer
-resumes from the bytes already there with an HTTP ``Range`` request (up to ``ATTEMPTS`` tries per
-file); a server that ignores ``Range`` sends the whole file again. ``manifest.json`` in the
+resumes from the bytes already there with an HTTP ``Range`` request (up to 5 tries per file,
+with the waits and the retryable statuses of :mod:`clipeval.engine.http_retry`, ``Retry-After`` honoured); a server that ignores ``Range`` sends the whole file again. ``manifest.json`` in the
 cache folder records each file's size (or that an optional file is absent); a file whose size on
 disk no longer matches it is fetched again, and so is a file that a reader finds damaged (a shard
 that does not read as a tar, an ``nshards.txt`` or other side file that is not what it should be):
@@ -40,9 +40,10 @@ from pathlib import Path
 import orjson
 
 from ..errors import DatasetError
-from ..paths import cache_root
+from ..http_retry import DOWNLOAD_POLICY, RetryPolicy, parse_retry_after, retryable_status
+from ..paths import cache_root, safe_name
 from ..progress import Progress
-from ..results import write_atomic
+from ..fsutil import write_atomic
 from ..textio import read_json
 from . import sidefiles, wds
 
@@ -52,7 +53,6 @@ DEFAULT_URL = "https://modelscope.cn/datasets/clip-benchmark/wds_{name}/resolve/
 HF_URL = "https://huggingface.co/datasets/clip-benchmark/wds_{name}/resolve/main"
 ENV_URL = "CLIPEVAL_DATASET_URL"
 COMMON_SPLITS = ("test", "train", "val", "validation", "valid", "dev")
-ATTEMPTS = 5
 CONCURRENCY = 4
 CHUNK = 1 << 20
 MANIFEST = "manifest.json"
@@ -86,8 +86,7 @@ def _check_env_url(url: str) -> None:
 
 def cache_folder(name: str, url: str, cache_dir: str | os.PathLike | None = None) -> Path:
     root = default_cache_dir(cache_dir)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return root / f"{safe}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+    return root / f"{safe_name(name)}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
 
 
 class _Missing(Exception):
@@ -191,6 +190,7 @@ class Fetcher:
         self.manifest = _Manifest(folder, url)
         self.progress = progress
         self.requests = 0
+        self.retry = RetryPolicy(**DOWNLOAD_POLICY)
 
     async def _get(self, session, rel: str, dest: Path) -> int:
         """Fetch ``rel`` into ``dest`` (resuming ``dest.part``); returns its verified size."""
@@ -199,7 +199,7 @@ class Fetcher:
         part = dest.with_name(dest.name + ".part")
         dest.parent.mkdir(parents=True, exist_ok=True)
         last_error = "no attempt made"
-        for attempt in range(1, ATTEMPTS + 1):
+        for attempt in range(self.retry.attempts):
             have = part.stat().st_size if part.is_file() else 0
             headers = {"Accept-Encoding": "identity"}
             if have:
@@ -220,9 +220,10 @@ class Fetcher:
                         continue
                     if resp.status not in (200, 206):
                         last_error = f"HTTP {resp.status}"
-                        if 400 <= resp.status < 500 and resp.status not in (408, 429):
+                        if not retryable_status(resp.status):
                             break
-                        await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                        if self.retry.more(attempt):
+                            await self.retry.pause(attempt, parse_retry_after(resp.headers))
                         continue
                     if resp.status == 206 and encoded:  # an encoded part cannot be appended to decoded bytes
                         part.unlink()
@@ -242,12 +243,14 @@ class Fetcher:
                     size = part.stat().st_size
                     if total is not None and size != total:
                         last_error = f"transfer ended at {size} of {total} bytes"
-                        log.warning("%s: %s; resuming (attempt %d of %d)", rel, last_error, attempt, ATTEMPTS)
+                        log.warning("%s: %s; resuming (attempt %d of %d)", rel, last_error, attempt + 1,
+                                    self.retry.attempts)
                         continue
                     problem = self._usable(rel, part)
                     if problem is not None:
                         last_error = problem
-                        log.warning("%s: %s; fetching it again (attempt %d of %d)", rel, problem, attempt, ATTEMPTS)
+                        log.warning("%s: %s; fetching it again (attempt %d of %d)", rel, problem, attempt + 1,
+                                    self.retry.attempts)
                         part.unlink()
                         continue
                     os.replace(part, dest)
@@ -256,8 +259,9 @@ class Fetcher:
                 raise
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("%s: %s; resuming (attempt %d of %d)", rel, last_error, attempt, ATTEMPTS)
-                await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+                log.warning("%s: %s; resuming (attempt %d of %d)", rel, last_error, attempt + 1, self.retry.attempts)
+                if self.retry.more(attempt):
+                    await self.retry.pause(attempt)
         raise DatasetError(f"could not download {self.url}/{rel} ({last_error})",
                            "check the network and the URL (--dataset-url), then run again: finished files are kept")
 

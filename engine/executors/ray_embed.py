@@ -1,55 +1,55 @@
-"""The embedding stage on a Ray cluster: ``embed_images`` and ``embed_texts`` as
-:mod:`clipeval.engine.embed` has them, with the work done by Ray Data.
+"""The Ray executor of the embedding stage: the rows that miss the embedding cache are computed on a
+Ray cluster by Ray Data (:class:`RayExecutor`, an :class:`~clipeval.engine.embedding.executor.Executor`).
 
-Data flow of :meth:`RayEmbedder.embed_images` (``sources`` of N images, batch size B)::
+The stage (:class:`~clipeval.engine.embedding.stage.EmbeddingStage`, on the driver) keeps what it
+does for every executor: cache lookups and writes, tokenising and batching texts, row order,
+progress. This executor computes what it is handed::
 
-    driver: cache lookup --> rows that missed (engine/executors/rows.py), in blocks of B rows
+    image rows (position, source) --> Arrow blocks of B rows (engine/executors/rows.py: a path,
+                                      a URL, a webdataset shard range, or bytes; never pixels)
     Ray Data: map_batches(decode_batch)   CPU tasks: fetch (path / URL / shard range), decode,
                                           preprocess into float32 [b, 3, H, W] (1 CPU each)
               map_batches(TowerActor)     actor pool: one onnxruntime session per actor, opened
-                                          once from the bundle; 1 GPU per actor on a cluster
-                                          with GPUs, else ``num_threads`` threads (default 1)
-                                          sharing the CPUs with decoding (:func:`placement`)
-    driver: embeddings by row index, cache writes (one transaction per batch), progress
+                                          once from the bundle pack; 1 GPU per actor on a cluster
+                                          with GPUs, else ``threads`` threads (default 1) sharing
+                                          the CPUs with decoding (:func:`placement`)
+    driver: ImageBatch es, each as its block comes back
 
-* **Row order.** Blocks hold the rows that missed the cache in input order, B at a time, which
-  are the batches a local run makes; every row carries its input index, and the driver puts each
-  embedding at its index, whatever order the blocks come back in. So the result is in input
-  order, and the towers see the batches a local run gives them (same rows, same padding).
-* **Cache.** Only the driver reads and writes the embedding cache (a SQLite file on its disk).
-  Each batch that comes back is stored whole in one transaction; a run that fails keeps the
-  batches that finished, as a local run does, and nothing of a batch that did not.
+    token batches (positions, feeds)  --> one Arrow block per batch (padded by the stage)
+    Ray Data: map_batches(TowerActor)     the same actors, text or reranker tower
+    driver: (positions, output), each as its block comes back
+
+* **Row order and batches.** Every row carries its position and blocks come back in any order
+  (the stage puts each row in its place). Image blocks are the rows in the order given, B at a
+  time, and token blocks are the stage's own batches: the towers see the batches a local run
+  gives them, so the embeddings are those of a local run (bit for bit on the CPU provider).
 * **Faults.** A decode task that fails (an exception, or its worker or node dying) is run again
   by Ray up to :data:`RETRIES` more times, on any node; so is a tower call (actors are restarted
-  as often as needed). Images that do not decode are not faults: they come back as failures, as
-  in a local run. A batch that still fails is dropped by Ray Data (``max_errored_blocks``) while
-  the others go on; at the end one :class:`~clipeval.engine.errors.ClusterError` names the images
-  of every batch that did not come back and the error Ray reported. A ``ClipevalError`` raised in
-  a worker (a bundle damaged in transit, another clipeval version) ends the run as itself.
-* **Progress** is the driver's: rows done, rows/s and ETA as for local runs
-  (:class:`~clipeval.engine.progress.Progress`).
+  as often as needed). An image that does not decode is not a fault: it comes back as a failure,
+  as in a local run. A block that still fails is dropped by Ray Data (``max_errored_blocks``)
+  while the others go on and are yielded (the stage caches them); at the end one
+  :class:`~clipeval.engine.errors.ClusterError` names the rows of every block that did not come
+  back and the error Ray reported. A ``ClipevalError`` raised in a worker (a bundle damaged in
+  transit, another clipeval version) ends the run as itself.
 
-Ray is imported when an :class:`RayEmbedder` is made (inside :func:`connected`).
+Ray is imported when a :class:`RayExecutor` is made (the runner connects first:
+:func:`~.ray_cluster.connected`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..cache import CacheSpace, image_key, text_key
-from ..datasets.base import BadItem
-from ..embed import ImageEmbeddings, TextEmbeddings
+from ..embedding.executor import Executor, ImageBatch, TowerRef
 from ..errors import ClipevalError, ClusterError, ImageError, listing
-from ..progress import Progress
-from ..session import open_tower
-from ..tokenizer import TextTokenizer
+from ..sessions.onnx import open_tower, short_provider
 from .ray_cluster import RayDataLog, data_context, first_line, root_cause
 from .rows import fetch_sources, image_table
 from .shipping import pack_bundle, unpack_bundle
@@ -58,20 +58,20 @@ log = logging.getLogger(__name__)
 
 CPU_ACTOR_CPUS = 0  # CPUs a CPU tower actor reserves in Ray's accounting (see placement)
 RETRIES = 3  # further tries of a failed decode task or tower call, on any node
-DECODE = "ray"  # ImageEmbeddings.decode of a run on Ray
 LOGS_HINT = "the Ray logs of each node are in /tmp/ray/session_latest/logs"
+OUTPUT_NAMES = {"vision": "image_embeds", "text": "text_embeds", "reranker": "scores"}
 
 
 # --- worker side ----------------------------------------------------------------------------------
 
 
 def decode_batch(batch: dict[str, Any], *, spec: dict, fast_decode: bool) -> dict[str, np.ndarray]:
-    """A Ray Data CPU task: the rows of one batch (:func:`~.rows.image_table` columns) to
+    """A Ray Data CPU task: the rows of one block (:func:`~.rows.image_table` columns) to
     ``{"index": int64 [b], "error": str [b] ("" when the image decoded), "pixels": float32
-    [b, 3, H, W]}`` (zeros where it did not). Decoding and preprocessing are those of a local run
-    (:func:`~clipeval.engine.pipeline.iter_pixel_batches`, inline), so pixels are identical."""
-    from ..pipeline import iter_pixel_batches
-    from ..preprocess import Preprocessor
+    [b, 3, H, W]}`` (zeros where it did not). Decoding and preprocessing are a local run's
+    (:func:`~clipeval.engine.images.pipeline.iter_pixel_batches`, inline), so pixels are identical."""
+    from ..images.pipeline import iter_pixel_batches
+    from ..images.preprocess import Preprocessor
 
     preprocessor = Preprocessor(spec)
     resolved = fetch_sources(batch)
@@ -90,54 +90,66 @@ def decode_batch(batch: dict[str, Any], *, spec: dict, fast_decode: bool) -> dic
 
 class TowerActor:
     """A Ray Data actor: one onnxruntime session of one tower, opened once from the bundle pack
-    (an object-store reference, verified by :func:`~.shipping.unpack_bundle`).
+    (an object-store reference in a list, verified by :func:`~.shipping.unpack_bundle`).
 
-    Called on a batch of decoded images (``pixels``, ``error``) it returns ``{"index", "error",
-    "embeds": float32 [b, D], "provider"}`` (zeros where the image did not decode); on a batch of
-    token ids (``ids``, one int64 array per text) it pads them as a local run does and returns
-    ``{"index", "embeds", "provider"}``."""
+    On decoded images (``pixels``, ``error``) it returns ``{"index", "error", "embeds": float32
+    [b, D], ...}`` (zeros where the image did not decode); on a token batch (``index`` and the
+    tower's int64 inputs) ``{"index", "embeds": float32 [b, D] (or [b] scores), ...}``. Each block
+    also carries the provider the session runs on, the seconds it took to open and its
+    warnings (provider fallbacks)."""
 
     def __init__(self, pack: list, tower: str, precision: str, provider: str, threads: int | None):
         import ray
 
+        t0 = time.perf_counter()
         bundle = unpack_bundle(ray.get(pack[0]))  # a reference in a list: fetched here, not by Ray
-        self.dim = bundle.embed_dim
-        self.tower = open_tower(bundle.tower_path(tower, precision), provider, threads)
-        self.tokenizer = None
-        if tower == "text":
-            self.tokenizer = TextTokenizer(bundle.path / "tokenizer.json", bundle.tokenizer_rule,
-                                           bundle.context_length)
+        self.session = open_tower(bundle.tower_path(tower, precision), provider, threads)
+        self.load_s = time.perf_counter() - t0
+        expected = OUTPUT_NAMES[tower]
+        if self.session.output_name != expected:
+            from ..errors import BundleError
+
+            raise BundleError(f"{self.session.path.name} outputs {self.session.output_name!r}, not {expected!r}",
+                              "re-export the bundle")
+        self.dim = bundle.embed_dim if tower != "reranker" else None
+        self.inputs = list(self.session.input_names)
+
+    def _facts(self, n: int) -> dict[str, np.ndarray]:
+        return {"provider": np.array([self.session.provider] * n, dtype=object),
+                "load_s": np.full(n, self.load_s, dtype=np.float64),
+                "warnings": np.array(["\n".join(self.session.warnings)] * n, dtype=object)}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         index = np.asarray(batch["index"], dtype=np.int64)
-        provider = np.array([self.tower.provider] * len(index), dtype=object)
-        if self.tokenizer is not None:
-            feeds = self.tokenizer.pad([np.asarray(ids, dtype=np.int64) for ids in batch["ids"]])
-            return {"index": index, "embeds": self._run(feeds), "provider": provider}
+        if "pixels" not in batch:
+            feeds = {name: np.ascontiguousarray(np.stack(list(batch[name])) if batch[name].dtype == object
+                                                else batch[name], dtype=np.int64)
+                     for name in self.inputs if name in batch}
+            out = np.asarray(self.session.run(feeds), dtype=np.float32)
+            return {"index": index, "embeds": out, **self._facts(len(index))}
         errors = np.asarray(batch["error"], dtype=object)
         embeds = np.zeros((len(index), self.dim), dtype=np.float32)
         ok = np.flatnonzero(errors == "")
         if len(ok):
             pixels = batch["pixels"]
-            embeds[ok] = self._run({"pixel_values": np.ascontiguousarray(pixels if len(ok) == len(index) else pixels[ok])})
-        return {"index": index, "error": errors, "embeds": embeds, "provider": provider}
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        out = np.asarray(self.tower.run(feeds), dtype=np.float32)
-        if out.ndim != 2 or out.shape[1] != self.dim:
-            raise ClusterError(f"the tower returned embeddings of shape {out.shape}, the manifest says {self.dim} "
-                               "dimensions", "re-export the bundle")
-        return out
+            out = self.session.run({"pixel_values": np.ascontiguousarray(pixels if len(ok) == len(index)
+                                                                         else pixels[ok])})
+            embeds[ok] = np.asarray(out, dtype=np.float32)
+        return {"index": index, "error": errors, "embeds": embeds, **self._facts(len(index))}
 
 
 # --- driver side ----------------------------------------------------------------------------------
+
+
+class _Placed(dict):
+    """Rows given as ``(position, source)`` pairs, indexable by position as a gallery is."""
 
 
 @dataclass
 class Placement:
     """How the tower actors are placed: ``options`` (the pool's ``size`` or ``min_size`` /
     ``max_size``, and each actor's ``num_cpus`` / ``num_gpus``), the provider and threads each
-    actor's session gets."""
+    actor's session gets, and notes worth a warning."""
 
     options: dict
     provider: str
@@ -186,77 +198,87 @@ def _retry_args():
         yield
 
 
-def _label(sources: Sequence, where: list[str] | None, i: int) -> str:
-    if where:
-        return where[i]
-    labels = getattr(sources, "labels", None)  # a webdataset gallery: no need to read the image
-    return labels[i] if labels is not None else str(sources[i])
-
-
-def _bad_item(sources: Sequence, where: list[str] | None, i: int, reason: str) -> BadItem:
-    """The failure record of image ``i``, worded as :func:`clipeval.engine.embed.embed_images` words it."""
-    source = sources[i]
-    if where:
-        return BadItem(f"{where[i]} ({source})", reason, source=str(source))
-    return BadItem(str(source), reason, source=str(source))
-
-
-def _blocks(columns: dict[str, Any], batch_size: int, types: dict[str, Any] | None = None) -> list:
+def _blocks(columns: dict[str, Any], batch_size: int) -> list:
     """The rows ``columns`` as Arrow tables of ``batch_size`` rows (the last one shorter): one
     Ray Data block per batch."""
     import pyarrow as pa
 
     n = len(columns["index"])
-    tables = []
-    for start in range(0, n, batch_size):
-        part = {}
-        for name, values in columns.items():
-            chunk = values[start:start + batch_size]
-            kind = (types or {}).get(name)
-            part[name] = pa.array(list(chunk) if not isinstance(chunk, np.ndarray) else chunk, type=kind)
-        tables.append(pa.table(part))
-    return tables
+    return [pa.table({name: pa.array(values[start:start + batch_size]) for name, values in columns.items()})
+            for start in range(0, n, batch_size)]
 
 
-class RayEmbedder:
-    """The embedding stage of one model on the Ray cluster this process is connected to
-    (:func:`~.ray_cluster.connected`).
+def _token_block(positions: np.ndarray, feeds: dict[str, np.ndarray]):
+    """One padded token batch as an Arrow block: ``index`` and one fixed-size list column per
+    input (``[b, T]`` int64)."""
+    import pyarrow as pa
 
-    ``bundle`` is loaded (and verified) on the driver; ``precision`` is the variant that runs;
-    ``provider`` and ``num_threads`` as for a local run (see :func:`placement` for how they
-    become actors). The bundle is packed and put into the object store once per tower, on first
-    use. ``providers`` collects the onnxruntime providers the actors ran on.
-    """
+    table = {"index": pa.array(np.asarray(positions, dtype=np.int64))}
+    for name, values in feeds.items():
+        values = np.ascontiguousarray(values, dtype=np.int64)
+        table[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+    return pa.table(table)
 
-    def __init__(self, bundle: Bundle, *, precision: str, provider: str = "auto", num_threads: int | None = None):
+
+class RayExecutor(Executor):
+    """Computes what misses the embedding cache on the Ray cluster this process is connected to
+    (see the module docstring). ``provider`` and ``threads`` as for a local run; :func:`placement`
+    says how they become actors. Each tower's bundle is packed and put into the object store once,
+    on first use (:mod:`.shipping`)."""
+
+    name = "ray"
+
+    def __init__(self, *, provider: str = "auto", threads: int | None = None):
         import ray
 
         self.ray = ray
-        self.bundle = bundle
-        self.precision = precision
-        self.provider = provider
-        self.num_threads = num_threads
-        self.providers: set[str] = set()
-        self._packs: dict[str, Any] = {}
+        self.provider_asked = provider
+        self.threads = threads
+        self._packs: dict[tuple[str, str, str], Any] = {}
         self._placement: Placement | None = None
-        self._tokenizer: TextTokenizer | None = None
+        self._providers: list[str] = []
+        self._load_s: dict[tuple[str, str, str], float] = {}
+        self._warnings: list[str] = []
+        self._decoded = False
         self.errors: list[str] = []  # what Ray Data reported for blocks it dropped, in the last job
 
-    # ---- shared -------------------------------------------------------------------------------
+    # -- what ran -------------------------------------------------------------------------------
 
-    def _pack(self, tower: str):
-        if tower not in self._packs:
-            self._packs[tower] = self.ray.put(pack_bundle(self.bundle, self.precision, (tower,)))
-        return self._packs[tower]
+    @property
+    def provider(self) -> str:
+        return short_provider(self._providers[0]) if self._providers else "none"
+
+    @property
+    def load_s(self) -> float:
+        """The longest time an actor of each tower took to fetch, verify and open its bundle."""
+        return float(sum(self._load_s.values()))
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
+
+    @property
+    def decode(self) -> str | None:
+        return "ray" if self._decoded else None
+
+    def close(self) -> None:
+        self._packs.clear()  # the packs leave the object store
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def _pack(self, tower: TowerRef):
+        if tower.key not in self._packs:
+            self._packs[tower.key] = self.ray.put(pack_bundle(tower.bundle, tower.precision, (tower.tower,)))
+        return self._packs[tower.key]
 
     def placement(self) -> Placement:
         if self._placement is None:
-            self._placement = placement(self.ray, self.provider, self.num_threads)
+            self._placement = placement(self.ray, self.provider_asked, self.threads)
             for note in self._placement.notes:
                 log.warning("%s", note)
         return self._placement
 
-    def _tower_stage(self, ds, tower: str, batch_size: int):
+    def _tower_stage(self, ds, tower: TowerRef, batch_size: int | None):
         from ray.data import ActorPoolStrategy
 
         place = self.placement()
@@ -264,20 +286,31 @@ class RayEmbedder:
         resources = {k: v for k, v in place.options.items() if k in ("num_cpus", "num_gpus")}
         with _retry_args():
             return ds.map_batches(
-                TowerActor, fn_constructor_kwargs={"pack": [self._pack(tower)], "tower": tower,
-                                                   "precision": self.precision, "provider": place.provider,
+                TowerActor, fn_constructor_kwargs={"pack": [self._pack(tower)], "tower": tower.tower,
+                                                   "precision": tower.precision, "provider": place.provider,
                                                    "threads": place.threads},
                 batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(**pool), **resources,
                 max_restarts=-1, max_task_retries=RETRIES)
 
-    def _run(self, ds, what: str, on_block) -> None:
-        """Iterate ``ds`` on the driver, handing each block to ``on_block``; a failure of the job as
-        a whole is one error (a ``ClipevalError`` from a worker as itself)."""
+    def _note(self, tower: TowerRef, block: dict[str, np.ndarray]) -> None:
+        """What the actor that computed ``block`` says about its session."""
+        if not self._providers:
+            self._providers.append(str(block["provider"][0]))
+        self._load_s[tower.key] = max(self._load_s.get(tower.key, 0.0), float(block["load_s"][0]))
+        for text in set(block["warnings"].tolist()):
+            for w in filter(None, str(text).split("\n")):
+                if w not in self._warnings:
+                    self._warnings.append(w)
+                    log.warning("%s", w)
+
+    def _blocks_back(self, ds, what: str) -> Iterator[dict[str, np.ndarray]]:
+        """The blocks of ``ds`` as they come back to the driver; a failure of the job as a whole is
+        one error (a ``ClipevalError`` from a worker as itself). Blocks Ray Data dropped after
+        their retries are not yielded; their errors are in :attr:`errors`."""
         with RayDataLog() as ray_log:
             try:
-                for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    on_block(block)
-            except (KeyboardInterrupt, ClipevalError):
+                yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+            except (KeyboardInterrupt, ClipevalError, GeneratorExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - Ray's error types: translated here, once
                 cause = root_cause(exc)
@@ -285,137 +318,88 @@ class RayEmbedder:
                     raise type(cause)(cause.message, cause.remedy) from None
                 raise ClusterError(f"embedding the {what} on the Ray cluster failed: {first_line(cause)}",
                                    f"run again; {LOGS_HINT}") from None
-        self.errors = ray_log.errors
+            finally:
+                self.errors = ray_log.errors
 
-    def _missing(self, what: str, missing: list[int], labels) -> ClusterError:
-        reasons = list(dict.fromkeys(getattr(self, "errors", [])))
+    def _lost(self, what: str, missing: list[int], label: Callable[[int], str]) -> ClusterError:
+        reasons = list(dict.fromkeys(self.errors))
         why = f" ({'; '.join(reasons[:3])})" if reasons else ""
         return ClusterError(
             f"{len(missing)} {what} did not come back from the Ray cluster: their batch failed {RETRIES + 1} "
-            f"times{why}:\n    " + listing([(labels(i), "batch failed") for i in missing]),
+            f"times{why}:\n    " + listing([(label(i), "batch failed") for i in missing]),
             f"if these items are at fault, replace or remove them; if nodes died, give them more memory; {LOGS_HINT}",
         )
 
-    # ---- images -------------------------------------------------------------------------------
+    # -- the interface --------------------------------------------------------------------------
 
-    def embed_images(self, sources: Sequence, *, batch_size: int, fast_decode: bool = False,
-                     where: list[str] | None = None, progress: bool = True, cache: CacheSpace | None = None,
-                     on_error: str | None = None, **_local_only) -> ImageEmbeddings:
-        """Embed ``sources`` (paths, URLs, webdataset gallery images or bytes; see
-        :mod:`~.rows`) on the cluster; returns :class:`~clipeval.engine.embed.ImageEmbeddings` as
-        :func:`clipeval.engine.embed.embed_images` does: ``embeds`` float32 [n_ok, D] and
-        ``indices`` int64 [n_ok] in input order, the images that did not decode as
-        ``failures`` (logged when ``on_error="skip"``), ``cache_hits``; ``decode`` is ``"ray"``.
-
-        Raises :class:`ClusterError` when batches keep failing (naming their images),
-        :class:`~clipeval.engine.errors.ConfigError` for an in-memory PIL image.
-        Options of the local decode pipeline (``num_workers``, ``decode``) are accepted and not
-        used: Ray schedules the decode tasks.
-        """
+    def image_batches(self, tower: TowerRef, rows: Iterable[tuple[int, Any]], *, batch_size: int,
+                      fast_decode: bool = False) -> Iterator[ImageBatch]:
+        """Decode and embed ``rows`` on the cluster (see the module docstring), ``batch_size``
+        rows per Ray Data block. Rows the stage gives as a
+        :class:`~clipeval.engine.embedding.local.GalleryRows` are described from the gallery
+        without reading it (a webdataset image travels as its shard, offset and size). Raises
+        :class:`~clipeval.engine.errors.ConfigError` for an in-memory PIL image, and, after
+        yielding every batch that came back, :class:`ClusterError` naming the images of the
+        batches that did not."""
         import ray.data
 
-        n = len(sources)
-        keys: list = []
-        hits: dict[int, np.ndarray] = {}
-        if cache is not None:
-            keys = [image_key(s, cache.verify) for s in sources]
-            hits = cache.lookup(keys)
-        todo = np.array([i for i in range(n) if i not in hits], dtype=np.int64)
-        embeds = np.zeros((n, self.bundle.embed_dim), dtype=np.float32)
-        for i, vec in hits.items():
-            embeds[i] = vec
-        ok = np.zeros(n, dtype=bool)
-        ok[list(hits)] = True
-        back = np.zeros(n, dtype=bool)
-        failures: list[tuple[int, BadItem]] = []
+        gallery = getattr(rows, "sources", None)
+        positions_arr = getattr(rows, "positions", None)
+        if gallery is None or positions_arr is None:
+            pairs = list(rows)
+            positions_arr = np.asarray([p for p, _ in pairs], dtype=np.int64)
+            gallery = _Placed(dict(pairs))
+        positions_arr = np.asarray(positions_arr, dtype=np.int64)
+        if not len(positions_arr):
+            return
+        columns = image_table(gallery, positions_arr)
+        labels = getattr(gallery, "labels", None)  # a webdataset gallery names its images
 
-        def on_block(block: dict[str, np.ndarray]) -> None:
-            index = block["index"]
-            good = block["error"] == ""
-            embeds[index[good]] = block["embeds"][good]
-            ok[index[good]] = True
-            back[index] = True
-            self.providers.update(block["provider"].tolist())
-            for i, reason in zip(index[~good], block["error"][~good]):
-                failures.append((int(i), _bad_item(sources, where, int(i), str(reason))))
-            if cache is not None and good.any():
-                cache.store([keys[i] for i in index[good]], block["embeds"][good])
-            bar.update(len(index))
+        def shown(position: int) -> Any:
+            """What a local run names the image at ``position`` by (its source, or its label)."""
+            return labels[position] if labels is not None else gallery[position]
 
-        with Progress("images", len(todo), unit="img", enabled=progress, cached=len(hits)) as bar:
-            if len(todo):
-                with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
-                    ds = ray.data.from_arrow(_blocks(image_table(sources, todo), batch_size))
-                    with _retry_args():
-                        ds = ds.map_batches(decode_batch, fn_kwargs={"spec": self.bundle.preprocess,
-                                                                     "fast_decode": fast_decode},
-                                            batch_size=batch_size, batch_format="numpy", num_cpus=1,
-                                            max_retries=RETRIES, retry_exceptions=True)
-                    self._run(self._tower_stage(ds, "vision", batch_size), "images", on_block)
-        missing = todo[~back[todo]].tolist()
+        back: set[int] = set()
+        self._decoded = True
+        with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
+            ds = ray.data.from_arrow(_blocks(columns, batch_size))
+            with _retry_args():
+                ds = ds.map_batches(decode_batch, fn_kwargs={"spec": tower.bundle.preprocess,
+                                                             "fast_decode": fast_decode},
+                                    batch_size=None, batch_format="numpy", num_cpus=1, max_retries=RETRIES,
+                                    retry_exceptions=True)
+            for block in self._blocks_back(self._tower_stage(ds, tower, None), "images"):
+                self._note(tower, block)
+                index = np.asarray(block["index"], dtype=np.int64)
+                good = block["error"] == ""
+                back.update(index.tolist())
+                failures = [(int(p), shown(int(p)), str(reason))
+                            for p, reason in zip(index[~good], block["error"][~good])]
+                yield ImageBatch(index[good], np.ascontiguousarray(block["embeds"][good], dtype=np.float32), failures)
+        missing = [int(p) for p in positions_arr.tolist() if int(p) not in back]
         if missing:
-            raise self._missing("image(s)", missing, lambda i: _label(sources, where, i))
-        failed = [item for _, item in sorted(failures, key=lambda pair: pair[0])]  # input order, as local runs list them
-        indices = np.flatnonzero(ok).astype(np.int64)
-        if failed and on_error == "skip":
-            log.warning("skipping %d image(s) that could not be decoded:\n    %s", len(failed), listing(failed))
-        out = np.ascontiguousarray(embeds[indices]) if len(indices) else np.zeros((0, 0), dtype=np.float32)
-        return ImageEmbeddings(out, indices, failed, cache_hits=len(hits), decode=DECODE)
+            raise self._lost("image(s)", missing, lambda p: str(shown(p)))
 
-    # ---- texts --------------------------------------------------------------------------------
-
-    def tokenizer(self) -> TextTokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = TextTokenizer(self.bundle.path / "tokenizer.json", self.bundle.tokenizer_rule,
-                                            self.bundle.context_length)
-        return self._tokenizer
-
-    def embed_texts(self, texts: list[str], *, batch_size: int, progress: bool = True,
-                    cache: CacheSpace | None = None) -> TextEmbeddings:
-        """Embed ``texts`` on the cluster; returns :class:`~clipeval.engine.embed.TextEmbeddings`
-        (``embeds`` float32 [T, D] in input order, ``truncated``, ``cache_hits``) as
-        :func:`clipeval.engine.embed.embed_texts` does. Texts are tokenised on the driver (cheap;
-        it counts the truncated ones) and sorted by length into the batches a local run makes;
-        the actors pad and embed them. Raises :class:`ClusterError` when batches keep failing."""
-        import pyarrow as pa
+    def run_batches(self, tower: TowerRef, batches: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Run a text or reranker tower on the stage's padded batches on the cluster, one Ray
+        Data block per batch; yields ``(positions, output)`` as blocks come back, then raises
+        :class:`ClusterError` naming the rows of the batches that did not."""
         import ray.data
 
-        tokenizer = self.tokenizer()
-        encoded = tokenizer.encode(texts)
-        truncated = int(encoded.truncated.sum())
-        if truncated:
-            log.info("%d of %d text(s) are longer than the context length of %d tokens and were truncated",
-                     truncated, len(texts), tokenizer.context_length)
-        hits: dict[int, np.ndarray] = {}
-        keys: list = []
-        if cache is not None:
-            keys = [text_key(t) for t in texts]
-            hits = cache.lookup(keys)
-        todo = np.array([i for i in range(len(texts)) if i not in hits], dtype=np.int64)
-        order = todo[np.argsort(np.asarray(encoded.lengths)[todo], kind="stable")] if len(todo) else todo
-        out = np.zeros((len(texts), self.bundle.embed_dim), dtype=np.float32)
-        for i, vec in hits.items():
-            out[i] = vec
-        back = np.zeros(len(texts), dtype=bool)
-
-        def on_block(block: dict[str, np.ndarray]) -> None:
-            index = block["index"]
-            out[index] = block["embeds"]
-            back[index] = True
-            self.providers.update(block["provider"].tolist())
-            if cache is not None:
-                cache.store([keys[i] for i in index], block["embeds"])
-            bar.update(len(index))
-
-        with Progress("texts", len(order), unit="text", enabled=progress, cached=len(hits)) as bar:
-            if len(order):
-                columns = {"index": order, "ids": [encoded.ids[i] for i in order]}
-                with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
-                    ds = ray.data.from_arrow(_blocks(columns, batch_size, {"ids": pa.list_(pa.int64())}))
-                    self._run(self._tower_stage(ds, "text", batch_size), "texts", on_block)
-        missing = order[~back[order]].tolist()
+        blocks, given = [], []
+        for positions, feeds in batches:
+            blocks.append(_token_block(positions, feeds))
+            given.extend(np.asarray(positions, dtype=np.int64).tolist())
+        if not blocks:
+            return
+        back: set[int] = set()
+        with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
+            ds = ray.data.from_arrow(blocks)
+            for block in self._blocks_back(self._tower_stage(ds, tower, None), "texts"):
+                self._note(tower, block)
+                back.update(block["index"].tolist())
+                yield np.asarray(block["index"], dtype=np.int64), np.asarray(block["embeds"], dtype=np.float32)
+        missing = [p for p in given if p not in back]
         if missing:
-            raise self._missing("text(s)", sorted(missing), lambda i: repr(texts[i][:80]))
-        if len(texts) == 0:
-            out = np.zeros((0, 0), dtype=np.float32)
-        return TextEmbeddings(out, truncated, cache_hits=len(hits))
+            raise self._lost("text(s)", missing, lambda p: f"row {p}")

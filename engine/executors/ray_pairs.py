@@ -2,7 +2,8 @@
 
 With ``executor: ray`` and more than one pair, each pair runs as one Ray task, anywhere in the
 cluster, as a local run of that one pair would (:func:`clipeval.engine.runner.iter_results` with
-the local executor inside the task): it reads the dataset, embeds (using the embedding cache of
+the local executor inside the task; the runner chooses this for an ``eval`` block of more than one
+pair whose tasks take CLIP-style models): it reads the dataset, embeds (using the embedding cache of
 its node), ranks, and writes its result file (and per-query detail) to ``output_dir``, which
 must therefore be a folder every node writes to (shared storage) when the cluster has more than
 one machine. Results are identical to a local run's: the same code runs on the same inputs.
@@ -21,6 +22,9 @@ one machine. Results are identical to a local run's: the same code runs on the s
 * **Downloads.** A named dataset is downloaded by the first task that needs it on each node
   while the others on that node wait (a lock file beside the dataset cache folder), so two
   pairs of one dataset never fetch the same files at once.
+* **Names.** Pairs that write under the same name (two bundles of one name on one dataset) run
+  one after the other, in config order, so each picks its result file as a local run does
+  (:func:`~clipeval.engine.results.layout.destination`); the others run at once.
 * **Order and faults.** Results are yielded in the config's order (model after model, dataset
   after dataset, as a local run yields them) as soon as each and those before it are done; the
   pairs' progress is one bar on the driver. A task whose worker or node dies is run again by
@@ -36,7 +40,7 @@ import logging
 import os
 from typing import Any, Callable, Iterator
 
-from ..bundle import Bundle, load_bundle
+from ..sessions.bundle import Bundle, load_bundle
 from ..config import EvalConfig
 from ..errors import BundleError, ClipevalError, ClusterError
 from ..progress import Progress
@@ -116,18 +120,26 @@ def _task_bundle(holder: list, path: str, identity: str) -> Bundle:
 
 
 def run_pair(holder: list, bundle_path: str, identity: str, cfg: EvalConfig, cwd: str,
-             absolute: dict[str, Any]) -> list[dict[str, Any]]:
+             absolute: dict[str, Any], after: list | None = None) -> list[dict[str, Any]]:
     """The body of a pair task: the local run of ``cfg`` (one model, one dataset) with the
     shipped bundle, in the driver's working directory ``cwd`` (with the config's paths made
-    ``absolute`` when this node has no such folder); returns its result objects (one)."""
+    ``absolute`` when this node has no such folder); returns its result objects (one).
+    ``after``: the tasks of pairs whose result files could take the same name (the same model
+    name on the same dataset); this one starts when they have ended (however they ended), so it
+    sees their files and picks its name as a local run would."""
     from ..runner import iter_results
+
+    if after:
+        import ray
+
+        ray.wait(after, num_returns=len(after))
 
     if not os.path.isdir(cwd):
         cfg = cfg.model_copy(update=absolute)
     with _in_folder(cwd):
         bundle = _task_bundle(holder, bundle_path, identity)
         with _download_lock(cfg, cfg.dataset_name[0]):
-            return list(iter_results(cfg, lambda _model, _cfg: bundle))
+            return list(iter_results(cfg, lambda _model, _cfg, kind="image_text": bundle))
 
 
 def _resources(ray, cfg: EvalConfig) -> dict[str, Any]:
@@ -154,6 +166,7 @@ def pair_results(cfg: EvalConfig, resolve: Callable[[dict, EvalConfig], Bundle],
     remote = ray.remote(max_retries=RETRIES, **resources)(run_pair)
     cwd = os.getcwd()
     jobs = []  # (label, ref)
+    named: dict[tuple[str, str], list] = {}  # (model name, dataset) -> its tasks so far
     for model in models:
         bundle = resolve(model, cfg)
         holder = [ray.put(pack_bundle(bundle))]
@@ -162,7 +175,9 @@ def pair_results(cfg: EvalConfig, resolve: Callable[[dict, EvalConfig], Bundle],
                 "models": [model], "dataset_name": [dataset], "executor": "local", "verbose": False,
                 "num_threads": cfg.num_threads or threads, "num_workers": cfg.num_workers if cfg.num_workers is not None
                 else threads})
-            ref = remote.remote(holder, str(bundle.path), bundle.identity, sub, cwd, absolute)
+            earlier = named.setdefault((bundle.name, dataset), [])
+            ref = remote.remote(holder, str(bundle.path), bundle.identity, sub, cwd, absolute, list(earlier))
+            earlier.append(ref)
             jobs.append((f"{bundle.name} on {dataset}", ref))
     log.info("running %d (model, dataset) pairs as Ray tasks", len(jobs))
     outcomes: dict[int, Any] = {}

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ... import __version__
-from ..bundle import MANIFEST, Bundle, unsafe_file_name
+from ..sessions.bundle import MANIFEST, Bundle, unsafe_file_name
 from ..errors import BundleError, ConfigError
 from ..paths import cache_root
 from ..textio import to_utf8

@@ -1,4 +1,4 @@
-"""The exact top-k of :func:`clipeval.engine.textret.search.top_k` for small inputs, in numpy alone.
+"""The exact top-k of :func:`clipeval.engine.kernels.search.top_k` for small inputs, in numpy alone.
 
 Same definition: each query's k best documents by *canonical* score (float64 sums in a fixed
 order of the float32 products, :func:`.arrays.dot64_pairs`, bit-identical to the numba kernels'
@@ -26,7 +26,7 @@ __all__ = ["SMALL_PAIRS", "top_k_small"]
 
 
 def top_k_small(query_emb, doc_emb, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(indices, scores)`` exactly as :func:`clipeval.engine.textret.search.top_k` returns them
+    """``(indices, scores)`` exactly as :func:`clipeval.engine.kernels.search.top_k` returns them
     without ``tie_keys``: int64 ``[Q, k]`` document indices and float64 ``[Q, k]`` canonical
     scores, best first (ties to the lower document index).
 

@@ -1,15 +1,18 @@
 """Task ``text_retrieval``: score a text embedding model (and optionally a reranker) on any
 BEIR-format folder.
 
-Steps: read and check the folder (:mod:`clipeval.engine.beir`); embed the corpus (``title``
+Steps: read and check the folder (:mod:`clipeval.engine.datasets.beir`); embed the corpus (``title``
 and ``text`` joined by a space, as BEIR does) and the evaluated queries (those with qrels and a
 non-blank text, the first ``limits`` of them when set), each with its prompt prefix (the
 config's, else the checkpoint's sentence-transformers prompts ``query`` / ``document``); rank
-the whole corpus for every query with the exact blocked top-k kernel (:mod:`..textret.search`)
-in trec_eval's order (float32 score descending, then document id descending); score nDCG, MAP,
-recall, precision, MRR and hit rate at every k with trec_eval's definitions
-(:mod:`..textret.ir_metrics`); write the result JSON and, beside it, the TREC run (top
-``max(100, largest k)`` per query), from which pytrec_eval or trec_eval reproduce every number.
+the whole corpus for every query with the exact blocked top-k kernel
+(:mod:`clipeval.engine.kernels.search`) in trec_eval's order (float32 score descending, then
+document id descending); score nDCG, MAP, recall, precision, MRR and hit rate at every k with
+trec_eval's definitions (:mod:`clipeval.engine.metrics.ir`); write the result JSON and, beside
+it, the TREC run (top ``max(100, largest k)`` per query), from which pytrec_eval or trec_eval
+reproduce every number. Corpus and query embeddings, and the reranker's pair scores, come from
+the run's embedding stage, through the cache: a second run of the same evaluation computes
+nothing.
 
 With a reranker (two-stage retrieval, as evalscope's MTEB backend runs one encoder plus one
 cross-encoder): each query's first ``top_k`` documents of stage 1 are scored by the reranker
@@ -18,7 +21,11 @@ document id descending) and scored again; stage 1 and stage 2 are two results, w
 ``{output_dir}/stage1/{encoder}/{dataset}_text_retrieval.json`` and
 ``{output_dir}/stage2/{reranker}/{dataset}_text_retrieval.json`` (each with its run file), the
 reference's ``stage1`` / ``stage2`` folders. A single stage writes
-``{output_dir}/{model}/{dataset}_text_retrieval.json``.
+``{output_dir}/{model}/{dataset}_text_retrieval.json``. The names follow the result layout of
+every task (:mod:`clipeval.engine.results.layout`); the slot of a text-retrieval result also
+holds the encoder's pooling and ``max_seq_length``, the query and document prompts, and (stage 2)
+the reranker, its prompt and ``top_k``: two runs that differ in any of them never write the same
+file.
 
 No hit is ever dropped because a query id equals a document id (BEIR's evaluator does that by
 default); ``meta.identical_id_pairs`` counts the relevant pairs that BEIR would have lost.
@@ -28,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +42,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ... import __version__
-from ..beir import LEFT_OUT_REASONS, BeirData, read_beir
+from ..datasets.beir import LEFT_OUT_REASONS, BeirData, read_beir
+from ..datasets.fingerprint import beir_fingerprint
+from ..embedding.models import describe_bundle, is_normalized
 from ..errors import ConfigError, MetricError
-from ..results import existing_result, params_key, result_path, write_result
-from ..textret.embed import TextModel
-from ..textret.ir_metrics import DEFAULT_K, MTEB_K, RankedRun, score_ranked
-from ..textret.rerank import Reranker
-from ..textret.search import top_k
-from ..textret.trec import RUN_DEPTH, unwritable_ids, write_run
+from ..metrics.ir import DEFAULT_K, MTEB_K, RankedRun, score_ranked
+from ..results.trec import RUN_DEPTH, unwritable_ids, write_run
+from ..sessions.bundle import Bundle
+from .base import Evaluation, ModelRef, Models, ResultSpec, Task, TaskMetadata, TaskOutput, data_key
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +104,10 @@ def dataset_name_for(data_dir: str | os.PathLike) -> str:
     return path.name or "beir"
 
 
-def model_name_for(model: TextModel | Reranker) -> str:
+def model_name_for(bundle: Bundle) -> str:
     """The bundle's name, or its source's parent folder when that name is generic (``model``)."""
-    name = model.bundle.name
-    source = model.bundle.manifest.get("source")
+    name = bundle.name
+    source = bundle.manifest.get("source")
     if name.lower() in GENERIC_NAMES and source:
         parent = Path(str(source).rstrip("/")).parent.name
         if parent:
@@ -142,13 +147,13 @@ def trec_tie_keys(doc_ids: list[str]) -> np.ndarray:
     return keys
 
 
-def resolve_prompts(model: TextModel, query_prompt: str | None, document_prompt: str | None) -> dict[str, Any]:
+def resolve_prompts(bundle: Bundle, query_prompt: str | None, document_prompt: str | None) -> dict[str, Any]:
     """The query and document prefixes: given ones win (``""`` is no prefix); else the
     checkpoint's sentence-transformers prompts (``query``; ``document``, ``passage`` or
     ``corpus``), else its ``default_prompt_name`` prompt for both, as ``SentenceTransformer.encode``
     applies it. Returns ``{"query", "document", "source"}``. Raises :class:`ConfigError` when a
     prompt would be used with a Pooling module that excludes prompt tokens (``include_prompt: false``)."""
-    spec = model.bundle.manifest.get("text_model") or {}
+    spec = bundle.manifest.get("text_model") or {}
     prompts = spec.get("prompts") or {}
     default = prompts.get(spec.get("default_prompt_name") or "", None)
     own_document = next((prompts[n] for n in DOCUMENT_PROMPT_NAMES if n in prompts), None)
@@ -158,13 +163,15 @@ def resolve_prompts(model: TextModel, query_prompt: str | None, document_prompt:
     sources = {"query": "config" if query_prompt is not None else ("checkpoint" if query else None),
                "document": "config" if document_prompt is not None else ("checkpoint" if document else None)}
     if (query or document) and spec.get("include_prompt") is False:
-        raise ConfigError(f"{model.bundle.path}: its Pooling module leaves prompt tokens out "
+        raise ConfigError(f"{bundle.path}: its Pooling module leaves prompt tokens out "
                           "(include_prompt: false), which the exported graph cannot do",
                           "run it without prompts (prompt: '' in the config)")
     return {"query": query or "", "document": document or "", "source": sources}
 
 
 def _rank(query_emb: np.ndarray, doc_emb: np.ndarray, depth: int, doc_ids: list[str], num_threads):
+    from ..kernels.search import top_k  # numba: imported when a search runs
+
     return top_k(query_emb, doc_emb, depth, tie_keys=trec_tie_keys(doc_ids), num_threads=num_threads)
 
 
@@ -215,36 +222,43 @@ def ks_names(ks) -> set[str]:
     return {f"ndcg_at_{k}" for k in ks}
 
 
-def run_text_retrieval(model: TextModel, data: BeirData, params: TextRetrievalParams,
-                       reranker: Reranker | None = None) -> list[TextRetrievalOutput]:
-    """Embed, rank and score ``data`` (already read); nothing is written. Returns stage 1 and,
-    with ``reranker``, stage 2."""
+def run_text_retrieval(stage, encoder: Bundle, data: BeirData, params: TextRetrievalParams,
+                       reranker: Bundle | None = None, *, precision: str | None = None) -> list[TextRetrievalOutput]:
+    """Embed, rank and score ``data`` (already read) with the text tower of ``encoder`` at
+    ``precision`` (default: its own), through the embedding ``stage``; nothing is written.
+    Returns stage 1 and, with ``reranker`` (a reranker bundle), stage 2.
+
+    Metrics: ``{ndcg,map,recall,precision,mrr,hit_rate}_at_{k}`` (fractions in [0, 1]) with
+    trec_eval's definitions (:mod:`clipeval.engine.metrics.ir`). Raises :class:`MetricError` for an
+    empty corpus, nothing to evaluate or a k larger than the corpus, :class:`ConfigError` for
+    prompts the bundle cannot take or ``top_k`` below 1."""
     if not data.corpus:
         raise MetricError(f"the corpus of {data.folder} is empty", "add documents to corpus.jsonl")
     queries, left_out = _select_queries(data, params.limits)
     if not queries:
         raise MetricError(f"no query of {data.folder} can be evaluated (none has qrels and a text)",
                           f"check {data.qrels_file} and {data.folder}/queries.jsonl")
+    precision = precision or encoder.manifest["precision"]
     qrels = data.qrels_dict()
     doc_ids = [d["_id"] for d in data.corpus]
     ks, left_out_k = _check_ks(params.k, len(doc_ids), params.k_list)
     if reranker is not None and params.top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {params.top_k}")
     depth = min(max(params.run_depth, max(ks), params.top_k if reranker is not None else 0), len(doc_ids))
-    prompts = resolve_prompts(model, params.query_prompt, params.document_prompt)
-    timings: dict[str, float] = {"model_load_s": model.load_s}
+    prompts = resolve_prompts(encoder, params.query_prompt, params.document_prompt)
+    timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    doc_emb, doc_truncated = model.embed([prompts["document"] + _doc_text(d) for d in data.corpus],
-                                         batch_size=params.batch_size, progress=params.progress, label="corpus")
+    corpus = stage.texts(encoder, precision, [prompts["document"] + _doc_text(d) for d in data.corpus],
+                         batch_size=params.batch_size, label="corpus")
     timings["corpus_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    query_emb, query_truncated = model.embed([prompts["query"] + q["text"] for q in queries],
-                                             batch_size=params.batch_size, progress=params.progress, label="queries")
+    query = stage.texts(encoder, precision, [prompts["query"] + q["text"] for q in queries],
+                        batch_size=params.batch_size, label="queries")
     timings["queries_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    indices, scores = _rank(query_emb, doc_emb, depth, doc_ids, params.num_threads)
+    indices, scores = _rank(query.embeds, corpus.embeds, depth, doc_ids, params.num_threads)
     timings["search_s"] = time.perf_counter() - t0
     run = RankedRun(query_ids=[q["_id"] for q in queries], doc_ids=doc_ids, indices=indices, scores=scores)
     t0 = time.perf_counter()
@@ -253,19 +267,20 @@ def run_text_retrieval(model: TextModel, data: BeirData, params: TextRetrievalPa
 
     meta = _base_meta(data, queries, doc_ids, ks, left_out_k, depth, qrels, run)
     meta.update({
-        "similarity": "cosine" if model.normalized else "dot",
+        "similarity": "cosine" if is_normalized(encoder) else "dot",
         "prompts": prompts,
-        "truncated_texts": {"corpus": doc_truncated, "queries": query_truncated},
+        "truncated_texts": {"corpus": corpus.truncated, "queries": query.truncated},
         "left_out": left_out,
         "limits": params.limits,
         "timings": timings,
+        "cache": {"corpus_hits": corpus.cache_hits, "query_hits": query.cache_hits},
     })
     if meta["identical_id_pairs"]:
         log.info("%d relevant pair(s) have query id == document id; they are kept (BEIR's evaluator "
                  "would drop them by default)", meta["identical_id_pairs"])
     outputs = [TextRetrievalOutput(metrics=metrics, meta=meta, run=run, per_query=per_query)]
     if reranker is not None:
-        outputs.append(_rerank_stage(reranker, data, queries, run, qrels, ks, left_out_k, left_out, params))
+        outputs.append(_rerank_stage(stage, reranker, data, queries, run, qrels, ks, left_out_k, left_out, params))
     return outputs
 
 
@@ -289,23 +304,21 @@ def rerank_order(candidates: np.ndarray, flat_scores: np.ndarray, tie_keys: np.n
     return indices, scores
 
 
-def _rerank_stage(reranker: Reranker, data: BeirData, queries, stage1: RankedRun, qrels, ks, left_out_k,
+def _rerank_stage(stage, reranker: Bundle, data: BeirData, queries, stage1: RankedRun, qrels, ks, left_out_k,
                   left_out, params: TextRetrievalParams) -> TextRetrievalOutput:
     """Stage 2: the reranker's float32 scores over each query's first ``top_k`` documents."""
     doc_ids = stage1.doc_ids
     width = min(params.top_k, stage1.indices.shape[1])
     candidates = stage1.indices[:, :width]
-    own = reranker.bundle.manifest.get("reranker") or {}
-    prompt = params.reranker_prompt
-    if prompt is None:
-        prompt = (own.get("prompts") or {}).get(own.get("default_prompt_name") or "", "")
+    own = reranker.manifest.get("reranker") or {}
+    prompt = reranker_prompt(reranker, params.reranker_prompt)
     doc_texts = [_doc_text(d) for d in data.corpus]
     pairs = [(prompt + q["text"], doc_texts[j]) for q, row in zip(queries, candidates.tolist()) for j in row if j >= 0]
     t0 = time.perf_counter()
-    flat, truncated = reranker.score(pairs, batch_size=params.reranker_batch_size or params.batch_size,
-                                     progress=params.progress)
+    scored = stage.pair_scores(reranker, pairs, batch_size=params.reranker_batch_size or params.batch_size,
+                               label="pairs")
     rerank_s = time.perf_counter() - t0
-    indices, scores = rerank_order(candidates, flat, trec_tie_keys(list(doc_ids)))
+    indices, scores = rerank_order(candidates, scored.scores, trec_tie_keys(list(doc_ids)))
     run = RankedRun(query_ids=stage1.query_ids, doc_ids=doc_ids, indices=indices, scores=scores)
     t0 = time.perf_counter()
     metrics, per_query = score_ranked(run, qrels, ks)
@@ -315,20 +328,22 @@ def _rerank_stage(reranker: Reranker, data: BeirData, queries, stage1: RankedRun
         "top_k": params.top_k,
         "similarity": f"reranker ({own.get('activation', 'identity')})",
         "reranker_prompt": prompt,
-        "truncated_pairs": truncated,
+        "truncated_pairs": scored.truncated,
         "left_out": left_out,
         "limits": params.limits,
-        "timings": {"model_load_s": reranker.load_s, "rerank_s": rerank_s, "metrics_s": time.perf_counter() - t0},
+        "timings": {"rerank_s": rerank_s, "metrics_s": time.perf_counter() - t0},
+        "cache": {"pair_hits": scored.cache_hits},
     })
     return TextRetrievalOutput(metrics=metrics, meta=meta, run=run, per_query=per_query)
 
 
-def _versions() -> dict[str, str]:
-    import numba
-    import onnxruntime
-
-    return {"clipeval": __version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-            "numba": numba.__version__, "python": platform.python_version()}
+def reranker_prompt(reranker: Bundle, given: str | None) -> str:
+    """The query prefix given to the reranker: ``given``, else the reranker checkpoint's default
+    prompt, else none."""
+    if given is not None:
+        return given
+    own = reranker.manifest.get("reranker") or {}
+    return (own.get("prompts") or {}).get(own.get("default_prompt_name") or "", "")
 
 
 def run_path_for(result_file: str | os.PathLike) -> Path:
@@ -349,85 +364,6 @@ def _write_run(out: Path, run: RankedRun, meta: dict[str, Any], name: str) -> No
         meta["run_file"] = str(run_file)
 
 
-def text_retrieval_results(model: TextModel, data_dir: str | os.PathLike, params: TextRetrievalParams, *,
-                           reranker: Reranker | None = None, output_dir: str | os.PathLike = "outputs",
-                           dataset_name: str | None = None, model_name: str | None = None,
-                           reranker_name: str | None = None, skip_existing: bool = False,
-                           extra_meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Run the task on the BEIR folder ``data_dir``; write each stage's result JSON and TREC run;
-    return the result objects ``{"dataset", "model", "task", "metrics", "meta"}`` (one, or two
-    with ``reranker``: stage 1 then stage 2). ``extra_meta`` is merged into every ``meta``.
-
-    Raises :class:`~clipeval.engine.errors.DatasetError` for a bad folder,
-    :class:`~clipeval.engine.errors.MetricError` for k values larger than the corpus or nothing
-    to evaluate, :class:`~clipeval.engine.errors.ConfigError` for unusable prompts or ``top_k``."""
-    t_start = time.perf_counter()
-    dataset = dataset_name or dataset_name_for(data_dir)
-    name = model_name or model_name_for(model)
-    params_dict = {"task": TASK, "data_dir": os.path.abspath(data_dir), "split": params.split,
-                   "k": params.k, "k_list": params.k_list, "run_depth": params.run_depth,
-                   "precision": model.precision, "query_prompt": params.query_prompt,
-                   "document_prompt": params.document_prompt, "limits": params.limits}
-    if reranker is None:
-        outs = [result_path(output_dir, name, dataset, TASK)]
-        names = [name]
-    else:
-        rname = reranker_name or model_name_for(reranker)
-        params_dict.update({"top_k": params.top_k, "reranker": reranker.bundle.identity,
-                            "reranker_prompt": params.reranker_prompt})
-        outs = [result_path(Path(output_dir) / "stage1", name, dataset, TASK),
-                result_path(Path(output_dir) / "stage2", rname, dataset, TASK)]
-        names = [name, rname]
-    key = params_key(params_dict)
-    if skip_existing:
-        previous = [existing_result(out, model.bundle.identity, key) for out in outs]
-        if all(p is not None for p in previous) and all(run_path_for(o).is_file() for o in outs):
-            log.info("skip_existing: %s already hold this result", ", ".join(map(str, outs)))
-            return previous
-    data = read_beir(data_dir, params.split)
-    stages = run_text_retrieval(model, data, params, reranker)
-    objs = []
-    for stage_no, (result, out, stage_name) in enumerate(zip(stages, outs, names), start=1):
-        meta = result.meta
-        _write_run(out, result.run, meta, stage_name)
-        meta["timings"]["total_s"] = time.perf_counter() - t_start
-        meta.update({
-            "bundle": model.describe(),
-            "provider": model.provider,
-            "precision": model.precision,
-            "batch_size": params.batch_size,
-            "split": params.split,
-            "data_dir": params_dict["data_dir"],
-            "params_key": key,
-            "versions": _versions(),
-            "result_file": str(out),
-        })
-        if reranker is not None:
-            meta["stage"] = stage_no
-            meta["top_k"] = params.top_k
-            meta["reranker"] = {**reranker.describe(), "provider": reranker.provider}
-            meta["stage_results"] = [str(o) for o in outs]
-        warnings = model.warnings + (reranker.warnings if reranker is not None and stage_no == 2 else [])
-        if warnings:
-            meta.setdefault("warnings", []).extend(warnings)
-        if extra_meta:
-            meta.update(extra_meta)
-        obj = {"dataset": dataset, "model": stage_name, "task": TASK, "metrics": result.metrics, "meta": meta}
-        write_result(out, obj)
-        log.info("wrote %s and %s", out, meta["run_file"])
-        objs.append(obj)
-    return objs
-
-
-def text_retrieval_task(model: TextModel, data_dir: str | os.PathLike, params: TextRetrievalParams, *,
-                        output_dir: str | os.PathLike = "outputs", dataset_name: str | None = None,
-                        model_name: str | None = None, skip_existing: bool = False) -> dict[str, Any]:
-    """One stage on the BEIR folder ``data_dir`` (:func:`text_retrieval_results` without a
-    reranker); returns its result object."""
-    return text_retrieval_results(model, data_dir, params, output_dir=output_dir, dataset_name=dataset_name,
-                                  model_name=model_name, skip_existing=skip_existing)[0]
-
-
 def _mteb_prompts(entry, task_name: str) -> tuple[str | None, str | None]:
     """(query prompt, document prompt) of an evalscope model entry: ``prompt`` (queries; empty
     means unset, as evalscope treats it), else ``prompts[task name]`` or ``prompts["query"]``;
@@ -439,42 +375,161 @@ def _mteb_prompts(entry, task_name: str) -> tuple[str | None, str | None]:
     return query, document
 
 
-def mteb_results(cfg, resolve) -> Iterator[dict[str, Any]]:
-    """Run an evalscope ``tool: mteb`` job (:class:`clipeval.engine.config_mteb.MtebConfig`):
-    each encoder on each custom task and split, reranked by the cross-encoder when there is one.
-    ``resolve(entry, cfg)`` gives the bundle of a model entry. mteb's k list (1, 3, 5, 10, 20,
-    100, 1000) is used, those larger than the corpus left out."""
-    from ..textret.embed import load_text_model
-    from ..textret.rerank import load_reranker
+def _text_model_ref(bundle: Bundle, name: str | None, entry: Any) -> ModelRef:
+    precision = bundle.manifest["precision"]
+    return ModelRef(name=name or model_name_for(bundle), identity=bundle.identity, describe=describe_bundle(bundle),
+                    bundle=bundle, precision=precision, own_precision=precision, entry=entry)
 
-    reranker = None
-    if cfg.reranker is not None:
-        reranker = load_reranker(resolve(cfg.reranker, cfg), provider=cfg.provider, threads=cfg.num_threads)
-    for entry in cfg.encoders:
-        bundle = resolve(entry, cfg)
-        if bundle.family != "text":
-            raise ConfigError(f"{entry.model_name_or_path!r} is a {bundle.family} bundle, not a text embedding model",
-                              "give a sentence-transformers / BERT-style checkpoint or its text bundle")
-        model = load_text_model(bundle, provider=cfg.provider, threads=cfg.num_threads)
-        batch = entry.encode_kwargs.get("batch_size") or cfg.batch_size or 32
-        if entry.encode_kwargs.get("normalize_embeddings") and not model.normalized:
-            raise ConfigError(f"{entry.model_name_or_path}: normalize_embeddings with a dot-product model is not "
-                              "supported", "remove encode_kwargs.normalize_embeddings")
-        for task in cfg.tasks:
-            query_prompt, document_prompt = _mteb_prompts(entry, task.name)
-            for split in task.splits:
-                base = task.name if task.name != "CustomRetrieval" else dataset_name_for(task.data_path)
-                dataset = base if len(task.splits) == 1 else f"{base}-{split}"
-                params = TextRetrievalParams(
-                    k=None, k_list="mteb", batch_size=batch, split=split, num_threads=cfg.num_threads,
-                    progress=cfg.verbose and entry.encode_kwargs.get("show_progress_bar", True) is not False,
-                    query_prompt=query_prompt, document_prompt=document_prompt, limits=cfg.limits, top_k=cfg.top_k,
-                    reranker_prompt=(cfg.reranker.prompt or None) if cfg.reranker is not None else None,
-                    reranker_batch_size=(cfg.reranker.encode_kwargs.get("batch_size")
-                                         if cfg.reranker is not None else None))
-                extra = {"mteb": {"tool": cfg.tool, "config_shape": cfg.shape, "task_name": task.name,
-                                  "split": split, "top_k": cfg.top_k if reranker is not None else None,
-                                  "overwrite_results": cfg.overwrite_results}}
-                yield from text_retrieval_results(model, task.data_path, params, reranker=reranker,
-                                                  output_dir=cfg.output_dir, dataset_name=dataset,
-                                                  skip_existing=not cfg.overwrite_results, extra_meta=extra)
+
+def _require_text_family(bundle: Bundle, what: str) -> None:
+    if bundle.family != "text":
+        raise ConfigError(f"task {TASK} needs a text embedding model; {what} is a {bundle.family} bundle",
+                          "export a sentence-transformers / BERT-style checkpoint (clipeval text-eval does it on "
+                          "first use)")
+
+
+class TextRetrieval(Task):
+    metadata = TaskMetadata(
+        name=TASK,
+        description="text retrieval on a BEIR folder with a text embedding model, optionally reranked by a "
+                    "cross-encoder (nDCG, MAP, recall, precision, MRR, hit rate at k)",
+        reference="trec_eval's measures (ndcg_cut, map_cut, recall, P, recip_rank, success) as pytrec_eval "
+                  "computes them; BEIR's folder layout; evalscope RAGEval tool mteb (two-stage retrieval)",
+        dataset_kinds=("beir",),
+        embeds=("corpus", "queries", "pairs"),
+        models="text",
+        main_score=MAIN_SCORE,
+    )
+
+    # -- the eval block (task: text_retrieval) --------------------------------------------------
+
+    def check(self, cfg: Any) -> None:
+        if getattr(cfg, "task_name", None) == TASK:
+            return  # a config of this task's own form, checked where it was parsed
+        if not cfg.models:
+            raise ConfigError("task text_retrieval needs models",
+                              "add models: [{model_name: TEXT_BUNDLE_OR_CHECKPOINT}]")
+        if not cfg.data_dir:
+            raise ConfigError("task text_retrieval needs data_dir", "set data_dir to a BEIR folder (corpus.jsonl, "
+                              "queries.jsonl, qrels/)")
+
+    def evaluations(self, cfg: Any, entry: Any, dataset: str, models: Models) -> list[Evaluation]:
+        bundle = models.bundle(entry, "text")
+        _require_text_family(bundle, repr(entry["model_name"]))
+        params = TextRetrievalParams(k=cfg.recall_k, batch_size=cfg.batch_size, split=cfg.split,
+                                     num_threads=cfg.num_threads, progress=cfg.verbose)
+        return [self.evaluation(bundle, cfg.data_dir, params, dataset_name=None if dataset == "custom" else dataset,
+                                skip_existing=cfg.skip_existing, entry=entry)]
+
+    # -- its own forms: evalscope's mteb config, clipeval text-eval -----------------------------
+
+    def config_evaluations(self, cfg: Any, models: Models) -> Iterator[Evaluation]:
+        if getattr(cfg, "tool", None) in ("mteb", "cmteb"):
+            yield from self._mteb(cfg, models)
+            return
+        encoder = models.bundle({"model_name": cfg.model, "pooling_mode": cfg.pooling_mode,
+                                 "max_seq_length": cfg.max_seq_length}, "text")
+        reranker = models.bundle({"model_name": cfg.reranker}, "reranker") if cfg.reranker is not None else None
+        params = TextRetrievalParams(k=cfg.k, k_list=cfg.k_list, batch_size=cfg.batch_size, split=cfg.split,
+                                     num_threads=cfg.num_threads, progress=cfg.verbose, query_prompt=cfg.query_prompt,
+                                     document_prompt=cfg.document_prompt, top_k=cfg.top_k)
+        yield self.evaluation(encoder, cfg.data_dir, params, reranker=reranker, dataset_name=cfg.dataset_name,
+                              model_name=cfg.model_name, skip_existing=cfg.skip_existing)
+
+    def _mteb(self, cfg: Any, models: Models) -> Iterator[Evaluation]:
+        """evalscope's ``tool: mteb`` job (:class:`clipeval.engine.config.mteb.MtebConfig`): each
+        encoder on each custom task and split, reranked by the cross-encoder when there is one;
+        mteb's k list (1, 3, 5, 10, 20, 100, 1000), those larger than the corpus left out."""
+        reranker = models.bundle(cfg.reranker, "reranker") if cfg.reranker is not None else None
+        for entry in cfg.encoders:
+            bundle = models.bundle(entry, "text")
+            if bundle.family != "text":
+                raise ConfigError(f"{entry.model_name_or_path!r} is a {bundle.family} bundle, not a text embedding "
+                                  "model", "give a sentence-transformers / BERT-style checkpoint or its text bundle")
+            batch = entry.encode_kwargs.get("batch_size") or cfg.batch_size or 32
+            if entry.encode_kwargs.get("normalize_embeddings") and not is_normalized(bundle):
+                raise ConfigError(f"{entry.model_name_or_path}: normalize_embeddings with a dot-product model is not "
+                                  "supported", "remove encode_kwargs.normalize_embeddings")
+            for task in cfg.tasks:
+                query_prompt, document_prompt = _mteb_prompts(entry, task.name)
+                for split in task.splits:
+                    base = task.name if task.name != "CustomRetrieval" else dataset_name_for(task.data_path)
+                    dataset = base if len(task.splits) == 1 else f"{base}-{split}"
+                    params = TextRetrievalParams(
+                        k=None, k_list="mteb", batch_size=batch, split=split, num_threads=cfg.num_threads,
+                        progress=cfg.verbose and entry.encode_kwargs.get("show_progress_bar", True) is not False,
+                        query_prompt=query_prompt, document_prompt=document_prompt, limits=cfg.limits,
+                        top_k=cfg.top_k,
+                        reranker_prompt=(cfg.reranker.prompt or None) if cfg.reranker is not None else None,
+                        reranker_batch_size=(cfg.reranker.encode_kwargs.get("batch_size")
+                                             if cfg.reranker is not None else None))
+                    extra = {"mteb": {"tool": cfg.tool, "config_shape": cfg.shape, "task_name": task.name,
+                                      "split": split, "top_k": cfg.top_k if reranker is not None else None,
+                                      "overwrite_results": cfg.overwrite_results}}
+                    yield self.evaluation(bundle, task.data_path, params, reranker=reranker, dataset_name=dataset,
+                                          skip_existing=not cfg.overwrite_results, extra_meta=extra, entry=entry)
+
+    # -- one evaluation ---------------------------------------------------------------------------
+
+    def evaluation(self, encoder: Bundle, data_dir: str | os.PathLike, params: TextRetrievalParams, *,
+                   reranker: Bundle | None = None, dataset_name: str | None = None, model_name: str | None = None,
+                   reranker_name: str | None = None, skip_existing: bool = False,
+                   extra_meta: dict[str, Any] | None = None, entry: Any = None) -> Evaluation:
+        """One encoder (and optional reranker) on the BEIR folder ``data_dir``: one result, or two
+        (``stage1/`` and ``stage2/``) with a reranker."""
+        data_dir = os.fspath(data_dir)
+        model = _text_model_ref(encoder, model_name, entry)
+        prompts = resolve_prompts(encoder, params.query_prompt, params.document_prompt)
+        spec = encoder.manifest.get("text_model") or {}
+        parts = {"pooling": spec.get("pooling"), "max_seq_length": encoder.context_length,
+                 "query_prompt": prompts["query"], "document_prompt": prompts["document"]}
+        params_dict = {"task": TASK, "data_dir": os.path.abspath(data_dir), "split": params.split,
+                       "k": params.k, "k_list": params.k_list, "run_depth": params.run_depth,
+                       "precision": model.precision, "query_prompt": params.query_prompt,
+                       "document_prompt": params.document_prompt, "limits": params.limits}
+        dataset = dataset_name or dataset_name_for(data_dir)
+        if reranker is None:
+            results = [ResultSpec(model.name, slot_parts=parts)]
+        else:
+            rname = reranker_name or model_name_for(reranker)
+            params_dict.update({"top_k": params.top_k, "reranker": reranker.identity,
+                                "reranker_prompt": params.reranker_prompt})
+            stage2 = {**parts, "reranker": reranker.identity,
+                      "reranker_prompt": reranker_prompt(reranker, params.reranker_prompt), "top_k": params.top_k}
+            results = [ResultSpec(model.name, folder="stage1", slot_parts=parts),
+                       ResultSpec(rname, folder="stage2", slot_parts=stage2)]
+        return Evaluation(task=self, model=model, dataset=dataset, data_dir=data_dir, data_key=data_key(data_dir),
+                          split=params.split, params=params_dict, settings=params, results=results,
+                          skip_existing=skip_existing,
+                          options={"batch_size": params.batch_size, "reranker": reranker,
+                                   "extra_meta": extra_meta or {}})
+
+    def fingerprint(self, ev: Evaluation) -> str | None:
+        return beir_fingerprint(ev.data_dir, ev.split, limits=ev.settings.limits)
+
+    def complete(self, path: Path, result: dict[str, Any], ev: Evaluation) -> bool:
+        return run_path_for(path).is_file()
+
+    def evaluate(self, ev: Evaluation, stage: Any) -> list[TaskOutput]:
+        reranker: Bundle | None = ev.options.get("reranker")
+        data = read_beir(ev.data_dir, ev.split)
+        stages = run_text_retrieval(stage, ev.model.bundle, data, ev.settings, reranker, precision=ev.model.precision)
+        outputs = []
+        for stage_no, (result, spec) in enumerate(zip(stages, ev.results), start=1):
+            meta = dict(result.meta)
+            if reranker is not None:
+                meta["stage"] = stage_no
+                meta["top_k"] = ev.settings.top_k
+                meta["reranker"] = {**describe_bundle(reranker), "provider": stage.provider}
+                meta["stage_results"] = [str(t) for t in ev.targets]
+            meta.update(ev.options.get("extra_meta") or {})
+            outputs.append(TaskOutput(result.metrics, meta, _run_writer(result.run, spec.name)))
+        return outputs
+
+
+def _run_writer(run: RankedRun, name: str):
+    def write(result_file: Path, meta: dict[str, Any]) -> None:
+        _write_run(result_file, run, meta, name)
+        log.info("wrote %s", meta["run_file"])
+
+    return write

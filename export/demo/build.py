@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from clipeval.engine.fsutil import write_atomic
+
 from . import train as T
 
 SOURCE_NAME = "clipeval-demo-shapes"
@@ -52,9 +54,7 @@ def write_demo_data(demo: T.DemoSet, out_data: str | os.PathLike) -> Path:
         rel = f"images/{i:04d}.jpg"
         (out / rel).write_bytes(blob)
         lines.append(json.dumps({"image_path": rel, "query": caps}, ensure_ascii=False))
-    tmp = out / (QUERIES_FILE + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, out / QUERIES_FILE)
+    write_atomic(out / QUERIES_FILE, ("\n".join(lines) + "\n").encode("utf-8"))
     return out
 
 
@@ -124,7 +124,7 @@ def onnx_recall(bundle_dir: str | os.PathLike, data_dir: str | os.PathLike, ks: 
 
 def _set_source(bundle_dir: Path, seed: int, steps: int) -> None:
     """Give the bundle a stable source name instead of the temporary checkpoint path."""
-    from clipeval.engine.bundle import write_manifest
+    from clipeval.engine.sessions.bundle import write_manifest
 
     manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
     manifest["source"] = SOURCE_NAME
