@@ -66,8 +66,9 @@ The contract:
    skip). Everything else is raised from the iterator as the typed errors of
    :mod:`clipeval.engine.errors` (:class:`~clipeval.engine.errors.BundleError` for a graph that
    does not load, :class:`~clipeval.engine.errors.ProviderError` for a provider that cannot be
-   used; a remote failure translated to one of them), or ``KeyboardInterrupt``; the batches
-   yielded before it are kept (the stage has cached them).
+   used; a remote failure translated to one of them, or
+   :class:`~clipeval.engine.errors.ClusterError` naming the rows a cluster lost), or
+   ``KeyboardInterrupt``; the batches yielded before it are kept (the stage has cached them).
 """
 
 from __future__ import annotations
