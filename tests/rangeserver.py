@@ -10,7 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class RangeServer:
     """Serves a folder with ``Range: bytes=A-B`` (206 and Content-Range, as HTTP says); records
     each request; ``ignore_range`` answers 200 with the whole file; ``fail[path]`` answers that
-    many 503s first; ``replace[path]`` serves other bytes (a shard changed on the server)."""
+    many 503s first; ``replace[path]`` serves other bytes (a shard changed on the server);
+    ``drop(path, range, client_port)``, when set and true for a request, closes the connection
+    without an answer (after doing what it likes to the client)."""
 
     def __init__(self, root):
         self.root = root
@@ -18,6 +20,7 @@ class RangeServer:
         self.ignore_range = False
         self.fail: dict[str, int] = {}
         self.replace: dict[str, bytes] = {}
+        self.drop = None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -27,6 +30,9 @@ class RangeServer:
             def do_GET(self):
                 rel = self.path.lstrip("/")
                 server.requests.append((rel, self.headers.get("Range")))
+                if server.drop is not None and server.drop(rel, self.headers.get("Range"), self.client_address[1]):
+                    self.close_connection = True
+                    return
                 if server.fail.get(rel, 0) > 0:
                     server.fail[rel] -= 1
                     self.send_error(503)

@@ -22,7 +22,9 @@ from clipeval.engine.errors import ClusterError
 from clipeval.engine.executors.ray_embed import RETRIES, RayExecutor
 from clipeval.engine.sessions.bundle import load_bundle
 from datagen import noise_image
+from rangeserver import RangeServer
 from rayfix import simulated_cluster
+from wdsgen import write_retrieval_set
 
 WAIT_S = 120.0
 # Fast detection of a dead node (defaults: several seconds per missed check, five checks)
@@ -220,3 +222,52 @@ def test_a_batch_that_keeps_failing_ends_the_run_naming_its_images_and_caches_on
     want = local_images(bundle, [paths[i] for i in (0, 1, 2, 6, 7, 8)], batch_size=3)
     assert np.abs(np.stack([stored[i] for i in (0, 1, 2, 6, 7, 8)]) - want.embeds).max() <= 1e-6
     cache.close()
+
+
+def test_eval_whose_batch_keeps_dying_exits_2_naming_its_images_and_writes_no_result(cluster, tiny_bundle, tmp_path):
+    """``clipeval eval --executor ray`` on webdataset shards served by URL, where every request
+    for the images of one batch kills the worker that asked: exit status 2, one error naming
+    that batch's images, no result file; the cache holds the other batches, whole, and a
+    re-run after the fault is gone computes only the lost batch and gives the local metrics."""
+    import json
+
+    from click.testing import CliRunner
+
+    from clipeval.cli.main import cli
+
+    write_retrieval_set(tmp_path / "srv" / "flickr8k", n=9, per_shard=3)  # shard k = batch k of 3
+    args = ["eval", "--model", str(tiny_bundle), "--quiet", "--provider", "cpu", "--dataset", "flickr8k",
+            "--batch-size", "3", "--cache-dir", str(tmp_path / "cache")]
+    killed = []
+
+    def drop(path, byte_range, port):
+        if byte_range and path == "flickr8k/test/1.tar":
+            pid = pid_of_client(port)
+            if pid is not None and pid != os.getpid():
+                killed.append(pid)
+                os.kill(pid, signal.SIGKILL)
+            return True
+        return False
+
+    with RangeServer(tmp_path / "srv") as server:
+        url = ["--data-dir", f"{server.url}/flickr8k"]
+        server.drop = drop
+        r = CliRunner().invoke(cli, [*args, *url, "--executor", "ray", "--output-dir", str(tmp_path / "out")])
+        assert r.exit_code == 2, (r.output, r.exception)
+        assert r.stdout == "" and len(killed) == RETRIES + 1
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in r.stderr
+        assert "3 image(s) did not come back from the Ray cluster" in r.stderr
+        assert all(f"test/1.tar#s{i:07d}" in r.stderr for i in (3, 4, 5))
+        assert not any(f"#s{i:07d}" in r.stderr for i in (0, 1, 2, 6, 7, 8))
+        assert not list((tmp_path / "out").rglob("*.json"))  # nothing half-written
+        server.drop = None
+        server.requests.clear()
+        again = CliRunner().invoke(cli, [*args, *url, "--executor", "ray", "--output-dir", str(tmp_path / "out")])
+        assert again.exit_code == 0, (again.output, again.exception)
+        ranged = [p for p, rng in server.requests if rng]
+        assert ranged == ["flickr8k/test/1.tar"]  # the batches that finished came from the cache
+        local = CliRunner().invoke(cli, [*args, *url, "--no-cache", "--output-dir", str(tmp_path / "local")])
+        assert local.exit_code == 0, (local.output, local.exception)
+    got, want = json.loads(again.stdout), json.loads(local.stdout)
+    assert got["metrics"] == want["metrics"] and got["meta"]["cache"]["image_hits"] == 6

@@ -8,7 +8,8 @@ run and stopped after it. A process that has called ``ray.init`` already keeps i
 (and it is left open).
 
 Ray writes to the driver's console on its own: worker output, Ray Data's progress bars and
-execution plans. During a run here the workers' output stays in the Ray logs of each node
+execution plans, and the errors raylets report (a worker that died), which it prints to stdout;
+during a run those go to stderr (:func:`raylet_errors_to_stderr`). During a run here the workers' output stays in the Ray logs of each node
 (``log_to_driver=False``; ``/tmp/ray/session_latest/logs``), Ray Data draws no bars (the run's own
 progress line counts the rows), and Ray's loggers pass only warnings to the console; the
 errors of failed blocks are collected (:class:`RayDataLog`) for the one error the run ends with,
@@ -74,10 +75,39 @@ def connected(address: str | None = None) -> Iterator[object]:
     elif address:
         log.info("using the Ray connection this process has already opened (--ray-address %s is not used)", address)
     try:
-        yield ray
+        with raylet_errors_to_stderr():
+            yield ray
     finally:
         if opened:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def raylet_errors_to_stderr() -> Iterator[None]:
+    """For the block: the errors the raylets report to the driver (a worker that died, a task
+    that is retried), which Ray's driver prints from a thread of its own to ``sys.stdout``
+    (``ray._private.worker.listen_error_messages``), go to stderr: stdout carries results
+    only. A Ray without that function is left as it is."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        yield
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def to_stderr(data, *args, **kwargs):
+        if isinstance(data, dict):
+            data = {**data, "is_err": True}
+        return original(data, *args, **kwargs)
+
+    ray_worker.print_to_stdstream = to_stderr
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = original
 
 
 def first_line(exc: BaseException) -> str:
