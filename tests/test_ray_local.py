@@ -179,8 +179,15 @@ def test_texts_through_the_stage_on_ray_are_the_local_embeddings(ray_session, bu
 
 
 def test_an_in_memory_image_is_one_clear_error(ray_session, bundle):
-    with pytest.raises(ConfigError, match="cannot be sent to a Ray cluster"):
-        ray_stage().images(bundle, "fp32", [noise_image(1)], batch_size=2)
+    """Through the stage (rows as a gallery) and given as plain ``(position, source)`` rows
+    alike, before any work is sent."""
+    from clipeval.engine.embedding.executor import TowerRef
+
+    with pytest.raises(ConfigError, match="image #1 is a Image held in memory"):
+        ray_stage().images(bundle, "fp32", [png_bytes(1), noise_image(1)], batch_size=2)
+    rows = iter([(3, png_bytes(1)), (5, noise_image(1))])
+    with pytest.raises(ConfigError, match="image #5 is a Image held in memory"):
+        list(RayExecutor(provider="cpu").image_batches(TowerRef(bundle, "fp32", "vision"), rows, batch_size=2))
 
 
 # --- clipeval eval --executor ray ------------------------------------------------------------------
