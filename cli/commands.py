@@ -11,6 +11,7 @@ from .options import (
     batch_option,
     cache_options,
     decode_option,
+    executor_options,
     named_dataset_options,
     output_option,
     provider_option,
@@ -62,6 +63,7 @@ def _run_config(cfg) -> None:
                    "8 MiB; clipeval compare and clipeval report read it).")
 @named_dataset_options
 @cache_options
+@executor_options
 @verbosity_option
 def eval_cmd(quiet, **options):
     """Evaluate models on datasets; prints one JSON line per result on stdout."""
@@ -72,7 +74,8 @@ def eval_cmd(quiet, **options):
 def eval_config(*, models=(), pretrained=(), datasets=(), data_dir=None, split="test", task=None,
                 output_dir="outputs", batch_size=128, num_workers=None, limit=None, recall_k=(), skip_existing=False,
                 on_error="fail", provider="auto", precision=None, fast_decode=False, decode="auto", num_threads=None,
-                detail="auto", quiet=False, no_cache=False, verify_cache=False, **named_dataset):
+                detail="auto", quiet=False, no_cache=False, verify_cache=False, executor="local", ray_address=None,
+                **named_dataset):
     """The checked config (:class:`clipeval.engine.config.EvalConfig`) of ``clipeval eval``'s
     options; ``clipeval bench`` builds its child runs from the same object. Raises
     :class:`~clipeval.engine.errors.ConfigError` naming the flag of every problem."""
@@ -91,6 +94,7 @@ def eval_config(*, models=(), pretrained=(), datasets=(), data_dir=None, split="
         "provider": provider, "precision": precision, "fast_decode": fast_decode, "decode": decode,
         "num_threads": num_threads, "detail": detail, "verbose": not quiet,
         "no_cache": no_cache, "verify_cache": verify_cache,
+        "executor": executor, "ray_address": ray_address,
         **{k: v for k, v in named_dataset.items() if v is not None},
     }
     return make_eval_config(block, "the command line")

@@ -1,5 +1,5 @@
 """The options several commands share (``-h`` as well as ``--help``, provider, threads, decode
-workers, batch size, output folder, verbosity, the embedding cache, named datasets).
+workers, batch size, output folder, verbosity, the embedding cache, named datasets, the executor).
 
 Each is a decorator; a command module imports what it takes from here, never from
 :mod:`clipeval.cli.main` (which imports the commands to register them).
@@ -142,3 +142,14 @@ def cache_options(f):
                           "size and modification time, and re-hash every bundle file.")(f)
     return click.option("--no-cache", is_flag=True,
                         help="Neither read nor write the embedding cache (CACHE_ROOT/embeddings).")(f)
+
+
+def executor_options(f):
+    """Where the work runs (engine/executors/, docs/scale.md)."""
+    f = click.option("--ray-address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
+                     help="The Ray cluster for --executor ray: auto (a running cluster), a head node's address, "
+                          "or a Ray Client address. Default: $RAY_ADDRESS, else a Ray instance started on this "
+                          "machine for the run.")(f)
+    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="local: this process. ray: a Ray cluster (pip install 'clipeval[ray]'); the embedding "
+                             "stage runs as a Ray Dataset, several (model, dataset) pairs as Ray tasks.")(f)

@@ -79,3 +79,7 @@ class ExportError(ClipevalError):
 
 class ResultError(ClipevalError):
     """A result or per-query detail file is missing, malformed, stale or not comparable."""
+
+
+class ClusterError(ClipevalError):
+    """A cluster (``--executor ray``) cannot be reached, or work on it kept failing."""

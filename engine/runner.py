@@ -2,10 +2,11 @@
 
 The runner names no task. It asks the config what to run (:func:`plan`: the tasks, through the
 registry :data:`clipeval.engine.tasks.TASKS`), lets each task check the config, opens one
-embedding stage for the whole run (:mod:`clipeval.engine.embedding`: the cache and the local
-executor; models are loaded once, on their first cache miss), and runs each evaluation the same
-way (:func:`run_evaluation`): find a finished result (``skip_existing``), else evaluate, then
-name the result file, build its ``meta`` and write it (:mod:`clipeval.engine.results.layout`).
+embedding stage for the whole run (:mod:`clipeval.engine.embedding`: the cache and the
+executor the config names, ``local`` or ``ray``; models are loaded once, on their first cache
+miss), and runs each evaluation the same way (:func:`run_evaluation`): find a finished result
+(``skip_existing``), else evaluate, then name the result file, build its ``meta`` and write it
+(:mod:`clipeval.engine.results.layout`).
 """
 
 from __future__ import annotations
@@ -87,14 +88,21 @@ def plan(cfg: Any) -> list[tuple[Task, str | None]]:
 
 def open_stage(cfg: Any) -> EmbeddingStage:
     """The run's embedding stage: the embedding cache (unless ``no_cache``; a cache that cannot be
-    opened is a warning, and the run goes on without it) and the local executor (``provider``,
-    ``num_threads``, ``num_workers``, ``decode``; a process decoder's fork server starts now)."""
+    opened is a warning, and the run goes on without it) and the executor ``cfg.executor`` names:
+    ``local`` (``provider``, ``num_threads``, ``num_workers``, ``decode``; a process decoder's
+    fork server starts now) or ``ray`` (:class:`~clipeval.engine.executors.ray_embed.RayExecutor`,
+    on the Ray cluster this process is connected to: :func:`iter_results` connects first)."""
     cache = None if getattr(cfg, "no_cache", False) else open_cache(
         getattr(cfg, "cache_dir", None), max_bytes=getattr(cfg, "cache_max_bytes", None),
         verify=getattr(cfg, "verify_cache", False))
-    executor = LocalExecutor(provider=getattr(cfg, "provider", "auto"), threads=getattr(cfg, "num_threads", None),
-                             num_workers=getattr(cfg, "num_workers", None), decode=getattr(cfg, "decode", "auto"),
-                             prestart=True)
+    if getattr(cfg, "executor", "local") == "ray":
+        from .executors.ray_embed import RayExecutor
+
+        executor = RayExecutor(provider=getattr(cfg, "provider", "auto"), threads=getattr(cfg, "num_threads", None))
+    else:
+        executor = LocalExecutor(provider=getattr(cfg, "provider", "auto"), threads=getattr(cfg, "num_threads", None),
+                                 num_workers=getattr(cfg, "num_workers", None), decode=getattr(cfg, "decode", "auto"),
+                                 prestart=True)
     return EmbeddingStage(executor, cache, progress=getattr(cfg, "verbose", True))
 
 
@@ -104,11 +112,44 @@ def iter_results(cfg: Any, resolve: ModelResolver = resolve_bundle) -> Iterator[
     The output folder is checked for writability first, before any model or dataset work
     (:func:`~clipeval.engine.fsutil.check_writable_dir`; a :class:`ConfigError` otherwise); then
     every task the config asks for checks it (:meth:`~clipeval.engine.tasks.base.Task.check`).
+
+    With ``executor: ray`` the run connects to its Ray cluster first (``ray_address``,
+    :func:`~clipeval.engine.executors.ray_cluster.connected`; a :class:`ConfigError` naming
+    ``pip install 'clipeval[ray]'`` without Ray). Several (model, dataset) pairs of CLIP-style
+    models then run as concurrent Ray tasks, each a local run of its pair
+    (:func:`~clipeval.engine.executors.ray_pairs.pair_results`); otherwise the evaluations run
+    here, in order, and the embedding stage computes on the cluster.
     """
     check_writable_dir(cfg.output_dir, OUTPUT_DIR_WHAT)
     pairs = plan(cfg)
     for task in dict.fromkeys(task for task, _ in pairs):
         task.check(cfg)
+    if getattr(cfg, "executor", "local") == "ray":
+        from .executors.ray_cluster import connected
+
+        with connected(getattr(cfg, "ray_address", None)):
+            entries = _pair_entries(cfg, pairs)
+            if entries is not None:
+                from .executors.ray_pairs import pair_results
+
+                yield from pair_results(cfg, resolve, entries)
+                return
+            yield from _run(cfg, pairs, resolve)
+        return
+    yield from _run(cfg, pairs, resolve)
+
+
+def _pair_entries(cfg: Any, pairs: list[tuple[Task, str | None]]) -> list[Any] | None:
+    """The model entries when ``cfg`` is an ``eval`` block of more than one (model, dataset) pair,
+    every task of which takes CLIP-style models (they run as Ray tasks); else ``None``."""
+    if pairs[0][1] is None or any(task.metadata.models != "image_text" for task, _ in pairs):
+        return None
+    entries = pairs[0][0].model_entries(cfg)
+    return entries if len(entries) * len(pairs) > 1 else None
+
+
+def _run(cfg: Any, pairs: list[tuple[Task, str | None]], resolve: ModelResolver) -> Iterator[dict[str, Any]]:
+    """Every evaluation of ``cfg`` here, in order, with one embedding stage for the run."""
     models = Models(resolve, cfg)
     stage = open_stage(cfg) if any(task.metadata.embeds for task, _ in pairs) else None
     try:

@@ -30,6 +30,7 @@ DOC_TASKS = {
     "caption.md": ["image_caption"],
     "export.md": [],
     "report.md": ["zeroshot_retrieval", "zeroshot_classification"],
+    "scale.md": ["zeroshot_retrieval", "zeroshot_classification"],
     "architecture.md": ["zeroshot_retrieval", "zeroshot_classification", "text_retrieval", "image_caption"],
 }
 

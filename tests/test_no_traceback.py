@@ -133,6 +133,8 @@ EVAL_VALUES = {
     "concurrency": either(1, 8), "max_tokens": either(1, 512, None), "temperature": either(0.0, 2.0, None),
     "timeout": either(1.0, 120), "max_failures": either(0, 3), "max_image_side": either(16, 512, None),
     "id_style": either("int", "prefixed"), "system_prompt": either("be brief", None),
+    # executor "ray" starts a Ray instance (seconds, and processes): tests/test_ray_*.py try it
+    "executor": either("local"), "ray_address": either(None, "auto", "10.0.0.5:6379", "ray://h:10001", "h", "h:0"),
 }
 assert set(EVAL_VALUES) == set(EVAL_KEYS)
 TOP_VALUES = {

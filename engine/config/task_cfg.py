@@ -64,6 +64,7 @@ PROVIDERS = ("auto", "cuda", "cpu")
 PRECISIONS = ("fp32", "fp16", "int8")
 DECODE_CHOICES = ("auto", "threads", "processes")
 ID_STYLES = ("int", "prefixed")
+EXECUTORS = ("local", "ray")  # where the embedding stage and the pairs run (engine/executors/)
 DEFAULT_RECALL_K = (1, 5, 10)
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
@@ -232,6 +233,21 @@ def _path_or_url(value):
     return text
 
 
+_HOST_PORT = re.compile(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})")
+
+
+def _ray_address(value):
+    """``auto`` (a running cluster, found as Ray finds it), ``HOST:PORT`` (a head node's GCS) or
+    ``ray://HOST:PORT`` (Ray Client)."""
+    if value is None:
+        return None
+    match = _HOST_PORT.fullmatch(value) if isinstance(value, str) else None
+    if value != "auto" and not (match and 1 <= int(match.group(2)) <= 65535):
+        _fail(f"must be auto, HOST:PORT or ray://HOST:PORT, got {_kind(value) if value != '' else 'an empty string'}",
+              "give the head node's address as `ray start --head` prints it (e.g. 10.0.0.5:6379), or auto")
+    return value
+
+
 def _names(value):
     if isinstance(value, str):
         value = [value]
@@ -390,6 +406,12 @@ class EvalConfig(BaseModel):
     max_image_side: Annotated[int | None, _int(16, 65535, nullable=True)] = None
     id_style: Annotated[str, _choice(ID_STYLES)] = "int"
     system_prompt: Annotated[str | None, _str(nullable=True)] = None
+    # Where the work runs (engine/executors/, docs/scale.md): local (this process) or ray (a Ray
+    # cluster: the embedding stage as a Ray Dataset, several (model, dataset) pairs as Ray tasks);
+    # ray_address: auto (a running cluster), HOST:PORT, ray://HOST:PORT, or unset (RAY_ADDRESS,
+    # else a Ray instance started on this machine for the run).
+    executor: Annotated[str, _choice(EXECUTORS)] = "local"
+    ray_address: Annotated[str | None, PlainValidator(_ray_address)] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data, with every ``api_key`` masked."""
@@ -402,7 +424,7 @@ EVAL_KEYS = tuple(EvalConfig.model_fields)
 # Keys whose ``None`` means "unset"; for the others ``None`` means "the default".
 NULLABLE_KEYS = ("data_dir", "task", "limit", "num_workers", "cache_dir", "recall_k", "precision", "num_threads",
                  "dataset_url", "language", "cache_max_bytes", "classnames_file", "templates_file", "max_tokens",
-                 "temperature", "max_image_side", "system_prompt")
+                 "temperature", "max_image_side", "system_prompt", "ray_address")
 
 
 class TaskConfig(BaseModel):

@@ -15,15 +15,22 @@ in two:
   to ``pixel_values``) and the onnxruntime sessions. :class:`clipeval.engine.embedding.local.LocalExecutor`
   runs both in this process (decode workers as threads or processes, one session per tower).
 
-A second executor (for example one that runs on a Ray cluster: the rows that miss the cache
-become a Ray Dataset, decoded by CPU tasks and embedded by an actor pool of sessions, and come
-back to the driver) subclasses :class:`Executor` and provides:
+A second executor subclasses :class:`Executor`:
+:class:`clipeval.engine.executors.ray_embed.RayExecutor` runs on a Ray cluster (the rows that
+miss the cache become a Ray Dataset, decoded by CPU tasks and embedded by an actor pool of
+sessions, and come back to the driver). The runner picks the executor from the config
+(``executor: local|ray``, :func:`clipeval.engine.runner.open_stage`); the stage and the tasks
+do not change. An executor provides:
 
 ``image_batches(tower, rows, *, batch_size, fast_decode)``
     ``rows`` is an iterable of ``(position, source)`` in ascending position, produced lazily (a
     gallery read from webdataset shards yields each member's bytes as it is reached); a source is
     anything :func:`clipeval.engine.images.load.load_image` reads (a path, image bytes, a
-    webdataset member). Decode, preprocess with the tower's bundle (``tower.bundle.preprocess``, a
+    webdataset member). The stage passes a :class:`~clipeval.engine.embedding.local.GalleryRows`,
+    which also gives the gallery and the positions (``rows.sources``, ``rows.positions``) without
+    reading anything, for an executor that sends a description of each row elsewhere (the Ray
+    executor sends a webdataset image as its shard's URL, offset and size). Decode, preprocess
+    with the tower's bundle (``tower.bundle.preprocess``, a
     :class:`~clipeval.engine.images.preprocess.PreprocessSpec` dict), run the vision tower
     (``tower.path``, input ``pixel_values`` float32 ``[B, 3, H, W]``) and yield
     :class:`ImageBatch` es.
@@ -48,7 +55,9 @@ The contract:
 2. **Row order.** Every batch carries the positions of its rows; batches may come back in any
    order and the stage puts each row in its place. Every position given must come back exactly
    once: as an output row, or (images only) as a failure. (The local executor returns them in
-   input order; a Ray Dataset keeps it with ``preserve_order``.)
+   input order; the Ray executor as its blocks finish.) The rows of one batch are those of a
+   local run (the same images, ``batch_size`` at a time; the stage's own token batches), so the
+   towers compute the same numbers.
 3. **Outputs.** float32 rows, ``[b, D]`` embeddings as the bundle's graph makes them (L2-normalised
    for CLIP-style and cosine text towers), ``[b]`` scores for a reranker; computed with the
    variant ``tower.precision`` names.
@@ -57,8 +66,9 @@ The contract:
    skip). Everything else is raised from the iterator as the typed errors of
    :mod:`clipeval.engine.errors` (:class:`~clipeval.engine.errors.BundleError` for a graph that
    does not load, :class:`~clipeval.engine.errors.ProviderError` for a provider that cannot be
-   used; a remote failure translated to one of them), or ``KeyboardInterrupt``; the batches
-   yielded before it are kept (the stage has cached them).
+   used; a remote failure translated to one of them, or
+   :class:`~clipeval.engine.errors.ClusterError` naming the rows a cluster lost), or
+   ``KeyboardInterrupt``; the batches yielded before it are kept (the stage has cached them).
 """
 
 from __future__ import annotations

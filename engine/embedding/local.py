@@ -167,17 +167,35 @@ class _LazySession:
         return self.executor.session(self.tower).run(feeds)
 
 
-def stream_rows(sources: Sequence, positions: np.ndarray) -> Iterator[tuple[int, Any]]:
-    """``(position, sources[position])`` for ``positions`` (ascending), reading lazily: a gallery
-    that can give a lazy sub-gallery (``select``, as webdataset galleries do) is read in order,
-    one shard open at a time."""
-    positions = np.asarray(positions, dtype=np.int64)
-    if len(positions) == len(sources):
-        yield from enumerate(sources)
-        return
-    select = getattr(sources, "select", None)
-    if select is not None:
-        yield from zip(positions.tolist(), select(positions))
-        return
-    for p in positions.tolist():
-        yield p, sources[p]
+class GalleryRows:
+    """``(position, sources[position])`` for ``positions`` (int64, ascending): the rows of a
+    gallery that missed the cache, as the stage hands them to an executor.
+
+    Iterating reads lazily: a gallery that can give a lazy sub-gallery (``select``, as webdataset
+    galleries do) is read in order, one shard open at a time. An executor that sends rows
+    elsewhere instead of reading them here (the Ray executor sends a webdataset image as its
+    shard, offset and size) takes :attr:`sources` and :attr:`positions` without iterating."""
+
+    def __init__(self, sources: Sequence, positions: np.ndarray):
+        self.sources = sources
+        self.positions = np.asarray(positions, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        sources, positions = self.sources, self.positions
+        if len(positions) == len(sources):
+            yield from enumerate(sources)
+            return
+        select = getattr(sources, "select", None)
+        if select is not None:
+            yield from zip(positions.tolist(), select(positions))
+            return
+        for p in positions.tolist():
+            yield p, sources[p]
+
+
+def stream_rows(sources: Sequence, positions: np.ndarray) -> GalleryRows:
+    """The rows ``positions`` (ascending) of ``sources``, read lazily (:class:`GalleryRows`)."""
+    return GalleryRows(sources, positions)

@@ -1,0 +1,193 @@
+"""Connecting to a Ray cluster for a run, and keeping Ray's own output in its place.
+
+``ray_address`` (``--ray-address``) as Ray reads it: ``auto`` finds a running cluster (the
+``RAY_ADDRESS`` variable, else the head node ``ray start --head`` started on this machine),
+``HOST:PORT`` is a head node's address, ``ray://HOST:PORT`` a Ray Client server; unset, a
+cluster named by ``RAY_ADDRESS`` is used, else a Ray instance is started on this machine for the
+run and stopped after it. A process that has called ``ray.init`` already keeps its connection
+(and it is left open).
+
+Ray writes to the driver's console on its own: worker output, Ray Data's progress bars and
+execution plans, and the errors raylets report (a worker that died), which it prints to stdout;
+during a run those go to stderr (:func:`raylet_errors_to_stderr`). During a run here the workers' output stays in the Ray logs of each node
+(``log_to_driver=False``; ``/tmp/ray/session_latest/logs``), Ray Data draws no bars (the run's own
+progress line counts the rows), and Ray's loggers pass only warnings to the console; the
+errors of failed blocks are collected (:class:`RayDataLog`) for the one error the run ends with,
+instead of being printed as tracebacks. stdout stays for results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from typing import Iterator
+
+from ..errors import ConfigError
+from ..errors import ClusterError
+
+log = logging.getLogger(__name__)
+
+RAY_EXTRA = "pip install 'clipeval[ray]'"
+# Ray Data warnings about settings made here on purpose (its bars are off: the run draws its own)
+QUIET_MESSAGES = ("Progress bars disabled",)
+# Object store of a Ray instance started for a run: Ray's default (30% of memory) unless set.
+ENV_OBJECT_STORE = "CLIPEVAL_RAY_OBJECT_STORE_BYTES"
+
+
+def import_ray():
+    """``ray`` with Ray Data, or a :class:`ConfigError` that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"--executor ray (config executor: ray) needs Ray Data, which cannot be imported ({exc})",
+                          f"install it with {RAY_EXTRA}, or use --executor local") from None
+    return ray
+
+
+@contextlib.contextmanager
+def connected(address: str | None = None) -> Iterator[object]:
+    """Connect to (or start) a Ray cluster for the duration of the block; yields the ``ray``
+    module. A connection this opened is closed (and a Ray instance it started is stopped) when
+    the block ends, also on an error. Raises :class:`ClusterError` when the cluster cannot be
+    reached, :class:`ConfigError` when Ray is not installed."""
+    ray = import_ray()
+    opened = False
+    if not ray.is_initialized():
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        if address:
+            kwargs["address"] = address
+        elif not os.environ.get("RAY_ADDRESS") and os.environ.get(ENV_OBJECT_STORE):
+            kwargs["object_store_memory"] = int(os.environ[ENV_OBJECT_STORE])
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...
+            where = address or os.environ.get("RAY_ADDRESS") or "this machine"
+            raise ClusterError(f"cannot connect to the Ray cluster at {where}: {first_line(exc)}",
+                               "start the head node with `ray start --head` and pass its address with "
+                               "--ray-address (or auto), or leave it out to run Ray on this machine") from None
+        opened = True
+        resources = ray.cluster_resources()
+        log.info("Ray cluster: %d node(s), %g CPU, %g GPU", len([n for n in ray.nodes() if n.get("Alive")]),
+                 resources.get("CPU", 0), resources.get("GPU", 0))
+    elif address:
+        log.info("using the Ray connection this process has already opened (--ray-address %s is not used)", address)
+    try:
+        with raylet_errors_to_stderr():
+            yield ray
+    finally:
+        if opened:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def raylet_errors_to_stderr() -> Iterator[None]:
+    """For the block: the errors the raylets report to the driver (a worker that died, a task
+    that is retried), which Ray's driver prints from a thread of its own to ``sys.stdout``
+    (``ray._private.worker.listen_error_messages``), go to stderr: stdout carries results
+    only. A Ray without that function is left as it is."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        yield
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def to_stderr(data, *args, **kwargs):
+        if isinstance(data, dict):
+            data = {**data, "is_err": True}
+        return original(data, *args, **kwargs)
+
+    ray_worker.print_to_stdstream = to_stderr
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = original
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (Ray's errors carry tracebacks)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception a worker raised, out of Ray's wrappers (``RayTaskError`` and Ray Data's
+    ``UserCodeException``) and ``__cause__`` chains."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            exc = cause
+            continue
+        if exc.__cause__ is not None:
+            exc = exc.__cause__
+            continue
+        break
+    return exc
+
+
+class RayDataLog(logging.Handler):
+    """While a Dataset runs: collects the errors Ray Data logs for failed blocks (``errors``: one
+    line each) and keeps Ray Data's console handler to warnings without tracebacks."""
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.errors: list[str] = []
+        self._logger = logging.getLogger("ray.data")
+        self._filtered: list[logging.Handler] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        self.errors.append(first_line(root_cause(exc)) if exc is not None else record.getMessage())
+
+    @staticmethod
+    def _console(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.exc_info:
+            return False
+        return not record.getMessage().startswith(QUIET_MESSAGES)
+
+    def __enter__(self) -> "RayDataLog":
+        self._logger.addHandler(self)
+        for handler in self._logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler is not self:
+                handler.addFilter(self._console)
+                self._filtered.append(handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._logger.removeHandler(self)
+        for handler in self._filtered:
+            handler.removeFilter(self._console)
+        self._filtered.clear()
+
+
+@contextlib.contextmanager
+def data_context(**settings) -> Iterator[object]:
+    """Ray Data's current ``DataContext`` with ``settings`` for the block (Datasets created in it
+    copy them), restored afterwards; progress bars off. Settings this Ray version does not have
+    are left out. Ray Data's warnings about its own deprecated settings, which copying the context
+    raises, are not shown."""
+    from ray.data import DataContext
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`\w+` is deprecated")
+        ctx = DataContext.get_current()
+        settings = {"enable_progress_bars": False, "print_on_execution_start": False, **settings}
+        settings = {k: v for k, v in settings.items() if hasattr(ctx, k)}
+        old = {k: getattr(ctx, k) for k in settings}
+        for k, v in settings.items():
+            setattr(ctx, k, v)
+        try:
+            yield ctx
+        finally:
+            for k, v in old.items():
+                setattr(ctx, k, v)
