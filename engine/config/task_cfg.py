@@ -38,6 +38,7 @@ Two extension points: :data:`TOOLS` (the parser of each ``eval_config.tool``) an
 from __future__ import annotations
 
 import logging
+import re
 import os
 from pathlib import Path
 from typing import Annotated, Any, Callable
