@@ -81,6 +81,29 @@ def score_bounds(theta, positive, text_norm, image_norm, n_images: int, dim: int
     return Bounds(lo, hi, col_theta, col_best, has_text, col_lo, col_hi)
 
 
+def top_k_inputs(query_emb, doc_emb, k, tie_keys):
+    """The checked inputs of a top-k search (:func:`.search.top_k`, :func:`.topk_small.top_k_small`):
+    ``(query_emb float32 [Q, D], doc_emb float32 [N, D], k int, tie int64 [N])``; ``tie`` is the
+    document index when ``tie_keys`` is None. Raises ValueError / TypeError naming the argument."""
+    query_emb = as_embeddings(query_emb, "query_emb")
+    doc_emb = as_embeddings(doc_emb, "doc_emb")
+    dim = query_emb.shape[1]
+    n_docs = doc_emb.shape[0]
+    if doc_emb.shape[1] != dim:
+        raise ValueError(f"query_emb has dimension {dim} but doc_emb has {doc_emb.shape[1]}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= n_docs:
+        raise ValueError(f"k must be between 1 and the number of documents ({n_docs}), got {k}")
+    if tie_keys is None:
+        tie = np.arange(n_docs, dtype=np.int64)
+    else:
+        tie = np.ascontiguousarray(tie_keys, dtype=np.int64)
+        if tie.shape != (n_docs,):
+            raise ValueError(f"tie_keys must have shape ({n_docs},), got {tie.shape}")
+    return query_emb, doc_emb, int(k), tie
+
+
 def dot64_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Canonical float64 score of each row pair ``(a[r], b[r])`` (float32 rows), exactly as
     :func:`.common.dot64` sums it: index ``k`` into partial sum ``k % 4``, each product exact in

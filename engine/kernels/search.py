@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .arrays import as_embeddings
+from .arrays import top_k_inputs
 from .common import dot64, jit, numba_threads, pick_threads, row_norms
 
 __all__ = ["top_k"]
@@ -160,23 +160,9 @@ def top_k(
     Raises:
         ValueError / TypeError: invalid shapes, values or arguments (the message says which).
     """
-    query_emb = as_embeddings(query_emb, "query_emb")
-    doc_emb = as_embeddings(doc_emb, "doc_emb")
+    query_emb, doc_emb, k, tie = top_k_inputs(query_emb, doc_emb, k, tie_keys)
     n_q, dim = query_emb.shape
     n_docs = doc_emb.shape[0]
-    if doc_emb.shape[1] != dim:
-        raise ValueError(f"query_emb has dimension {dim} but doc_emb has {doc_emb.shape[1]}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= n_docs:
-        raise ValueError(f"k must be between 1 and the number of documents ({n_docs}), got {k}")
-    k = int(k)
-    if tie_keys is None:
-        tie = np.arange(n_docs, dtype=np.int64)
-    else:
-        tie = np.ascontiguousarray(tie_keys, dtype=np.int64)
-        if tie.shape != (n_docs,):
-            raise ValueError(f"tie_keys must have shape ({n_docs},), got {tie.shape}")
     block_cols = _pick_int("block_cols", block_cols, min(n_docs, _MAX_BLOCK_COLS), n_docs)
     block_rows = _pick_int("block_rows", block_rows,
                            max(_MIN_BLOCK_ROWS, _TILE_BYTES // (4 * block_cols)), n_q)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import as_embeddings, dot64_pairs, score_margin
+from .arrays import dot64_pairs, score_margin, top_k_inputs
 from .rank_small import CHUNK_ELEMENTS, SMALL_PAIRS
 
 __all__ = ["SMALL_PAIRS", "top_k_small"]
@@ -38,23 +38,9 @@ def top_k_small(query_emb, doc_emb, k: int, *, tie_keys: np.ndarray | None = Non
     Raises:
         ValueError / TypeError: invalid shapes, values, ``k`` or ``tie_keys`` (the message says which).
     """
-    query_emb = as_embeddings(query_emb, "query_emb")
-    doc_emb = as_embeddings(doc_emb, "doc_emb")
+    query_emb, doc_emb, k, tie = top_k_inputs(query_emb, doc_emb, k, tie_keys)
     n_q, dim = query_emb.shape
     n_docs = doc_emb.shape[0]
-    if doc_emb.shape[1] != dim:
-        raise ValueError(f"query_emb has dimension {dim} but doc_emb has {doc_emb.shape[1]}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= n_docs:
-        raise ValueError(f"k must be between 1 and the number of documents ({n_docs}), got {k}")
-    k = int(k)
-    if tie_keys is None:
-        tie = np.arange(n_docs, dtype=np.int64)
-    else:
-        tie = np.ascontiguousarray(tie_keys, dtype=np.int64)
-        if tie.shape != (n_docs,):
-            raise ValueError(f"tie_keys must have shape ({n_docs},), got {tie.shape}")
 
     scores = query_emb @ doc_emb.T  # [Q, N] float32
     kth = np.partition(scores, n_docs - k, axis=1)[:, n_docs - k].astype(np.float64)
