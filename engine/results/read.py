@@ -20,6 +20,7 @@ import orjson
 
 from ..errors import ResultError
 from ..fsutil import not_a_file
+from ..textio import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def read_result(path: str | os.PathLike) -> LoadedResult:
     """
     path = Path(path)
     try:
-        data = orjson.loads(path.read_bytes())
+        data = orjson.loads(read_regular(path))  # a FIFO or a device is refused, never read
     except OSError as exc:
         raise ResultError(f"cannot read {path}: {exc.strerror or exc}", "pass a result file written by clipeval eval, "
                           "or its output folder") from None
