@@ -154,7 +154,10 @@ def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str
                 yield result
             return
     t_start = time.perf_counter()
-    ev.targets = [destination(primary, slot, say=False) for primary, slot in zip(primaries, slots)]
+    ev.targets = [destination(primary, slot, say=False, side_files=task.side_files)
+                  for primary, slot in zip(primaries, slots)]
+    for folder in dict.fromkeys(target.parent for target in ev.targets):  # before the model work
+        check_writable_dir(folder, OUTPUT_DIR_WHAT)
     outputs = task.evaluate(ev, stage)
     if ev.downloaded:  # fetched during the evaluation: now it can be fingerprinted
         fingerprint = task.fingerprint(ev)
@@ -162,7 +165,7 @@ def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str
     total_s = time.perf_counter() - t_start
     cache_path = str(stage.cache.path) if stage is not None and stage.cache is not None else None
     for out, spec, slot, primary, target in zip(outputs, ev.results, slots, primaries, ev.targets):
-        say_destination(primary, slot, target)
+        say_destination(primary, slot, target, task.side_files)
         meta = result_meta(ev, spec, out.meta, slot=slot, key=key, fingerprint=fingerprint, result_file=target,
                            stage=stage, cache_path=cache_path, total_s=total_s)
         if out.write_beside is not None:

@@ -13,7 +13,7 @@ from ..datasets.fingerprint import data_fingerprint
 from ..demo import DEMO_DATA_DIR, DEMO_NAME, is_demo_name
 from ..embedding.models import describe_bundle
 from ..errors import DatasetError
-from ..results.detail import detail_satisfied, write_detail
+from ..results.detail import detail_path, detail_satisfied, write_detail
 from ..sessions.model import default_precision
 from ..sessions.onnx import default_threads
 from .base import Evaluation, ModelRef, Models, ResultSpec, Task, TaskOutput, data_key
@@ -100,6 +100,9 @@ class ZeroShotTask(Task):
 
     def complete(self, path: Path, result: dict[str, Any], ev: Evaluation) -> bool:
         return detail_satisfied(path, result, ev.settings.detail)
+
+    def side_files(self, result_file: Path) -> list[Path]:
+        return [detail_path(result_file)]
 
     @staticmethod
     def with_detail(metrics: dict, meta: dict, per_query, settings: TaskParams) -> TaskOutput:
