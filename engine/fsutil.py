@@ -18,12 +18,14 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import uuid
 from pathlib import Path
 
 from .errors import ConfigError
+from .textio import kind_of
 
 _UMASK_LOCK = threading.Lock()
 
@@ -60,6 +62,20 @@ def apply_umask(path: str | os.PathLike) -> None:
     os.chmod(path, dir_mode() if os.path.isdir(path) else file_mode())
 
 
+def refuse_non_regular(path: str | os.PathLike, what: str = "") -> None:
+    """Raise :class:`ConfigError` when ``path`` exists (links followed) and is not a regular file:
+    a folder, a FIFO, a character or block device (``/dev/null``), a socket. A file written to
+    ``path`` by rename would replace it. ``what`` names the setting in the message (``-o``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing (or a broken link: replacing the link is fine)
+        return
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{what + ' ' if what else ''}{os.fspath(path)} is {kind_of(mode)}, not a regular file: "
+                          "clipeval writes a new file in its place, which would replace it",
+                          "name a regular file (or a new one) to write")
+
+
 def make_temp_dir(prefix: str, dir: str | os.PathLike, suffix: str = "") -> Path:
     """:func:`tempfile.mkdtemp` in ``dir``, with the mode of a plain ``mkdir`` (not ``0700``):
     for folders that are renamed into place and published (bundles, caches)."""
@@ -73,9 +89,13 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
     The folder is created when missing. The file gets the mode a plain ``open`` would give it
     (``0o666`` less the umask), not the ``0o600`` of :func:`tempfile.mkstemp`. On any error the
-    temporary file is removed and ``path`` is as it was. Raises ``OSError`` from the system.
+    temporary file is removed and ``path`` is as it was. Raises ``OSError`` from the system, and
+    :class:`ConfigError` when ``path`` (a link followed) is something a file must not replace: a
+    folder, a FIFO, a device such as ``/dev/null`` (the rename would put a regular file in its
+    place), or a socket.
     """
     path = Path(path)
+    refuse_non_regular(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -176,7 +196,6 @@ def not_a_file(path: str | os.PathLike) -> str:
     """Why ``path``, which is not a regular file, cannot be read as one, without opening it (a
     FIFO would block): ``does not exist``, ``is a folder``, ``is a FIFO, not a regular file``,
     ``is a character device, ...``, ``is a broken symbolic link``..."""
-    import stat
 
     path = Path(path)
     try:

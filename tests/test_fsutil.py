@@ -153,3 +153,39 @@ def test_exported_bundles_get_the_users_umask(tmp_path_factory, mask):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.iterdir()]}
     assert modes.pop("bundle") == 0o777 & ~mask
     assert modes and set(modes.values()) == {0o666 & ~mask}, modes
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "link to a folder"])
+def test_write_atomic_never_replaces_what_is_not_a_regular_file(tmp_path, kind):
+    """K5: the rename of write_atomic would put a regular file in place of a FIFO or a device node
+    (/dev/null, when run as root); every caller gets a ConfigError instead, the thing left as it was."""
+    target = tmp_path / "x"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "device":
+        target.symlink_to("/dev/null")  # never /dev/null itself: a regression would replace only the link
+    elif kind == "folder":
+        target.mkdir()
+    else:
+        (tmp_path / "d").mkdir()
+        target.symlink_to(tmp_path / "d")
+    before = os.stat(target).st_mode
+    with pytest.raises(ConfigError) as err:
+        write_atomic(target, b"data")
+    assert "not a regular file" in str(err.value)
+    assert os.stat(target).st_mode == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "link to a file", "broken link"])
+def test_write_atomic_writes_files_and_replaces_links(tmp_path, kind):
+    target = tmp_path / "x"
+    if kind == "file":
+        target.write_bytes(b"old")
+    elif kind == "link to a file":
+        (tmp_path / "f").write_bytes(b"old")
+        target.symlink_to(tmp_path / "f")
+    elif kind == "broken link":
+        target.symlink_to(tmp_path / "nowhere")
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new" and not target.is_symlink()

@@ -283,3 +283,33 @@ def test_report_counts_the_results_it_shows(two_runs, tmp_path):
     assert "the report shows the first" in r.stderr
     shown = json.loads(r.stdout)["results"]
     assert shown == 2 and f"2 model(s), 1 dataset(s), {shown} result(s)" in out.read_text(encoding="utf-8")
+
+
+def _not_regular(path, kind):
+    """Something at ``path`` that is not a regular file. A device is a link to /dev/null (never
+    /dev/null itself: a regression would replace only the link)."""
+    import os
+    import socket
+
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/null")
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "socket"])
+def test_report_never_replaces_a_fifo_or_a_device(two_runs, tmp_path, kind):
+    """K5: `-o /dev/null` (run as root) replaced /dev/null by the HTML file; a FIFO was replaced too.
+    Refused before any work, the thing left as it was."""
+    import os
+
+    root, *_ = two_runs
+    target = _not_regular(tmp_path / "r.html", kind)
+    before = os.stat(target).st_mode
+    assert_clean_failure(run("report", root / "a", "-o", target), "not a regular file")
+    assert os.stat(target).st_mode == before and os.path.lexists(target)
