@@ -105,7 +105,7 @@ def iter_results(cfg: Any, resolve: ModelResolver = resolve_bundle) -> Iterator[
     (:func:`~clipeval.engine.fsutil.check_writable_dir`; a :class:`ConfigError` otherwise); then
     every task the config asks for checks it (:meth:`~clipeval.engine.tasks.base.Task.check`).
     """
-    check_writable_dir(cfg.output_dir, OUTPUT_DIR_WHAT)
+    output_dir = check_writable_dir(cfg.output_dir, OUTPUT_DIR_WHAT)  # `~` expanded: the folder checked is the one used
     pairs = plan(cfg)
     for task in dict.fromkeys(task for task, _ in pairs):
         task.check(cfg)
@@ -113,7 +113,7 @@ def iter_results(cfg: Any, resolve: ModelResolver = resolve_bundle) -> Iterator[
     stage = open_stage(cfg) if any(task.metadata.embeds for task, _ in pairs) else None
     try:
         for ev in _evaluations(cfg, pairs, models):
-            yield from run_evaluation(ev, stage, cfg.output_dir)
+            yield from run_evaluation(ev, stage, output_dir)
     finally:
         if stage is not None:
             stage.close()
@@ -141,6 +141,7 @@ def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str
     and key, whole, is yielded as it is), the task's :meth:`~clipeval.engine.tasks.base.Task.evaluate`,
     then the ``meta`` block, the files beside each result and the atomic write."""
     task = ev.task
+    output_dir = os.path.expanduser(os.fspath(output_dir))  # as check_writable_dir checked it
     slots = [slot_of(ev, spec) for spec in ev.results]
     primaries = [primary_path(output_dir, ev, spec) for spec in ev.results]
     fingerprint = task.fingerprint(ev)

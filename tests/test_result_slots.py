@@ -543,3 +543,27 @@ def test_a_blocked_place_below_the_output_folder_is_found_before_the_model_work(
     assert written.name == f"{stem}.{result['meta']['slot_digest'][:8]}.json"
     assert read_result(written)["metrics"] == result["metrics"]
     assert os.path.lexists(blocked) and not blocked.is_file()
+
+
+@pytest.mark.parametrize("cmd", ["eval", "text-eval", "run"])
+def test_a_tilde_output_folder_is_the_home_folder_checked_not_a_folder_named_tilde(tmp_path, monkeypatch, cmd):
+    """K6: `--output-dir ~/runs` (or `output_dir: ~/runs` in a config) was checked as $HOME/runs but
+    written to a folder literally named `~` in the working directory."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    data = demo_rows(tmp_path / "d", 3)
+    if cmd == "eval":
+        result = ok(run(*eval_args("demo", data, "~/runs", "--no-cache")))
+    elif cmd == "text-eval":
+        result = ok(run("text-eval", "--model", "demo", "--data-dir", _beir(tmp_path / "beirT", 6), "--output-dir",
+                        "~/runs", "--no-cache", "-q"))
+    else:
+        config = tmp_path / "c.yaml"
+        config.write_text(f"models: [{{model_name: demo}}]\ndata_dir: {data}\noutput_dir: ~/runs\nverbose: false\n")
+        result = ok(run("run", config))
+    written = Path(result["meta"]["result_file"])
+    assert written.is_file() and home / "runs" in written.parents
+    assert not (cwd / "~").exists()
