@@ -313,3 +313,31 @@ def test_report_never_replaces_a_fifo_or_a_device(two_runs, tmp_path, kind):
     before = os.stat(target).st_mode
     assert_clean_failure(run("report", root / "a", "-o", target), "not a regular file")
     assert os.stat(target).st_mode == before and os.path.lexists(target)
+
+
+def test_report_compare_and_export_take_a_tilde_as_the_home_folder(two_runs, tmp_path, monkeypatch):
+    """K6 (the same kind for the other path arguments): `~` is the home folder for `report -o`, the
+    PATHs of report and compare, and `export -o` (checked and written), never a folder named `~`."""
+    import os
+    import shutil
+
+    import clipeval.export as export_pkg
+
+    root, *_ = two_runs
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    shutil.copytree(root / "a", home / "a")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    r = run("report", "~/a", "-o", "~/r.html", "-q")
+    assert r.exit_code == 0, r.output
+    assert (home / "r.html").is_file()
+    r = run("compare", "~/a", str(root / "a"), "-q")
+    assert r.exit_code == 0, r.output
+    seen = []
+    monkeypatch.setattr(export_pkg, "export_checkpoint", lambda source, out, **kw: seen.append(out) or out)
+    r = run("export", str(tmp_path), "-o", "~/bundle", "-q")
+    assert r.exit_code == 0, r.output
+    assert [os.fspath(p) for p in seen] == [os.fspath(home / "bundle")]
+    assert not (cwd / "~").exists()

@@ -139,7 +139,7 @@ def find_results(paths: Iterable[str | os.PathLike], tasks: tuple[str, ...] = ZE
     found: list[LoadedResult] = []
     seen: set[Path] = set()
     for raw in paths:
-        path = Path(raw)
+        path = Path(os.path.expanduser(os.fspath(raw)))  # `~` as in every path option
         if path.is_file():
             result = read_result(path)
             if result.task not in tasks:

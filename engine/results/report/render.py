@@ -71,7 +71,7 @@ def write_report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, 
     from .build import collect
 
     _require_extra()
-    output = Path(output)
+    output = Path(os.path.expanduser(os.fspath(output)))  # `~` as in every path option
     _check_output(output)
     results = find_results(paths)
     context = collect(results, worst=worst, resamples=resamples, seed=seed)
