@@ -567,3 +567,35 @@ def test_a_tilde_output_folder_is_the_home_folder_checked_not_a_folder_named_til
     written = Path(result["meta"]["result_file"])
     assert written.is_file() and home / "runs" in written.parents
     assert not (cwd / "~").exists()
+
+
+def test_rows_relative_to_the_working_directory_are_other_data_from_another_folder(tmp_path, monkeypatch):
+    """K7: `image_path` relative to the working directory is tried first (the reference's rule), so
+    one rows file run from two folders reads two sets of images. The second run must neither be
+    served the first's result by --skip-existing nor replace its file; a run whose rows resolve
+    only in the data folder keeps its fingerprint wherever it starts."""
+    data = tmp_path / "d"
+    data.mkdir()
+    rel = [{**row, "image_path": f"images/{i}.jpg"} for i, row in enumerate(ROWS[:6])]
+    (data / "image_queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rel))
+    (data / "images").mkdir()
+    for i, row in enumerate(ROWS[:6]):
+        shutil.copy(DEMO_DATA_DIR / row["image_path"], data / "images" / f"{i}.jpg")
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True)
+    for i in range(6):  # other pictures under the same names
+        shutil.copy(DEMO_DATA_DIR / ROWS[100 + i]["image_path"], other / "images" / f"{i}.jpg")
+    out = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # nothing here: the rows resolve in the data folder
+    base = ok(run(*eval_args("demo", data, out, "--no-cache")))
+    assert data_fingerprint("custom", data, "test") == base["meta"]["data_fingerprint"]
+    monkeypatch.chdir(other)  # here images/{i}.jpg are other pictures
+    moved = ok(run(*eval_args("demo", data, out, "--no-cache", "--skip-existing")))
+    assert moved["meta"]["data_fingerprint"] != base["meta"]["data_fingerprint"]
+    assert moved["meta"]["result_file"] != base["meta"]["result_file"]
+    assert read_result(base["meta"]["result_file"])["metrics"] == base["metrics"]  # not clobbered
+    monkeypatch.chdir(elsewhere)
+    again = ok(run(*eval_args("demo", data, out, "--no-cache", "--skip-existing")))
+    assert again["meta"]["result_file"] == base["meta"]["result_file"] and again["metrics"] == base["metrics"]
