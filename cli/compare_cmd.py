@@ -43,7 +43,8 @@ def compare_cmd(result_a, result_b, resamples, seed, confidence, quiet):
         for note in notes:
             click.echo(f"note: {note}", err=True)
         if not pairs:
-            raise ResultError(f"{result_a} and {result_b} share no dataset",
+            raise ResultError(f"{result_a} and {result_b} share no dataset measured on the same data (the notes "
+                              "above say what each holds)",
                               "compare output folders of evaluations on the same datasets, or two result files")
     else:
         pairs = [(side_a[0], side_b[0])]
