@@ -105,7 +105,8 @@ def iter_results(cfg: Any, resolve: ModelResolver = resolve_bundle) -> Iterator[
     (:func:`~clipeval.engine.fsutil.check_writable_dir`; a :class:`ConfigError` otherwise); then
     every task the config asks for checks it (:meth:`~clipeval.engine.tasks.base.Task.check`).
     """
-    output_dir = check_writable_dir(cfg.output_dir, OUTPUT_DIR_WHAT)  # `~` expanded: the folder checked is the one used
+    what = getattr(cfg, "output_what", OUTPUT_DIR_WHAT)  # the key the config's form names it by
+    output_dir = check_writable_dir(cfg.output_dir, what)  # `~` expanded: the folder checked is the one used
     pairs = plan(cfg)
     for task in dict.fromkeys(task for task, _ in pairs):
         task.check(cfg)
@@ -113,7 +114,7 @@ def iter_results(cfg: Any, resolve: ModelResolver = resolve_bundle) -> Iterator[
     stage = open_stage(cfg) if any(task.metadata.embeds for task, _ in pairs) else None
     try:
         for ev in _evaluations(cfg, pairs, models):
-            yield from run_evaluation(ev, stage, output_dir)
+            yield from run_evaluation(ev, stage, output_dir, what)
     finally:
         if stage is not None:
             stage.close()
@@ -132,8 +133,8 @@ def _evaluations(cfg: Any, pairs: list[tuple[Task, str | None]], models: Models)
             yield from task.evaluations(cfg, entry, dataset, models)
 
 
-def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str | os.PathLike
-                   ) -> Iterator[dict[str, Any]]:
+def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str | os.PathLike,
+                   output_what: str = OUTPUT_DIR_WHAT) -> Iterator[dict[str, Any]]:
     """Run one evaluation and write its result files; yields their result objects.
 
     The same for every task: the slot and readable name of each result, the skip key (the task's
@@ -158,7 +159,7 @@ def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str
     ev.targets = [destination(primary, slot, say=False, side_files=task.side_files)
                   for primary, slot in zip(primaries, slots)]
     for folder in dict.fromkeys(target.parent for target in ev.targets):  # before the model work
-        check_writable_dir(folder, OUTPUT_DIR_WHAT)
+        check_writable_dir(folder, output_what)
     outputs = task.evaluate(ev, stage)
     if ev.downloaded:  # fetched during the evaluation: now it can be fingerprinted
         fingerprint = task.fingerprint(ev)
