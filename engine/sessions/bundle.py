@@ -58,7 +58,7 @@ from typing import Any
 import orjson
 
 from ..errors import BundleError, ConfigError
-from ..fsutil import write_atomic
+from ..fsutil import not_a_file, write_atomic
 from ..paths import cache_root
 from ..textio import read_json, read_regular, to_utf8
 
@@ -377,7 +377,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, trust_stamp: bool 
                                 "(through a symbolic link)")
                 continue
             if not fpath.is_file():
-                problems.append(f"{name}: missing")
+                problems.append(f"{name}: {'missing' if not os.path.lexists(fpath) else not_a_file(fpath)}")
                 continue
             if not verify:
                 continue
