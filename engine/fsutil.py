@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -144,7 +145,11 @@ def publish_dir(stage: str | os.PathLike, target: str | os.PathLike) -> None:
     except BaseException:
         os.replace(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:  # a file or a link was at target: removed too, not left behind as a hidden .old- entry
+        with contextlib.suppress(OSError):
+            old.unlink()
 
 
 def remove_stale_stages(target: str | os.PathLike) -> None:

@@ -189,3 +189,23 @@ def test_write_atomic_writes_files_and_replaces_links(tmp_path, kind):
         target.symlink_to(tmp_path / "nowhere")
     write_atomic(target, b"new")
     assert target.read_bytes() == b"new" and not target.is_symlink()
+
+
+@pytest.mark.parametrize("kind", ["nothing", "folder", "file", "link"])
+def test_publish_dir_replaces_what_is_there_and_leaves_nothing_behind(tmp_path, kind):
+    from clipeval.engine.fsutil import publish_dir, staging_dir
+
+    target = tmp_path / "data"
+    if kind == "folder":
+        target.mkdir()
+        (target / "old").write_text("old")
+    elif kind == "file":
+        target.write_text("old")
+    elif kind == "link":
+        (tmp_path / "elsewhere").mkdir()
+        target.symlink_to(tmp_path / "elsewhere")
+    stage = staging_dir(target)
+    (stage / "new").write_text("new")
+    publish_dir(stage, target)
+    assert target.is_dir() and not target.is_symlink() and sorted(p.name for p in target.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data", *(["elsewhere"] if kind == "link" else [])])
