@@ -232,6 +232,16 @@ def _nearest_existing(path: Path) -> tuple[Path | None, Path | None]:
     return None, None
 
 
+def _kind_of_entry(path: Path) -> str:
+    """``a file``, ``a FIFO (named pipe)``, ``a character device``..., ``a broken symbolic link``:
+    what stands where a folder should be (links followed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken symbolic link" if os.path.islink(path) else "a file"
+    return "a file" if stat.S_ISREG(mode) else kind_of(mode)
+
+
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Make sure clipeval can create files in the folder ``path`` (creating it and its parents
     where missing) and return it (``~`` expanded). Nothing is left behind: the check makes and
@@ -250,7 +260,8 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     folder = Path(os.path.expanduser(text))
     existing, blocker = _nearest_existing(folder.absolute())
     if blocker is not None:
-        where = "is a file" if blocker == folder.absolute() else f"lies under {blocker}, which is a file, not a folder"
+        kind = _kind_of_entry(blocker)
+        where = f"is {kind}" if blocker == folder.absolute() else f"lies under {blocker}, which is {kind}, not a folder"
         raise ConfigError(f"cannot write to the {what} {folder}: it {where}", remedy)
     if existing is None:
         raise ConfigError(f"cannot write to the {what} {folder}: no part of the path can be looked at", remedy)

@@ -36,12 +36,17 @@ def test_a_folder_under_a_regular_file_is_refused(tmp_path):
     (lambda d: d / "ok" / ("n" * 300) / "x", "file names are limited to 255"),
     (lambda d: str(d / "a\0b"), "NUL"),
     (lambda d: "", "is empty"),
-    (lambda d: d / "dangling" / "x", "dangling, which is a file, not a folder"),
-    (lambda d: "/dev/null/results", "/dev/null, which is a file"),
+    (lambda d: d / "dangling" / "x", "dangling, which is a broken symbolic link, not a folder"),
+    (lambda d: d / "dangling", "it is a broken symbolic link"),
+    (lambda d: "/dev/null/results", "/dev/null, which is a character device, not a folder"),
+    (lambda d: "/dev/null", "it is a character device"),
+    (lambda d: d / "fifo", "it is a FIFO"),
+    (lambda d: d / "fifo" / "x", "fifo, which is a FIFO (named pipe), not a folder"),
 ])
 def test_unusable_destinations_are_one_config_error(tmp_path, make, reason):
     (tmp_path / "file").write_text("x")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(tmp_path / "fifo")
     before = tree(tmp_path)
     with pytest.raises(ConfigError) as info:
         check_writable_dir(make(tmp_path), WHAT)
