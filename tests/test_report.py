@@ -225,6 +225,7 @@ def test_report_failures_are_one_clear_error(two_runs, tmp_path, monkeypatch):
     root, *_ = two_runs
     (tmp_path / "folder").mkdir()
     assert_clean_failure(run("report", root / "a", "-o", tmp_path / "folder"), "is a folder")
+    assert_clean_failure(run("report", root / "a", "-o", ""), "-o is empty")  # K13: not "-o . is a folder"
     (tmp_path / "file").write_text("x")
     assert_clean_failure(run("report", root / "a", "-o", tmp_path / "file" / "r.html"), "-o")
     assert_clean_failure(run("report", tmp_path / "missing", "-o", tmp_path / "r.html"), "does not exist")

@@ -71,6 +71,8 @@ def write_report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, 
     from .build import collect
 
     _require_extra()
+    if not os.fspath(output):  # Path("") would read as "."
+        raise ConfigError("-o is empty", "name the HTML file to write, e.g. -o report.html")
     output = Path(os.path.expanduser(os.fspath(output)))  # `~` as in every path option
     _check_output(output)
     results = find_results(paths)
