@@ -75,7 +75,9 @@ def rows_found_in_cwd(root: Path) -> int:
                 image_path, _ = _parse_row(line)
             except ValueError:
                 continue
-            if not os.path.isabs(image_path) and _resolve(image_path, root)[0] == Path(image_path):
+            if os.path.isabs(image_path) or not os.path.lexists(image_path):  # one stat for most rows
+                continue
+            if _resolve(image_path, root)[0] == Path(image_path):
                 found += 1
     except (OSError, ValueError):
         return 0
