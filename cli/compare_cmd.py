@@ -24,6 +24,7 @@ def compare_cmd(result_a, result_b, resamples, seed, confidence, quiet):
     Prints one JSON line per dataset on stdout (A, B, B - A with a paired bootstrap interval per
     metric, McNemar's exact test for recall@k and acc@k) and a table on stderr.
     """
+    import os
     from pathlib import Path
 
     from clipeval.engine.results.compare import compare_results
@@ -31,6 +32,7 @@ def compare_cmd(result_a, result_b, resamples, seed, confidence, quiet):
     from clipeval.engine.results.read import find_results, pair_results
 
     setup_logging(not quiet)
+    result_a, result_b = (os.path.expanduser(p) for p in (result_a, result_b))  # `~` as in every path option
     a_is_dir, b_is_dir = Path(result_a).is_dir(), Path(result_b).is_dir()
     if a_is_dir != b_is_dir:
         raise ResultError(f"one of {result_a} and {result_b} is a folder and the other is not",
@@ -41,7 +43,8 @@ def compare_cmd(result_a, result_b, resamples, seed, confidence, quiet):
         for note in notes:
             click.echo(f"note: {note}", err=True)
         if not pairs:
-            raise ResultError(f"{result_a} and {result_b} share no dataset",
+            raise ResultError(f"{result_a} and {result_b} share no dataset measured on the same data (the notes "
+                              "above say what each holds)",
                               "compare output folders of evaluations on the same datasets, or two result files")
     else:
         pairs = [(side_a[0], side_b[0])]

@@ -41,7 +41,7 @@ def export_cmd(source, out_dir, precision, opset, hub, revision, pretrained, for
                           "no checkpoint to export",
                           f"pass --model demo to eval, text-eval or bench as it is, or copy {DEMO_MODEL_DIR} "
                           "to use the bundle elsewhere")
-    check_writable_dir(out_dir, "bundle folder (-o)")
+    out_dir = check_writable_dir(out_dir, "bundle folder (-o)")  # `~` expanded: the folder checked is the one written
     path = export_checkpoint(source, out_dir, precision=precision, opset=opset, force=force,
                              validate=not no_validate, hub=hub, revision=revision, pretrained=pretrained)
     emit({"bundle": str(path)})

@@ -15,15 +15,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import uuid
 from pathlib import Path
 
 from .errors import ConfigError
+from .textio import kind_of
 
 _UMASK_LOCK = threading.Lock()
 
@@ -60,6 +63,20 @@ def apply_umask(path: str | os.PathLike) -> None:
     os.chmod(path, dir_mode() if os.path.isdir(path) else file_mode())
 
 
+def refuse_non_regular(path: str | os.PathLike, what: str = "") -> None:
+    """Raise :class:`ConfigError` when ``path`` exists (links followed) and is not a regular file:
+    a folder, a FIFO, a character or block device (``/dev/null``), a socket. A file written to
+    ``path`` by rename would replace it. ``what`` names the setting in the message (``-o``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing (or a broken link: replacing the link is fine)
+        return
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{what + ' ' if what else ''}{os.fspath(path)} is {kind_of(mode)}, not a regular file: "
+                          "clipeval writes a new file in its place, which would replace it",
+                          "name a regular file (or a new one) to write")
+
+
 def make_temp_dir(prefix: str, dir: str | os.PathLike, suffix: str = "") -> Path:
     """:func:`tempfile.mkdtemp` in ``dir``, with the mode of a plain ``mkdir`` (not ``0700``):
     for folders that are renamed into place and published (bundles, caches)."""
@@ -73,9 +90,13 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
     The folder is created when missing. The file gets the mode a plain ``open`` would give it
     (``0o666`` less the umask), not the ``0o600`` of :func:`tempfile.mkstemp`. On any error the
-    temporary file is removed and ``path`` is as it was. Raises ``OSError`` from the system.
+    temporary file is removed and ``path`` is as it was. Raises ``OSError`` from the system, and
+    :class:`ConfigError` when ``path`` (a link followed) is something a file must not replace: a
+    folder, a FIFO, a device such as ``/dev/null`` (the rename would put a regular file in its
+    place), or a socket.
     """
     path = Path(path)
+    refuse_non_regular(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -124,7 +145,11 @@ def publish_dir(stage: str | os.PathLike, target: str | os.PathLike) -> None:
     except BaseException:
         os.replace(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:  # a file or a link was at target: removed too, not left behind as a hidden .old- entry
+        with contextlib.suppress(OSError):
+            old.unlink()
 
 
 def remove_stale_stages(target: str | os.PathLike) -> None:
@@ -176,7 +201,6 @@ def not_a_file(path: str | os.PathLike) -> str:
     """Why ``path``, which is not a regular file, cannot be read as one, without opening it (a
     FIFO would block): ``does not exist``, ``is a folder``, ``is a FIFO, not a regular file``,
     ``is a character device, ...``, ``is a broken symbolic link``..."""
-    import stat
 
     path = Path(path)
     try:
@@ -208,6 +232,16 @@ def _nearest_existing(path: Path) -> tuple[Path | None, Path | None]:
     return None, None
 
 
+def _kind_of_entry(path: Path) -> str:
+    """``a file``, ``a FIFO (named pipe)``, ``a character device``..., ``a broken symbolic link``:
+    what stands where a folder should be (links followed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken symbolic link" if os.path.islink(path) else "a file"
+    return "a file" if stat.S_ISREG(mode) else kind_of(mode)
+
+
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Make sure clipeval can create files in the folder ``path`` (creating it and its parents
     where missing) and return it (``~`` expanded). Nothing is left behind: the check makes and
@@ -226,7 +260,8 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
     folder = Path(os.path.expanduser(text))
     existing, blocker = _nearest_existing(folder.absolute())
     if blocker is not None:
-        where = "is a file" if blocker == folder.absolute() else f"lies under {blocker}, which is a file, not a folder"
+        kind = _kind_of_entry(blocker)
+        where = f"is {kind}" if blocker == folder.absolute() else f"lies under {blocker}, which is {kind}, not a folder"
         raise ConfigError(f"cannot write to the {what} {folder}: it {where}", remedy)
     if existing is None:
         raise ConfigError(f"cannot write to the {what} {folder}: no part of the path can be looked at", remedy)

@@ -120,7 +120,8 @@ def iter_results(cfg: Any, resolve: ModelResolver = resolve_bundle) -> Iterator[
     (:func:`~clipeval.engine.executors.ray_pairs.pair_results`); otherwise the evaluations run
     here, in order, and the embedding stage computes on the cluster.
     """
-    check_writable_dir(cfg.output_dir, OUTPUT_DIR_WHAT)
+    what = getattr(cfg, "output_what", OUTPUT_DIR_WHAT)  # the key the config's form names it by
+    output_dir = check_writable_dir(cfg.output_dir, what)  # `~` expanded: the folder checked is the one used
     pairs = plan(cfg)
     for task in dict.fromkeys(task for task, _ in pairs):
         task.check(cfg)
@@ -154,7 +155,7 @@ def _run(cfg: Any, pairs: list[tuple[Task, str | None]], resolve: ModelResolver)
     stage = open_stage(cfg) if any(task.metadata.embeds for task, _ in pairs) else None
     try:
         for ev in _evaluations(cfg, pairs, models):
-            yield from run_evaluation(ev, stage, cfg.output_dir)
+            yield from run_evaluation(ev, stage, output_dir, what)
     finally:
         if stage is not None:
             stage.close()
@@ -173,8 +174,8 @@ def _evaluations(cfg: Any, pairs: list[tuple[Task, str | None]], models: Models)
             yield from task.evaluations(cfg, entry, dataset, models)
 
 
-def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str | os.PathLike
-                   ) -> Iterator[dict[str, Any]]:
+def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str | os.PathLike,
+                   output_what: str = OUTPUT_DIR_WHAT) -> Iterator[dict[str, Any]]:
     """Run one evaluation and write its result files; yields their result objects.
 
     The same for every task: the slot and readable name of each result, the skip key (the task's
@@ -182,6 +183,7 @@ def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str
     and key, whole, is yielded as it is), the task's :meth:`~clipeval.engine.tasks.base.Task.evaluate`,
     then the ``meta`` block, the files beside each result and the atomic write."""
     task = ev.task
+    output_dir = os.path.expanduser(os.fspath(output_dir))  # as check_writable_dir checked it
     slots = [slot_of(ev, spec) for spec in ev.results]
     primaries = [primary_path(output_dir, ev, spec) for spec in ev.results]
     fingerprint = task.fingerprint(ev)
@@ -195,7 +197,10 @@ def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str
                 yield result
             return
     t_start = time.perf_counter()
-    ev.targets = [destination(primary, slot, say=False) for primary, slot in zip(primaries, slots)]
+    ev.targets = [destination(primary, slot, say=False, side_files=task.side_files)
+                  for primary, slot in zip(primaries, slots)]
+    for folder in dict.fromkeys(target.parent for target in ev.targets):  # before the model work
+        check_writable_dir(folder, output_what)
     outputs = task.evaluate(ev, stage)
     if ev.downloaded:  # fetched during the evaluation: now it can be fingerprinted
         fingerprint = task.fingerprint(ev)
@@ -203,7 +208,7 @@ def run_evaluation(ev: Evaluation, stage: EmbeddingStage | None, output_dir: str
     total_s = time.perf_counter() - t_start
     cache_path = str(stage.cache.path) if stage is not None and stage.cache is not None else None
     for out, spec, slot, primary, target in zip(outputs, ev.results, slots, primaries, ev.targets):
-        say_destination(primary, slot, target)
+        say_destination(primary, slot, target, task.side_files)
         meta = result_meta(ev, spec, out.meta, slot=slot, key=key, fingerprint=fingerprint, result_file=target,
                            stage=stage, cache_path=cache_path, total_s=total_s)
         if out.write_beside is not None:

@@ -96,6 +96,28 @@ def test_a_symbolic_link_inside_the_bundle_is_fine(bundle):
     assert load_bundle(bundle).tower_path("vision").is_file()
 
 
+@pytest.mark.parametrize("kind, needle", [("missing", "tokenizer.json: missing"),
+                                           ("folder", "tokenizer.json: is a folder"),
+                                           ("fifo", "tokenizer.json: is a FIFO"),
+                                           ("device", "resolves to /dev/zero, outside the bundle"),
+                                           ("broken link", "tokenizer.json: is a broken symbolic link")])
+def test_a_listed_file_that_is_no_regular_file_is_named_for_what_it_is(bundle, kind, needle):
+    """K10: a listed name holding a folder or a FIFO was reported as `missing` (never read: no hang)."""
+    import os
+
+    path = bundle / "tokenizer.json"
+    path.unlink()
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    elif kind == "broken link":
+        path.symlink_to(bundle / "nowhere")
+    refused(bundle, needle)
+
+
 def test_a_variant_naming_a_file_missing_from_files_is_refused(bundle):
     manifest = copy.deepcopy(GOOD)
     manifest["variants"]["int8"] = {"vision": "vision.int8.onnx", "text": "text.onnx"}

@@ -256,6 +256,24 @@ def test_compare_two_folders_pairs_what_they_share(two_runs, tmp_path):
         shutil.rmtree(extra.parent)
 
 
+@pytest.mark.parametrize("change", ["data_fingerprint", "limit and fingerprint"])
+def test_folders_with_one_dataset_of_other_data_say_so(two_runs, tmp_path, change):
+    """K8: two folders holding the same dataset measured on other data (another --limit, rows file)
+    were reported as "only in B" (A's result not named at all) and "share no dataset"."""
+    root, _, file_a, file_b = two_runs
+
+    def edit(d):
+        d["meta"]["data_fingerprint"] = "f" * 64
+        if change.startswith("limit"):
+            d["meta"]["limit"] = 3
+
+    b = copy_result(file_b, tmp_path / "b" / file_b.parent.name, edit)
+    r = run("compare", root / "a", tmp_path / "b")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert "measured other data" in r.stderr and str(b) in r.stderr and str(file_a) in r.stderr
+    assert "only in" not in r.stderr and "same data" in r.stderr.splitlines()[-2]
+
+
 def copy_result(file, folder, edit=None, *, detail=True):
     """A copy of a result (and its detail) in ``folder``, with ``edit(data)`` applied."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -381,7 +399,11 @@ def test_pairing_folders_by_what_was_measured(tmp_path):
                   _loaded(tmp_path / "z", dataset="flickr30k")):
         a = _loaded(tmp_path / "a", fingerprint="f0")
         pairs, notes = pair_results([a], [other])
-        assert pairs == [] and len(notes) == 2
+        if other.match_key == a.match_key:  # one dataset measured on other data: one note naming both (K8)
+            assert pairs == [] and len(notes) == 1 and "other data" in notes[0]
+            assert str(a.path) in notes[0] and str(other.path) in notes[0]
+        else:
+            assert pairs == [] and len(notes) == 2
     # a fingerprint on one side only does not prevent pairing (results from before fingerprints)
     assert pair_results([_loaded(tmp_path / "a", fingerprint="f0")], [b_fp32])[0]
     with pytest.raises(ResultError) as err:

@@ -429,3 +429,14 @@ def test_any_value_is_accepted_with_its_type_or_an_error_naming_the_key(key, val
         assert got and all(type(n) is str and n.strip() for n in got)
     elif key == "models":
         assert all(type(m["model_name"]) is str for m in got)
+
+
+def test_an_empty_config_path_is_named_empty_and_a_tilde_path_is_the_home_folder(tmp_path, monkeypatch):
+    """K13: run_task("") / `clipeval run ""` said "config file . is a folder"; `~/c.yaml` was not the
+    home folder (every other path option expands `~`)."""
+    with pytest.raises(ConfigError) as err:
+        parse_task_cfg("")
+    assert "empty" in str(err.value) and " . " not in str(err.value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "c.yaml").write_text("data_dir: somewhere\n")
+    assert parse_task_cfg("~/c.yaml").data_dir == "somewhere"

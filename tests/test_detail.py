@@ -387,6 +387,34 @@ def test_missing_or_foreign_detail_files_are_refused(tmp_path, case):
     assert needle in str(err.value) and "--detail on" in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["", ".", "..", "/", "//", "/etc/hostname", "../r.detail.npz", "a/r.detail.npz",
+                                  "r.detail.npz/", "r.detail.npz\0", "fifo.npz", "zero.npz", "folder.npz"])
+def test_detail_file_names_that_are_no_plain_file_beside_the_result_are_refused(tmp_path, name):
+    """K3/K4: meta.detail.file is read back from a result file (--skip-existing --detail on, compare,
+    report): a name that is no plain file name beside the result, or that names a FIFO, a device or a
+    folder, is a ResultError at once (never a ValueError, never a read that blocks or never ends)."""
+    arrays = valid_retrieval_arrays()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    (tmp_path / "r.detail.npz").write_bytes(buf.getvalue())
+    os.mkfifo(tmp_path / "fifo.npz")
+    os.symlink("/dev/zero", tmp_path / "zero.npz")
+    (tmp_path / "folder.npz").mkdir()
+    result = {"meta": {"detail": {"file": name, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}}}
+    with pytest.raises(ResultError) as err:
+        load_detail(tmp_path / "r.json", result)
+    assert "--detail on" in str(err.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(max_size=12))
+def test_any_text_as_the_detail_file_name_is_read_or_refused(tmp_path_factory, name):
+    tmp_path = tmp_path_factory.mktemp("d")
+    result = {"meta": {"detail": {"file": name, "sha256": "0" * 64}}}
+    with pytest.raises(ResultError):  # nothing there holds that sha256: refused, whatever the name
+        load_detail(tmp_path / "r.json", result)
+
+
 def test_write_detail_modes_and_the_auto_bound(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     text, image = quantised(rng, 8, 3, 2), quantised(rng, 4, 3, 2)

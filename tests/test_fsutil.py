@@ -36,12 +36,17 @@ def test_a_folder_under_a_regular_file_is_refused(tmp_path):
     (lambda d: d / "ok" / ("n" * 300) / "x", "file names are limited to 255"),
     (lambda d: str(d / "a\0b"), "NUL"),
     (lambda d: "", "is empty"),
-    (lambda d: d / "dangling" / "x", "dangling, which is a file, not a folder"),
-    (lambda d: "/dev/null/results", "/dev/null, which is a file"),
+    (lambda d: d / "dangling" / "x", "dangling, which is a broken symbolic link, not a folder"),
+    (lambda d: d / "dangling", "it is a broken symbolic link"),
+    (lambda d: "/dev/null/results", "/dev/null, which is a character device, not a folder"),
+    (lambda d: "/dev/null", "it is a character device"),
+    (lambda d: d / "fifo", "it is a FIFO"),
+    (lambda d: d / "fifo" / "x", "fifo, which is a FIFO (named pipe), not a folder"),
 ])
 def test_unusable_destinations_are_one_config_error(tmp_path, make, reason):
     (tmp_path / "file").write_text("x")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(tmp_path / "fifo")
     before = tree(tmp_path)
     with pytest.raises(ConfigError) as info:
         check_writable_dir(make(tmp_path), WHAT)
@@ -153,3 +158,59 @@ def test_exported_bundles_get_the_users_umask(tmp_path_factory, mask):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.iterdir()]}
     assert modes.pop("bundle") == 0o777 & ~mask
     assert modes and set(modes.values()) == {0o666 & ~mask}, modes
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "link to a folder"])
+def test_write_atomic_never_replaces_what_is_not_a_regular_file(tmp_path, kind):
+    """K5: the rename of write_atomic would put a regular file in place of a FIFO or a device node
+    (/dev/null, when run as root); every caller gets a ConfigError instead, the thing left as it was."""
+    target = tmp_path / "x"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "device":
+        target.symlink_to("/dev/null")  # never /dev/null itself: a regression would replace only the link
+    elif kind == "folder":
+        target.mkdir()
+    else:
+        (tmp_path / "d").mkdir()
+        target.symlink_to(tmp_path / "d")
+    before = os.stat(target).st_mode
+    with pytest.raises(ConfigError) as err:
+        write_atomic(target, b"data")
+    assert "not a regular file" in str(err.value)
+    assert os.stat(target).st_mode == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "link to a file", "broken link"])
+def test_write_atomic_writes_files_and_replaces_links(tmp_path, kind):
+    target = tmp_path / "x"
+    if kind == "file":
+        target.write_bytes(b"old")
+    elif kind == "link to a file":
+        (tmp_path / "f").write_bytes(b"old")
+        target.symlink_to(tmp_path / "f")
+    elif kind == "broken link":
+        target.symlink_to(tmp_path / "nowhere")
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new" and not target.is_symlink()
+
+
+@pytest.mark.parametrize("kind", ["nothing", "folder", "file", "link"])
+def test_publish_dir_replaces_what_is_there_and_leaves_nothing_behind(tmp_path, kind):
+    from clipeval.engine.fsutil import publish_dir, staging_dir
+
+    target = tmp_path / "data"
+    if kind == "folder":
+        target.mkdir()
+        (target / "old").write_text("old")
+    elif kind == "file":
+        target.write_text("old")
+    elif kind == "link":
+        (tmp_path / "elsewhere").mkdir()
+        target.symlink_to(tmp_path / "elsewhere")
+    stage = staging_dir(target)
+    (stage / "new").write_text("new")
+    publish_dir(stage, target)
+    assert target.is_dir() and not target.is_symlink() and sorted(p.name for p in target.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data", *(["elsewhere"] if kind == "link" else [])])

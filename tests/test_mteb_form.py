@@ -171,3 +171,24 @@ def test_split_names_are_accepted(split):
 
     assert make_eval_config({"split": split}).split == split
     assert parse_task_cfg(mteb_cfg(tasks=[{"data_path": "d", "eval_splits": [split]}])).tasks[0].splits == [split]
+
+
+@pytest.mark.parametrize("where", ["output_folder", "work_dir", "model folder"])
+def test_an_unwritable_mteb_output_names_the_mteb_key(where, tiny_beir, tmp_path):
+    """K9: the mteb form's output folder (eval.output_folder, else work_dir) blocked by a file was
+    reported as `--output-dir / output_dir`, keys that form does not have."""
+    (tmp_path / "file").write_text("x")
+    cfg = mteb_cfg(models=[{"model_name_or_path": "demo"}], tasks=[{"data_path": str(tiny_beir)}])
+    if where == "output_folder":
+        cfg["eval_config"]["eval"]["output_folder"] = str(tmp_path / "file" / "out")
+    elif where == "work_dir":
+        cfg["work_dir"] = str(tmp_path / "file" / "out")
+    else:
+        cfg["work_dir"] = str(tmp_path / "w")
+        (tmp_path / "w").mkdir()
+        (tmp_path / "w" / "clipeval-demo-shapes").write_text("x")
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(cfg))
+    r = CliRunner().invoke(cli, ["run", str(path), "-q"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert "eval_config.eval.output_folder" in r.stderr and "--output-dir" not in r.stderr

@@ -225,6 +225,7 @@ def test_report_failures_are_one_clear_error(two_runs, tmp_path, monkeypatch):
     root, *_ = two_runs
     (tmp_path / "folder").mkdir()
     assert_clean_failure(run("report", root / "a", "-o", tmp_path / "folder"), "is a folder")
+    assert_clean_failure(run("report", root / "a", "-o", ""), "-o is empty")  # K13: not "-o . is a folder"
     (tmp_path / "file").write_text("x")
     assert_clean_failure(run("report", root / "a", "-o", tmp_path / "file" / "r.html"), "-o")
     assert_clean_failure(run("report", tmp_path / "missing", "-o", tmp_path / "r.html"), "does not exist")
@@ -283,3 +284,61 @@ def test_report_counts_the_results_it_shows(two_runs, tmp_path):
     assert "the report shows the first" in r.stderr
     shown = json.loads(r.stdout)["results"]
     assert shown == 2 and f"2 model(s), 1 dataset(s), {shown} result(s)" in out.read_text(encoding="utf-8")
+
+
+def _not_regular(path, kind):
+    """Something at ``path`` that is not a regular file. A device is a link to /dev/null (never
+    /dev/null itself: a regression would replace only the link)."""
+    import os
+    import socket
+
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/null")
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "socket"])
+def test_report_never_replaces_a_fifo_or_a_device(two_runs, tmp_path, kind):
+    """K5: `-o /dev/null` (run as root) replaced /dev/null by the HTML file; a FIFO was replaced too.
+    Refused before any work, the thing left as it was."""
+    import os
+
+    root, *_ = two_runs
+    target = _not_regular(tmp_path / "r.html", kind)
+    before = os.stat(target).st_mode
+    assert_clean_failure(run("report", root / "a", "-o", target), "not a regular file")
+    assert os.stat(target).st_mode == before and os.path.lexists(target)
+
+
+def test_report_compare_and_export_take_a_tilde_as_the_home_folder(two_runs, tmp_path, monkeypatch):
+    """K6 (the same kind for the other path arguments): `~` is the home folder for `report -o`, the
+    PATHs of report and compare, and `export -o` (checked and written), never a folder named `~`."""
+    import os
+    import shutil
+
+    import clipeval.export as export_pkg
+
+    root, *_ = two_runs
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    shutil.copytree(root / "a", home / "a")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    r = run("report", "~/a", "-o", "~/r.html", "-q")
+    assert r.exit_code == 0, r.output
+    assert (home / "r.html").is_file()
+    r = run("compare", "~/a", str(root / "a"), "-q")
+    assert r.exit_code == 0, r.output
+    seen = []
+    monkeypatch.setattr(export_pkg, "export_checkpoint", lambda source, out, **kw: seen.append(out) or out)
+    r = run("export", str(tmp_path), "-o", "~/bundle", "-q")
+    assert r.exit_code == 0, r.output
+    assert [os.fspath(p) for p in seen] == [os.fspath(home / "bundle")]
+    assert not (cwd / "~").exists()

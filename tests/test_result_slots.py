@@ -452,3 +452,150 @@ def test_skip_existing_over_a_fifo_or_device_at_the_result_name_runs_and_keeps_i
     again = ok(run("eval", "--data-dir", data, "--output-dir", out, "--no-cache", "-q", "--skip-existing"))
     assert Path(again["meta"]["result_file"]) == primary.with_name(f"{NAME}.{again['meta']['slot_digest'][:8]}.json")
     assert (primary.is_fifo() if kind == "fifo" else primary.is_symlink())
+
+
+# --- destinations blocked below the output folder (findings K1, K2) ----------------------------
+
+def _block(path: Path, kind: str) -> None:
+    """Put something that is not a regular file at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/null")
+    elif kind == "file":
+        path.write_text("x")
+
+
+def _sides(path: Path) -> list[Path]:
+    stem = path.name[: -len(".json")]
+    return [path.with_name(stem + ".detail.npz"), path.with_name(stem + ".trec")]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+@pytest.mark.parametrize("side", [0, 1])
+def test_destination_passes_over_a_name_whose_side_file_is_no_regular_file(tmp_path, kind, side):
+    primary = tmp_path / "m" / f"{NAME}.json"
+    mine = slot()
+    _block(_sides(primary)[side], kind)
+    assert destination(primary, mine) == primary  # the task writes no such side file
+    chosen = destination(primary, mine, side_files=_sides)
+    assert chosen == primary.with_name(f"{NAME}.{mine.digest[:8]}.json")
+    write_result(primary, result_of(mine))  # even a re-run of the same slot cannot go there
+    assert destination(primary, mine, side_files=_sides) == chosen
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_destination_with_every_name_blocked_is_a_config_error(tmp_path, kind):
+    from clipeval.engine.errors import ConfigError
+
+    primary = tmp_path / "m" / f"{NAME}.json"
+    mine = slot()
+    for path in slot_candidates(primary, mine.digest):
+        _block(_sides(path)[0], kind)
+    with pytest.raises(ConfigError) as err:
+        destination(primary, mine, side_files=_sides)
+    assert "--output-dir" in err.value.remedy
+
+
+BLOCKS = [  # (command, what is blocked, kind): the model's folder, or a side file's name
+    *[(cmd, "model folder", kind) for cmd in ("eval", "text-eval") for kind in ("file", "fifo", "device")],
+    *[("eval", "detail", kind) for kind in ("folder", "fifo", "device")],
+    *[("text-eval", "trec", kind) for kind in ("folder", "fifo", "device")],
+]
+
+
+@pytest.mark.parametrize("cmd, where, kind", BLOCKS)
+def test_a_blocked_place_below_the_output_folder_is_found_before_the_model_work(tmp_path, monkeypatch, cmd, where,
+                                                                                 kind):
+    """K1: a file (FIFO, device) where the model's result folder goes is one error (exit 2) before
+    any model work; K2: a folder (FIFO, device) at a side file's name (detail, TREC run) sends the
+    result to its digest name, never an internal error after the model work."""
+    from clipeval.engine.tasks.base import Task
+
+    out = tmp_path / "out"
+    if cmd == "eval":
+        args = eval_args("demo", demo_rows(tmp_path / "d", 4), out, "--no-cache")
+        stem = f"{NAME}"
+    else:
+        args = ["text-eval", "--model", "demo", "--data-dir", _beir(tmp_path / "beirX", 6), "--output-dir", out,
+                "--no-cache", "-q"]
+        stem = "beirX_text_retrieval"
+    model_dir = out / "clipeval-demo-shapes"
+    if where == "model folder":
+        _block(model_dir, kind)
+        evaluated = []
+        for task in Task.__subclasses__() + [t for c in Task.__subclasses__() for t in c.__subclasses__()]:
+            if "evaluate" in vars(task):
+                monkeypatch.setattr(task, "evaluate", lambda self, *a, _e=evaluated: _e.append(1))
+        result = run(*args)
+        assert result.exit_code == 2, (result.output, result.exception)
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+        assert str(model_dir) in result.stderr and "--output-dir" in result.stderr
+        assert evaluated == []
+        return
+    blocked = model_dir / (f"{stem}.detail.npz" if where == "detail" else f"{stem}.trec")
+    _block(blocked, kind)
+    result = ok(run(*args))
+    written = Path(result["meta"]["result_file"])
+    assert written.name == f"{stem}.{result['meta']['slot_digest'][:8]}.json"
+    assert read_result(written)["metrics"] == result["metrics"]
+    assert os.path.lexists(blocked) and not blocked.is_file()
+
+
+@pytest.mark.parametrize("cmd", ["eval", "text-eval", "run"])
+def test_a_tilde_output_folder_is_the_home_folder_checked_not_a_folder_named_tilde(tmp_path, monkeypatch, cmd):
+    """K6: `--output-dir ~/runs` (or `output_dir: ~/runs` in a config) was checked as $HOME/runs but
+    written to a folder literally named `~` in the working directory."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    data = demo_rows(tmp_path / "d", 3)
+    if cmd == "eval":
+        result = ok(run(*eval_args("demo", data, "~/runs", "--no-cache")))
+    elif cmd == "text-eval":
+        result = ok(run("text-eval", "--model", "demo", "--data-dir", _beir(tmp_path / "beirT", 6), "--output-dir",
+                        "~/runs", "--no-cache", "-q"))
+    else:
+        config = tmp_path / "c.yaml"
+        config.write_text(f"models: [{{model_name: demo}}]\ndata_dir: {data}\noutput_dir: ~/runs\nverbose: false\n")
+        result = ok(run("run", config))
+    written = Path(result["meta"]["result_file"])
+    assert written.is_file() and home / "runs" in written.parents
+    assert not (cwd / "~").exists()
+
+
+def test_rows_relative_to_the_working_directory_are_other_data_from_another_folder(tmp_path, monkeypatch):
+    """K7: `image_path` relative to the working directory is tried first (the reference's rule), so
+    one rows file run from two folders reads two sets of images. The second run must neither be
+    served the first's result by --skip-existing nor replace its file; a run whose rows resolve
+    only in the data folder keeps its fingerprint wherever it starts."""
+    data = tmp_path / "d"
+    data.mkdir()
+    rel = [{**row, "image_path": f"images/{i}.jpg"} for i, row in enumerate(ROWS[:6])]
+    (data / "image_queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rel))
+    (data / "images").mkdir()
+    for i, row in enumerate(ROWS[:6]):
+        shutil.copy(DEMO_DATA_DIR / row["image_path"], data / "images" / f"{i}.jpg")
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True)
+    for i in range(6):  # other pictures under the same names
+        shutil.copy(DEMO_DATA_DIR / ROWS[100 + i]["image_path"], other / "images" / f"{i}.jpg")
+    out = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # nothing here: the rows resolve in the data folder
+    base = ok(run(*eval_args("demo", data, out, "--no-cache")))
+    assert data_fingerprint("custom", data, "test") == base["meta"]["data_fingerprint"]
+    monkeypatch.chdir(other)  # here images/{i}.jpg are other pictures
+    moved = ok(run(*eval_args("demo", data, out, "--no-cache", "--skip-existing")))
+    assert moved["meta"]["data_fingerprint"] != base["meta"]["data_fingerprint"]
+    assert moved["meta"]["result_file"] != base["meta"]["result_file"]
+    assert read_result(base["meta"]["result_file"])["metrics"] == base["metrics"]  # not clobbered
+    monkeypatch.chdir(elsewhere)
+    again = ok(run(*eval_args("demo", data, out, "--no-cache", "--skip-existing")))
+    assert again["meta"]["result_file"] == base["meta"]["result_file"] and again["metrics"] == base["metrics"]

@@ -206,6 +206,7 @@ class MtebConfig:
     reranker: MtebModel | None
     tasks: list[MtebTask]
     output_dir: str = "outputs"
+    output_what: str = "output folder (eval_config.eval.output_folder, else work_dir)"  # for messages
     overwrite_results: bool = True
     limits: int | None = None
     top_k: int = DEFAULT_TOP_K["current"]

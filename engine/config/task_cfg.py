@@ -713,7 +713,9 @@ def parse_task_cfg(task_cfg: dict[str, Any] | str | os.PathLike) -> Any:
     """
     problems = Problems("the task config")
     if isinstance(task_cfg, (str, os.PathLike)):
-        path = Path(task_cfg)
+        if not os.fspath(task_cfg):  # Path("") would read as ".", the working directory
+            raise ConfigError("the config file path is empty", "pass the path of a JSON or YAML file, or a mapping")
+        path = Path(os.path.expanduser(os.fspath(task_cfg)))
         task_cfg, problems.lines = parse_config_text(path, _read_config_text(path))
         problems.file = str(path)
     if not isinstance(task_cfg, dict):

@@ -2,7 +2,9 @@
 
 No image is decoded or read; what the fingerprint covers, per source:
 
-* ``custom``: the sha256 of ``image_queries.jsonl``;
+* ``custom``: the sha256 of ``image_queries.jsonl``, and, when rows name relative image paths
+  found relative to the working directory (which the reader tries first, as the reference tool
+  does), that directory and how many: a run from another folder reads other images;
 * a named set from raw Karpathy files: the sha256 of the annotation file the reader would take
   (``{name}_{split}_karpathy.txt``, ``coco_{split}_karpathy.json``, or their ``_zh`` forms);
 * a local webdataset folder: the name, size and modification time of every file of the split's
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import orjson
 
-from ..textio import open_regular
+from ..textio import json_lines, open_regular
 from . import karpathy, sources, wds
 from .custom import FILENAME as CUSTOM_ROWS
 from .named import _ALIASES, normalize_language, wds_name
@@ -59,6 +61,29 @@ def _stat(path: Path) -> list:
     return [path.name, st.st_size, st.st_mtime_ns]
 
 
+def rows_found_in_cwd(root: Path) -> int:
+    """How many rows of ``root/image_queries.jsonl`` name a relative ``image_path`` that the reader
+    finds relative to the working directory (it tries that before the data folder, as the
+    reference tool does; :func:`clipeval.engine.datasets.custom._resolve`): one stat or two per
+    row, no image read. ``0`` for a file that cannot be read (the reader reports it)."""
+    from .custom import _parse_row, _resolve
+
+    found = 0
+    try:
+        for _, line in json_lines(root / CUSTOM_ROWS):
+            try:
+                image_path, _ = _parse_row(line)
+            except ValueError:
+                continue
+            if os.path.isabs(image_path) or not os.path.lexists(image_path):  # one stat for most rows
+                continue
+            if _resolve(image_path, root)[0] == Path(image_path):
+                found += 1
+    except (OSError, ValueError):
+        return 0
+    return found
+
+
 def _wds_folder(root: Path, split: str) -> dict:
     folder = root / split
     try:
@@ -73,7 +98,11 @@ def _wds_folder(root: Path, split: str) -> dict:
 
 def _local_source(name: str, root: Path, split: str, language: str) -> dict:
     if name == "custom":
-        return {"kind": "custom", "rows": _file_digest(root / CUSTOM_ROWS)}
+        source = {"kind": "custom", "rows": _file_digest(root / CUSTOM_ROWS)}
+        in_cwd = rows_found_in_cwd(root)
+        if in_cwd:  # those images depend on where the run starts: another folder, other images
+            source["found_in_cwd"] = [os.getcwd(), in_cwd]
+        return source
     base, forced = _ALIASES.get(name, (name, None))
     lang = forced or language
     if base in ("flickr8k", "flickr30k"):

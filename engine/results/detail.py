@@ -62,8 +62,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ResultError
+from ..errors import ResultError, shorten
 from ..fsutil import write_atomic
+from ..textio import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -297,11 +298,16 @@ def load_detail(result_file: str | os.PathLike, result: dict) -> RetrievalDetail
     if not isinstance(info, dict) or not isinstance(info.get("file"), str) or not isinstance(info.get("sha256"), str):
         why = f" ({info['reason']})" if isinstance(info, dict) and isinstance(info.get("reason"), str) else ""
         raise ResultError(f"{result_file} has no per-query detail{why}", remedy)
-    path = result_file.with_name(Path(info["file"]).name)
+    name = info["file"]
+    if name != Path(name).name or name in ("", ".", "..") or "\0" in name:
+        raise ResultError(f"{result_file}: meta.detail.file {shorten(repr(name))} is not the name of a file beside "
+                          "it", remedy)
+    path = result_file.with_name(name)
     try:
-        data = path.read_bytes()
+        data = read_regular(path)  # a FIFO or a device at that name is refused, never read
     except OSError as exc:
-        raise ResultError(f"cannot read the detail file of {result_file}: {exc.strerror or exc}", remedy) from None
+        raise ResultError(f"cannot read the detail file of {result_file}: {path}: {exc.strerror or exc}",
+                          remedy) from None
     if hashlib.sha256(data).hexdigest() != info["sha256"]:
         raise ResultError(f"{path} does not belong to {result_file} (its sha256 differs from the one the result "
                           "recorded: written by another run)", remedy)

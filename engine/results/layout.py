@@ -26,12 +26,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
+from ..errors import ConfigError
 from ..fsutil import write_atomic
 from ..paths import safe_name
 from ..textio import kind_of, read_json
@@ -142,35 +144,67 @@ def _slot_digest(path: Path) -> str | None:
     return slot.digest if slot is not None else None
 
 
-def destination(primary: Path, slot: Slot, *, say: bool = True) -> Path:
+def destination(primary: Path, slot: Slot, *, say: bool = True,
+                side_files: Callable[[Path], list[Path]] | None = None) -> Path:
     """The file a result of ``slot`` is written to: the candidate (:func:`slot_candidates`) that
     already holds this slot's result (a re-run replaces it), else the first free one. A file
     holding anything else (another slot's result, another tool's file, a damaged file) is never
     replaced, and the log says which file holds what (``say=False``: not now; the runner says it
-    with :func:`say_destination` when it writes, so a run that fails first says nothing of it)."""
+    with :func:`say_destination` when it writes, so a run that fails first says nothing of it).
+
+    ``side_files(path)``: the files the task writes beside a result at ``path``
+    (:meth:`clipeval.engine.tasks.base.Task.side_files`); a candidate one of whose side files is
+    taken by something that is not a regular file (a folder, a FIFO, a device) is passed over.
+
+    Raises:
+        ConfigError: every candidate is taken by something that cannot be replaced (a folder, a
+            FIFO...), so no name is left for this result (named with a remedy).
+    """
     digest = slot.digest
     candidates = slot_candidates(primary, digest)
+    blocked = {path: _blocked(path, side_files) for path in candidates}
     for path in candidates:
-        if _slot_digest(path) == digest:
+        if not blocked[path] and _slot_digest(path) == digest:
             return path
     for path in candidates:
-        if not os.path.lexists(path):
+        if not blocked[path] and not os.path.lexists(path):
             if say:
                 say_destination(primary, slot, path)
             return path
+    last = candidates[-1]
+    if blocked[last]:
+        raise ConfigError(f"cannot write the result {primary}: it and every other name for it "
+                          f"({', '.join(p.name for p in candidates[1:])}) or a file beside them is taken: "
+                          f"{blocked[last]}", "move those away, or pass another output folder (--output-dir / output_dir)")
     if say:
-        say_destination(primary, slot, candidates[-1])
-    return candidates[-1]
+        say_destination(primary, slot, last)
+    return last
 
 
-def say_destination(primary: Path, slot: Slot, path: Path) -> None:
+def _blocked(path: Path, side_files: Callable[[Path], list[Path]] | None) -> str | None:
+    """What keeps a result from being written at ``path`` (``None``: nothing): ``path`` or one of
+    its side files is something a file cannot replace (a folder, a FIFO, a device, a socket)."""
+    for p in (path, *(side_files(path) if side_files is not None else ())):
+        try:
+            mode = os.stat(p).st_mode
+        except (OSError, ValueError):  # missing, a broken link (replaced), or not to be looked at
+            continue
+        if not stat.S_ISREG(mode):
+            return f"{p} is {kind_of(mode)}"
+    return None
+
+
+def say_destination(primary: Path, slot: Slot, path: Path,
+                    side_files: Callable[[Path], list[Path]] | None = None) -> None:
     """Log why a result of ``slot`` goes to ``path`` rather than its readable name ``primary``."""
     if path == primary:
         return
     if os.path.lexists(path) and _slot_digest(path) != slot.digest:
         log.warning("every name for this result is taken by another slot; replacing %s", path)
     elif _slot_digest(path) != slot.digest:
-        log.warning("%s holds %s; this result (%s) goes to %s", primary, _describe(primary), describe_slot(slot), path)
+        held = _blocked(primary, side_files) if not os.path.lexists(primary) else None
+        what = f"cannot be written ({held})" if held else f"holds {_describe(primary)}"
+        log.warning("%s %s; this result (%s) goes to %s", primary, what, describe_slot(slot), path)
 
 
 def describe_slot(slot: Slot) -> str:

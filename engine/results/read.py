@@ -20,6 +20,7 @@ import orjson
 
 from ..errors import ResultError
 from ..fsutil import not_a_file
+from ..textio import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def read_result(path: str | os.PathLike) -> LoadedResult:
     """
     path = Path(path)
     try:
-        data = orjson.loads(path.read_bytes())
+        data = orjson.loads(read_regular(path))  # a FIFO or a device is refused, never read
     except OSError as exc:
         raise ResultError(f"cannot read {path}: {exc.strerror or exc}", "pass a result file written by clipeval eval, "
                           "or its output folder") from None
@@ -138,7 +139,7 @@ def find_results(paths: Iterable[str | os.PathLike], tasks: tuple[str, ...] = ZE
     found: list[LoadedResult] = []
     seen: set[Path] = set()
     for raw in paths:
-        path = Path(raw)
+        path = Path(os.path.expanduser(os.fspath(raw)))  # `~` as in every path option
         if path.is_file():
             result = read_result(path)
             if result.task not in tasks:
@@ -201,7 +202,12 @@ def pair_results(side_a: list[LoadedResult],
         bs = [b for b in side_b if same_data(a, b)]
         twins = [x for x in side_a if same_data(a, x)]
         if not bs:
-            notes.append(f"only in A: {a.dataset} {a.task} ({a.path})")
+            near = [b for b in side_b if b.match_key == a.match_key]
+            if near:  # the same dataset, split and language, measured on other data
+                notes.append(f"{a.dataset} {a.task}: A ({a.path}) and B ({near[0].path}) measured other data (their "
+                             "data fingerprints differ: another rows file, --limit, or images); not compared")
+            else:
+                notes.append(f"only in A: {a.dataset} {a.task} ({a.path})")
             continue
         if len(bs) > 1 or len(twins) > 1:
             bs = [b for b in bs if b.precision == a.precision]
@@ -215,5 +221,6 @@ def pair_results(side_a: list[LoadedResult],
                 continue
         pairs.append((a, bs[0]))
     paired = {id(b) for _, b in pairs}
-    notes.extend(f"only in B: {b.dataset} {b.task} ({b.path})" for b in side_b if id(b) not in paired)
+    notes.extend(f"only in B: {b.dataset} {b.task} ({b.path})" for b in side_b
+                 if id(b) not in paired and not any(a.match_key == b.match_key for a in side_a))
     return pairs, notes

@@ -57,10 +57,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import BundleError
-from ..fsutil import write_atomic
+from ..errors import BundleError, ConfigError
+from ..fsutil import not_a_file, write_atomic
 from ..paths import cache_root
-from ..textio import read_json, to_utf8
+from ..textio import read_json, read_regular, to_utf8
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -157,7 +157,7 @@ def _stat_key(path: Path) -> list[int]:
 
 def _read_stamp(path: Path) -> dict:
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_regular(path))  # a FIFO or a device there is never read
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
@@ -166,7 +166,7 @@ def _read_stamp(path: Path) -> dict:
 def _write_stamp(path: Path, stamp: dict) -> None:
     try:
         write_atomic(path, json.dumps(stamp).encode())
-    except OSError:  # a read-only cache only costs re-hashing next time
+    except (OSError, ConfigError):  # a read-only cache (or a FIFO there) only costs re-hashing next time
         pass
 
 
@@ -377,7 +377,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, trust_stamp: bool 
                                 "(through a symbolic link)")
                 continue
             if not fpath.is_file():
-                problems.append(f"{name}: missing")
+                problems.append(f"{name}: {'missing' if not os.path.lexists(fpath) else not_a_file(fpath)}")
                 continue
             if not verify:
                 continue

@@ -214,6 +214,12 @@ class Task(ABC):
         """Whether a finished result found for ``ev`` is whole (its files beside it are there)."""
         return True
 
+    def side_files(self, result_file: Path) -> list[Path]:
+        """The files this task writes beside the result file ``result_file`` (a per-query detail, a
+        TREC run): :func:`clipeval.engine.results.layout.destination` passes over a name whose side
+        files are taken by something that is not a regular file (a folder, a FIFO)."""
+        return []
+
     @abstractmethod
     def evaluate(self, ev: Evaluation, stage) -> list[TaskOutput]:
         """Run ``ev`` with the run's embedding stage; one :class:`TaskOutput` per ``ev.results``."""

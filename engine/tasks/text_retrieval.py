@@ -534,6 +534,9 @@ class TextRetrieval(Task):
     def complete(self, path: Path, result: dict[str, Any], ev: Evaluation) -> bool:
         return run_path_for(path).is_file()
 
+    def side_files(self, result_file: Path) -> list[Path]:
+        return [run_path_for(result_file)]
+
     def evaluate(self, ev: Evaluation, stage: Any) -> list[TaskOutput]:
         reranker: Bundle | None = ev.options.get("reranker")
         data = read_beir(ev.data_dir, ev.split)

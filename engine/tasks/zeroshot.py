@@ -5,15 +5,16 @@ written beside its result."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..datasets.fingerprint import data_fingerprint
+from ..datasets.fingerprint import data_fingerprint, rows_found_in_cwd
 from ..demo import DEMO_DATA_DIR, DEMO_NAME, is_demo_name
 from ..embedding.models import describe_bundle
 from ..errors import DatasetError
-from ..results.detail import detail_satisfied, write_detail
+from ..results.detail import detail_path, detail_satisfied, write_detail
 from ..sessions.model import default_precision
 from ..sessions.onnx import default_threads
 from .base import Evaluation, ModelRef, Models, ResultSpec, Task, TaskOutput, data_key
@@ -76,6 +77,9 @@ class ZeroShotTask(Task):
                          precision=precision, own_precision=bundle.manifest["precision"], entry=entry)
         data_dir = data_location(cfg, entry, dataset)
         key = data_key(data_dir, cfg.dataset_url)
+        if dataset == "custom" and data_dir is not None and "://" not in str(data_dir):
+            if rows_found_in_cwd(Path(key)):  # images named relative to where the run starts: part of the place
+                key = f"{key} (images relative to {os.getcwd()})"
         params = {"dataset": dataset, "task": self.name, "data_dir": key, "split": cfg.split, "limit": cfg.limit,
                   "recall_k": cfg.recall_k, "on_error": cfg.on_error, "precision": precision,
                   "fast_decode": cfg.fast_decode}
@@ -100,6 +104,9 @@ class ZeroShotTask(Task):
 
     def complete(self, path: Path, result: dict[str, Any], ev: Evaluation) -> bool:
         return detail_satisfied(path, result, ev.settings.detail)
+
+    def side_files(self, result_file: Path) -> list[Path]:
+        return [detail_path(result_file)]
 
     @staticmethod
     def with_detail(metrics: dict, meta: dict, per_query, settings: TaskParams) -> TaskOutput:

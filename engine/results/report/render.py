@@ -9,7 +9,7 @@ from typing import Sequence
 
 from ...errors import ConfigError
 from ..read import find_results
-from ...fsutil import write_atomic
+from ...fsutil import refuse_non_regular, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ def _require_extra() -> None:
 def _check_output(output: Path) -> None:
     if output.is_dir():
         raise ConfigError(f"-o {output} is a folder", "name the HTML file to write, e.g. -o report.html")
+    refuse_non_regular(output, "-o")  # a FIFO, a device (/dev/null): never replaced by the HTML file
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -70,7 +71,9 @@ def write_report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, 
     from .build import collect
 
     _require_extra()
-    output = Path(output)
+    if not os.fspath(output):  # Path("") would read as "."
+        raise ConfigError("-o is empty", "name the HTML file to write, e.g. -o report.html")
+    output = Path(os.path.expanduser(os.fspath(output)))  # `~` as in every path option
     _check_output(output)
     results = find_results(paths)
     context = collect(results, worst=worst, resamples=resamples, seed=seed)
