@@ -135,9 +135,9 @@ def iter_results(cfg: Any, resolve: ModelResolver = resolve_bundle) -> Iterator[
 
                 yield from pair_results(cfg, resolve, entries)
                 return
-            yield from _run(cfg, pairs, resolve)
+            yield from _run(cfg, pairs, resolve, output_dir, what)
         return
-    yield from _run(cfg, pairs, resolve)
+    yield from _run(cfg, pairs, resolve, output_dir, what)
 
 
 def _pair_entries(cfg: Any, pairs: list[tuple[Task, str | None]]) -> list[Any] | None:
@@ -149,8 +149,10 @@ def _pair_entries(cfg: Any, pairs: list[tuple[Task, str | None]]) -> list[Any] |
     return entries if len(entries) * len(pairs) > 1 else None
 
 
-def _run(cfg: Any, pairs: list[tuple[Task, str | None]], resolve: ModelResolver) -> Iterator[dict[str, Any]]:
-    """Every evaluation of ``cfg`` here, in order, with one embedding stage for the run."""
+def _run(cfg: Any, pairs: list[tuple[Task, str | None]], resolve: ModelResolver, output_dir: str,
+         what: str) -> Iterator[dict[str, Any]]:
+    """Every evaluation of ``cfg`` here, in order, with one embedding stage for the run, into
+    ``output_dir`` (checked already; ``what`` names it in messages)."""
     models = Models(resolve, cfg)
     stage = open_stage(cfg) if any(task.metadata.embeds for task, _ in pairs) else None
     try:
