@@ -75,6 +75,11 @@ def text_eval_cmd(model, data_dir, k, reranker, top_k, query_prompt, document_pr
     if problem:
         raise FlagValueError(f"{problem}, got {split!r}", "name a file of qrels/ without .tsv",
                              param_hint="--split", ctx=click.get_current_context())
+    ctx = click.get_current_context()
+    if reranker is None and ctx.get_parameter_source("top_k") is click.core.ParameterSource.COMMANDLINE:
+        raise FlagValueError("is given without --reranker: it sets how many documents per query the reranker "
+                             "re-scores", "add --reranker BUNDLE|CHECKPOINT, or leave --top-k out",
+                             param_hint="--top-k", ctx=ctx)
     setup_logging(not quiet)
     check_writable_dir(output_dir, "output folder (--output-dir)")
     ks, k_list = _parse_k(k)

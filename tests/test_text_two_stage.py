@@ -482,3 +482,16 @@ def test_text_eval_max_seq_length_above_the_positions_is_bounded(tmp_path, monke
         assert r.exit_code == 2 and "stub export" in r.stderr, r.output
         assert asked[-1] == want
         assert ("max_seq_length 512 is longer than the model's 64 positions" in r.stderr) == (flag == "512")
+
+
+@pytest.mark.parametrize("args, refused", [
+    (["--top-k", "5"], True),                # set, but nothing reranks: an error, not silently ignored
+    (["--top-k=10"], True),                  # the default value, given explicitly, is still given
+    ([], False),                             # not given: no error from --top-k
+])
+def test_top_k_without_a_reranker_is_refused(tmp_path, args, refused):
+    r = CliRunner().invoke(cli, ["text-eval", "--model", "demo", "--data-dir", str(tmp_path / "missing"),
+                                 "--output-dir", str(tmp_path / "out"), "-q", *args])
+    assert r.exit_code == 2
+    assert ("--top-k is given without --reranker" in r.output) is refused, r.output
+    assert "Traceback" not in r.output
