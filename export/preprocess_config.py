@@ -59,6 +59,26 @@ def _processor_class(config: dict[str, Any]) -> str:
     return kind.replace("FeatureExtractor", "ImageProcessor")
 
 
+# config.json model_type -> image processor class, for a config that names none (transformers'
+# AutoImageProcessor falls back to the model config's type the same way)
+CLASS_BY_MODEL_TYPE = {"clip": "CLIPImageProcessor", "chinese_clip": "ChineseCLIPImageProcessor",
+                       "siglip": "SiglipImageProcessor"}
+
+
+def with_model_type(config: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
+    """``config`` with ``image_processor_type`` taken from the checkpoint's ``config.json``
+    ``model_type`` when it names no class (neither ``image_processor_type`` nor
+    ``feature_extractor_type``), as ``AutoImageProcessor`` chooses the class then."""
+    if _processor_class(config):
+        return config
+    try:
+        model_type = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8-sig")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return config
+    kind = CLASS_BY_MODEL_TYPE.get(model_type) if isinstance(model_type, str) else None
+    return {**config, "image_processor_type": kind} if kind else config
+
+
 def with_class_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with the keys it leaves out (or sets to ``null``) filled from its class's
     defaults, as transformers does when it loads the file."""
@@ -124,7 +144,7 @@ def preprocess_from_checkpoint(checkpoint: str | Path, image_size: int | None = 
     preprocessing produces, so a bundle never feeds its tower images of the wrong shape.
     """
     config, where = read_image_processor_config(checkpoint)
-    spec = preprocess_from_hf(config, source=where)
+    spec = preprocess_from_hf(with_model_type(config, checkpoint), source=where)
     if image_size is not None:
         out_hw = PreprocessSpec.from_dict(spec).output_size
         if out_hw != (image_size, image_size):

@@ -73,3 +73,30 @@ def test_a_bad_value_names_the_checkpoint_file_not_a_bundle(tmp_path):
         preprocess_from_checkpoint(tmp_path)
     assert "image_mean" in err.value.message and str(path) in err.value.remedy
     assert "preprocess.json" not in err.value.remedy
+
+
+@pytest.mark.parametrize("model_type,kind", [("clip", "CLIPImageProcessor"),
+                                             ("chinese_clip", "ChineseCLIPImageProcessor"),
+                                             ("siglip", "SiglipImageProcessor")])
+@pytest.mark.parametrize("layout", ["flat", "nested"])
+def test_a_config_naming_no_class_takes_the_model_type_as_transformers_does(tmp_path, model_type, kind, layout):
+    config = {k: v for k, v in GIVEN[kind].items() if k != "image_mean"}
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    name = "preprocessor_config.json" if layout == "flat" else "processor_config.json"
+    (tmp_path / name).write_text(json.dumps(config if layout == "flat" else {"image_processor": config}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    assert type(hf).__name__ == kind + "Pil"
+    pp = Preprocessor(PreprocessSpec.from_dict(preprocess_from_checkpoint(tmp_path)))
+    for img in images():
+        want = hf(images=img, return_tensors="np")["pixel_values"][0]
+        assert float(np.abs(pp(img) - want).max()) <= 1e-5
+
+
+def test_no_class_and_no_known_model_type_is_still_an_error(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(GIVEN["CLIPImageProcessor"]))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ExportError) as err:
+        preprocess_from_checkpoint(tmp_path)
+    assert "not supported" in err.value.message
