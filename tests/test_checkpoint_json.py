@@ -94,3 +94,44 @@ def test_any_non_object_value_is_an_export_error(saved, tmp_path_factory, value,
     folder = damaged(saved, tmp_path_factory.mktemp("h"), kind, name, value)
     with pytest.raises(ExportError):
         read(kind, folder)
+
+
+# --- open_clip's preprocess_cfg values (open_clip_config.json) ------------------------------------
+
+from clipeval.export.openclip_export import preprocess_spec  # noqa: E402
+
+GOOD_CFG = {"size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.3], "interpolation": "bicubic",
+            "resize_mode": "shortest"}
+
+
+@pytest.mark.parametrize("key,value", [
+    ("mean", "x"), ("mean", "0.5"), ("mean", [1, 2]), ("mean", [True, 1, 1]), ("mean", {}),
+    ("std", [0.1, "a", 0.1]), ("std", {"r": 1}), ("size", "32"), ("size", [32, "32"]), ("size", 0), ("size", 2.5),
+    ("size", [1, 2, 3]), ("interpolation", ["bicubic"]), ("interpolation", 3), ("resize_mode", {"a": 1}),
+])
+def test_a_preprocess_cfg_value_of_the_wrong_kind_is_one_error_naming_the_key(key, value):
+    with pytest.raises(ExportError) as err:
+        preprocess_spec({**GOOD_CFG, key: value})
+    assert key in err.value.message
+
+
+def test_fill_color_of_the_wrong_kind_is_named():
+    for fill in ("x", 300, -1, [0, 0, 0], 1.5):
+        with pytest.raises(ExportError) as err:
+            preprocess_spec({**GOOD_CFG, "resize_mode": "longest", "fill_color": fill})
+        assert "fill_color" in err.value.message
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-3, 300) | st.floats(allow_nan=False, width=32)
+                           | st.text(max_size=4), lambda inner: st.lists(inner, max_size=4), max_leaves=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.sampled_from(sorted(GOOD_CFG) + ["fill_color"]), value=json_values,
+       mode=st.sampled_from(["shortest", "longest", "squash"]))
+def test_any_preprocess_cfg_value_gives_a_spec_or_an_export_error(key, value, mode):
+    try:
+        spec = preprocess_spec({**GOOD_CFG, "resize_mode": mode, key: value})
+    except ExportError:
+        return
+    assert spec["image_mean"] and spec["image_std"]  # a spec the engine reads back
