@@ -248,3 +248,17 @@ def test_a_bad_item_of_a_mixed_list_is_named(tmp_path, items, words):
     with pytest.raises(ConfigError) as err:
         _entries({"pretrained_model": [i.format(d=tmp_path) for i in items]})
     assert all(w in str(err.value) for w in words), str(err.value)
+
+
+@pytest.mark.parametrize("source,model,pretrained", [("ViT-B-32,openai", "ViT-B-32", "openai"),
+                                                     ("RN50, yfcc15m", "RN50", "yfcc15m"),
+                                                     ("convnext_base,laion400m_s13b_b51k", "convnext_base",
+                                                      "laion400m_s13b_b51k")])
+def test_a_pair_given_as_a_model_says_how_to_name_it(tmp_path, source, model, pretrained):
+    """brk3: `--model ViT-B-32,openai` (CLIP_benchmark's pair where a model goes) said only 'neither a
+    local directory nor a hub id'."""
+    res = CliRunner().invoke(cli, ["export", source, "-o", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "MODEL,PRETRAINED pair" in res.stderr and f"--model {model} --pretrained {pretrained}" in res.stderr
+    res = CliRunner().invoke(cli, ["eval", "--model", source, "--dataset", "custom", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "MODEL,PRETRAINED pair" in res.stderr, res.output
