@@ -71,6 +71,9 @@ def local_checkpoint(source: str | os.PathLike, *, hub: str = "hf", revision: st
                           "pass the checkpoint's folder: the one written by `model.save_pretrained(dir)`, holding "
                           "config.json (an open_clip weights file goes with --pretrained FILE and its architecture, "
                           "e.g. ViT-B-32 --pretrained FILE)")
+    pair = misplaced_pair(text)
+    if pair is not None:
+        raise pair
     if not is_hub_id(text):
         raise ExportError(
             f"checkpoint {source} is neither a local directory nor a hub id",
@@ -80,6 +83,21 @@ def local_checkpoint(source: str | os.PathLike, *, hub: str = "hf", revision: st
             "folder holding open_clip_config.json",
         )
     return _download_modelscope(text, revision) if hub == "modelscope" else _download_hf(text, revision)
+
+
+def misplaced_pair(text: str) -> ExportError | None:
+    """The error for CLIP_benchmark's ``MODEL,PRETRAINED`` pair given where a model goes
+    (``--model ViT-B-32,openai``), saying how to name the two apart; ``None`` for anything else."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 2 or not all(parts) or is_hub_id(str(text)) or any("/" in p for p in parts[:1]):
+        return None
+    model, pretrained = parts
+    return ExportError(
+        f"model {text!r} is neither a local directory nor a hub id: it reads as CLIP_benchmark's "
+        "MODEL,PRETRAINED pair",
+        f"name the two apart: --model {model} --pretrained {pretrained} (in a config: "
+        f"pretrained_model: \"{model},{pretrained}\", or model: {model} with pretrained: {pretrained})",
+    )
 
 
 def _download_hf(repo_id: str, revision: str | None) -> Path:

@@ -150,11 +150,29 @@ def warnings_as_log():
 
 # -- facts, preprocessing --------------------------------------------------------------------------
 
-def image_hw(preprocess_cfg: dict[str, Any]) -> tuple[int, int]:
+def _bad_value(where: str, key: str, value: Any, want: str) -> ExportError:
+    return ExportError(f"{where}: {key} is {value!r}, not {want}",
+                       f"fix preprocess_cfg.{key} in the model's open_clip_config.json (or its architecture config), "
+                       "or leave it out for open_clip's default")
+
+
+def image_hw(preprocess_cfg: dict[str, Any], where: str = "open_clip preprocess config") -> tuple[int, int]:
+    """``(H, W)`` of open_clip's ``size`` (an integer or ``[H, W]``). Raises :class:`ExportError`
+    for anything else."""
     size = preprocess_cfg.get("size", 224)
-    if isinstance(size, (list, tuple)):
-        return (int(size[0]), int(size[-1]))
-    return (int(size), int(size))
+    sides = list(size) if isinstance(size, (list, tuple)) else [size, size]
+    if len(sides) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides):
+        raise _bad_value(where, "size", size, "a positive integer or [height, width]")
+    return (int(sides[0]), int(sides[-1]))
+
+
+def _triple(cfg: dict[str, Any], key: str, default: tuple[float, ...], where: str) -> list[float]:
+    value = cfg.get(key, default)
+    items = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if (not isinstance(items, (list, tuple)) or len(items) not in (1, 3)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)):
+        raise _bad_value(where, key, value, "a number or a list of 3 numbers")
+    return [float(v) for v in items] * (3 if len(items) == 1 else 1)
 
 
 def preprocess_spec(cfg: dict[str, Any], where: str = "open_clip preprocess config") -> dict[str, Any]:
@@ -167,16 +185,15 @@ def preprocess_spec(cfg: dict[str, Any], where: str = "open_clip preprocess conf
     ``"squash"``: ``Resize((H, W))``; then RGB, ``ToTensor`` and ``Normalize(mean, std)``."""
     mode = cfg.get("resize_mode") or "shortest"
     interpolation = cfg.get("interpolation") or "bicubic"
-    if mode not in ("shortest", "longest", "squash") or interpolation not in RESAMPLE:
+    if (not isinstance(mode, str) or not isinstance(interpolation, str)
+            or mode not in ("shortest", "longest", "squash") or interpolation not in RESAMPLE):
         raise ExportError(f"{where}: resize_mode {mode!r} / interpolation {interpolation!r} is not supported",
                           "supported: resize_mode shortest|longest|squash, interpolation bicubic|bilinear")
     if str(cfg.get("mode", "RGB")) != "RGB":
         raise ExportError(f"{where}: image mode {cfg.get('mode')!r} is not supported", "only RGB models export")
-    h, w = image_hw(cfg)
-    mean = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
-    std = cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
-    mean = [float(mean)] * 3 if isinstance(mean, (int, float)) else [float(v) for v in mean]
-    std = [float(std)] * 3 if isinstance(std, (int, float)) else [float(v) for v in std]
+    h, w = image_hw(cfg, where)
+    mean = _triple(cfg, "mean", (0.48145466, 0.4578275, 0.40821073), where)
+    std = _triple(cfg, "std", (0.26862954, 0.26130258, 0.27577711), where)
     spec: dict[str, Any] = {
         "do_convert_rgb": True, "do_resize": True, "resample": RESAMPLE[interpolation],
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": mean, "image_std": std,
@@ -192,7 +209,9 @@ def preprocess_spec(cfg: dict[str, Any], where: str = "open_clip preprocess conf
         if mode == "shortest":
             spec["resample"] = "bicubic"  # open_clip builds ResizeKeepRatio(image_size) without interpolation
         else:
-            fill = int(cfg.get("fill_color", 0) or 0)
+            fill = cfg.get("fill_color", 0) or 0
+            if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255:
+                raise _bad_value(where, "fill_color", fill, "an integer 0..255")
             spec["pad_fill"] = [fill, fill, fill]
     try:
         return PreprocessSpec.from_dict(spec, source=where).to_dict()

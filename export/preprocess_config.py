@@ -13,6 +13,11 @@ Where the image processor config lives depends on the transformers version that 
 
 Both are read, in the order transformers 5 itself uses (``ImageProcessingMixin.get_image_processor_dict``):
 the nested entry of ``processor_config.json`` when there is one, else ``preprocessor_config.json``.
+
+Keys the file leaves out take the defaults of its image processor class, as transformers fills
+them when it loads the file (:data:`HF_CLASS_DEFAULTS`: ``size``, ``crop_size``, ``image_mean``,
+``image_std``), so a hand-written or trimmed config exports to the preprocessing transformers
+applies to it.
 """
 
 from __future__ import annotations
@@ -32,12 +37,66 @@ SAVE_REMEDY = ("save the processor with the model: `CLIPProcessor(image_processo
                f"{NESTED_PROCESSOR_CONFIG}, 4.x writes {PROCESSOR_CONFIG}, and both are read")
 
 
-def preprocess_from_hf(config: dict[str, Any], source: str | None = None) -> dict[str, Any]:
-    """Convert a transformers image processor config (a dict) to the ``preprocess.json`` object."""
+_OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+_CLIP_DEFAULTS = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224},
+                  "image_mean": _OPENAI_MEAN, "image_std": _OPENAI_STD}
+# The class attributes of transformers' image processors (image_processing_clip.py,
+# image_processing_chinese_clip.py, image_processing_siglip.py; the same in 4.x and 5.x), used
+# for keys a config file leaves out. The tests compare them with the installed transformers.
+HF_CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "CLIPImageProcessor": _CLIP_DEFAULTS,
+    "ChineseCLIPImageProcessor": _CLIP_DEFAULTS,
+    "SiglipImageProcessor": {"size": {"height": 224, "width": 224}, "image_mean": [0.5, 0.5, 0.5],
+                             "image_std": [0.5, 0.5, 0.5]},
+}
+
+
+def _processor_class(config: dict[str, Any]) -> str:
+    kind = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
+    for suffix in ("Fast", "Pil"):
+        kind = kind.removesuffix(suffix)
+    return kind.replace("FeatureExtractor", "ImageProcessor")
+
+
+# config.json model_type -> image processor class, for a config that names none (transformers'
+# AutoImageProcessor falls back to the model config's type the same way)
+CLASS_BY_MODEL_TYPE = {"clip": "CLIPImageProcessor", "chinese_clip": "ChineseCLIPImageProcessor",
+                       "siglip": "SiglipImageProcessor"}
+
+
+def with_model_type(config: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
+    """``config`` with ``image_processor_type`` taken from the checkpoint's ``config.json``
+    ``model_type`` when it names no class (neither ``image_processor_type`` nor
+    ``feature_extractor_type``), as ``AutoImageProcessor`` chooses the class then."""
+    if _processor_class(config):
+        return config
     try:
-        return PreprocessSpec.from_hf_processor_config(config, source=source).to_dict()
+        model_type = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8-sig")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return config
+    kind = CLASS_BY_MODEL_TYPE.get(model_type) if isinstance(model_type, str) else None
+    return {**config, "image_processor_type": kind} if kind else config
+
+
+def with_class_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the keys it leaves out (or sets to ``null``) filled from its class's
+    defaults, as transformers does when it loads the file."""
+    defaults = HF_CLASS_DEFAULTS.get(_processor_class(config), {})
+    return {**defaults, **{k: v for k, v in config.items() if v is not None or k not in defaults}}
+
+
+def preprocess_from_hf(config: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    """Convert a transformers image processor config (a dict) to the ``preprocess.json`` object,
+    keys left out taking the class defaults (:func:`with_class_defaults`)."""
+    try:
+        return PreprocessSpec.from_hf_processor_config(with_class_defaults(config), source=source).to_dict()
     except BundleError as exc:
-        raise ExportError(exc.message, exc.remedy) from None
+        remedy = exc.remedy
+        if "preprocess.json" in remedy:  # the engine's remedy speaks of a bundle; here the file is the checkpoint's
+            remedy = (f"fix the value in {source or 'the image processor config'}, or save the processor again "
+                      "with its save_pretrained")
+        raise ExportError(exc.message, remedy) from None
 
 
 def read_json_object(path: Path, missing: str, remedy: str) -> dict[str, Any]:
@@ -85,7 +144,7 @@ def preprocess_from_checkpoint(checkpoint: str | Path, image_size: int | None = 
     preprocessing produces, so a bundle never feeds its tower images of the wrong shape.
     """
     config, where = read_image_processor_config(checkpoint)
-    spec = preprocess_from_hf(config, source=where)
+    spec = preprocess_from_hf(with_model_type(config, checkpoint), source=where)
     if image_size is not None:
         out_hw = PreprocessSpec.from_dict(spec).output_size
         if out_hw != (image_size, image_size):

@@ -56,11 +56,17 @@ VALIDATION_PAIRS = (
 TRACE_PAIRS = 2
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, expect: type = dict) -> Any:
+    """A checkpoint's JSON file, which must hold a JSON object (``expect=dict``) or array (``list``)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot read {path}: {exc}", "repair or re-download the checkpoint") from None
+    if not isinstance(data, expect):
+        what = "a JSON object" if expect is dict else "a JSON array"
+        raise ExportError(f"{path} is not {what} (it holds {type(data).__name__ if data is not None else 'null'})",
+                          "repair or re-download the checkpoint (save it again with save_pretrained)")
+    return data
 
 
 def is_cross_encoder_checkpoint(path: str | os.PathLike) -> bool:
@@ -142,8 +148,12 @@ def _context_length(src: Path, config: Any, hf_tok: Any, max_seq_length: int | N
                               "(max_position_embeddings)", f"set max_seq_length to at most {positions}")
         return max_seq_length
     sbert = src / "sentence_bert_config.json"
-    if sbert.is_file() and _read_json(sbert).get("max_seq_length"):
-        return int(min(x for x in (_read_json(sbert)["max_seq_length"], positions) if x))
+    given = _read_json(sbert).get("max_seq_length") if sbert.is_file() else None
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 2):
+        raise ExportError(f"{sbert}: max_seq_length must be an integer of at least 2, got {given!r}",
+                          "fix it there, or pass max_seq_length")
+    if given:
+        return int(min(x for x in (given, positions) if x))
     limits = [x for x in (positions, getattr(hf_tok, "model_max_length", None)) if x and x < 100_000]
     if not limits:
         raise ExportError(f"cannot tell the maximum sequence length of {src}", "pass max_seq_length")

@@ -95,6 +95,11 @@ def _resolve_image_text_model(model: dict[str, Any], cfg) -> Bundle:
     elif _is_checkpoint(name, path):
         target = cached_bundle_dir(name, revision, precision, root, hub)
     else:
+        from .hub import misplaced_pair
+
+        pair = None if pretrained else misplaced_pair(name)
+        if pair is not None:
+            raise pair
         return resolve_bundle(model, cfg)  # an error that says what was expected
     cached = cached_export(target, trust_stamp=not getattr(cfg, "verify_cache", False))
     if cached is not None:

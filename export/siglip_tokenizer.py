@@ -100,6 +100,9 @@ def tokenizer_settings(checkpoint: str | Path) -> dict[str, Any]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ExportError(f"cannot read {path}: {exc}", "download the checkpoint again") from None
+        if not isinstance(data, dict):
+            raise ExportError(f"{path} is not a JSON object", "download the checkpoint again, or save the "
+                              "tokenizer with `tokenizer.save_pretrained(dir)`")
         for key in ("eos_token", "pad_token", "unk_token"):
             if _token_text(data.get(key)):
                 out[key] = _token_text(data[key])

@@ -81,11 +81,17 @@ class TextModelSpec(dict):
     """What the checkpoint's sentence-transformers files say (a dict, stored in the manifest)."""
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, expect: type = dict) -> Any:
+    """A checkpoint's JSON file, which must hold a JSON object (``expect=dict``) or array (``list``)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot read {path}: {exc}", "repair or re-download the checkpoint") from None
+    if not isinstance(data, expect):
+        what = "a JSON object" if expect is dict else "a JSON array"
+        raise ExportError(f"{path} is not {what} (it holds {type(data).__name__ if data is not None else 'null'})",
+                          "repair or re-download the checkpoint (save it again with save_pretrained)")
+    return data
 
 
 def is_text_checkpoint(path: str | os.PathLike) -> bool:
@@ -146,11 +152,12 @@ def read_text_spec(src: str | os.PathLike, *, pooling_mode: str | None = None,
     modules_path = root / "modules.json"
     pooling, normalize_module, pooling_dir, include_prompt = "mean", False, None, True
     if modules_path.is_file():
-        modules = _read_json(modules_path)
-        if not isinstance(modules, list):
-            raise ExportError(f"{modules_path} is not a list of modules", "repair the checkpoint")
+        modules = _read_json(modules_path, list)
         unknown = []
-        for m in modules:
+        for n, m in enumerate(modules):
+            if not isinstance(m, dict):
+                raise ExportError(f"{modules_path}: module {n} is not a JSON object (got {m!r})",
+                                  "repair or re-download the checkpoint (save it again with save_pretrained)")
             kind = str(m.get("type", "")).rsplit(".", 1)[-1]
             if kind == "Pooling":
                 pooling_dir = root / m.get("path", "")
@@ -187,6 +194,9 @@ def read_text_spec(src: str | os.PathLike, *, pooling_mode: str | None = None,
     sbert = root / "sentence_bert_config.json"
     if sbert.is_file():
         max_seq = _read_json(sbert).get("max_seq_length")
+        if max_seq is not None and (isinstance(max_seq, bool) or not isinstance(max_seq, int) or max_seq < 2):
+            raise ExportError(f"{sbert}: max_seq_length must be an integer of at least 2, got {max_seq!r}",
+                              "fix it there, or pass max_seq_length (--max-seq-length)")
     if max_seq_length is not None:
         if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < 2:
             raise ExportError(f"max_seq_length must be an integer of at least 2, got {max_seq_length!r}")

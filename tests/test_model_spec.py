@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -185,3 +186,79 @@ def test_the_issues_non_utf8_pairs_file_is_an_error_with_exit_status_2(tmp_path)
     res = CliRunner().invoke(cli, ["run", str(cfg)])
     assert res.exit_code == 2, res.output
     assert res.stderr.startswith("error: ") and f"{pairs}:1: not UTF-8" in res.stderr and "internal" not in res.stderr
+
+
+# --- pretrained_model lists that mix files and pairs (brk3 K2) -----------------------------------
+
+
+def clip_benchmark_pairs(items):
+    """CLIP_benchmark's reading of --pretrained_model (nargs='+'): each item is a file of pairs
+    (checked first), else a ``model,pretrained`` pair; lines stripped, blank lines and ``#``
+    comments left out (the form clipeval documents for files)."""
+    out = []
+    for item in items:
+        if os.path.isfile(item):
+            for line in open(item, encoding="utf-8-sig").read().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    out.append(tuple(p.strip() for p in line.split(",")))
+        else:
+            model, pretrained = item.split(",")
+            out.append((model.strip(), pretrained.strip()))
+    return [{"model_name": m, "pretrained": p} for m, p in out]
+
+
+@pytest.mark.parametrize("layout", [
+    ["F1", "ViT-B-16,openai"],        # the repro: a file and a pair
+    ["ViT-B-16,openai", "F1"],
+    ["F1", "F2"],
+    ["F2", "F1", "F1"],
+    ["F1"],
+    ["RN50,yfcc15m", "F2", "ViT-L-14,openai"],
+    ["F,comma"],                      # a file whose name holds a comma: a file, as CLIP_benchmark reads it
+    ["F,comma", "F2"],
+])
+def test_a_pretrained_model_list_may_mix_files_and_pairs(tmp_path, layout):
+    files = {"F1": "ViT-B-32,openai\nRN50,yfcc15m\n", "F2": "# two\nViT-H-14,laion2b_s32b_b79k\r\n",
+             "F,comma": "convnext_base,laion400m_s13b_b51k\n"}
+    items = []
+    for item in layout:
+        if item in files:
+            path = tmp_path / item
+            path.write_text(files[item])
+            items.append(str(path))
+        else:
+            items.append(item)
+    once = []  # a model named twice is evaluated once (README), in first-named order
+    for entry in clip_benchmark_pairs(items):
+        if entry not in once:
+            once.append(entry)
+    assert _entries({"pretrained_model": items}) == once
+
+
+@pytest.mark.parametrize("items,words", [
+    (["{d}/missing.txt", "ViT-B-32,openai"], ["entry 1", "missing.txt", "no such file exists"]),
+    (["ViT-B-32,openai", "openai"], ["entry 2", "CLIP_benchmark collection"]),
+    (["ViT-B-32,openai", "{d}/bad.txt"], ["bad.txt:2 is 'RN50'"]),
+    (["{d}/empty.txt", "ViT-B-32,openai"], ["empty.txt", "names no model"]),
+])
+def test_a_bad_item_of_a_mixed_list_is_named(tmp_path, items, words):
+    (tmp_path / "bad.txt").write_text("ViT-B-32,openai\nRN50\n")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ConfigError) as err:
+        _entries({"pretrained_model": [i.format(d=tmp_path) for i in items]})
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+@pytest.mark.parametrize("source,model,pretrained", [("ViT-B-32,openai", "ViT-B-32", "openai"),
+                                                     ("RN50, yfcc15m", "RN50", "yfcc15m"),
+                                                     ("convnext_base,laion400m_s13b_b51k", "convnext_base",
+                                                      "laion400m_s13b_b51k")])
+def test_a_pair_given_as_a_model_says_how_to_name_it(tmp_path, source, model, pretrained):
+    """brk3: `--model ViT-B-32,openai` (CLIP_benchmark's pair where a model goes) said only 'neither a
+    local directory nor a hub id'."""
+    res = CliRunner().invoke(cli, ["export", source, "-o", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "MODEL,PRETRAINED pair" in res.stderr and f"--model {model} --pretrained {pretrained}" in res.stderr
+    res = CliRunner().invoke(cli, ["eval", "--model", source, "--dataset", "custom", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "MODEL,PRETRAINED pair" in res.stderr, res.output

@@ -6,8 +6,9 @@ the way CLIP_benchmark's command line does, which clipeval accepts as config key
 * ``model`` and ``pretrained``, each a string or a list: every model with every pretrained value
   (the cartesian product, as ``clip_benchmark eval --model A B --pretrained x y`` evaluates);
   ``model`` alone names models that need no pretrained value (bundles, checkpoints, ``hf-hub:``);
-* ``pretrained_model``: ``"model,pretrained"`` pairs (a string or a list), or the path of a text
-  file with one pair per line (``#`` starts a comment); it replaces ``model`` / ``pretrained``, as
+* ``pretrained_model``: a string or a list whose items are ``"model,pretrained"`` pairs or paths
+  of text files with one pair per line (``#`` starts a comment), mixed as CLIP_benchmark's
+  ``--pretrained_model`` takes them; it replaces ``model`` / ``pretrained``, as
   in CLIP_benchmark. CLIP_benchmark's named collections (``openai``, ``openclip_base``...) are not
   shipped here: list the pairs.
 
@@ -42,27 +43,30 @@ def _names(key: str, value: Any, where: str) -> list[str]:
 
 
 def _pairs(value: Any, where: str) -> list[tuple[str, str]]:
+    """The pairs of ``pretrained_model``: each item (CLIP_benchmark's ``--pretrained_model`` is
+    ``nargs='+'`` and reads every item the same way) is the path of an existing file of pairs
+    (as CLIP_benchmark checks first), a collection name (not shipped: an error) or a
+    ``model,pretrained`` pair; a list may mix them, in order."""
     items = _names("pretrained_model", value, where)
-    located = [(f"pretrained_model entry {i + 1} in {where}", item) for i, item in enumerate(items)]
-    single_file = False
-    if len(items) == 1 and "," not in items[0]:
-        item = items[0]
+    located: list[tuple[str, str]] = []
+    for i, item in enumerate(items):
+        at = f"pretrained_model entry {i + 1} in {where}" if len(items) > 1 else f"pretrained_model in {where}"
         path = Path(os.path.expanduser(item))
-        if os.path.lexists(path):
-            located = [(at, line) for at, line in _pair_lines(path) if line]
-            single_file = True
+        if os.path.lexists(path) and ("," not in item or path.is_file()):
+            lines = [(line_at, line) for line_at, line in _pair_lines(path) if line]
+            if not lines:
+                raise ConfigError(f"{item} ({at}) names no model",
+                                  "write one MODEL,PRETRAINED per line (# starts a comment)")
+            located.extend(lines)
+        elif "," in item:
+            located.append((f"pretrained_model entry {i + 1} in {where}", item))
         elif item in COLLECTIONS:
-            raise ConfigError(f"pretrained_model {item!r} in {where} is a CLIP_benchmark collection, which "
-                              "clipeval does not ship",
+            raise ConfigError(f"{at} is {item!r}: a CLIP_benchmark collection, which clipeval does not ship",
                               "list the pairs instead: pretrained_model: [\"ViT-B-32,laion2b_s34b_b79k\", ...]")
         else:
-            raise ConfigError(f"pretrained_model in {where} is {item!r}: not \"model,pretrained\", and no such "
-                              "file exists",
+            raise ConfigError(f"{at} is {item!r}: not \"model,pretrained\", and no such file exists",
                               "give the path of an existing file with one MODEL,PRETRAINED per line, or the pairs "
                               "themselves (e.g. ViT-B-32,laion2b_s34b_b79k)")
-    if single_file and not located:
-        raise ConfigError(f"{items[0]} (pretrained_model in {where}) names no model",
-                          "write one MODEL,PRETRAINED per line (# starts a comment)")
     pairs = []
     for at, item in located:
         parts = [p.strip() for p in item.split(",")]

@@ -47,7 +47,7 @@ from ..datasets.fingerprint import beir_fingerprint
 from ..embedding.models import describe_bundle, is_normalized
 from ..errors import ConfigError, MetricError
 from ..metrics.ir import DEFAULT_K, MTEB_K, RankedRun, score_ranked
-from ..results.trec import RUN_DEPTH, unwritable_ids, write_run
+from ..results.trec import RUN_DEPTH, unwritable_run_ids, write_run
 from ..sessions.bundle import Bundle
 from .base import Evaluation, ModelRef, Models, ResultSpec, Task, TaskMetadata, TaskOutput, data_key
 
@@ -373,15 +373,31 @@ def run_path_for(result_file: str | os.PathLike) -> Path:
 
 
 def _write_run(out: Path, run: RankedRun, meta: dict[str, Any], name: str) -> None:
+    """Write the TREC run beside ``out`` and set ``meta.run_file``. A run whose written ids hold
+    whitespace (trec_eval and :func:`~clipeval.engine.results.trec.read_run` split lines on it)
+    is not written: ``meta.run_file`` is ``None``, ``meta.run_not_written`` names the ids and
+    ``meta.warnings`` says why. Only ids the file would hold count; a stale run file of an earlier
+    run is removed so that it cannot pass for this one."""
     run_file = run_path_for(out)
-    bad_ids = unwritable_ids(run.query_ids) + unwritable_ids(list(run.doc_ids))
+    depth = meta["run_depth"]
+    bad_ids = unwritable_run_ids(run.query_ids, run.doc_ids, run.indices, depth)
     if bad_ids:
-        meta.setdefault("warnings", []).append(
-            f"TREC run not written: {len(bad_ids)} id(s) hold whitespace (e.g. {bad_ids[0]!r})")
         meta["run_file"] = None
+        meta["run_not_written"] = {"reason": "ids hold whitespace or are empty", "count": len(bad_ids),
+                                   "ids": bad_ids[:20]}
+        message = (f"TREC run not written: {len(bad_ids)} id(s) the run file would hold contain whitespace or are "
+                   f"empty (e.g. {bad_ids[0]!r}), and the run format is whitespace-separated; the metrics are "
+                   "computed all the same. To get a run file, give those queries/documents ids without spaces, "
+                   "tabs or line breaks")
+        meta.setdefault("warnings", []).append(message)
+        log.warning("%s", message)
+        try:
+            run_file.unlink()
+        except FileNotFoundError:
+            pass
     else:
         write_run(run_file, run.query_ids, run.doc_ids, run.indices, run.scores, run_name=f"clipeval-{name}",
-                  depth=meta["run_depth"])
+                  depth=depth)
         meta["run_file"] = str(run_file)
 
 
@@ -532,7 +548,10 @@ class TextRetrieval(Task):
         return beir_fingerprint(ev.data_dir, ev.split, limits=ev.settings.limits)
 
     def complete(self, path: Path, result: dict[str, Any], ev: Evaluation) -> bool:
-        return run_path_for(path).is_file()
+        # Whole: its run file is there, or it records why none could be written (the same data
+        # gives the same ids, so running again would not write one either).
+        meta = result.get("meta") or {}
+        return run_path_for(path).is_file() or (meta.get("run_file") is None and bool(meta.get("run_not_written")))
 
     def side_files(self, result_file: Path) -> list[Path]:
         return [run_path_for(result_file)]
@@ -557,6 +576,7 @@ class TextRetrieval(Task):
 def _run_writer(run: RankedRun, name: str):
     def write(result_file: Path, meta: dict[str, Any]) -> None:
         _write_run(result_file, run, meta, name)
-        log.info("wrote %s", meta["run_file"])
+        if meta["run_file"] is not None:
+            log.info("wrote %s", meta["run_file"])
 
     return write
