@@ -267,9 +267,29 @@ def test_retry_after_holds_back_the_retry(tmp_path):
         assert len([t2 for t2, _, _ in srv.events if 0 < t2 - t < 0.95]) <= 1
 
 
+# The run as a user starts it from a terminal: Ctrl-C raises KeyboardInterrupt. A test suite started
+# in the background by a shell without job control (`pytest &`, a CI script) inherits SIGINT
+# *ignored*, and so would every child: the signal would then never reach the run.
+CLI_WITH_CTRL_C = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "from clipeval.cli.main import main; main()")
+
+
 def _start_cli(args, env):
-    return subprocess.Popen([sys.executable, "-c", "from clipeval.cli.main import main; main()", *map(str, args)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-c", CLI_WITH_CTRL_C, *map(str, args)],
+                            env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _communicate_or_dump(proc, timeout_s=120.0):
+    """``proc.communicate()``; a process still running after ``timeout_s`` (a hang: a run ends
+    within seconds of its signal) is aborted, and the test fails with every thread's stack
+    (faulthandler, on SIGABRT) so the hang can be told apart from a slow machine."""
+    try:
+        return proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        stdout, stderr = proc.communicate(timeout=60)
+        raise AssertionError(f"the run did not end within {timeout_s:g} s of its signal; its threads:\n"
+                             + stderr.decode(errors="replace")[-8000:]) from None
 
 
 def _wait_for_captions(journal: Path, count: int, proc, deadline_s=300.0) -> None:
@@ -300,7 +320,7 @@ def test_interrupted_runs_resume_without_asking_twice_and_match_an_uninterrupted
             proc = _start_cli(args, env)
             _wait_for_captions(journal, at, proc)
             proc.send_signal(sig)
-            stdout, stderr = proc.communicate(timeout=300)
+            stdout, stderr = _communicate_or_dump(proc)
             srv.release()
             assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), stderr
             assert stdout == b"" and KEY.encode() not in stderr
