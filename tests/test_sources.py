@@ -366,10 +366,19 @@ def test_a_shard_count_beyond_the_shards_there_fails_with_bounded_tasks(served, 
     (served.root / "flickr8k/test/nshards.txt").write_text(f"{nshards}\n")
     peak = [0]
     real_fetch = sources.Fetcher.fetch
+    refused = asyncio.Event()  # the server has said 3.tar is not there
 
     async def counting_fetch(self, session, rel, optional=False):
         peak[0] = max(peak[0], len(asyncio.all_tasks()))
-        return await real_fetch(self, session, rel, optional)
+        if rel in ("test/0.tar", "test/1.tar", "test/2.tar"):
+            # the worst order: shards before the missing one are still in flight when it is refused
+            await refused.wait()
+            return await real_fetch(self, session, rel, optional)
+        try:
+            return await real_fetch(self, session, rel, optional)
+        except Exception:
+            refused.set()
+            raise
 
     monkeypatch.setattr(sources.Fetcher, "fetch", counting_fetch)
     with pytest.raises(DatasetError) as err:

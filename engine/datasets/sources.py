@@ -356,21 +356,24 @@ async def _fetch_all(fetcher: Fetcher, name: str, split: str, need_classes: bool
 async def _fetch_shards(fetcher: Fetcher, session, split: str, count: int, bar) -> None:
     """Shards ``0 .. count - 1`` of ``split`` not in the cache yet, by ``CONCURRENCY`` workers that
     each take the next shard number when they are done with one: memory and tasks do not grow with
-    ``count`` (``nshards.txt`` may say up to a million). The first failure stops the others and
-    is raised; a shard the server does not have is a :class:`DatasetError`."""
+    ``count`` (``nshards.txt`` may say up to a million). A shard the server does not have is a
+    :class:`DatasetError` naming the first such shard; the workers then take no new numbers but
+    finish the shards in flight, so every shard before it is kept (whatever the timing). Any other
+    failure stops the others at once and is raised."""
     numbers = iter(range(count))
+    missing: list[int] = []
 
     async def worker() -> None:
         for i in numbers:  # one iterator shared by every worker: each number is taken once
+            if missing:  # a shard is not on the server: take no more, the ones in flight finish
+                return
             rel = f"{split}/{i}.tar"
             if not fetcher.manifest.fresh(rel):
                 try:
                     await fetcher.fetch(session, rel)
                 except _Missing:
-                    raise DatasetError(
-                        f"{fetcher.url}/{rel} is not on the server, although {split}/{wds.NSHARDS} says "
-                        f"{count} shards", "check --dataset-url and the split; shards fetched so far are kept"
-                    ) from None
+                    missing.append(i)
+                    return
             bar.update(1)
 
     workers = [asyncio.create_task(worker()) for _ in range(min(CONCURRENCY, count))]
@@ -383,6 +386,10 @@ async def _fetch_shards(fetcher: Fetcher, session, split: str, count: int, bar) 
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()
+    if missing:
+        rel = f"{split}/{min(missing)}.tar"
+        raise DatasetError(f"{fetcher.url}/{rel} is not on the server, although {split}/{wds.NSHARDS} says "
+                           f"{count} shards", "check --dataset-url and the split; shards fetched so far are kept")
 
 
 def fetch_dataset(name: str, split: str, *, url: str, cache_dir=None, progress: bool = True,
