@@ -7,11 +7,18 @@ and embeds them all with one bundle (default: the embedded demo model), no cache
   decode threads = onnxruntime threads = the machine's cores (what ``clipeval eval`` does); its
   session is opened before the runs;
 * ``ray-1``  — the embedding stage with :class:`~clipeval.engine.executors.ray_embed.RayExecutor`
-  (what ``clipeval eval --executor ray`` does) on ``ray.init(num_cpus=C)`` (C = the machine's
-  cores): one node;
+  (what ``clipeval eval --executor ray`` does) on a Ray started afresh for each run
+  (``ray.init(address="local", num_cpus=C)``, C = the machine's cores; what a run without
+  ``--ray-address`` does): one node, and everything Ray starts on first use (Ray Data's
+  cluster-wide helper actors, the job's worker processes, the tower actors) starts in the run;
+* ``ray-1s`` — a standing one-node cluster (``ray.cluster_utils.Cluster``, a head node of C CPUs,
+  started once for all rotations; one untimed run first, so Ray Data's cluster-wide helper actors
+  exist, as on a cluster that has served a run before); each timed run is a new driver
+  connection, i.e. a new Ray job, as a new ``clipeval eval --ray-address ADDRESS`` is: Ray
+  starts the job's worker processes and the tower actors afresh;
 * ``ray-1w`` — ``ray-1`` on a node that has run the same job once already (not timed): Ray's
-  worker processes are started and have imported clipeval, as on a cluster that serves many
-  runs; only the tower actors start again;
+  worker processes are started and have imported clipeval, as in a process that runs many
+  evaluations on one connection; only the tower actors start again;
 * ``ray-2``  — the same on a simulated cluster (``ray.cluster_utils.Cluster``): a head node that
   only runs the driver and two worker nodes of C CPUs each. Both nodes share this machine's C
   cores, so this cannot show a speed-up; it shows what spreading the work over two nodes costs
@@ -31,7 +38,7 @@ fastest local), and each Ray run over the local run of its rotation (the runs cl
 so the least touched by a change of load).
 
     python benchmarks/bench_ray.py [--n 2000] [--repeats 3] [--batch 64] [--model BUNDLE]
-                                   [--actor-cpus X] [--ways local,ray-1,ray-1w,ray-2]
+                                   [--actor-cpus X] [--ways local,ray-1,ray-1s,ray-1w,ray-2]
 """
 
 from __future__ import annotations
@@ -87,8 +94,20 @@ class Way:
         else:
             import ray
 
-            if self.name in ("ray-1", "ray-1w"):
-                ray.init(num_cpus=self.cores, num_gpus=0, include_dashboard=False, object_store_memory=OBJECT_STORE,
+            if self.name == "ray-1s":
+                if self.cluster is None:
+                    from ray.cluster_utils import Cluster
+
+                    self.cluster = Cluster(initialize_head=True, connect=False,
+                                           head_node_args={"num_cpus": self.cores, "num_gpus": 0,
+                                                           "include_dashboard": False,
+                                                           "object_store_memory": OBJECT_STORE})
+                    ray.init(address=self.cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+                    self.run(self.warm_paths[:256])  # Ray Data's helper actors start, once per cluster
+                    ray.shutdown()
+                ray.init(address=self.cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+            elif self.name in ("ray-1", "ray-1w"):
+                ray.init(address="local", num_cpus=self.cores, num_gpus=0, include_dashboard=False, object_store_memory=OBJECT_STORE,
                          log_to_driver=False, logging_level=logging.WARNING)
             else:
                 from ray.cluster_utils import Cluster
@@ -132,8 +151,15 @@ class Way:
             import ray
 
             ray.shutdown()
-            if self.cluster is not None:
+            if self.cluster is not None and self.name != "ray-1s":
                 self.cluster.shutdown()
+                self.cluster = None
+
+    def close(self):
+        """The end of the benchmark: the standing cluster of ``ray-1s`` is stopped."""
+        if self.cluster is not None:
+            self.cluster.shutdown()
+            self.cluster = None
 
 
 def main() -> None:
@@ -168,23 +194,37 @@ def main() -> None:
         for way in ways.values():
             way.warm_paths = paths
         times: dict[str, list[float]] = {name: [] for name in names}
-        reference = None
-        # Ray keeps one cluster per process: each Ray way is started and stopped around its runs
-        for rep in range(args.repeats):
-            for name in names:
-                way = ways[name]
-                way.start()
-                before = load()
-                t0 = time.perf_counter()
-                got = way.run(paths)
-                took = time.perf_counter() - t0
-                way.stop()
-                if reference is None and name == "local":
-                    reference = got.embeds
-                diff = float(np.abs(got.embeds - reference).max()) if reference is not None else float("nan")
-                times[name].append(took)
-                print(f"run {rep + 1} {name:6s} {took:7.2f} s  {args.n / took:7.1f} img/s  start-up {way.start_s:5.2f} s"
-                      f"  load before {before}  max |diff| {diff:.1e}", flush=True)
+        # Ray keeps one connection per process: each Ray way connects and disconnects around its runs
+        try:
+            rotations(args, names, ways, paths, times)
+        finally:
+            for way in ways.values():
+                way.close()
+    report(args, names, times)
+
+
+def rotations(args, names, ways, paths, times) -> None:
+    """Each way ``args.repeats`` times, in rotation; one line per run."""
+    reference = None
+    for rep in range(args.repeats):
+        for name in names:
+            way = ways[name]
+            way.start()
+            before = load()
+            t0 = time.perf_counter()
+            got = way.run(paths)
+            took = time.perf_counter() - t0
+            way.stop()
+            if reference is None and name == "local":
+                reference = got.embeds
+            diff = float(np.abs(got.embeds - reference).max()) if reference is not None else float("nan")
+            times[name].append(took)
+            print(f"run {rep + 1} {name:6s} {took:7.2f} s  {args.n / took:7.1f} img/s  start-up {way.start_s:5.2f} s"
+                  f"  load before {before}  max |diff| {diff:.1e}", flush=True)
+
+
+def report(args, names, times) -> None:
+    """Per way: median, min, max, images/s and the ratios to local."""
     print()
     print(f"{'way':6s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'img/s':>7s} {'x local':>8s} {'spread':>13s}")
     local = times.get("local")

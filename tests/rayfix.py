@@ -51,8 +51,8 @@ def local_ray(num_cpus: int = 2):
     and checked to have left no process, when the block ends (also after a failure)."""
     import ray
 
-    ray.init(num_cpus=num_cpus, num_gpus=0, include_dashboard=False, object_store_memory=OBJECT_STORE,
-             log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=0, include_dashboard=False,
+             object_store_memory=OBJECT_STORE, log_to_driver=False, logging_level=logging.WARNING)
     where = session_dir(ray)
     try:
         yield ray

@@ -233,3 +233,27 @@ def test_eval_whose_batch_keeps_dying_exits_2_naming_its_images_and_writes_no_re
         assert local.exit_code == 0, (local.output, local.exception)
     got, want = json.loads(again.stdout), json.loads(local.stdout)
     assert got["metrics"] == want["metrics"] and got["meta"]["cache"]["image_hits"] == 6
+
+
+def test_without_an_address_a_run_starts_its_own_ray_and_never_joins_one_on_this_machine(cluster, monkeypatch):
+    """docs/scale.md: with ``ray_address`` unset (and no ``RAY_ADDRESS``), a run starts a Ray of
+    its own and stops it after; a cluster running on this machine (as ``ray start`` leaves one,
+    which plain ``ray.init()`` would join) is not touched."""
+    import logging
+
+    from ray._private.utils import read_ray_address
+
+    from clipeval.engine.executors.ray_cluster import connected
+
+    ray, cl = cluster
+    assert read_ray_address() == cl.address  # the cluster plain ray.init() would join
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray.shutdown()
+    try:
+        with connected(None) as own:
+            assert own.get_runtime_context().gcs_address != cl.address
+            assert len(own.nodes()) == 1
+        assert not ray.is_initialized()
+    finally:
+        ray.init(address=cl.address, log_to_driver=False, logging_level=logging.WARNING)
+    assert len([n for n in ray.nodes() if n["Alive"]]) >= 2  # the cluster itself still runs

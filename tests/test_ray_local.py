@@ -162,6 +162,25 @@ def test_images_through_the_stage_on_ray_are_the_local_embeddings_in_input_order
     cache.close()
 
 
+def test_the_gpu_layout_of_decode_tasks_feeding_tower_actors_gives_the_same_embeddings(ray_session, bundle, served,
+                                                                                     tmp_path, monkeypatch):
+    """A cluster with GPUs decodes in CPU tasks and feeds the tower actors pixels through the
+    object store (``placement``); here that layout is taken on the CPU provider and must give
+    what the local run and the CPU layout give, failures included."""
+    from clipeval.engine.executors import ray_embed
+
+    ray_sources, local_sources = gallery(tmp_path / "g", served)
+    monkeypatch.chdir(tmp_path / "g")
+    want = local_stage().images(bundle, "fp32", local_sources, batch_size=4, on_error="skip")
+    monkeypatch.setattr(ray_embed, "placement", lambda ray, provider, threads: ray_embed.Placement(
+        {"size": 1, "num_cpus": 1}, "cpu", 1, decode_in_actor=False))
+    stage = ray_stage()
+    got = stage.images(bundle, "fp32", ray_sources, batch_size=4, on_error="skip")
+    assert not stage.executor.placement().decode_in_actor
+    assert got.indices.tolist() == want.indices.tolist() and np.abs(got.embeds - want.embeds).max() <= TOL
+    assert [f.reason for f in got.failures] == [f.reason for f in want.failures]
+
+
 def test_texts_through_the_stage_on_ray_are_the_local_embeddings(ray_session, bundle, tmp_path):
     from fixtures_ckpt import PARITY_TEXTS
 

@@ -334,3 +334,60 @@ def test_shipped_hashes_are_the_manifests(two_variant_bundle):
     assert hashlib.sha256(pack.manifest_raw).hexdigest() == two_variant_bundle.identity
     assert {n: hashlib.sha256(d).hexdigest() for n, d in pack.files.items()} == \
         {n: manifest["files"][n] for n in pack.files}
+
+
+class FakeRay:
+    """What :func:`~clipeval.engine.executors.ray_embed.placement` asks of Ray: the cluster's
+    resources and its nodes (``cpus``: one entry per node; ``dead``: nodes gone)."""
+
+    def __init__(self, cpus, gpus=0, dead=()):
+        self.cpus, self.gpus, self.dead = list(cpus), gpus, set(dead)
+
+    def cluster_resources(self):
+        alive = [c for i, c in enumerate(self.cpus) if i not in self.dead]
+        return {"CPU": float(sum(alive)), **({"GPU": float(self.gpus)} if self.gpus else {})}
+
+    def nodes(self):
+        return [{"Alive": i not in self.dead, "Resources": {"CPU": float(c)} if c else {}}
+                for i, c in enumerate(self.cpus)]
+
+
+@pytest.mark.parametrize("cpus,dead,threads", [
+    ((2,), (), None), ((0, 2, 2), (), None), ((4, 8), (), None), ((2, 2), (), 1), ((4, 8), (), 16),
+    ((4, 8), (), 3), ((0, 16, 2), (), None), ((2, 64), (0,), None), ((1,), (), 4), ((0, 6, 6, 6), (1,), 4),
+])
+def test_cpu_placement_gives_each_actor_a_local_runs_layout_and_fills_the_nodes(cpus, dead, threads):
+    """On a CPU-only cluster every actor decodes its own images and reserves the CPUs its
+    threads use; by default as many as the smallest node has (one actor per node); as many
+    actors as the nodes hold, all started at once, one block in flight each."""
+    from clipeval.engine.executors.ray_embed import placement
+
+    place = placement(FakeRay(cpus, dead=dead), "auto", threads)
+    alive = [c for i, c in enumerate(cpus) if i not in dead and c > 0]
+    want_threads = min(threads or min(alive), max(alive))
+    want_pool = max(1, sum(c // want_threads for c in alive))
+    assert place.decode_in_actor and place.provider == "cpu" and place.threads == want_threads
+    assert place.options == {"min_size": 1, "max_size": want_pool, "initial_size": want_pool,
+                             "max_tasks_in_flight_per_actor": 1, "num_cpus": want_threads}
+    assert any(c >= place.options["num_cpus"] for c in alive)  # every actor fits a node
+    assert want_pool * want_threads <= sum(alive) or want_pool == 1
+    assert bool(place.notes) == bool(threads and threads > max(alive))
+
+
+@pytest.mark.parametrize("provider,gpus,threads", [("auto", 1, None), ("cuda", 4, 2), ("cpu", 2, None)])
+def test_gpu_placement_feeds_one_actor_per_gpu_from_decode_tasks(provider, gpus, threads):
+    from clipeval.engine.executors.ray_embed import placement
+
+    place = placement(FakeRay((8, 8), gpus=gpus), provider, threads)
+    if provider == "cpu":  # the CPU was asked for: the GPUs are not used
+        assert place.decode_in_actor and place.options["num_cpus"] == 8 and "num_gpus" not in place.options
+        return
+    assert not place.decode_in_actor and place.provider == provider and place.threads == (threads or 1)
+    assert place.options == {"size": gpus, "num_gpus": 1, "num_cpus": 1}
+
+
+def test_cuda_asked_on_a_cluster_without_gpus_is_a_note_and_runs_on_cpu():
+    from clipeval.engine.executors.ray_embed import placement
+
+    place = placement(FakeRay((2,)), "cuda", None)
+    assert place.provider == "cpu" and any("no GPUs" in note for note in place.notes)

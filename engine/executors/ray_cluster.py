@@ -59,8 +59,11 @@ def connected(address: str | None = None) -> Iterator[object]:
         kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
         if address:
             kwargs["address"] = address
-        elif not os.environ.get("RAY_ADDRESS") and os.environ.get(ENV_OBJECT_STORE):
-            kwargs["object_store_memory"] = int(os.environ[ENV_OBJECT_STORE])
+        elif not os.environ.get("RAY_ADDRESS"):
+            # a Ray of its own: plain ray.init() would join a cluster `ray start` left on this machine
+            kwargs["address"] = "local"
+            if os.environ.get(ENV_OBJECT_STORE):
+                kwargs["object_store_memory"] = int(os.environ[ENV_OBJECT_STORE])
         try:
             ray.init(**kwargs)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...

@@ -7,12 +7,15 @@ progress. This executor computes what it is handed::
 
     image rows (position, source) --> Arrow blocks of B rows (engine/executors/rows.py: a path,
                                       a URL, a webdataset shard range, or bytes; never pixels)
-    Ray Data: map_batches(decode_batch)   CPU tasks: fetch (path / URL / shard range), decode,
-                                          preprocess into float32 [b, 3, H, W] (1 CPU each)
-              map_batches(TowerActor)     actor pool: one onnxruntime session per actor, opened
-                                          once from the bundle pack; 1 GPU per actor on a cluster
-                                          with GPUs, else ``threads`` threads (default 1) sharing
-                                          the CPUs with decoding (:func:`placement`)
+    CPU-only cluster:
+    Ray Data: map_batches(TowerActor)     actor pool, one actor per node by default: fetch (path /
+                                          URL / shard range), decode and preprocess with T threads,
+                                          then the tower's onnxruntime session (T threads), opened
+                                          once from the bundle pack; T CPUs reserved (:func:`placement`)
+    cluster with GPUs:
+    Ray Data: map_batches(decode_batch)   CPU tasks (1 CPU each): fetch, decode, preprocess into
+                                          float32 [b, 3, H, W]
+              map_batches(TowerActor)     one actor per GPU (1 GPU, 1 CPU), fed the pixels
     driver: ImageBatch es, each as its block comes back
 
     token batches (positions, feeds)  --> one Arrow block per batch (padded by the stage)
@@ -23,9 +26,10 @@ progress. This executor computes what it is handed::
   (the stage puts each row in its place). Image blocks are the rows in the order given, B at a
   time, and token blocks are the stage's own batches: the towers see the batches a local run
   gives them, so the embeddings are those of a local run (bit for bit on the CPU provider).
-* **Faults.** A decode task that fails (an exception, or its worker or node dying) is run again
-  by Ray up to :data:`RETRIES` more times, on any node; so is a tower call (actors are restarted
-  as often as needed). An image that does not decode is not a fault: it comes back as a failure,
+* **Faults.** A decode task or tower call that fails (an exception, or its worker or node
+  dying) is run again by Ray up to :data:`RETRIES` more times, on any node (actors are
+  restarted as often as needed; an actor that decodes takes one block at a time, so an image
+  that kills it costs only its own block a try). An image that does not decode is not a fault: it comes back as a failure,
   as in a local run. A block that still fails is dropped by Ray Data (``max_errored_blocks``)
   while the others go on and are yielded (the stage caches them); at the end one
   :class:`~clipeval.engine.errors.ClusterError` names the rows of every block that did not come
@@ -56,7 +60,6 @@ from .shipping import pack_bundle, unpack_bundle
 
 log = logging.getLogger(__name__)
 
-CPU_ACTOR_CPUS = 0  # CPUs a CPU tower actor reserves in Ray's accounting (see placement)
 RETRIES = 3  # further tries of a failed decode task or tower call, on any node
 LOGS_HINT = "the Ray logs of each node are in /tmp/ray/session_latest/logs"
 OUTPUT_NAMES = {"vision": "image_embeds", "text": "text_embeds", "reranker": "scores"}
@@ -65,11 +68,14 @@ OUTPUT_NAMES = {"vision": "image_embeds", "text": "text_embeds", "reranker": "sc
 # --- worker side ----------------------------------------------------------------------------------
 
 
-def decode_batch(batch: dict[str, Any], *, spec: dict, fast_decode: bool) -> dict[str, np.ndarray]:
-    """A Ray Data CPU task: the rows of one block (:func:`~.rows.image_table` columns) to
-    ``{"index": int64 [b], "error": str [b] ("" when the image decoded), "pixels": float32
-    [b, 3, H, W]}`` (zeros where it did not). Decoding and preprocessing are a local run's
-    (:func:`~clipeval.engine.images.pipeline.iter_pixel_batches`, inline), so pixels are identical."""
+def decode_batch(batch: dict[str, Any], *, spec: dict, fast_decode: bool, workers: int = 0
+                 ) -> dict[str, np.ndarray]:
+    """The rows of one block (:func:`~.rows.image_table` columns) to ``{"index": int64 [b],
+    "error": str [b] ("" when the image decoded), "pixels": float32 [b, 3, H, W]}`` (zeros where
+    it did not): a Ray Data CPU task on a cluster with GPUs, called by :class:`TowerActor`
+    otherwise. Decoding and preprocessing are a local run's
+    (:func:`~clipeval.engine.images.pipeline.iter_pixel_batches`; ``workers`` decode threads, 0:
+    inline), so pixels are identical."""
     from ..images.pipeline import iter_pixel_batches
     from ..images.preprocess import Preprocessor
 
@@ -80,7 +86,7 @@ def decode_batch(batch: dict[str, Any], *, spec: dict, fast_decode: bool) -> dic
     errors = np.array([src.message if isinstance(src, ImageError) else "" for src in resolved], dtype=object)
     items = [(row, src) for row, src in enumerate(resolved) if not isinstance(src, ImageError)]
     if items:
-        for done in iter_pixel_batches(items, preprocessor, batch_size=len(items), num_workers=0, on_error="skip",
+        for done in iter_pixel_batches(items, preprocessor, batch_size=len(items), num_workers=workers, on_error="skip",
                                        fast_decode=fast_decode):
             pixels[done.indices] = done.pixels
             for row, _source, reason in done.failures:
@@ -92,13 +98,16 @@ class TowerActor:
     """A Ray Data actor: one onnxruntime session of one tower, opened once from the bundle pack
     (an object-store reference in a list, verified by :func:`~.shipping.unpack_bundle`).
 
-    On decoded images (``pixels``, ``error``) it returns ``{"index", "error", "embeds": float32
+    With ``decode`` (``{"spec", "fast_decode", "workers"}``: the CPU-only placement) it first
+    decodes image rows itself (:func:`decode_batch` with ``workers`` threads). On decoded images
+    (``pixels``, ``error``) it returns ``{"index", "error", "embeds": float32
     [b, D], ...}`` (zeros where the image did not decode); on a token batch (``index`` and the
     tower's int64 inputs) ``{"index", "embeds": float32 [b, D] (or [b] scores), ...}``. Each block
     also carries the provider the session runs on, the seconds it took to open and its
     warnings (provider fallbacks)."""
 
-    def __init__(self, pack: list, tower: str, precision: str, provider: str, threads: int | None):
+    def __init__(self, pack: list, tower: str, precision: str, provider: str, threads: int | None,
+                 decode: dict | None = None):
         import ray
 
         t0 = time.perf_counter()
@@ -113,6 +122,7 @@ class TowerActor:
                               "re-export the bundle")
         self.dim = bundle.embed_dim if tower != "reranker" else None
         self.inputs = list(self.session.input_names)
+        self.decode = decode
 
     def _facts(self, n: int) -> dict[str, np.ndarray]:
         return {"provider": np.array([self.session.provider] * n, dtype=object),
@@ -120,6 +130,8 @@ class TowerActor:
                 "warnings": np.array(["\n".join(self.session.warnings)] * n, dtype=object)}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        if self.decode is not None and "kind" in batch:
+            batch = decode_batch(batch, **self.decode)
         index = np.asarray(batch["index"], dtype=np.int64)
         if "pixels" not in batch:
             feeds = {name: np.ascontiguousarray(np.stack(list(batch[name])) if batch[name].dtype == object
@@ -148,12 +160,14 @@ class _Placed(dict):
 @dataclass
 class Placement:
     """How the tower actors are placed: ``options`` (the pool's ``size`` or ``min_size`` /
-    ``max_size``, and each actor's ``num_cpus`` / ``num_gpus``), the provider and threads each
-    actor's session gets, and notes worth a warning."""
+    ``max_size`` / ``initial_size``, and each actor's ``num_cpus`` / ``num_gpus``), the provider
+    and threads each actor's session gets, whether the actors decode images themselves
+    (``decode_in_actor``) or decode tasks feed them, and notes worth a warning."""
 
     options: dict
     provider: str
     threads: int
+    decode_in_actor: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -161,30 +175,35 @@ def placement(ray, provider: str, num_threads: int | None) -> Placement:
     """Where the tower actors run.
 
     * A cluster with GPUs (``provider`` not ``cpu``): one actor per GPU, each taking one GPU
-      (``num_gpus=1``) and one CPU; decoding gets the other CPUs.
-    * CPU only: actors of ``num_threads`` onnxruntime threads (default 1, at most the CPUs of
-      the largest node), from 1 up to as many as the cluster's CPUs hold, added by Ray Data
-      while the towers are the bottleneck. They reserve no CPU in Ray's accounting: decode tasks
-      take one CPU each, and the towers' threads share the cores with them, as decode threads
-      and onnxruntime threads share them in a local run. An actor that reserved whole CPUs would
-      keep them from decoding while it waits for pixels (on a 2-core node: half the decoding;
-      docs/speed.md, "Ray").
+      (``num_gpus=1``) and one CPU; decode tasks (one CPU each) take the other CPUs and feed
+      the actors pixels through the object store.
+    * CPU only: each actor decodes its own images and runs the tower, with ``num_threads``
+      decode threads and as many onnxruntime threads (default: the CPUs of the smallest node;
+      at most the largest's), and reserves that many CPUs: a local run's layout, one per node
+      by default, as many as the cluster's CPUs hold (all started at once). Pixels never
+      leave the process that decoded them, and no process starts only to decode (measured in
+      docs/speed.md, "Ray": separate decode tasks cost a 2-core node a quarter of its
+      throughput and a process start each).
     """
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     if gpus and provider != "cpu":
         return Placement({"size": gpus, "num_gpus": 1, "num_cpus": 1}, provider, num_threads or 1)
     node_cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-    largest = max(node_cpus or [1]) or 1
-    threads = min(num_threads or 1, largest)
+    node_cpus = [c for c in node_cpus if c > 0] or [1]
+    largest = max(node_cpus)
+    threads = min(num_threads or min(node_cpus), largest)
     notes = []
     if num_threads and threads < num_threads:
         notes.append(f"{num_threads} threads were asked for; the largest node has {largest} CPUs, so each tower "
                      f"actor runs {threads}")
     if provider == "cuda":
         notes.append("CUDA was asked for, but the Ray cluster has no GPUs; the towers run on CPU")
-    pool = max(1, int(resources.get("CPU", 1)) // threads)
-    return Placement({"min_size": 1, "max_size": pool, "num_cpus": CPU_ACTOR_CPUS}, "cpu", threads, notes)
+    pool = max(1, sum(c // threads for c in node_cpus))
+    # one block at a time per actor: an image that kills its actor then fails only its own block
+    # (a block queued behind it would die with the actor and spend its retries too)
+    return Placement({"min_size": 1, "max_size": pool, "initial_size": pool, "max_tasks_in_flight_per_actor": 1,
+                      "num_cpus": threads}, "cpu", threads, True, notes)
 
 
 @contextlib.contextmanager
@@ -206,6 +225,18 @@ def _blocks(columns: dict[str, Any], batch_size: int) -> list:
     n = len(columns["index"])
     return [pa.table({name: pa.array(values[start:start + batch_size]) for name, values in columns.items()})
             for start in range(0, n, batch_size)]
+
+
+def _dataset(blocks: list):
+    """A Ray Dataset of exactly these Arrow ``blocks`` (one Ray Data block each, in order).
+
+    ``ray.data.from_blocks`` reads each block's size and schema on the driver; ``from_arrow``
+    (Ray Data before it had ``from_blocks``) runs a task per block to read them, and those tasks
+    start worker processes that import Ray Data (about 2 s of CPU each) only for that."""
+    import ray.data
+
+    make = getattr(ray.data, "from_blocks", None) or ray.data.from_arrow
+    return make(blocks)
 
 
 def _token_block(positions: np.ndarray, feeds: dict[str, np.ndarray]):
@@ -278,17 +309,18 @@ class RayExecutor(Executor):
                 log.warning("%s", note)
         return self._placement
 
-    def _tower_stage(self, ds, tower: TowerRef, batch_size: int | None):
+    def _tower_stage(self, ds, tower: TowerRef, batch_size: int | None, decode: dict | None = None):
         from ray.data import ActorPoolStrategy
 
         place = self.placement()
-        pool = {k: v for k, v in place.options.items() if k in ("size", "min_size", "max_size")}
+        pool = {k: v for k, v in place.options.items()
+                if k in ("size", "min_size", "max_size", "initial_size", "max_tasks_in_flight_per_actor")}
         resources = {k: v for k, v in place.options.items() if k in ("num_cpus", "num_gpus")}
         with _retry_args():
             return ds.map_batches(
                 TowerActor, fn_constructor_kwargs={"pack": [self._pack(tower)], "tower": tower.tower,
                                                    "precision": tower.precision, "provider": place.provider,
-                                                   "threads": place.threads},
+                                                   "threads": place.threads, "decode": decode},
                 batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(**pool), **resources,
                 max_restarts=-1, max_task_retries=RETRIES)
 
@@ -341,8 +373,6 @@ class RayExecutor(Executor):
         :class:`~clipeval.engine.errors.ConfigError` for an in-memory PIL image, and, after
         yielding every batch that came back, :class:`ClusterError` naming the images of the
         batches that did not."""
-        import ray.data
-
         gallery = getattr(rows, "sources", None)
         positions_arr = getattr(rows, "positions", None)
         if gallery is None or positions_arr is None:
@@ -362,13 +392,17 @@ class RayExecutor(Executor):
         back: set[int] = set()
         self._decoded = True
         with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
-            ds = ray.data.from_arrow(_blocks(columns, batch_size))
-            with _retry_args():
-                ds = ds.map_batches(decode_batch, fn_kwargs={"spec": tower.bundle.preprocess,
-                                                             "fast_decode": fast_decode},
-                                    batch_size=None, batch_format="numpy", num_cpus=1, max_retries=RETRIES,
-                                    retry_exceptions=True)
-            for block in self._blocks_back(self._tower_stage(ds, tower, None), "images"):
+            ds = _dataset(_blocks(columns, batch_size))
+            place = self.placement()
+            decode = {"spec": tower.bundle.preprocess, "fast_decode": fast_decode}
+            if place.decode_in_actor:
+                ds = self._tower_stage(ds, tower, None, {**decode, "workers": place.threads})
+            else:
+                with _retry_args():
+                    ds = ds.map_batches(decode_batch, fn_kwargs=decode, batch_size=None, batch_format="numpy",
+                                        num_cpus=1, max_retries=RETRIES, retry_exceptions=True)
+                ds = self._tower_stage(ds, tower, None)
+            for block in self._blocks_back(ds, "images"):
                 self._note(tower, block)
                 index = np.asarray(block["index"], dtype=np.int64)
                 good = block["error"] == ""
@@ -385,8 +419,6 @@ class RayExecutor(Executor):
         """Run a text or reranker tower on the stage's padded batches on the cluster, one Ray
         Data block per batch; yields ``(positions, output)`` as blocks come back, then raises
         :class:`ClusterError` naming the rows of the batches that did not."""
-        import ray.data
-
         blocks, given = [], []
         for positions, feeds in batches:
             blocks.append(_token_block(positions, feeds))
@@ -395,7 +427,7 @@ class RayExecutor(Executor):
             return
         back: set[int] = set()
         with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
-            ds = ray.data.from_arrow(blocks)
+            ds = _dataset(blocks)
             for block in self._blocks_back(self._tower_stage(ds, tower, None), "texts"):
                 self._note(tower, block)
                 back.update(block["index"].tolist())
