@@ -36,7 +36,8 @@ def _run_config(cfg) -> None:
               help="open_clip pretrained tag or weights file for --model architectures (repeatable: every "
                    "--model with every --pretrained, as CLIP_benchmark does).")
 @click.option("--dataset", "datasets", multiple=True, metavar="NAME",
-              help="Dataset name (repeatable). Default: custom.")
+              help="Dataset name (repeatable; CLIP_benchmark's names such as cifar10 or wds/vtab/cifar10 too, "
+                   "docs/datasets.md). Default: custom.")
 @click.option("--data-dir", default=None, help="Dataset folder (for custom: the folder holding image_queries.jsonl).")
 @click.option("--split", default="test", show_default=True,
               help="Dataset split of a named set (a custom folder has only test).")
