@@ -43,7 +43,8 @@ def _check(name: str, split: str | None = None) -> str:
         retrieval = sorted(n for n, (task, _) in DATASETS.items() if task == "zeroshot_retrieval" and n != "custom")
         classification = sorted(n for n, (task, _) in DATASETS.items() if task == "zeroshot_classification")
         nearest = suggest(name, DATASETS)
-        raise ConfigError(f"unknown dataset {name!r}" + (f" (did you mean {' or '.join(nearest)}?)" if nearest else ""),
+        guess = f" (did you mean {' or '.join(nearest)}?)" if nearest else ""
+        raise ConfigError(f"unknown dataset {name!r}{guess}",
                           f"available datasets: custom; retrieval: {', '.join(retrieval)}; "
                           f"classification: {', '.join(classification)}")
     return resolved

@@ -198,8 +198,8 @@ def resolve_name(name: str, split: str | None = None) -> str:
 def _refused(given: str, refused: Refusal) -> DatasetNameError:
     if refused.nearest:
         nearest = " or ".join(refused.nearest)
-        remedy = f"the nearest clipeval set{'s' if len(refused.nearest) > 1 else ''}: {nearest} (not the same " \
-                 "evaluation: see why above)" + (f"; or {refused.remedy}" if refused.remedy else "")
+        remedy = (f"the nearest clipeval set{'s' if len(refused.nearest) > 1 else ''}: {nearest} (not the same "
+                  "evaluation: see why above)" + (f"; or {refused.remedy}" if refused.remedy else ""))
     else:
         remedy = refused.remedy
     return DatasetNameError(f"{given!r} is a set CLIP_benchmark builds that clipeval cannot serve: {refused.why}",
