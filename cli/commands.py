@@ -35,8 +35,12 @@ def _run_config(cfg) -> None:
 @click.option("--pretrained", "pretrained", multiple=True, metavar="TAG|FILE",
               help="open_clip pretrained tag or weights file for --model architectures (repeatable: every "
                    "--model with every --pretrained, as CLIP_benchmark does).")
+@click.option("--pretrained-model", "pretrained_model", multiple=True, metavar="MODEL,PRETRAINED|FILE",
+              help="CLIP_benchmark's --pretrained_model (repeatable, in order): a MODEL,PRETRAINED pair, or a text "
+                   "file of them, one a line (# comments). Replaces --model/--pretrained, as there.")
 @click.option("--dataset", "datasets", multiple=True, metavar="NAME",
-              help="Dataset name (repeatable). Default: custom.")
+              help="Dataset name (repeatable; CLIP_benchmark's names such as cifar10 or wds/vtab/cifar10 too, "
+                   "docs/datasets.md). Default: custom.")
 @click.option("--data-dir", default=None, help="Dataset folder (for custom: the folder holding image_queries.jsonl).")
 @click.option("--split", default="test", show_default=True,
               help="Dataset split of a named set (a custom folder has only test).")
@@ -71,20 +75,24 @@ def eval_cmd(quiet, **options):
     _run_config(eval_config(quiet=quiet, **options))
 
 
-def eval_config(*, models=(), pretrained=(), datasets=(), data_dir=None, split="test", task=None,
-                output_dir="outputs", batch_size=128, num_workers=None, limit=None, recall_k=(), skip_existing=False,
-                on_error="fail", provider="auto", precision=None, fast_decode=False, decode="auto", num_threads=None,
-                detail="auto", quiet=False, no_cache=False, verify_cache=False, executor="local", ray_address=None,
-                **named_dataset):
+def eval_config(*, models=(), pretrained=(), pretrained_model=(), datasets=(), data_dir=None, split="test",
+                task=None, output_dir="outputs", batch_size=128, num_workers=None, limit=None, recall_k=(),
+                skip_existing=False, on_error="fail", provider="auto", precision=None, fast_decode=False,
+                decode="auto", num_threads=None, detail="auto", quiet=False, no_cache=False, verify_cache=False,
+                executor="local", ray_address=None, **named_dataset):
     """The checked config (:class:`clipeval.engine.config.EvalConfig`) of ``clipeval eval``'s
     options; ``clipeval bench`` builds its child runs from the same object. Raises
     :class:`~clipeval.engine.errors.ConfigError` naming the flag of every problem."""
     from clipeval.engine.config import make_eval_config
 
-    # --model/--pretrained are CLIP_benchmark's model/pretrained keys (engine/config/model_spec.py)
-    # no --model: no models key (the embedded demo model); an explicitly empty list is an error
-    naming = {**({"model": list(models)} if models else {}), "pretrained": list(pretrained)} if pretrained else \
-        {"models": [{"model_name": m} for m in models]} if models else {}
+    # --model/--pretrained/--pretrained-model are CLIP_benchmark's model/pretrained/pretrained_model
+    # keys (engine/config/model_spec.py), read as the config reads them; no model flag: no models
+    # key (the embedded demo model)
+    if pretrained or pretrained_model:
+        naming = {key: list(value) for key, value in
+                  (("model", models), ("pretrained", pretrained), ("pretrained_model", pretrained_model)) if value}
+    else:
+        naming = {"models": [{"model_name": m} for m in models]} if models else {}
     block = {
         **naming,
         "dataset_name": list(datasets) or ["custom"],

@@ -95,8 +95,9 @@ def misplaced_pair(text: str) -> ExportError | None:
     return ExportError(
         f"model {text!r} is neither a local directory nor a hub id: it reads as CLIP_benchmark's "
         "MODEL,PRETRAINED pair",
-        f"name the two apart: --model {model} --pretrained {pretrained} (in a config: "
-        f"pretrained_model: \"{model},{pretrained}\", or model: {model} with pretrained: {pretrained})",
+        f"name the two apart: --model {model} --pretrained {pretrained}, or pass the pair as CLIP_benchmark "
+        f"does: --pretrained-model {model},{pretrained} (in a config: pretrained_model: \"{model},{pretrained}\", "
+        f"or model: {model} with pretrained: {pretrained})",
     )
 
 

@@ -31,11 +31,26 @@ transformer is inside the graph, read from its sentence-transformers files:
   ``include_prompt: false`` is recorded; the engine refuses to use a prompt with it (the graph
   cannot tell prompt tokens from text tokens).
 
-Other sentence-transformers modules (``Dense``, ``LayerNorm``, ...) and unknown pooling modes
-are refused with a message naming them. Validation: the ONNX graph on onnxruntime (CPU)
-against the PyTorch module it was traced from, on texts of several lengths (one truncated),
-padded as a batch; max abs difference 1e-4 and cosine 0.99999, every output reported before
-failing. The bundle is built in a hidden directory and renamed into place.
+``modules.json`` is read as sentence-transformers 6 loads it
+(``SentenceTransformer._load_config_modules``), and whatever it would refuse, or load but fail to
+encode with, is refused here in one error that lists every problem: a file that is not a list, an
+empty list ``[]`` (sentence-transformers: "an empty modules list"), an entry that is not an object
+or lacks a ``name``, ``path`` or ``type`` string, a ``path`` that is absolute or holds ``..``, a
+name given twice, a ``type`` outside the sentence-transformers classes it names
+(:data:`MODULE_TYPES`: custom code, which it imports only with ``trust_remote_code``, or its other
+modules: ``Dense``, ``LayerNorm``, ... which this exporter does not put in the graph), modules
+other than ``Transformer``, ``Pooling`` and an optional ``Normalize`` in that order (without
+``Pooling`` sentence-transformers loads the model but has no sentence embedding to return), a
+``Transformer`` outside the folder's top (this exporter exports the checkpoint there), and a
+``Pooling`` module without its ``config.json`` or with one its ``Pooling`` cannot take (no
+embedding dimension, another key). Nothing is guessed: a checkpoint without ``modules.json`` is a
+plain transformer with mean pooling, as sentence-transformers builds one; with a ``modules.json``
+it is what the file says or an error. Unknown pooling modes are refused with a message naming
+them.
+
+Validation: the ONNX graph on onnxruntime (CPU) against the PyTorch module it was traced from,
+on texts of several lengths (one truncated), padded as a batch; max abs difference 1e-4 and
+cosine 0.99999, every output reported before failing. The bundle is built in a hidden directory and renamed into place.
 """
 
 from __future__ import annotations
@@ -67,6 +82,23 @@ LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens
                        "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                        "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
+# modules.json ``type`` -> the module it names: the class references sentence-transformers writes
+# (6.x: the first of each; before: ``sentence_transformers.models.*``) and imports for these three
+MODULE_TYPES = {
+    "sentence_transformers.base.modules.transformer.Transformer": "Transformer",
+    "sentence_transformers.base.modules.Transformer": "Transformer",
+    "sentence_transformers.models.Transformer": "Transformer",
+    "sentence_transformers.sentence_transformer.modules.pooling.Pooling": "Pooling",
+    "sentence_transformers.sentence_transformer.modules.Pooling": "Pooling",
+    "sentence_transformers.models.Pooling": "Pooling",
+    "sentence_transformers.base.modules.normalize.Normalize": "Normalize",
+    "sentence_transformers.base.modules.Normalize": "Normalize",
+    "sentence_transformers.models.Normalize": "Normalize",
+}
+MODULE_KEYS = ("name", "path", "type")
+MODULES_REMEDY = ("save the model again with SentenceTransformer.save (or repair modules.json), or delete "
+                  "modules.json to export the transformer alone with mean pooling, as sentence-transformers loads "
+                  "a checkpoint without one")
 SIMILARITIES = ("cosine", "dot")
 VALIDATION_TEXTS = (
     "a",
@@ -128,20 +160,99 @@ def normalize_pooling(value: Any, where: str) -> str:
     return "+".join(out)
 
 
+# keys of a Pooling module's config.json that sentence-transformers 6 takes (Pooling(**config)
+# after renaming word_embedding_dimension and converting the legacy pooling_mode_* booleans)
+POOLING_CONFIG_KEYS = ("embedding_dimension", "word_embedding_dimension", "pooling_mode", "include_prompt",
+                       *LEGACY_POOLING_KEYS)
+
+
 def _pooling_from_config(path: Path) -> tuple[str, bool]:
+    """The pooling mode(s) and ``include_prompt`` of a Pooling module's ``config.json``, read as
+    sentence-transformers reads it; a config it would refuse (no embedding dimension, a key its
+    ``Pooling`` does not take) is an :class:`ExportError` naming them."""
     cfg = _read_json(path)
     if not isinstance(cfg, dict):
         raise ExportError(f"{path} is not a JSON object", "repair the checkpoint")
+    odd = [k for k in cfg if k not in POOLING_CONFIG_KEYS]
+    if odd or not ({"embedding_dimension", "word_embedding_dimension"} & set(cfg)):
+        problem = (f"holds {', '.join(map(repr, odd))}, which sentence-transformers' Pooling does not take" if odd
+                   else "has no embedding_dimension, which sentence-transformers' Pooling needs")
+        raise ExportError(f"{path} {problem}", "save the model again with SentenceTransformer.save (or repair the "
+                                              f"file: keys {', '.join(POOLING_CONFIG_KEYS[:4])})")
     include_prompt = bool(cfg.get("include_prompt", True))
     if "pooling_mode" in cfg:  # sentence-transformers >= 6
         return normalize_pooling(cfg["pooling_mode"], str(path)), include_prompt
-    on = [key for key, value in cfg.items() if key.startswith("pooling_mode") and value]
-    unknown = [key for key in on if key not in LEGACY_POOLING_KEYS]
-    if unknown:
-        raise ExportError(f"{path} asks for pooling {', '.join(unknown)}",
-                          f"supported: {', '.join(LEGACY_POOLING_KEYS)}")
-    modes = [mode for key, mode in LEGACY_POOLING_KEYS.items() if key in on] or ["mean"]
+    # the legacy booleans, in sentence-transformers' order; none on: mean, as sentence-transformers reads it
+    modes = [mode for key, mode in LEGACY_POOLING_KEYS.items() if cfg.get(key)] or ["mean"]
     return "+".join(modes), include_prompt
+
+
+def _module_problems(n: int, m: Any, names: set[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    """The module an entry of ``modules.json`` names (``Transformer``, ``Pooling``, ``Normalize``,
+    or ``None``) and the entry's problems, each ``(problem, why it is one)`` (:func:`read_modules`)."""
+    if not isinstance(m, dict):
+        return None, [(f"module {n} is {m!r}, not a JSON object",
+                       "sentence-transformers reads each module from a JSON object")]
+    problems = []
+    missing = [k for k in MODULE_KEYS if not isinstance(m.get(k), str)]
+    if missing:
+        problems.append((f"module {n} has no {' / '.join(missing)} string",
+                         f"sentence-transformers reads {', '.join(MODULE_KEYS)} of every module"))
+    name, path, kind = m.get("name"), m.get("path"), m.get("type")
+    if isinstance(name, str):
+        if name in names:
+            problems.append((f"module {n} repeats the name {name!r}", "sentence-transformers would keep one of them"))
+        names.add(name)
+    if isinstance(path, str) and (Path(path).is_absolute() or ".." in Path(path).parts):
+        problems.append((f"module {n} has the path {path!r}",
+                         "sentence-transformers refuses a module path that is absolute or holds .."))
+    if isinstance(kind, str) and kind not in MODULE_TYPES:
+        if kind.startswith("sentence_transformers."):
+            why = f"this exporter puts only sentence-transformers' {', '.join(KNOWN_MODULES)} in the graph"
+        else:
+            why = ("a type outside sentence_transformers.* is custom code, which sentence-transformers imports only "
+                   "with trust_remote_code; its own modules are named in full, e.g. "
+                   "sentence_transformers.models.Pooling")
+        problems.append((f"module {n} ({path!r}) is {kind}", why))
+    return MODULE_TYPES.get(kind) if isinstance(kind, str) else None, problems
+
+
+def read_modules(root: Path) -> tuple[Path, bool]:
+    """``(folder of the Pooling module, whether a Normalize module follows it)`` of the checkpoint
+    folder ``root``'s ``modules.json`` (the rules of the module docstring). Raises
+    :class:`ExportError` naming the file and listing every problem, each reason once."""
+    path = root / "modules.json"
+    modules = _read_json(path, list)
+    if not modules:
+        raise ExportError(f"{path} lists no modules ([]): sentence-transformers refuses to load it (an empty "
+                          "modules list), and nothing says how to pool", MODULES_REMEDY)
+    problems: list[tuple[str, str]] = []
+    names: set[str] = set()
+    kinds = []
+    for n, m in enumerate(modules):
+        kind, found = _module_problems(n, m, names)
+        kinds.append(kind)
+        problems += found
+    if not problems:
+        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            why = ("without a Pooling module sentence-transformers loads it but has no sentence embedding to return"
+                   if "Pooling" not in kinds else
+                   "without a Transformer module first there is no model to pool" if kinds[0] != "Transformer" else
+                   "this exporter puts exactly Transformer, Pooling and an optional Normalize, in that order, in "
+                   "the graph")
+            problems.append((f"its modules are {', '.join(kinds)}", why))
+        else:
+            if modules[0]["path"] not in ("", "."):
+                problems.append((f"its Transformer module is at {modules[0]['path']!r}",
+                                 "this exporter exports the checkpoint at the folder's top (path \"\")"))
+            pooling_config = root / modules[1]["path"] / "config.json"
+            if not pooling_config.is_file():
+                problems.append((f"its Pooling module has no config.json ({pooling_config})",
+                                 "sentence-transformers cannot load a Pooling module without it"))
+    if problems:
+        reasons = list(dict.fromkeys(why for _, why in problems))
+        raise ExportError(f"{path}: {'; '.join(p for p, _ in problems)} ({'; '.join(reasons)})", MODULES_REMEDY)
+    return root / modules[1]["path"], len(modules) == 3
 
 
 def read_text_spec(src: str | os.PathLike, *, pooling_mode: str | None = None,
@@ -149,27 +260,9 @@ def read_text_spec(src: str | os.PathLike, *, pooling_mode: str | None = None,
     """Pooling, normalisation, similarity, sequence length and prompts of a checkpoint directory;
     ``pooling_mode`` / ``max_seq_length`` replace what the checkpoint says (evalscope's model keys)."""
     root = Path(src)
-    modules_path = root / "modules.json"
     pooling, normalize_module, pooling_dir, include_prompt = "mean", False, None, True
-    if modules_path.is_file():
-        modules = _read_json(modules_path, list)
-        unknown = []
-        for n, m in enumerate(modules):
-            if not isinstance(m, dict):
-                raise ExportError(f"{modules_path}: module {n} is not a JSON object (got {m!r})",
-                                  "repair or re-download the checkpoint (save it again with save_pretrained)")
-            kind = str(m.get("type", "")).rsplit(".", 1)[-1]
-            if kind == "Pooling":
-                pooling_dir = root / m.get("path", "")
-            elif kind == "Normalize":
-                normalize_module = True
-            elif kind != "Transformer":
-                unknown.append(f"{m.get('type')} ({m.get('path')})")
-        if unknown:
-            raise ExportError(
-                f"{modules_path} lists modules this exporter does not put in the graph: {', '.join(unknown)}",
-                f"supported modules: {', '.join(KNOWN_MODULES)}",
-            )
+    if (root / "modules.json").is_file():
+        pooling_dir, normalize_module = read_modules(root)
     else:
         log.info("%s has no modules.json; using mean pooling (sentence-transformers' default)", root)
     if pooling_dir is not None:

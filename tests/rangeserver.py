@@ -1,5 +1,7 @@
-"""A file server on 127.0.0.1 that answers byte ranges as HTTP says (import as ``from rangeserver
-import RangeServer``)."""
+"""HTTP servers on 127.0.0.1 for the tests (import as ``from rangeserver import RangeServer``).
+
+:class:`LocalServer` is the start and stop every test server shares; :class:`RangeServer` is a
+file server that answers byte ranges as HTTP says."""
 
 from __future__ import annotations
 
@@ -7,7 +9,34 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-class RangeServer:
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing (the test output stays the test's)."""
+
+    def log_message(self, *args):
+        pass
+
+
+class LocalServer:
+    """A :class:`ThreadingHTTPServer` on 127.0.0.1 with ``handler``, on a free port (port 0: the
+    system picks one; ``url`` names it), serving from a daemon thread between ``__enter__`` and
+    ``__exit__``; ``__exit__`` stops it, closes its socket and waits for the thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+class RangeServer(LocalServer):
     """Serves a folder with ``Range: bytes=A-B`` (206 and Content-Range, as HTTP says); records
     each request; ``ignore_range`` answers 200 with the whole file; ``fail[path]`` answers that
     many 503s first; ``replace[path]`` serves other bytes (a shard changed on the server);
@@ -23,10 +52,7 @@ class RangeServer:
         self.drop = None
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 rel = self.path.lstrip("/")
                 server.requests.append((rel, self.headers.get("Range")))
@@ -59,15 +85,4 @@ class RangeServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
+        super().__init__(Handler)

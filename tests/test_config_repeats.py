@@ -53,7 +53,7 @@ def test_the_findings_config_with_models_empty_fails_before_any_work(tmp_path):
     ({"models": [{"model_name": "a", "precision": "fp16"}, {"model_name": "a"}]},  # different runs: both kept
      [{"model_name": "a", "precision": "fp16"}, {"model_name": "a"}], ["custom"]),
     ({"dataset_name": ["custom", "custom"]}, [], ["custom"]),
-    ({"dataset_name": ["wds/cifar10", "cifar10", "mnist", "cifar10"]}, [], ["cifar10", "mnist"]),
+    ({"dataset_name": ["wds/cifar10", "cifar10", "mnist", "cifar10"]}, [], ["vtab/cifar10", "mnist"]),  # one set
 ])
 def test_repeated_models_and_datasets_are_evaluated_once_in_order(block, models, datasets, caplog):
     with caplog.at_level(logging.WARNING):

@@ -70,6 +70,12 @@ def real_results(tmp_path_factory):
     (beir / "qrels.jsonl").write_text("".join(json.dumps({"query-id": str(i), "corpus-id": k, "score": 1}) + "\n"
                                               for i, k in enumerate(docs)))
     out["text_retrieval"] = [invoke("text-eval", "--model", "demo", "--data-dir", beir, "--output-dir", tmp / "t", "-q")]
+    # evalscope's mteb form asking two splits of that folder, whose one flat qrels.jsonl both read
+    mteb = tmp / "mteb.json"
+    mteb.write_text(json.dumps({"work_dir": str(tmp / "m"), "eval_backend": "RAGEval", "eval_config": {
+        "tool": "mteb", "models": [{"model_name_or_path": "demo"}],
+        "eval": {"custom_tasks": [{"data_path": str(beir), "eval_splits": ["test", "dev"]}]}}}))
+    out["text_retrieval"].append(invoke("run", mteb, "-q"))
     # and reranked by a tiny cross-encoder (the stage-2 result names its reranker)
     from fixtures_text import make_cross_encoder
 

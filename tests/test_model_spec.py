@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -262,3 +263,113 @@ def test_a_pair_given_as_a_model_says_how_to_name_it(tmp_path, source, model, pr
     assert "MODEL,PRETRAINED pair" in res.stderr and f"--model {model} --pretrained {pretrained}" in res.stderr
     res = CliRunner().invoke(cli, ["eval", "--model", source, "--dataset", "custom", "--data-dir", str(tmp_path)])
     assert res.exit_code == 2 and "MODEL,PRETRAINED pair" in res.stderr, res.output
+
+
+# --- clipeval eval --pretrained-model: the config key pretrained_model as a flag -----------------
+
+def _cli_models(args):
+    """``(models, result)`` of ``clipeval eval ARGS``: the models it would evaluate (``None`` when
+    it failed) and its click result."""
+    seen = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("clipeval.cli.commands._run_config", lambda cfg: seen.append(cfg.models))
+        res = CliRunner().invoke(cli, ["eval", *args])
+    assert "Traceback" not in res.output and "internal error" not in res.output, res.output
+    return (seen[0] if res.exit_code == 0 else None), res
+
+
+def _flags(model=None, pretrained=None, pairs=None) -> list[str]:
+    out = []
+    for flag, values in (("--model", model), ("--pretrained", pretrained), ("--pretrained-model", pairs)):
+        for v in values or ():
+            out += [flag, v]
+    return out
+
+
+def _block(model=None, pretrained=None, pairs=None) -> dict:
+    return {k: list(v) for k, v in (("model", model), ("pretrained", pretrained), ("pretrained_model", pairs)) if v}
+
+
+def _as_flags(message: str) -> str:
+    """A config problem's text as the command line says it (the same words, the flags named)."""
+    for key, flag in (("pretrained_model", "--pretrained-model"), ("pretrained", "--pretrained"),
+                      ("model", "--model")):
+        message = re.sub(rf"(?<![\w-]){key}(?= (entry|in eval|has|names|must|file))", flag, message)
+    return message.replace(" in eval", " on the command line")
+
+
+FLAG_CASES = [  # (--model, --pretrained, --pretrained-model), with {d} the folder of the files below
+    (None, None, ["ViT-B-32,openai"]),
+    (None, None, [" ViT-B-32 , openai", "RN50,yfcc15m"]),
+    (None, None, ["{d}/pairs.txt"]),
+    (None, None, ["{d}/pairs.txt", "ViT-L-14,openai", "{d}/crlf.txt"]),
+    (None, None, ["ViT-B-32,openai", "ViT-B-32,openai"]),  # named twice: evaluated once
+    (None, None, ["hf-hub:timm/ViT-B-16-SigLIP,x"]),
+    (["ViT-B-32"], ["openai"], ["RN50,yfcc15m"]),           # replaces --model/--pretrained (a warning)
+    (["ViT-B-32"], None, ["RN50,yfcc15m"]),
+    (None, ["openai"], ["RN50,yfcc15m"]),
+    (["ViT-B-32", "RN50"], ["openai", "yfcc15m"], None),
+    # the bad ones: exit 2, one error line naming the flag, and a remedy
+    (None, None, ["openai"]),                                # a collection clipeval does not ship
+    (None, None, ["ViT-B-32"]),                              # neither a pair nor a file
+    (None, None, ["a,b,c"]),
+    (None, None, [",openai"]),
+    (None, None, ["ViT-B-32,"]),
+    (None, None, ["ViT-B-32,openai", "{d}/missing.txt"]),
+    (None, None, ["{d}/bad.txt"]),                           # a file line that is no pair: file and line named
+    (None, None, ["{d}/empty.txt"]),
+    (None, None, ["{d}/latin1.txt"]),
+    (None, None, ["{d}"]),                                   # a folder
+    (None, None, ["  "]),
+    (None, ["openai"], None),                                # --pretrained without a model
+]
+
+
+@pytest.fixture
+def pair_files(tmp_path):
+    (tmp_path / "pairs.txt").write_text("\ufeff# models\nViT-B-32,openai\n\nRN50,yfcc15m  # trailing\n")
+    (tmp_path / "crlf.txt").write_bytes(b"ViT-H-14,laion2b_s32b_b79k\r\nViT-B-32,openai\r\n")
+    (tmp_path / "bad.txt").write_text("ViT-B-32,openai\n\n# c\nRN50\n")
+    (tmp_path / "empty.txt").write_text("# nothing here\n")
+    (tmp_path / "latin1.txt").write_bytes("ViT-B-32,caf\xe9\n".encode("latin-1"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("model,pretrained,pairs", FLAG_CASES)
+def test_the_flags_read_as_the_config_keys(pair_files, model, pretrained, pairs, caplog):
+    pairs = [p.format(d=pair_files) for p in pairs] if pairs else None
+    block = _block(model, pretrained, pairs)
+    try:
+        want = _entries(block)
+    except ConfigError as exc:
+        want, problem = None, exc
+    got, res = _cli_models(_flags(model, pretrained, pairs))
+    if want is not None:
+        assert res.exit_code == 0 and got == want, res.output
+        replaced = pairs and (model or pretrained)
+        assert ("replaces" in res.stderr) == bool(replaced) and ("replaces" in caplog.text) == bool(replaced)
+        return
+    assert res.exit_code == 2 and res.stdout == "", res.output
+    lines = res.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 2 and lines[1].startswith("  -> ") and len(lines[1]) > 10, res.stderr
+    assert lines[0] == "error: " + _as_flags(problem.message), (lines[0], problem.message)
+    # the flag is named, or the file and line at fault
+    assert ("--pretrained" in lines[0] or f"{pair_files}" in lines[0]) and "pretrained_model" not in lines[0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(models=st.one_of(st.none(), NAMES), pretrained=st.one_of(st.none(), TAGS),
+       pairs=st.one_of(st.none(), st.lists(st.sampled_from(["ViT-B-32,openai", "RN50,yfcc15m", "openai", "a,b,c",
+                                                            "ViT-L-14 , laion2b_s32b_b79k", "nofile.txt"]),
+                                           min_size=1, max_size=3)))
+def test_any_flags_give_the_config_keys_models_or_the_same_error(models, pretrained, pairs):
+    block = _block(models, pretrained, pairs)
+    try:
+        want, problem = _entries(block), None
+    except ConfigError as exc:
+        want, problem = None, exc
+    got, res = _cli_models(_flags(models, pretrained, pairs))
+    if problem is None:
+        assert res.exit_code == 0 and got == want, res.output
+    else:
+        assert res.exit_code == 2 and res.stderr.startswith("error: " + _as_flags(problem.message)), res.stderr

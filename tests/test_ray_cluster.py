@@ -11,7 +11,6 @@ import os
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from clipeval.engine.embedding.stage import EmbeddingStage
 from clipeval.engine.executors.ray_embed import RETRIES, RayExecutor
 from clipeval.engine.sessions.bundle import load_bundle
 from datagen import noise_image
-from rangeserver import RangeServer
+from rangeserver import LocalServer, QuietHandler, RangeServer
 from rayfix import simulated_cluster
 from wdsgen import write_retrieval_set
 
@@ -61,7 +60,7 @@ def pid_of_client(port: int) -> int | None:
     return None
 
 
-class ImageServer:
+class ImageServer(LocalServer):
     """Serves ``images`` (name -> PNG bytes). ``hold_after``: requests after that many are held
     until :meth:`release`."""
 
@@ -74,10 +73,7 @@ class ImageServer:
         self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 name = self.path.lstrip("/")
                 with server.lock:
@@ -96,23 +92,15 @@ class ImageServer:
                 except OSError:  # the client was killed with its node
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def release(self):
         self.hold_after = None
         self.gate.set()
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc):
-        self.release()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
+        self.release()  # else server_close, which joins the handler threads, would wait for a held one
+        super().__exit__(*exc)
 
 
 def wait_for(predicate, what: str, timeout: float = WAIT_S) -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from clipeval.engine.datasets import read_classification_dataset, read_dataset
 from clipeval.engine.datasets.sources import cache_folder, fetch_dataset
 from clipeval.engine.errors import DatasetError
+from rangeserver import LocalServer, QuietHandler
 from wdsgen import write_classification_set, write_retrieval_set
 
 
@@ -51,7 +49,7 @@ for _page, _body in PAGES.items():
     BAD_BODIES[f"page: {_page}"] = lambda d, b=_body: ({"Content-Length": str(len(b)), "Content-Type": "text/html"}, b)
 
 
-class Server:
+class Server(LocalServer):
     """Serves ``root`` with Range support; counts requests; can cut chosen files short or answer
     them with a wrong body (``bad``)."""
 
@@ -62,10 +60,7 @@ class Server:
         self.bad: dict[str, list[str]] = {}  # path -> the wrong bodies to answer next (see BAD_BODIES)
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 rel = self.path.lstrip("/")
                 server.requests.append((rel, self.headers.get("Range")))
@@ -112,18 +107,7 @@ class Server:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
+        super().__init__(Handler)
 
 
 @pytest.fixture

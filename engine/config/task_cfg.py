@@ -257,8 +257,27 @@ def _names(value):
     for v in value:
         if not isinstance(v, str) or not v.strip() or "\0" in v:
             _fail(f"must be a name or a non-empty list of names, got {_show(v)} in {_show(value)}")
-    # CLIP_benchmark spells webdataset names "wds/<name>"; here every named set is a webdataset
-    return _once([n[4:] if n.startswith("wds/") else n for n in value], "dataset_name", "dataset")
+    return list(value)  # resolved (CLIP_benchmark's names) once the split is known: _dataset_names
+
+
+def _dataset_names(names: list[str], split: str, loc: Loc, problems: "Problems") -> list[str]:
+    """``names`` resolved to clipeval's sets for ``split`` (:func:`clipeval.engine.datasets.aliases.resolve_name`:
+    CLIP_benchmark's ``wds/NAME`` is ``NAME``, ``cifar10`` is ``vtab/cifar10`` on the test split,
+    a set clipeval cannot serve is a problem naming the nearest ones), each once."""
+    from ..datasets.aliases import DatasetNameError, resolve_name
+
+    out = []
+    for i, name in enumerate(names):
+        try:
+            resolved = resolve_name(name, split)
+        except DatasetNameError as exc:
+            problems.add(loc + (i,), exc.problem, exc.remedy)
+            continue
+        if resolved != name.removeprefix("wds/"):
+            log.info("dataset %s is CLIP_benchmark's name of %s (the same images, class names and templates)",
+                     name, resolved)
+        out.append(resolved)
+    return _once(out, "dataset_name", "dataset")
 
 
 def _once(items: list, key: str, what: str) -> list:
@@ -557,9 +576,14 @@ def _eval_block(block: Any, prefix: Loc, problems: Problems) -> EvalConfig | Non
     raw_models = fields.pop("models", None)
     cfg = validate_model(problems, EvalConfig, fields, prefix)
     models = _models(raw_models, prefix + ("models",), problems)
-    if cfg is None or models is None:
+    if cfg is None:
+        return None
+    before = len(problems.items)
+    names = _dataset_names(cfg.dataset_name, cfg.split, prefix + ("dataset_name",), problems)
+    if models is None or len(problems.items) > before:
         return None
     cfg.models = models
+    cfg.dataset_name = names
     return cfg
 
 

@@ -26,7 +26,10 @@ is used or left out and counted by reason (:data:`LEFT_OUT_REASONS`); nothing is
 silently and no missing value becomes the string ``"None"``. A qrels score is ASCII digits with
 an optional sign within a signed 64-bit integer (:func:`_is_int`, :func:`_score_problem`); a
 score below :data:`MIN_TREC_SCORE` is used (not relevant) with a warning. The qrels come from
-``qrels/{split}.tsv`` when it exists, else from ``qrels.jsonl``.
+``qrels/{split}.tsv`` when it exists, else from ``qrels.jsonl`` (:func:`qrels_path`): the flat file
+has no split, so every split without a TSV of its own reads the same judgements
+(:func:`splits_sharing_flat_qrels` names them, as evalscope's MTEB custom task reads it for each
+of its ``eval_splits``).
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ from .base import refuse_if_not_regular
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BeirData", "CORPUS", "LEFT_OUT_REASONS", "QUERIES", "QRELS_JSONL", "QRELS_HEADER", "qrels_tsv_path",
-           "read_beir", "write_beir"]
+__all__ = ["BeirData", "CORPUS", "LEFT_OUT_REASONS", "QUERIES", "QRELS_JSONL", "QRELS_HEADER", "qrels_path",
+           "qrels_tsv_path", "read_beir", "splits_sharing_flat_qrels", "write_beir"]
 
 CORPUS = "corpus.jsonl"
 QUERIES = "queries.jsonl"
@@ -69,6 +72,26 @@ _SCORE_KEYS = ("score", "label", "relevance")
 
 def qrels_tsv_path(folder: str | os.PathLike, split: str = "test") -> Path:
     return Path(folder) / "qrels" / f"{split}.tsv"
+
+
+def qrels_path(folder: str | os.PathLike, split: str = "test") -> Path | None:
+    """The qrels file :func:`read_beir` reads for ``split``: ``qrels/{split}.tsv`` when it exists,
+    else the flat ``qrels.jsonl`` (which has no split: every split without its own TSV reads it);
+    ``None`` when there is neither."""
+    tsv = qrels_tsv_path(folder, split)
+    if tsv.is_file():
+        return tsv
+    flat = Path(folder) / QRELS_JSONL
+    return flat if flat.is_file() else None
+
+
+def splits_sharing_flat_qrels(folder: str | os.PathLike, splits: Sequence[str]) -> list[str]:
+    """Those of ``splits`` that read the one flat ``qrels.jsonl`` (no ``qrels/{split}.tsv`` of
+    their own), when two or more do: each of them evaluates the same relevance judgements. Empty
+    otherwise."""
+    flat = Path(folder) / QRELS_JSONL
+    shared = [split for split in splits if qrels_path(folder, split) == flat]
+    return shared if len(shared) > 1 else []
 
 
 @dataclass
@@ -472,7 +495,8 @@ def read_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
     for path in (root / CORPUS, root / QUERIES, tsv, jsonl):
         refuse_if_not_regular(path, path.name)
     missing = [name for name in (CORPUS, QUERIES) if not (root / name).is_file()]
-    if not tsv.is_file() and not jsonl.is_file():
+    qrels_file = qrels_path(root, split)
+    if qrels_file is None:
         missing.append(f"qrels/{split}.tsv (or {QRELS_JSONL})")
     if missing:
         found = sorted(p.name for p in root.iterdir())[:20]
@@ -488,11 +512,9 @@ def read_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
     counts: dict[str, int] = {}
     corpus = _read_records(root / CORPUS, problems, left_out, counts, with_title=True, kind="corpus")
     queries = _read_records(root / QUERIES, problems, left_out, counts, with_title=False, kind="query")
-    if tsv.is_file():
-        qrels_file = tsv
+    if qrels_file == tsv:
         raw = _read_qrels_tsv(tsv, problems, warnings, counts)
     else:
-        qrels_file = jsonl
         raw = _read_qrels_jsonl(jsonl, problems, counts)
     qrels = _use_qrels(raw, {q["_id"] for q in queries}, {d["_id"] for d in corpus}, qrels_file,
                          problems, warnings, left_out)

@@ -42,7 +42,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..datasets.beir import LEFT_OUT_REASONS, BeirData, read_beir
+from ..datasets.beir import LEFT_OUT_REASONS, QRELS_JSONL, BeirData, read_beir, splits_sharing_flat_qrels
 from ..datasets.fingerprint import beir_fingerprint
 from ..embedding.models import describe_bundle, is_normalized
 from ..errors import ConfigError, MetricError
@@ -482,6 +482,7 @@ class TextRetrieval(Task):
         """evalscope's ``tool: mteb`` job (:class:`clipeval.engine.config.mteb.MtebConfig`): each
         encoder on each custom task and split, reranked by the cross-encoder when there is one;
         mteb's k list (1, 3, 5, 10, 20, 100, 1000), those larger than the corpus left out."""
+        shared = [_shared_qrels(task) for task in cfg.tasks]  # said once, before any model work
         reranker = models.bundle(cfg.reranker, "reranker") if cfg.reranker is not None else None
         for entry in cfg.encoders:
             bundle = models.bundle(entry, "text")
@@ -490,7 +491,7 @@ class TextRetrieval(Task):
             if entry.encode_kwargs.get("normalize_embeddings") and not is_normalized(bundle):
                 raise ConfigError(f"{entry.model_name_or_path}: normalize_embeddings with a dot-product model is not "
                                   "supported", "remove encode_kwargs.normalize_embeddings")
-            for task in cfg.tasks:
+            for task, task_shared in zip(cfg.tasks, shared):
                 query_prompt, document_prompt = _mteb_prompts(entry, task.name)
                 for split in task.splits:
                     base = task.name if task.name != "CustomRetrieval" else dataset_name_for(task.data_path)
@@ -506,6 +507,8 @@ class TextRetrieval(Task):
                     extra = {"mteb": {"tool": cfg.tool, "config_shape": cfg.shape, "task_name": task.name,
                                       "split": split, "top_k": cfg.top_k if reranker is not None else None,
                                       "overwrite_results": cfg.overwrite_results}}
+                    if task_shared and split in task_shared["splits"]:
+                        extra["qrels_shared"] = task_shared
                     yield self.evaluation(bundle, task.data_path, params, reranker=reranker, dataset_name=dataset,
                                           skip_existing=not cfg.overwrite_results, extra_meta=extra, entry=entry)
 
@@ -571,6 +574,21 @@ class TextRetrieval(Task):
             meta.update(ev.options.get("extra_meta") or {})
             outputs.append(TaskOutput(result.metrics, meta, _run_writer(result.run, spec.name)))
         return outputs
+
+
+def _shared_qrels(task: Any) -> dict[str, Any] | None:
+    """``{"file", "splits", "note"}`` when two or more of an mteb custom task's ``eval_splits`` read
+    its one flat ``qrels.jsonl`` (no ``qrels/{split}.tsv`` of their own), said once on stderr:
+    each of those splits evaluates the same judgements, as evalscope's MTEB custom task does (the
+    numbers are kept; the result's ``meta.qrels_shared`` says so). ``None`` otherwise."""
+    splits = splits_sharing_flat_qrels(task.data_path, task.splits)
+    if not splits:
+        return None
+    flat = Path(task.data_path) / QRELS_JSONL
+    note = (f"{flat} is the only qrels file of splits {', '.join(splits)} (no qrels/SPLIT.tsv of their own): "
+            "each of them evaluates the same relevance judgements, as evalscope does")
+    log.warning("%s; give each split its own qrels/SPLIT.tsv to evaluate them apart", note)
+    return {"file": str(flat), "splits": splits, "note": note}
 
 
 def _run_writer(run: RankedRun, name: str):
