@@ -227,6 +227,18 @@ def _blocks(columns: dict[str, Any], batch_size: int) -> list:
             for start in range(0, n, batch_size)]
 
 
+def _pool_strategy(pool: dict):
+    """Ray Data's ``ActorPoolStrategy`` with the keys of ``pool`` this Ray Data takes
+    (``initial_size`` came after Ray 2.30: without it the pool starts at ``min_size`` and grows
+    while the actors are busy)."""
+    import inspect
+
+    from ray.data import ActorPoolStrategy
+
+    known = inspect.signature(ActorPoolStrategy).parameters
+    return ActorPoolStrategy(**{k: v for k, v in pool.items() if k in known})
+
+
 def _dataset(blocks: list):
     """A Ray Dataset of exactly these Arrow ``blocks`` (one Ray Data block each, in order).
 
@@ -310,8 +322,6 @@ class RayExecutor(Executor):
         return self._placement
 
     def _tower_stage(self, ds, tower: TowerRef, batch_size: int | None, decode: dict | None = None):
-        from ray.data import ActorPoolStrategy
-
         place = self.placement()
         pool = {k: v for k, v in place.options.items()
                 if k in ("size", "min_size", "max_size", "initial_size", "max_tasks_in_flight_per_actor")}
@@ -321,7 +331,7 @@ class RayExecutor(Executor):
                 TowerActor, fn_constructor_kwargs={"pack": [self._pack(tower)], "tower": tower.tower,
                                                    "precision": tower.precision, "provider": place.provider,
                                                    "threads": place.threads, "decode": decode},
-                batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(**pool), **resources,
+                batch_size=batch_size, batch_format="numpy", compute=_pool_strategy(pool), **resources,
                 max_restarts=-1, max_task_retries=RETRIES)
 
     def _note(self, tower: TowerRef, block: dict[str, np.ndarray]) -> None:
