@@ -182,7 +182,7 @@ def placement(ray, provider: str, num_threads: int | None) -> Placement:
       at most the largest's), and reserves that many CPUs: a local run's layout, one per node
       by default, as many as the cluster's CPUs hold (all started at once). Pixels never
       leave the process that decoded them, and no process starts only to decode (measured in
-      docs/speed.md, "Ray": separate decode tasks cost a 2-core node a quarter of its
+      docs/speed.md, "Ray": separate decode tasks cost a 2-core node a fifth of its
       throughput and a process start each).
     """
     resources = ray.cluster_resources()
