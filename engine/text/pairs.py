@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BundleError
+from .tokenizer import check_unicode
 
 RERANKER_FAMILY = "reranker"
 
@@ -39,8 +40,12 @@ class PairTokenizer:
 
     def encode(self, pairs: list[tuple[str, str]]):
         """One ``tokenizers.Encoding`` per pair: ``ids`` and ``type_ids`` (lists of int, at most
-        ``context_length``), ``overflowing`` (non-empty when the pair was cut)."""
-        return self._tok.encode_batch([(q, d) for q, d in pairs])
+        ``context_length``), ``overflowing`` (non-empty when the pair was cut). Raises
+        :class:`~clipeval.engine.errors.DatasetError` for a pair holding a lone surrogate
+        (:func:`~clipeval.engine.text.tokenizer.check_unicode`)."""
+        pairs = [(q, d) for q, d in pairs]
+        check_unicode(pairs, "query-document pair")
+        return self._tok.encode_batch(pairs)
 
     def pad(self, encodings) -> dict[str, np.ndarray]:
         """The reranker's feeds for ``encodings``: int64 ``[b, T]`` arrays (``input_ids`` padded

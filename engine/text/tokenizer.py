@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BundleError
+from ..errors import BundleError, DatasetError
 from .prep import text_preparation
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,31 @@ class Encoded:
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(texts, what: str = "text") -> None:
+    """Raise :class:`~clipeval.engine.errors.DatasetError` naming every text of ``texts`` (a
+    sequence of ``str``, or of ``(query, document)`` pairs) that holds a lone UTF-16 surrogate
+    (U+D800..U+DFFF): no UTF-8 encodes it, and the reference tokenizers (Hugging Face
+    ``tokenizers``, SentencePiece) fail on it. Such texts come from JSON files whose writer cut a
+    string between the two halves of a surrogate pair (``"\\ud83d"``)."""
+    bad = []
+    for text in texts:
+        parts = text if isinstance(text, tuple) else (text,)
+        for part in parts:
+            found = _LONE_SURROGATE.search(part) if isinstance(part, str) else None
+            if found:
+                bad.append(f"{part[:60]!r}{'...' if len(part) > 60 else ''} (character {found.start() + 1})")
+                break
+    if bad:
+        shown = "\n    ".join(bad[:10]) + (f"\n    ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise DatasetError(f"{len(bad)} {what}(s) are not Unicode text: they hold a lone UTF-16 surrogate "
+                           f"(half of a character, as a JSON \\ud83d escape without its pair)\n    {shown}",
+                           "fix the file that holds them (its writer cut a character in two): write the whole "
+                           "character, or remove the escape")
 
 
 class TextTokenizer:
@@ -120,9 +145,13 @@ class TextTokenizer:
 
         No text of more than ``LAST_CUT_CHARS_PER_TOKEN * context_length`` characters reaches
         the tokenizer (see the module docstring for the cut and why it leaves the ids alone), so
-        a text of any length costs bounded time and memory. Raises nothing for any ``str``.
+        a text of any length costs bounded time and memory. Raises
+        :class:`~clipeval.engine.errors.DatasetError` for a text holding a lone UTF-16 surrogate
+        (what a JSON ``\\ud83d`` escape of half an emoji decodes to): it is not Unicode text, and
+        no reference tokenizer encodes it (:func:`check_unicode`).
         """
         texts = list(texts)
+        check_unicode(texts)
         pre_cut = np.zeros(len(texts), dtype=bool)
         if self._clean is not None or self._sentencepiece is not None:
             texts, pre_cut = self._cut_all(texts, CLEAN_CUT_CHARS_PER_TOKEN)
