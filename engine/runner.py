@@ -137,6 +137,9 @@ def iter_results(cfg: Any, resolve: ModelResolver = resolve_bundle) -> Iterator[
                 return
             yield from _run(cfg, pairs, resolve, output_dir, what)
         return
+    if getattr(cfg, "ray_address", None):
+        log.warning("--ray-address %s (config ray_address) is not used: this run is local; add --executor ray "
+                    "(config executor: ray) to run it on that cluster", cfg.ray_address)
     yield from _run(cfg, pairs, resolve, output_dir, what)
 
 

@@ -134,3 +134,23 @@ def test_ray_client_missing_says_to_install_it(monkeypatch, no_ray_running):
         with ray_cluster.connected("ray://h:10001"):
             pass
     assert "ray://h:10001" in err.value.message and "pip install 'ray[client]'" in err.value.remedy
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_an_address_given_to_a_local_run_is_said_to_be_unused(data, tmp_path, monkeypatch, how):
+    monkeypatch.setenv("CLIPEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "out"
+    if how == "flag":
+        args = ["eval", "--ray-address", "auto", "--data-dir", str(data), "--output-dir", str(out), "--no-cache"]
+    else:
+        config = tmp_path / "task.yaml"
+        config.write_text(f"eval_backend: RAGEval\neval_config:\n  tool: clip_benchmark\n  eval:\n"
+                          f"    models: [demo]\n    dataset_name: [custom]\n    data_dir: {data}\n"
+                          f"    output_dir: {out}\n    ray_address: auto\n    no_cache: true\n")
+        args = ["run", str(config)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.count("\n") == 1  # the result, computed locally
+    assert "ray_address) is not used: this run is local; add --executor ray" in result.stderr, result.stderr
+    assert os.environ.get("RAY_ADDRESS") is None
