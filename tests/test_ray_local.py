@@ -296,3 +296,47 @@ def test_pairs_run_as_ray_tasks_write_what_a_local_run_writes(ray_session, tiny_
         assert got["meta"]["result_file"] == want["meta"]["result_file"].replace("out-local", "out-ray")
         on_disk = json.loads(open(got["meta"]["result_file"]).read())
         assert on_disk["metrics"] == want["metrics"]
+
+
+class FakeCluster:
+    """What :func:`ray_pairs._resources` reads of ``ray``: the alive nodes' CPUs (and GPUs)."""
+
+    def __init__(self, node_cpus, gpus=0):
+        self.node_cpus, self.gpus = node_cpus, gpus
+
+    def cluster_resources(self):
+        return {"CPU": float(sum(self.node_cpus)), **({"GPU": float(self.gpus)} if self.gpus else {})}
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": float(c)}} for c in self.node_cpus] + \
+            [{"Alive": False, "Resources": {"CPU": 1000.0}}]  # a dead node counts for nothing
+
+
+@pytest.mark.parametrize("node_cpus", [[1], [2], [2, 4], [16, 2]])
+@pytest.mark.parametrize("asked", [None, 1, 2, 3, 5, 64])
+def test_a_pair_task_runs_as_many_threads_as_the_cpus_it_reserves(node_cpus, asked, caplog):
+    """--threads above the largest node's CPUs: the task reserves that node's CPUs and runs that
+    many threads (it ran all that were asked for, in fewer CPUs, saying nothing), with the
+    warning the single-pair layout gives."""
+    from clipeval.engine.config import make_eval_config
+    from clipeval.engine.executors.ray_pairs import _resources, task_threads
+
+    cfg = make_eval_config({"num_threads": asked, "provider": "cpu"})
+    with caplog.at_level("WARNING", logger="clipeval.engine.executors.ray_pairs"):
+        resources = _resources(FakeCluster(node_cpus), cfg)
+    largest = max(node_cpus)
+    assert resources == {"num_cpus": min(asked or 1, largest)}
+    assert task_threads(cfg, resources) == resources["num_cpus"]
+    warned = [r.getMessage() for r in caplog.records if "threads were asked for" in r.getMessage()]
+    assert warned == ([f"{asked} threads were asked for; the largest node has {largest} CPUs, so each pair task "
+                       f"runs {largest}"] if asked and asked > largest else [])
+
+
+@pytest.mark.parametrize("asked", [None, 1, 8])
+def test_a_pair_task_on_a_gpu_takes_one_cpu_and_the_threads_asked_for(asked):
+    from clipeval.engine.config import make_eval_config
+    from clipeval.engine.executors.ray_pairs import _resources, task_threads
+
+    cfg = make_eval_config({"num_threads": asked, "provider": "auto"})
+    resources = _resources(FakeCluster([4], gpus=1), cfg)
+    assert resources == {"num_cpus": 1, "num_gpus": 1} and task_threads(cfg, resources) == (asked or 1)
