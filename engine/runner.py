@@ -96,8 +96,11 @@ def open_stage(cfg: Any) -> EmbeddingStage:
         getattr(cfg, "cache_dir", None), max_bytes=getattr(cfg, "cache_max_bytes", None),
         verify=getattr(cfg, "verify_cache", False))
     if getattr(cfg, "executor", "local") == "ray":
-        from .executors.ray_embed import RayExecutor
+        from .executors.ray_embed import RayExecutor, unused_options
 
+        unused = unused_options(getattr(cfg, "num_workers", None), getattr(cfg, "decode", "auto"))
+        if unused:
+            log.warning("%s", unused)
         executor = RayExecutor(provider=getattr(cfg, "provider", "auto"), threads=getattr(cfg, "num_threads", None))
     else:
         executor = LocalExecutor(provider=getattr(cfg, "provider", "auto"), threads=getattr(cfg, "num_threads", None),

@@ -340,3 +340,39 @@ def test_a_pair_task_on_a_gpu_takes_one_cpu_and_the_threads_asked_for(asked):
     cfg = make_eval_config({"num_threads": asked, "provider": "auto"})
     resources = _resources(FakeCluster([4], gpus=1), cfg)
     assert resources == {"num_cpus": 1, "num_gpus": 1} and task_threads(cfg, resources) == (asked or 1)
+
+
+@pytest.mark.parametrize("num_workers,decode,named", [
+    (None, "auto", []),
+    (3, "auto", ["--num-workers 3"]),
+    (0, "auto", ["--num-workers 0"]),
+    (None, "threads", ["--decode threads"]),
+    (None, "processes", ["--decode processes"]),
+    (5, "processes", ["--num-workers 5", "--decode processes"]),
+])
+def test_decode_settings_a_ray_run_does_not_use_are_named(num_workers, decode, named):
+    from clipeval.engine.executors.ray_embed import unused_options
+
+    text = unused_options(num_workers, decode)
+    if not named:
+        assert text is None
+    else:
+        assert all(n in text for n in named) and "not used with --executor ray" in text and "--threads" in text
+
+
+@pytest.mark.parametrize("extra", [["--num-workers", "3", "--decode", "processes"], ["--threads", "1"]])
+def test_a_ray_result_records_the_decode_threads_that_ran(ray_session, tiny_bundle, tmp_path, extra):
+    """On the 2-CPU session each tower actor decodes with --threads threads (default: the node's 2
+    CPUs); ``meta.num_workers`` says so, not the --num-workers that was not used (a warning
+    names it), and the results are a local run's."""
+    from fixtures_ckpt import write_custom_dataset
+
+    write_custom_dataset(tmp_path / "d", n_images=4, seed=3)
+    args = ["eval", "--model", str(tiny_bundle), "--provider", "cpu", "--executor", "ray", "--batch-size", "3",
+            "--data-dir", str(tmp_path / "d"), "--output-dir", str(tmp_path / "out"), "--no-cache", *extra]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, (r.output, r.exception)
+    meta = json.loads(r.stdout)["meta"]
+    threads = int(extra[extra.index("--threads") + 1]) if "--threads" in extra else 2
+    assert meta["decode"] == "ray" and meta["num_workers"] == threads
+    assert ("not used with --executor ray" in r.stderr) == ("--num-workers" in extra), r.stderr

@@ -153,6 +153,21 @@ class TowerActor:
 # --- driver side ----------------------------------------------------------------------------------
 
 
+def unused_options(num_workers: int | None, decode: str) -> str | None:
+    """The warning for decode settings a Ray run does not use (``None`` when there are none): the
+    tower actors decode with ``--threads`` threads each (decode tasks, one CPU each, on GPU
+    clusters), so ``--num-workers`` and ``--decode threads|processes`` (config ``num_workers``,
+    ``decode``) do not apply."""
+    given = [f"--num-workers {num_workers} (config num_workers)"] if num_workers is not None else []
+    if decode != "auto":
+        given.append(f"--decode {decode} (config decode)")
+    if not given:
+        return None
+    return (f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} not used with --executor ray: each tower "
+            "actor decodes its blocks with --threads threads (decode tasks of one CPU each on a cluster with "
+            "GPUs); docs/scale.md, Resources")
+
+
 class _Placed(dict):
     """Rows given as ``(position, source)`` pairs, indexable by position as a gallery is."""
 
@@ -303,6 +318,15 @@ class RayExecutor(Executor):
     @property
     def decode(self) -> str | None:
         return "ray" if self._decoded else None
+
+    @property
+    def decode_workers(self) -> int | None:
+        """Decode threads per decoding process: a tower actor's threads (CPU-only layout), 0 for
+        the decode tasks of the GPU layout (each decodes its block inline); ``None`` before any
+        image was decoded. ``--num-workers`` is not used on Ray (:func:`unused_options`)."""
+        if not self._decoded or self._placement is None:
+            return None
+        return self._placement.threads if self._placement.decode_in_actor else 0
 
     def close(self) -> None:
         self._packs.clear()  # the packs leave the object store
