@@ -376,3 +376,18 @@ def test_a_ray_result_records_the_decode_threads_that_ran(ray_session, tiny_bund
     threads = int(extra[extra.index("--threads") + 1]) if "--threads" in extra else 2
     assert meta["decode"] == "ray" and meta["num_workers"] == threads
     assert ("not used with --executor ray" in r.stderr) == ("--num-workers" in extra), r.stderr
+
+
+@pytest.mark.parametrize("pairs,labels", [
+    ([("m", "/b/m", "custom")], ["m on custom"]),
+    ([("m", "/b/m", "a"), ("m", "/b/m", "b")], ["m on a", "m on b"]),
+    ([("m", "/b/m", "custom"), ("m", "/c/m", "custom")], ["m (/b/m) on custom", "m (/c/m) on custom"]),
+    ([("m", "/b/m", "x"), ("n", "/b/n", "x"), ("m", "/c/m", "x")], ["m (/b/m) on x", "n on x", "m (/c/m) on x"]),
+])
+def test_each_failed_pair_is_named_apart_from_the_others(pairs, labels):
+    """Two bundles of one name (a copy, a re-export) on one dataset: the pairs' labels in the
+    error of failed pairs name their paths, so the lines tell the pairs apart."""
+    from clipeval.engine.executors.ray_pairs import pair_labels
+
+    got = pair_labels(pairs)
+    assert got == labels and len(set(got)) == len(set(pairs))

@@ -190,7 +190,8 @@ def pair_results(cfg: EvalConfig, resolve: Callable[[dict, EvalConfig], Bundle],
             earlier = named.setdefault((bundle.name, dataset), [])
             ref = remote.remote(holder, str(bundle.path), bundle.identity, sub, cwd, absolute, list(earlier))
             earlier.append(ref)
-            jobs.append((f"{bundle.name} on {dataset}", ref))
+            jobs.append(((bundle.name, str(bundle.path), dataset), ref))
+    jobs = [(label, ref) for label, (_, ref) in zip(pair_labels([key for key, _ in jobs]), jobs)]
     log.info("running %d (model, dataset) pairs as Ray tasks", len(jobs))
     outcomes: dict[int, Any] = {}
     index = {ref: i for i, (_, ref) in enumerate(jobs)}
@@ -223,6 +224,16 @@ def pair_results(cfg: EvalConfig, resolve: Callable[[dict, EvalConfig], Bundle],
         raise ClusterError(f"{len(failures)} of {len(jobs)} pairs failed:\n    " +
                            "\n    ".join(f"{label}: {text}" for label, text in lines),
                            "fix what each line says and run again (--skip-existing keeps the finished pairs)")
+
+
+def pair_labels(pairs: list[tuple[str, str, str]]) -> list[str]:
+    """``MODEL on DATASET`` for each ``(bundle name, bundle path, dataset)``, the path added
+    (``MODEL (PATH) on DATASET``) where two bundles of one name would read the same."""
+    paths: dict[str, set[str]] = {}
+    for name, path, _ in pairs:
+        paths.setdefault(name, set()).add(path)
+    return [f"{name} ({path}) on {dataset}" if len(paths[name]) > 1 else f"{name} on {dataset}"
+            for name, path, dataset in pairs]
 
 
 def _unwrap(exc: BaseException) -> BaseException:
