@@ -113,7 +113,9 @@ def test_a_config_file_error_names_its_line(tmp_path):
 @pytest.mark.parametrize("name, nearest", [("svhn", "vtab/svhn"), ("resisc45", "vtab/resisc45"),
                                            ("kitti_closest_vehicle_distance", "vtab/kitti_closest_vehicle_distance"),
                                            ("vtab-cifar10", "vtab/cifar10"), ("flicker30k", "flickr30k"),
-                                           ("wds/svhn", "vtab/svhn")])
+                                           ("wds/svhn", "vtab/svhn"), ("mscoco", "mscoco_captions"),
+                                           ("MSCOCO", "mscoco_captions"), ("voc", "voc2007"),
+                                           ("imagenet_sk", "imagenet_sketch"), ("vtab/kitti", "vtab/kitti_")])
 def test_an_unknown_name_lists_the_known_ones_the_nearest_first(name, nearest):
     with pytest.raises(ConfigError) as err:
         default_task(name)
@@ -295,3 +297,19 @@ def test_resolving_is_idempotent_and_takes_one_wds_prefix(name, prefixes, split)
         return
     resolved = resolve_name(given_name, split)
     assert resolved == plain and resolve_name(resolved, split) == resolved
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_a_set_name_cut_short_suggests_a_set_it_begins(data):
+    """Any known set's name (after ``/``) cut to 3 or more characters, in any case: the
+    suggestions hold a set whose name begins with it."""
+    from clipeval.engine.datasets.aliases import suggest
+
+    full = data.draw(st.sampled_from(sorted(DATASETS)))
+    tail = full.rsplit("/", 1)[-1]
+    if len(tail) < 3:
+        return
+    cut = tail[:data.draw(st.integers(3, len(tail)))]
+    cut = cut.upper() if data.draw(st.booleans()) else cut
+    assert any(s.rsplit("/", 1)[-1].lower().startswith(cut.lower()) for s in suggest(cut)), (cut, suggest(cut))

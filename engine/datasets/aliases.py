@@ -220,7 +220,7 @@ def _refused(given: str, refused: Refusal) -> DatasetNameError:
 
 def suggest(name: str, known=None) -> list[str]:
     """The known set names nearest to ``name``: those ending in the same part after ``/``
-    (``svhn`` -> ``vtab/svhn``), then close spellings (:func:`difflib.get_close_matches`), an
+    (``svhn`` -> ``vtab/svhn``), then those it begins (``mscoco`` -> ``mscoco_captions``), then close spellings (:func:`difflib.get_close_matches`), an
     alias standing for its set. ``known``: the names to choose from (default: every named set)."""
     if known is None:
         from .named import CLASSIFICATION, RETRIEVAL
@@ -232,5 +232,8 @@ def suggest(name: str, known=None) -> list[str]:
     name = _strip_wds(name).strip()
     tail = name.rsplit("/", 1)[-1].lower()
     same_tail = [k for k in known if k.rsplit("/", 1)[-1].lower() == tail]
+    # a name cut short (mscoco -> mscoco_captions), shortest first: too far for difflib's ratio
+    longer = sorted((k for k in known if len(tail) >= 3 and k.rsplit("/", 1)[-1].lower().startswith(tail)),
+                    key=lambda k: (len(k), k))
     close = [pool[k] for k in difflib.get_close_matches(name.lower(), list(pool), n=3, cutoff=0.75)]
-    return list(dict.fromkeys(same_tail + close))[:3]
+    return list(dict.fromkeys(same_tail + longer + close))[:3]
