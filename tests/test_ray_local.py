@@ -391,3 +391,37 @@ def test_each_failed_pair_is_named_apart_from_the_others(pairs, labels):
 
     got = pair_labels(pairs)
     assert got == labels and len(set(got)) == len(set(pairs))
+
+
+@pytest.mark.parametrize("on_error", ["skip", "fail"])
+def test_images_that_fail_only_in_decoding_are_reported_as_a_local_run_reports_them(ray_session, tiny_bundle,
+                                                                                    tmp_path, monkeypatch, on_error):
+    """JPEGs cut after their header pass the header check and fail in the tower actor's decoding;
+    given by relative path, a Ray run names them as a local run does (it named the absolute path
+    the workers read): the same skipped list, or the same error."""
+    import io
+
+    from fixtures_ckpt import write_custom_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_custom_dataset(tmp_path / "a", n_images=6, seed=5)
+    for i in (1, 4):
+        buf = io.BytesIO()
+        noise_image(60 + i, (120, 90)).save(buf, format="JPEG")
+        (tmp_path / "a" / "images" / f"{i}.png").write_bytes(buf.getvalue()[:700])
+    out = {}
+    for executor in ("local", "ray"):
+        out[executor] = CliRunner().invoke(cli, [
+            "eval", "--model", str(tiny_bundle), "--quiet", "--provider", "cpu", "--executor", executor,
+            "--batch-size", "2", "--data-dir", "a", "--on-error", on_error, "--no-cache",
+            "--output-dir", f"out-{executor}"])
+    if on_error == "fail":
+        errors = {k: [line for line in r.stderr.splitlines() if not line.startswith(("INFO", "WARNING", "["))]
+                  for k, r in out.items()}
+        assert out["ray"].exit_code == out["local"].exit_code == 2
+        assert errors["ray"] == errors["local"] and "could not be decoded" in "\n".join(errors["local"])
+        assert str(tmp_path) not in "\n".join(errors["ray"])
+    else:
+        runs = {k: [json.loads(line) for line in r.stdout.strip().splitlines()] for k, r in out.items()}
+        assert_same_results(runs)
+        assert runs["ray"][0]["meta"]["num_skipped_images"] == 2

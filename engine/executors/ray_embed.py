@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -423,6 +424,14 @@ class RayExecutor(Executor):
             """What a local run names the image at ``position`` by (its source, or its label)."""
             return labels[position] if labels is not None else gallery[position]
 
+        # the workers read paths made absolute; their messages name each image as it was given
+        absolute = {int(i): loc for i, kind, loc in zip(columns["index"], columns["kind"], columns["location"])
+                    if kind == "path"}
+
+        def as_given(position: int, reason: str) -> str:
+            loc = absolute.get(position)
+            return reason.replace(loc, os.fspath(gallery[position])) if loc else reason
+
         back: set[int] = set()
         self._decoded = True
         with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
@@ -441,7 +450,7 @@ class RayExecutor(Executor):
                 index = np.asarray(block["index"], dtype=np.int64)
                 good = block["error"] == ""
                 back.update(index.tolist())
-                failures = [(int(p), shown(int(p)), str(reason))
+                failures = [(int(p), shown(int(p)), as_given(int(p), str(reason)))
                             for p, reason in zip(index[~good], block["error"][~good])]
                 yield ImageBatch(index[good], np.ascontiguousarray(block["embeds"][good], dtype=np.float32), failures)
         missing = [int(p) for p in positions_arr.tolist() if int(p) not in back]
