@@ -64,6 +64,30 @@ log = logging.getLogger(__name__)
 RETRIES = 3  # further tries of a failed decode task or tower call, on any node
 LOGS_HINT = "the Ray logs of each node are in /tmp/ray/session_latest/logs"
 OUTPUT_NAMES = {"vision": "image_embeds", "text": "text_embeds", "reranker": "scores"}
+UPSCALING_THRESHOLD = 1.0
+
+
+def job_settings() -> dict[str, Any]:
+    """Ray Data settings of every job (:func:`~.ray_cluster.data_context`): a block that keeps
+    failing is dropped (the run names its rows at the end) and actor task errors are retried.
+    The actor pool's upscaling threshold is :data:`UPSCALING_THRESHOLD` (100 %): each actor takes
+    one block at a time (``max_tasks_in_flight_per_actor`` 1), so a pool is at most 100 % busy,
+    and Ray Data's default (175 %) never lets it grow after it shrank (or from ``min_size``, on a
+    Ray Data without ``initial_size``); at 100 % it grows while every actor is busy, up to
+    ``max_size``. (Ray Data keeps the threshold in ``DataContext.autoscaling_config``; a Ray Data
+    without it keeps its own.)"""
+    import dataclasses
+
+    from ray.data import DataContext
+
+    settings: dict[str, Any] = {"max_errored_blocks": -1, "actor_task_retry_on_errors": True}
+    with warnings.catch_warnings():  # Ray Data's notes on its own deprecated settings, as data_context
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        auto = getattr(DataContext.get_current(), "autoscaling_config", None)
+    if dataclasses.is_dataclass(auto) and hasattr(auto, "actor_pool_util_upscaling_threshold"):
+        settings["autoscaling_config"] = dataclasses.replace(
+            auto, actor_pool_util_upscaling_threshold=UPSCALING_THRESHOLD)
+    return settings
 
 
 # --- worker side ----------------------------------------------------------------------------------
@@ -434,7 +458,7 @@ class RayExecutor(Executor):
 
         back: set[int] = set()
         self._decoded = True
-        with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
+        with data_context(**job_settings()):
             ds = _dataset(_blocks(columns, batch_size))
             place = self.placement()
             decode = {"spec": tower.bundle.preprocess, "fast_decode": fast_decode}
@@ -469,7 +493,7 @@ class RayExecutor(Executor):
         if not blocks:
             return
         back: set[int] = set()
-        with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
+        with data_context(**job_settings()):
             ds = _dataset(blocks)
             for block in self._blocks_back(self._tower_stage(ds, tower, None), "texts"):
                 self._note(tower, block)
