@@ -124,7 +124,7 @@ def test_host_port_reads_every_address_form_the_config_accepts(host, port, clien
 def test_ray_client_missing_says_to_install_it(monkeypatch, no_ray_running):
     """A ``ray://`` address whose Ray Client package is missing: the remedy is to install it."""
     ray = no_ray_running
-    monkeypatch.setattr(ray_cluster, "check_reachable", lambda address: None)
+    monkeypatch.setattr(ray_cluster, "check_reachable", lambda address, **kw: None)
 
     def init(**kwargs):
         raise RuntimeError("Ray Client requires pip package `ray[client]`. If you installed the minimal Ray ...")
@@ -154,3 +154,20 @@ def test_an_address_given_to_a_local_run_is_said_to_be_unused(data, tmp_path, mo
     assert result.stdout.count("\n") == 1  # the result, computed locally
     assert "ray_address) is not used: this run is local; add --executor ray" in result.stderr, result.stderr
     assert os.environ.get("RAY_ADDRESS") is None
+
+
+@pytest.mark.parametrize("value,says", [
+    ("http://127.0.0.1:8265", "HTTP address"),  # the job-submission address `ray job submit` reads
+    (f"127.0.0.1:{closed_port()}", "Connection refused"),
+])
+def test_an_unusable_ray_address_variable_is_named_with_how_to_fix_it(data, tmp_path, monkeypatch, value, says):
+    """$RAY_ADDRESS (not the flag) names the cluster: the remedy says to set or unset it, and
+    Ray's own message is not cut in the middle of its list of fixes."""
+    monkeypatch.setenv("CLIPEVAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAY_ADDRESS", value)
+    result = CliRunner().invoke(cli, ["eval", "--executor", "ray", "--data-dir", str(data), "--output-dir",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.startswith(("error: ", "  -> "))]
+    assert len(lines) == 2 and value in lines[0] and says in lines[0], result.stderr
+    assert not lines[0].endswith(":") and "$RAY_ADDRESS" in lines[1] and "unset it" in lines[1]

@@ -40,6 +40,8 @@ ENV_OBJECT_STORE = "CLIPEVAL_RAY_OBJECT_STORE_BYTES"
 CONNECT_TIMEOUT_S = 10.0
 CONNECT_REMEDY = ("start the head node with `ray start --head` and pass its address with --ray-address (or auto), "
                   "or leave it out to run Ray on this machine")
+ENV_REMEDY = ("$RAY_ADDRESS names that cluster: set it to the head node's HOST:PORT as `ray start --head` prints "
+              "it (or auto), or unset it to run Ray on this machine")
 CLIENT_REMEDY = ("install Ray Client with pip install 'ray[client]' (the same Ray version as the cluster's), or give "
                  "the head node's HOST:PORT as `ray start --head` prints it")
 
@@ -54,7 +56,7 @@ def host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S, remedy: str = CONNECT_REMEDY) -> None:
     """Raise :class:`ClusterError` naming ``address`` when it is ``HOST:PORT`` (or
     ``ray://HOST:PORT``) and no TCP connection to it opens within ``timeout`` seconds (the host
     does not resolve, nothing listens on the port, or it does not answer). ``ray.init`` on such an
@@ -71,7 +73,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         else:
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise ClusterError(f"cannot connect to the Ray cluster at {address}: nothing accepts connections on "
-                           f"{target[0]} port {target[1]} ({why})", CONNECT_REMEDY) from None
+                           f"{target[0]} port {target[1]} ({why})", remedy) from None
 
 
 def import_ray():
@@ -103,15 +105,20 @@ def connected(address: str | None = None) -> Iterator[object]:
             if os.environ.get(ENV_OBJECT_STORE):
                 kwargs["object_store_memory"] = int(os.environ[ENV_OBJECT_STORE])
         given = address or os.environ.get("RAY_ADDRESS")
+        remedy = CONNECT_REMEDY if address or not given else ENV_REMEDY
         if given:
-            check_reachable(given)
+            check_reachable(given, remedy=remedy)
         try:
             ray.init(**kwargs)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...
             where = given or "this machine"
+            if given and not address:
+                where = f"{given} ($RAY_ADDRESS)"
             message = first_line(exc)
+            if message.endswith(":") and ". " in message:  # Ray's "... To fix this, either:" with the list cut off
+                message = message[:message.rindex(". ") + 1]
             raise ClusterError(f"cannot connect to the Ray cluster at {where}: {message}",
-                               CLIENT_REMEDY if "ray[client]" in message else CONNECT_REMEDY) from None
+                               CLIENT_REMEDY if "ray[client]" in message else remedy) from None
         opened = True
         resources = ray.cluster_resources()
         log.info("Ray cluster: %d node(s), %g CPU, %g GPU", len([n for n in ray.nodes() if n.get("Alive")]),
