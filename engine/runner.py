@@ -96,8 +96,11 @@ def open_stage(cfg: Any) -> EmbeddingStage:
         getattr(cfg, "cache_dir", None), max_bytes=getattr(cfg, "cache_max_bytes", None),
         verify=getattr(cfg, "verify_cache", False))
     if getattr(cfg, "executor", "local") == "ray":
-        from .executors.ray_embed import RayExecutor
+        from .executors.ray_embed import RayExecutor, unused_options
 
+        unused = unused_options(getattr(cfg, "num_workers", None), getattr(cfg, "decode", "auto"))
+        if unused:
+            log.warning("%s", unused)
         executor = RayExecutor(provider=getattr(cfg, "provider", "auto"), threads=getattr(cfg, "num_threads", None))
     else:
         executor = LocalExecutor(provider=getattr(cfg, "provider", "auto"), threads=getattr(cfg, "num_threads", None),
@@ -137,6 +140,9 @@ def iter_results(cfg: Any, resolve: ModelResolver = resolve_bundle) -> Iterator[
                 return
             yield from _run(cfg, pairs, resolve, output_dir, what)
         return
+    if getattr(cfg, "ray_address", None):
+        log.warning("--ray-address %s (config ray_address) is not used: this run is local; add --executor ray "
+                    "(config executor: ray) to run it on that cluster", cfg.ray_address)
     yield from _run(cfg, pairs, resolve, output_dir, what)
 
 

@@ -113,7 +113,9 @@ def test_a_config_file_error_names_its_line(tmp_path):
 @pytest.mark.parametrize("name, nearest", [("svhn", "vtab/svhn"), ("resisc45", "vtab/resisc45"),
                                            ("kitti_closest_vehicle_distance", "vtab/kitti_closest_vehicle_distance"),
                                            ("vtab-cifar10", "vtab/cifar10"), ("flicker30k", "flickr30k"),
-                                           ("wds/svhn", "vtab/svhn")])
+                                           ("wds/svhn", "vtab/svhn"), ("mscoco", "mscoco_captions"),
+                                           ("MSCOCO", "mscoco_captions"), ("voc", "voc2007"),
+                                           ("imagenet_sk", "imagenet_sketch"), ("vtab/kitti", "vtab/kitti_")])
 def test_an_unknown_name_lists_the_known_ones_the_nearest_first(name, nearest):
     with pytest.raises(ConfigError) as err:
         default_task(name)
@@ -258,3 +260,56 @@ def test_cifar10_downloads_the_vtab_cifar10_repository(tmp_path):
 def test_retrieval_names_of_both_tools_are_the_registered_ones():
     assert {n for n, t in CLIP_BENCHMARK_NAMES.items() if t in RETRIEVAL} == {"flickr8k", "flickr30k",
                                                                                "mscoco_captions"}
+
+
+# --- the wds/ prefix is dropped once, as CLIP_benchmark drops it --------------------------------
+
+@pytest.mark.parametrize("name", ["wds/wds/cifar10", "wds/wds/vtab/cifar10", "wds/wds/flickr30k", "wds/wds/wds/mnist",
+                                  "wds/", "wds/ ", "wds/wds/"])
+def test_a_wds_prefix_twice_or_alone_is_one_error(name):
+    """CLIP_benchmark reads ``wds/wds/NAME`` as the hub repository ``wds_wds-NAME`` (none exists);
+    clipeval used to drop the prefix once in the config and again in the registry."""
+    with pytest.raises(DatasetNameError) as err:
+        resolve_name(name, "test")
+    assert repr(name) in err.value.message and "wds/NAME" in err.value.remedy
+    result = CliRunner().invoke(cli, ["eval", "--dataset", name, "--dataset-url", "http://127.0.0.1:9/{name}"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: "), result.output
+    assert "Traceback" not in result.stderr and "could not download" not in result.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(KNOWN), prefixes=st.integers(0, 3), split=st.sampled_from(SPLITS))
+def test_resolving_is_idempotent_and_takes_one_wds_prefix(name, prefixes, split):
+    """A known name with ``wds/`` zero or one times resolves as the name itself, and resolving the
+    result again changes nothing; with the prefix twice or more it is an error."""
+    given_name = "wds/" * prefixes + name
+    try:
+        plain = resolve_name(name, split)
+    except DatasetNameError:
+        plain = None
+    if prefixes >= 2:
+        with pytest.raises(DatasetNameError, match="more than once"):
+            resolve_name(given_name, split)
+        return
+    if plain is None:
+        with pytest.raises(DatasetNameError):
+            resolve_name(given_name, split)
+        return
+    resolved = resolve_name(given_name, split)
+    assert resolved == plain and resolve_name(resolved, split) == resolved
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_a_set_name_cut_short_suggests_a_set_it_begins(data):
+    """Any known set's name (after ``/``) cut to 3 or more characters, in any case: the
+    suggestions hold a set whose name begins with it."""
+    from clipeval.engine.datasets.aliases import suggest
+
+    full = data.draw(st.sampled_from(sorted(DATASETS)))
+    tail = full.rsplit("/", 1)[-1]
+    if len(tail) < 3:
+        return
+    cut = tail[:data.draw(st.integers(3, len(tail)))]
+    cut = cut.upper() if data.draw(st.booleans()) else cut
+    assert any(s.rsplit("/", 1)[-1].lower().startswith(cut.lower()) for s in suggest(cut)), (cut, suggest(cut))

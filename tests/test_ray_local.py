@@ -296,3 +296,144 @@ def test_pairs_run_as_ray_tasks_write_what_a_local_run_writes(ray_session, tiny_
         assert got["meta"]["result_file"] == want["meta"]["result_file"].replace("out-local", "out-ray")
         on_disk = json.loads(open(got["meta"]["result_file"]).read())
         assert on_disk["metrics"] == want["metrics"]
+
+
+class FakeCluster:
+    """What :func:`ray_pairs._resources` reads of ``ray``: the alive nodes' CPUs (and GPUs)."""
+
+    def __init__(self, node_cpus, gpus=0):
+        self.node_cpus, self.gpus = node_cpus, gpus
+
+    def cluster_resources(self):
+        return {"CPU": float(sum(self.node_cpus)), **({"GPU": float(self.gpus)} if self.gpus else {})}
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": float(c)}} for c in self.node_cpus] + \
+            [{"Alive": False, "Resources": {"CPU": 1000.0}}]  # a dead node counts for nothing
+
+
+@pytest.mark.parametrize("node_cpus", [[1], [2], [2, 4], [16, 2]])
+@pytest.mark.parametrize("asked", [None, 1, 2, 3, 5, 64])
+def test_a_pair_task_runs_as_many_threads_as_the_cpus_it_reserves(node_cpus, asked, caplog):
+    """--threads above the largest node's CPUs: the task reserves that node's CPUs and runs that
+    many threads (it ran all that were asked for, in fewer CPUs, saying nothing), with the
+    warning the single-pair layout gives."""
+    from clipeval.engine.config import make_eval_config
+    from clipeval.engine.executors.ray_pairs import _resources, task_threads
+
+    cfg = make_eval_config({"num_threads": asked, "provider": "cpu"})
+    with caplog.at_level("WARNING", logger="clipeval.engine.executors.ray_pairs"):
+        resources = _resources(FakeCluster(node_cpus), cfg)
+    largest = max(node_cpus)
+    assert resources == {"num_cpus": min(asked or 1, largest)}
+    assert task_threads(cfg, resources) == resources["num_cpus"]
+    warned = [r.getMessage() for r in caplog.records if "threads were asked for" in r.getMessage()]
+    assert warned == ([f"{asked} threads were asked for; the largest node has {largest} CPUs, so each pair task "
+                       f"runs {largest}"] if asked and asked > largest else [])
+
+
+@pytest.mark.parametrize("asked", [None, 1, 8])
+def test_a_pair_task_on_a_gpu_takes_one_cpu_and_the_threads_asked_for(asked):
+    from clipeval.engine.config import make_eval_config
+    from clipeval.engine.executors.ray_pairs import _resources, task_threads
+
+    cfg = make_eval_config({"num_threads": asked, "provider": "auto"})
+    resources = _resources(FakeCluster([4], gpus=1), cfg)
+    assert resources == {"num_cpus": 1, "num_gpus": 1} and task_threads(cfg, resources) == (asked or 1)
+
+
+@pytest.mark.parametrize("num_workers,decode,named", [
+    (None, "auto", []),
+    (3, "auto", ["--num-workers 3"]),
+    (0, "auto", ["--num-workers 0"]),
+    (None, "threads", ["--decode threads"]),
+    (None, "processes", ["--decode processes"]),
+    (5, "processes", ["--num-workers 5", "--decode processes"]),
+])
+def test_decode_settings_a_ray_run_does_not_use_are_named(num_workers, decode, named):
+    from clipeval.engine.executors.ray_embed import unused_options
+
+    text = unused_options(num_workers, decode)
+    if not named:
+        assert text is None
+    else:
+        assert all(n in text for n in named) and "not used with --executor ray" in text and "--threads" in text
+
+
+@pytest.mark.parametrize("extra", [["--num-workers", "3", "--decode", "processes"], ["--threads", "1"]])
+def test_a_ray_result_records_the_decode_threads_that_ran(ray_session, tiny_bundle, tmp_path, extra):
+    """On the 2-CPU session each tower actor decodes with --threads threads (default: the node's 2
+    CPUs); ``meta.num_workers`` says so, not the --num-workers that was not used (a warning
+    names it), and the results are a local run's."""
+    from fixtures_ckpt import write_custom_dataset
+
+    write_custom_dataset(tmp_path / "d", n_images=4, seed=3)
+    args = ["eval", "--model", str(tiny_bundle), "--provider", "cpu", "--executor", "ray", "--batch-size", "3",
+            "--data-dir", str(tmp_path / "d"), "--output-dir", str(tmp_path / "out"), "--no-cache", *extra]
+    import logging
+
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("ray.data").addHandler(handler)
+    try:
+        r = CliRunner().invoke(cli, args)
+    finally:
+        logging.getLogger("ray.data").removeHandler(handler)
+    assert r.exit_code == 0, (r.output, r.exception)
+    # the actor pool may grow again after it shrank (ray_embed.job_settings): Ray Data does not
+    # warn that its configuration keeps it from scaling up
+    assert not [m for m in seen if "will not allow it to scale up" in m], seen
+    meta = json.loads(r.stdout)["meta"]
+    threads = int(extra[extra.index("--threads") + 1]) if "--threads" in extra else 2
+    assert meta["decode"] == "ray" and meta["num_workers"] == threads
+    assert ("not used with --executor ray" in r.stderr) == ("--num-workers" in extra), r.stderr
+
+
+@pytest.mark.parametrize("pairs,labels", [
+    ([("m", "/b/m", "custom")], ["m on custom"]),
+    ([("m", "/b/m", "a"), ("m", "/b/m", "b")], ["m on a", "m on b"]),
+    ([("m", "/b/m", "custom"), ("m", "/c/m", "custom")], ["m (/b/m) on custom", "m (/c/m) on custom"]),
+    ([("m", "/b/m", "x"), ("n", "/b/n", "x"), ("m", "/c/m", "x")], ["m (/b/m) on x", "n on x", "m (/c/m) on x"]),
+])
+def test_each_failed_pair_is_named_apart_from_the_others(pairs, labels):
+    """Two bundles of one name (a copy, a re-export) on one dataset: the pairs' labels in the
+    error of failed pairs name their paths, so the lines tell the pairs apart."""
+    from clipeval.engine.executors.ray_pairs import pair_labels
+
+    got = pair_labels(pairs)
+    assert got == labels and len(set(got)) == len(set(pairs))
+
+
+@pytest.mark.parametrize("on_error", ["skip", "fail"])
+def test_images_that_fail_only_in_decoding_are_reported_as_a_local_run_reports_them(ray_session, tiny_bundle,
+                                                                                    tmp_path, monkeypatch, on_error):
+    """JPEGs cut after their header pass the header check and fail in the tower actor's decoding;
+    given by relative path, a Ray run names them as a local run does (it named the absolute path
+    the workers read): the same skipped list, or the same error."""
+    import io
+
+    from fixtures_ckpt import write_custom_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_custom_dataset(tmp_path / "a", n_images=6, seed=5)
+    for i in (1, 4):
+        buf = io.BytesIO()
+        noise_image(60 + i, (120, 90)).save(buf, format="JPEG")
+        (tmp_path / "a" / "images" / f"{i}.png").write_bytes(buf.getvalue()[:700])
+    out = {}
+    for executor in ("local", "ray"):
+        out[executor] = CliRunner().invoke(cli, [
+            "eval", "--model", str(tiny_bundle), "--quiet", "--provider", "cpu", "--executor", executor,
+            "--batch-size", "2", "--data-dir", "a", "--on-error", on_error, "--no-cache",
+            "--output-dir", f"out-{executor}"])
+    if on_error == "fail":
+        errors = {k: [line for line in r.stderr.splitlines() if not line.startswith(("INFO", "WARNING", "["))]
+                  for k, r in out.items()}
+        assert out["ray"].exit_code == out["local"].exit_code == 2
+        assert errors["ray"] == errors["local"] and "could not be decoded" in "\n".join(errors["local"])
+        assert str(tmp_path) not in "\n".join(errors["ray"])
+    else:
+        runs = {k: [json.loads(line) for line in r.stdout.strip().splitlines()] for k, r in out.items()}
+        assert_same_results(runs)
+        assert runs["ray"][0]["meta"]["num_skipped_images"] == 2

@@ -19,7 +19,8 @@ few sets of other tasks. clipeval serves the webdatasets, so a CLIP_benchmark na
   (``caltech101`` is torchvision's whole Caltech-101, ``vtab/caltech101`` VTAB's test split in
   another class order).
 
-A ``wds/`` prefix is dropped first (``wds/vtab/cifar10`` is ``vtab/cifar10``). A name of none of
+A ``wds/`` prefix is dropped first (``wds/vtab/cifar10`` is ``vtab/cifar10``), once, as
+CLIP_benchmark does (``wds/wds/cifar10`` and a bare ``wds/`` are errors). A name of none of
 these kinds is left to the registry (:func:`clipeval.engine.datasets.default_task`), whose error
 lists the known names; :func:`suggest` finds the nearest ones for it (``svhn`` -> ``vtab/svhn``:
 CLIP_benchmark itself knows SVHN only as ``vtab/svhn``).
@@ -179,6 +180,17 @@ def resolve_name(name: str, split: str | None = None) -> str:
     split where it is not the same data."""
     given = name
     name = _strip_wds(name)
+    if given.startswith(WDS_PREFIX) and (not name.strip() or name.startswith(WDS_PREFIX)):
+        # CLIP_benchmark drops wds/ once: wds/wds/NAME is the webdataset wds_wds-NAME, which no hub holds
+        rest = name
+        while rest.startswith(WDS_PREFIX):
+            rest = rest[len(WDS_PREFIX):]
+        problem = ("names no set after wds/" if not rest.strip() else
+                   f"has wds/ more than once: CLIP_benchmark drops it once and reads the webdataset "
+                   f"wds_{name.replace('/', '-')}, which does not exist")
+        raise DatasetNameError(f"{given!r} {problem}",
+                               f"write wds/NAME or NAME once (e.g. {rest or 'vtab/cifar10'}); docs/datasets.md "
+                               "lists the names")
     refused = refusal(name)
     if refused is not None:
         raise _refused(given, refused)
@@ -208,7 +220,7 @@ def _refused(given: str, refused: Refusal) -> DatasetNameError:
 
 def suggest(name: str, known=None) -> list[str]:
     """The known set names nearest to ``name``: those ending in the same part after ``/``
-    (``svhn`` -> ``vtab/svhn``), then close spellings (:func:`difflib.get_close_matches`), an
+    (``svhn`` -> ``vtab/svhn``), then those it begins (``mscoco`` -> ``mscoco_captions``), then close spellings (:func:`difflib.get_close_matches`), an
     alias standing for its set. ``known``: the names to choose from (default: every named set)."""
     if known is None:
         from .named import CLASSIFICATION, RETRIEVAL
@@ -220,5 +232,8 @@ def suggest(name: str, known=None) -> list[str]:
     name = _strip_wds(name).strip()
     tail = name.rsplit("/", 1)[-1].lower()
     same_tail = [k for k in known if k.rsplit("/", 1)[-1].lower() == tail]
+    # a name cut short (mscoco -> mscoco_captions), shortest first: too far for difflib's ratio
+    longer = sorted((k for k in known if len(tail) >= 3 and k.rsplit("/", 1)[-1].lower().startswith(tail)),
+                    key=lambda k: (len(k), k))
     close = [pool[k] for k in difflib.get_close_matches(name.lower(), list(pool), n=3, cutoff=0.75)]
-    return list(dict.fromkeys(same_tail + close))[:3]
+    return list(dict.fromkeys(same_tail + longer + close))[:3]

@@ -268,6 +268,12 @@ class EmbeddingStage:
     def warnings(self) -> list[str]:
         return self.executor.warnings
 
+    @property
+    def decode_workers(self) -> int | None:
+        """The decode workers each decoding process ran with, when the executor decides it
+        itself (the Ray executor: a tower actor's ``--threads``); ``None``: as configured."""
+        return getattr(self.executor, "decode_workers", None)
+
     def cache_space(self, bundle: Bundle, precision: str, kind: str) -> CacheSpace | None:
         """The cache space of ``bundle`` at ``precision`` for ``kind`` (``image``, ``image-fast``,
         ``text``, ``pair``); ``None`` without a cache."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import warnings
 from typing import Iterator
 
@@ -34,6 +35,45 @@ RAY_EXTRA = "pip install 'clipeval[ray]'"
 QUIET_MESSAGES = ("Progress bars disabled",)
 # Object store of a Ray instance started for a run: Ray's default (30% of memory) unless set.
 ENV_OBJECT_STORE = "CLIPEVAL_RAY_OBJECT_STORE_BYTES"
+# How long the head node's port may take to accept a TCP connection before the address is given up
+# (ray.init itself keeps retrying an address where nothing listens for minutes).
+CONNECT_TIMEOUT_S = 10.0
+CONNECT_REMEDY = ("start the head node with `ray start --head` and pass its address with --ray-address (or auto), "
+                  "or leave it out to run Ray on this machine")
+ENV_REMEDY = ("$RAY_ADDRESS names that cluster: set it to the head node's HOST:PORT as `ray start --head` prints "
+              "it (or auto), or unset it to run Ray on this machine")
+CLIENT_REMEDY = ("install Ray Client with pip install 'ray[client]' (the same Ray version as the cluster's), or give "
+                 "the head node's HOST:PORT as `ray start --head` prints it")
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``HOST:PORT`` or ``ray://HOST:PORT`` address (``[::1]:6379`` for
+    IPv6), ``None`` for ``auto``, ``local`` or anything else Ray resolves itself."""
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in rest:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S, remedy: str = CONNECT_REMEDY) -> None:
+    """Raise :class:`ClusterError` naming ``address`` when it is ``HOST:PORT`` (or
+    ``ray://HOST:PORT``) and no TCP connection to it opens within ``timeout`` seconds (the host
+    does not resolve, nothing listens on the port, or it does not answer). ``ray.init`` on such an
+    address waits for minutes, printing Ray's retries; other forms are left to Ray."""
+    target = host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except (OSError, OverflowError) as exc:  # OverflowError: a port above 65535 (from $RAY_ADDRESS)
+        if isinstance(exc, TimeoutError):
+            why = f"no answer within {timeout:g} s"
+        else:
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ClusterError(f"cannot connect to the Ray cluster at {address}: nothing accepts connections on "
+                           f"{target[0]} port {target[1]} ({why})", remedy) from None
 
 
 def import_ray():
@@ -64,13 +104,21 @@ def connected(address: str | None = None) -> Iterator[object]:
             kwargs["address"] = "local"
             if os.environ.get(ENV_OBJECT_STORE):
                 kwargs["object_store_memory"] = int(os.environ[ENV_OBJECT_STORE])
+        given = address or os.environ.get("RAY_ADDRESS")
+        remedy = CONNECT_REMEDY if address or not given else ENV_REMEDY
+        if given:
+            check_reachable(given, remedy=remedy)
         try:
             ray.init(**kwargs)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...
-            where = address or os.environ.get("RAY_ADDRESS") or "this machine"
-            raise ClusterError(f"cannot connect to the Ray cluster at {where}: {first_line(exc)}",
-                               "start the head node with `ray start --head` and pass its address with "
-                               "--ray-address (or auto), or leave it out to run Ray on this machine") from None
+            where = given or "this machine"
+            if given and not address:
+                where = f"{given} ($RAY_ADDRESS)"
+            message = first_line(exc)
+            if message.endswith(":") and ". " in message:  # Ray's "... To fix this, either:" with the list cut off
+                message = message[:message.rindex(". ") + 1]
+            raise ClusterError(f"cannot connect to the Ray cluster at {where}: {message}",
+                               CLIENT_REMEDY if "ray[client]" in message else remedy) from None
         opened = True
         resources = ray.cluster_resources()
         log.info("Ray cluster: %d node(s), %g CPU, %g GPU", len([n for n in ray.nodes() if n.get("Alive")]),

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -63,6 +64,30 @@ log = logging.getLogger(__name__)
 RETRIES = 3  # further tries of a failed decode task or tower call, on any node
 LOGS_HINT = "the Ray logs of each node are in /tmp/ray/session_latest/logs"
 OUTPUT_NAMES = {"vision": "image_embeds", "text": "text_embeds", "reranker": "scores"}
+UPSCALING_THRESHOLD = 1.0
+
+
+def job_settings() -> dict[str, Any]:
+    """Ray Data settings of every job (:func:`~.ray_cluster.data_context`): a block that keeps
+    failing is dropped (the run names its rows at the end) and actor task errors are retried.
+    The actor pool's upscaling threshold is :data:`UPSCALING_THRESHOLD` (100 %): each actor takes
+    one block at a time (``max_tasks_in_flight_per_actor`` 1), so a pool is at most 100 % busy,
+    and Ray Data's default (175 %) never lets it grow after it shrank (or from ``min_size``, on a
+    Ray Data without ``initial_size``); at 100 % it grows while every actor is busy, up to
+    ``max_size``. (Ray Data keeps the threshold in ``DataContext.autoscaling_config``; a Ray Data
+    without it keeps its own.)"""
+    import dataclasses
+
+    from ray.data import DataContext
+
+    settings: dict[str, Any] = {"max_errored_blocks": -1, "actor_task_retry_on_errors": True}
+    with warnings.catch_warnings():  # Ray Data's notes on its own deprecated settings, as data_context
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        auto = getattr(DataContext.get_current(), "autoscaling_config", None)
+    if dataclasses.is_dataclass(auto) and hasattr(auto, "actor_pool_util_upscaling_threshold"):
+        settings["autoscaling_config"] = dataclasses.replace(
+            auto, actor_pool_util_upscaling_threshold=UPSCALING_THRESHOLD)
+    return settings
 
 
 # --- worker side ----------------------------------------------------------------------------------
@@ -151,6 +176,21 @@ class TowerActor:
 
 
 # --- driver side ----------------------------------------------------------------------------------
+
+
+def unused_options(num_workers: int | None, decode: str) -> str | None:
+    """The warning for decode settings a Ray run does not use (``None`` when there are none): the
+    tower actors decode with ``--threads`` threads each (decode tasks, one CPU each, on GPU
+    clusters), so ``--num-workers`` and ``--decode threads|processes`` (config ``num_workers``,
+    ``decode``) do not apply."""
+    given = [f"--num-workers {num_workers} (config num_workers)"] if num_workers is not None else []
+    if decode != "auto":
+        given.append(f"--decode {decode} (config decode)")
+    if not given:
+        return None
+    return (f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} not used with --executor ray: each tower "
+            "actor decodes its blocks with --threads threads (decode tasks of one CPU each on a cluster with "
+            "GPUs); docs/scale.md, Resources")
 
 
 class _Placed(dict):
@@ -304,6 +344,15 @@ class RayExecutor(Executor):
     def decode(self) -> str | None:
         return "ray" if self._decoded else None
 
+    @property
+    def decode_workers(self) -> int | None:
+        """Decode threads per decoding process: a tower actor's threads (CPU-only layout), 0 for
+        the decode tasks of the GPU layout (each decodes its block inline); ``None`` before any
+        image was decoded. ``--num-workers`` is not used on Ray (:func:`unused_options`)."""
+        if not self._decoded or self._placement is None:
+            return None
+        return self._placement.threads if self._placement.decode_in_actor else 0
+
     def close(self) -> None:
         self._packs.clear()  # the packs leave the object store
 
@@ -399,9 +448,17 @@ class RayExecutor(Executor):
             """What a local run names the image at ``position`` by (its source, or its label)."""
             return labels[position] if labels is not None else gallery[position]
 
+        # the workers read paths made absolute; their messages name each image as it was given
+        absolute = {int(i): loc for i, kind, loc in zip(columns["index"], columns["kind"], columns["location"])
+                    if kind == "path"}
+
+        def as_given(position: int, reason: str) -> str:
+            loc = absolute.get(position)
+            return reason.replace(loc, os.fspath(gallery[position])) if loc else reason
+
         back: set[int] = set()
         self._decoded = True
-        with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
+        with data_context(**job_settings()):
             ds = _dataset(_blocks(columns, batch_size))
             place = self.placement()
             decode = {"spec": tower.bundle.preprocess, "fast_decode": fast_decode}
@@ -417,7 +474,7 @@ class RayExecutor(Executor):
                 index = np.asarray(block["index"], dtype=np.int64)
                 good = block["error"] == ""
                 back.update(index.tolist())
-                failures = [(int(p), shown(int(p)), str(reason))
+                failures = [(int(p), shown(int(p)), as_given(int(p), str(reason)))
                             for p, reason in zip(index[~good], block["error"][~good])]
                 yield ImageBatch(index[good], np.ascontiguousarray(block["embeds"][good], dtype=np.float32), failures)
         missing = [int(p) for p in positions_arr.tolist() if int(p) not in back]
@@ -436,7 +493,7 @@ class RayExecutor(Executor):
         if not blocks:
             return
         back: set[int] = set()
-        with data_context(max_errored_blocks=-1, actor_task_retry_on_errors=True):
+        with data_context(**job_settings()):
             ds = _dataset(blocks)
             for block in self._blocks_back(self._tower_stage(ds, tower, None), "texts"):
                 self._note(tower, block)

@@ -12,8 +12,8 @@ one machine. Results are identical to a local run's: the same code runs on the s
   the tasks as bundle packs through the object store (:mod:`.shipping`); a task whose node sees
   the bundle at the driver's path, with the same identity, uses it there (so the result names
   the same path) and fetches the pack only otherwise.
-* **Resources.** A pair task takes ``num_threads`` CPUs (default 1, at most the largest node's)
-  and runs its decode workers and onnxruntime threads in them; on a cluster with GPUs (and
+* **Resources.** A pair task takes ``num_threads`` CPUs (default 1, at most the largest node's:
+  more are capped, with a warning) and runs its decode workers and onnxruntime threads in them; on a cluster with GPUs (and
   ``provider`` not ``cpu``) it takes one GPU.
 * **Paths.** Relative paths in the config are the driver's: each task runs in the driver's
   working directory when its node has that folder (shared storage), so its result names the
@@ -147,7 +147,19 @@ def _resources(ray, cfg: EvalConfig) -> dict[str, Any]:
     if int(resources.get("GPU", 0)) and cfg.provider != "cpu":
         return {"num_cpus": 1, "num_gpus": 1}
     largest = max([int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1]) or 1
+    if cfg.num_threads and cfg.num_threads > largest:
+        log.warning("%d threads were asked for; the largest node has %d CPUs, so each pair task runs %d",
+                    cfg.num_threads, largest, largest)
     return {"num_cpus": min(cfg.num_threads or 1, largest)}
+
+
+def task_threads(cfg: EvalConfig, resources: dict[str, Any]) -> int:
+    """The onnxruntime / ranking threads of a pair task that holds ``resources``
+    (:func:`_resources`): on CPUs, the CPUs it reserves (``num_threads`` capped at the largest
+    node's CPUs, as the task is); with a GPU, ``num_threads`` (default 1)."""
+    if resources.get("num_gpus"):
+        return cfg.num_threads or resources["num_cpus"]
+    return resources["num_cpus"]
 
 
 def pair_results(cfg: EvalConfig, resolve: Callable[[dict, EvalConfig], Bundle],
@@ -173,12 +185,13 @@ def pair_results(cfg: EvalConfig, resolve: Callable[[dict, EvalConfig], Bundle],
         for dataset in cfg.dataset_name:
             sub = cfg.model_copy(update={
                 "models": [model], "dataset_name": [dataset], "executor": "local", "verbose": False,
-                "num_threads": cfg.num_threads or threads, "num_workers": cfg.num_workers if cfg.num_workers is not None
+                "num_threads": task_threads(cfg, resources), "num_workers": cfg.num_workers if cfg.num_workers is not None
                 else threads})
             earlier = named.setdefault((bundle.name, dataset), [])
             ref = remote.remote(holder, str(bundle.path), bundle.identity, sub, cwd, absolute, list(earlier))
             earlier.append(ref)
-            jobs.append((f"{bundle.name} on {dataset}", ref))
+            jobs.append(((bundle.name, str(bundle.path), dataset), ref))
+    jobs = [(label, ref) for label, (_, ref) in zip(pair_labels([key for key, _ in jobs]), jobs)]
     log.info("running %d (model, dataset) pairs as Ray tasks", len(jobs))
     outcomes: dict[int, Any] = {}
     index = {ref: i for i, (_, ref) in enumerate(jobs)}
@@ -211,6 +224,16 @@ def pair_results(cfg: EvalConfig, resolve: Callable[[dict, EvalConfig], Bundle],
         raise ClusterError(f"{len(failures)} of {len(jobs)} pairs failed:\n    " +
                            "\n    ".join(f"{label}: {text}" for label, text in lines),
                            "fix what each line says and run again (--skip-existing keeps the finished pairs)")
+
+
+def pair_labels(pairs: list[tuple[str, str, str]]) -> list[str]:
+    """``MODEL on DATASET`` for each ``(bundle name, bundle path, dataset)``, the path added
+    (``MODEL (PATH) on DATASET``) where two bundles of one name would read the same."""
+    paths: dict[str, set[str]] = {}
+    for name, path, _ in pairs:
+        paths.setdefault(name, set()).add(path)
+    return [f"{name} ({path}) on {dataset}" if len(paths[name]) > 1 else f"{name} on {dataset}"
+            for name, path, dataset in pairs]
 
 
 def _unwrap(exc: BaseException) -> BaseException:

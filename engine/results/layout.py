@@ -313,6 +313,9 @@ def result_meta(ev, spec, task_meta: dict[str, Any], *, slot: Slot, key: str, fi
         for name in ("batch_size", "num_workers"):
             if name in ev.options:
                 common[name] = ev.options[name]
+        workers = getattr(stage, "decode_workers", None)
+        if workers is not None and "num_workers" in ev.options:
+            common["num_workers"] = workers  # what decoded, not the --num-workers an executor did not use
         timings = {"model_load_s": stage.load_s, **timings}
         hits = meta.pop("cache", {})
         common["cache"] = {"path": cache_path, **hits} if cache_path is not None else None
