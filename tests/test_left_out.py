@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clipeval.engine.datasets import read_classification_dataset, read_dataset
@@ -263,6 +263,7 @@ ANNOTATIONS = {
 @given(image_kinds=st.lists(st.sampled_from(sorted(IMAGE_ENTRIES)), min_size=1, max_size=6),
        annotations=st.lists(st.tuples(st.sampled_from(sorted(ANNOTATIONS)), st.integers(0, 5)), max_size=14),
        chinese=st.booleans(), bom=st.booleans())
+@example(image_kinds=["bool id", "good"], annotations=[("blank caption", 0)], chinese=False, bom=False)
 def test_coco_files_count_every_image_and_annotation(image_kinds, annotations, chinese, bom):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -314,8 +315,10 @@ def test_coco_files_count_every_image_and_annotation(image_kinds, annotations, c
                 missing += e["file_name"].startswith("gone")
             else:
                 bad_entries += 1
+        # (a bool id is no id: True == 1, so `True in seen` would find image 1)
         usable = [a for a in anns if isinstance(a, dict) and isinstance(a.get("caption"), str)
-                  and isinstance(a.get("image_id"), (int, str)) and a["image_id"] in seen]
+                  and isinstance(a.get("image_id"), (int, str)) and not isinstance(a["image_id"], bool)
+                  and a["image_id"] in seen]
         assert left.get("images", {}).get("bad_entry", 0) == bad_entries
         assert left.get("images", {}).get("missing_file", 0) == missing
         assert left.get("texts", {}).get("bad_annotation", 0) == len(anns) - len(usable)
