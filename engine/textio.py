@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from typing import Any, BinaryIO, Iterator
 
@@ -24,6 +25,17 @@ OTHER_BOMS = (
     (b"\xff\xfe", "utf-16-le"),
     (b"\xfe\xff", "utf-16-be"),
 )
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> int:
+    """Index of the first lone UTF-16 surrogate (U+D800..U+DFFF) in ``text``, -1 when there is
+    none. A Python ``str`` holds one where a JSON or YAML ``"\\ud83d"`` escape lacks its pair (or
+    bytes of another encoding came through ``surrogateescape``): it is not Unicode text, no UTF-8
+    encodes it, and no reference tokenizer takes it."""
+    found = _LONE_SURROGATE.search(text)
+    return found.start() if found else -1
 
 
 def strip_bom(data: bytes) -> bytes:

@@ -54,7 +54,7 @@ from ..http_retry import shown_url
 from ..numbers import INT64_MAX, MAX_BATCH, MAX_WORKERS, NumberProblem, describe, parse_float, parse_int, show
 from .model_spec import apply_model_spellings
 from .source import parse_config_text
-from ..textio import to_utf8
+from ..textio import lone_surrogate, to_utf8
 
 log = logging.getLogger(__name__)
 
@@ -618,11 +618,6 @@ def _models(value: Any, loc: Loc, problems: Problems) -> list[dict[str, Any]] | 
     return None if out is None else _once(out, "models", "model")
 
 
-def _surrogate(text: str) -> int:
-    """Index of the first lone surrogate in ``text`` (-1: none)."""
-    return next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), -1)
-
-
 def not_unicode(data: Any, prefix: Loc, problems: Problems) -> None:
     """Add a problem for every key or string value of ``data`` that holds a lone surrogate: not
     Unicode text (a ``"\\udc80"`` escape in YAML or JSON, or bytes of another encoding on the
@@ -632,7 +627,7 @@ def not_unicode(data: Any, prefix: Loc, problems: Problems) -> None:
     while stack:
         value, loc = stack.pop()
         if isinstance(value, str):
-            at = _surrogate(value)
+            at = lone_surrogate(value)
             if at >= 0:
                 problems.add(loc, f"is not Unicode text: character {at + 1} is a lone surrogate "
                                   f"({ascii(value[at])[1:-1]})", "write it as UTF-8 text (a file name too: rename it)")
@@ -640,7 +635,7 @@ def not_unicode(data: Any, prefix: Loc, problems: Problems) -> None:
             seen.add(id(value))
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
-                if isinstance(key, str) and _surrogate(key) >= 0:
+                if isinstance(key, str) and lone_surrogate(key) >= 0:
                     problems.add(loc + (key.encode("utf-8", "backslashreplace").decode(),),
                                  "is a key that is not Unicode text (a lone surrogate)", "write it as UTF-8 text")
                     continue

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BundleError, DatasetError
+from ..textio import lone_surrogate
 from .prep import text_preparation
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,6 @@ class Encoded:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def check_unicode(texts, what: str = "text") -> None:
     """Raise :class:`~clipeval.engine.errors.DatasetError` naming every text of ``texts`` (a
     sequence of ``str``, or of ``(query, document)`` pairs) that holds a lone UTF-16 surrogate
@@ -89,9 +87,9 @@ def check_unicode(texts, what: str = "text") -> None:
     for text in texts:
         parts = text if isinstance(text, tuple) else (text,)
         for part in parts:
-            found = _LONE_SURROGATE.search(part) if isinstance(part, str) else None
-            if found:
-                bad.append(f"{part[:60]!r}{'...' if len(part) > 60 else ''} (character {found.start() + 1})")
+            at = lone_surrogate(part) if isinstance(part, str) else -1
+            if at >= 0:
+                bad.append(f"{part[:60]!r}{'...' if len(part) > 60 else ''} (character {at + 1})")
                 break
     if bad:
         shown = "\n    ".join(bad[:10]) + (f"\n    ... and {len(bad) - 10} more" if len(bad) > 10 else "")
