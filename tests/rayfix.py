@@ -86,3 +86,20 @@ def simulated_cluster(head_cpus: int = 0, nodes: tuple[int, ...] = (2,), head_co
         cluster.shutdown()
         if where is not None:
             assert_gone(where)
+
+
+class FakeRay:
+    """What the placement of tower actors and pair tasks asks of Ray, without Ray: the cluster's
+    resources and its nodes (``cpus``: one entry per node, 0 for a node without CPUs; ``dead``:
+    indices of nodes gone, which count for nothing; ``gpus`` in the cluster)."""
+
+    def __init__(self, cpus, gpus=0, dead=()):
+        self.cpus, self.gpus, self.dead = list(cpus), gpus, set(dead)
+
+    def cluster_resources(self):
+        alive = [c for i, c in enumerate(self.cpus) if i not in self.dead]
+        return {"CPU": float(sum(alive)), **({"GPU": float(self.gpus)} if self.gpus else {})}
+
+    def nodes(self):
+        return [{"Alive": i not in self.dead, "Resources": {"CPU": float(c)} if c else {}}
+                for i, c in enumerate(self.cpus)]

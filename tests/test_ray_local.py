@@ -23,7 +23,7 @@ from clipeval.engine.executors.ray_embed import RayExecutor
 from clipeval.engine.sessions.bundle import load_bundle, write_manifest
 from datagen import noise_image
 from rangeserver import RangeServer
-from rayfix import local_ray
+from rayfix import FakeRay, local_ray
 from wdsgen import png_bytes, write_classification_set, write_retrieval_set
 
 TOL = 1e-6
@@ -298,18 +298,9 @@ def test_pairs_run_as_ray_tasks_write_what_a_local_run_writes(ray_session, tiny_
         assert on_disk["metrics"] == want["metrics"]
 
 
-class FakeCluster:
-    """What :func:`ray_pairs._resources` reads of ``ray``: the alive nodes' CPUs (and GPUs)."""
-
-    def __init__(self, node_cpus, gpus=0):
-        self.node_cpus, self.gpus = node_cpus, gpus
-
-    def cluster_resources(self):
-        return {"CPU": float(sum(self.node_cpus)), **({"GPU": float(self.gpus)} if self.gpus else {})}
-
-    def nodes(self):
-        return [{"Alive": True, "Resources": {"CPU": float(c)}} for c in self.node_cpus] + \
-            [{"Alive": False, "Resources": {"CPU": 1000.0}}]  # a dead node counts for nothing
+def fake_cluster(node_cpus, gpus=0):
+    """The alive nodes' CPUs (and GPUs), and a dead node of 1000 CPUs that counts for nothing."""
+    return FakeRay([*node_cpus, 1000], gpus=gpus, dead=(len(node_cpus),))
 
 
 @pytest.mark.parametrize("node_cpus", [[1], [2], [2, 4], [16, 2]])
@@ -323,7 +314,7 @@ def test_a_pair_task_runs_as_many_threads_as_the_cpus_it_reserves(node_cpus, ask
 
     cfg = make_eval_config({"num_threads": asked, "provider": "cpu"})
     with caplog.at_level("WARNING", logger="clipeval.engine.executors.ray_pairs"):
-        resources = _resources(FakeCluster(node_cpus), cfg)
+        resources = _resources(fake_cluster(node_cpus), cfg)
     largest = max(node_cpus)
     assert resources == {"num_cpus": min(asked or 1, largest)}
     assert task_threads(cfg, resources) == resources["num_cpus"]
@@ -338,7 +329,7 @@ def test_a_pair_task_on_a_gpu_takes_one_cpu_and_the_threads_asked_for(asked):
     from clipeval.engine.executors.ray_pairs import _resources, task_threads
 
     cfg = make_eval_config({"num_threads": asked, "provider": "auto"})
-    resources = _resources(FakeCluster([4], gpus=1), cfg)
+    resources = _resources(fake_cluster([4], gpus=1), cfg)
     assert resources == {"num_cpus": 1, "num_gpus": 1} and task_threads(cfg, resources) == (asked or 1)
 
 

@@ -26,6 +26,7 @@ from clipeval.engine.executors.rows import fetch_sources, http_get, image_table
 from clipeval.engine.executors.shipping import needed_files, pack_bundle, unpack_bundle
 from datagen import noise_image
 from rangeserver import RangeServer
+from rayfix import FakeRay
 from wdsgen import png_bytes, write_retrieval_set
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=40,
@@ -334,22 +335,6 @@ def test_shipped_hashes_are_the_manifests(two_variant_bundle):
     assert hashlib.sha256(pack.manifest_raw).hexdigest() == two_variant_bundle.identity
     assert {n: hashlib.sha256(d).hexdigest() for n, d in pack.files.items()} == \
         {n: manifest["files"][n] for n in pack.files}
-
-
-class FakeRay:
-    """What :func:`~clipeval.engine.executors.ray_embed.placement` asks of Ray: the cluster's
-    resources and its nodes (``cpus``: one entry per node; ``dead``: nodes gone)."""
-
-    def __init__(self, cpus, gpus=0, dead=()):
-        self.cpus, self.gpus, self.dead = list(cpus), gpus, set(dead)
-
-    def cluster_resources(self):
-        alive = [c for i, c in enumerate(self.cpus) if i not in self.dead]
-        return {"CPU": float(sum(alive)), **({"GPU": float(self.gpus)} if self.gpus else {})}
-
-    def nodes(self):
-        return [{"Alive": i not in self.dead, "Resources": {"CPU": float(c)} if c else {}}
-                for i, c in enumerate(self.cpus)]
 
 
 @pytest.mark.parametrize("cpus,dead,threads", [

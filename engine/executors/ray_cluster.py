@@ -76,6 +76,23 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S, remedy: st
                            f"{target[0]} port {target[1]} ({why})", remedy) from None
 
 
+def node_cpus(ray) -> list[int]:
+    """The CPUs of each alive node of the cluster that has any (``[1]`` when none reports CPUs)."""
+    cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    return [c for c in cpus if c > 0] or [1]
+
+
+def cap_threads(asked: int | None, largest: int, default: int, who: str) -> tuple[int, str | None]:
+    """The threads (and CPUs) each ``who`` (a tower actor, a pair task) runs: ``asked`` (``default``
+    when unset), at most ``largest``, the CPUs of the largest node (no node could hold more); and
+    the warning saying so when that cut what was asked for (``None`` otherwise)."""
+    threads = min(asked or default, largest)
+    if asked and asked > largest:
+        return threads, (f"{asked} threads were asked for; the largest node has {largest} CPUs, so each {who} "
+                         f"runs {threads}")
+    return threads, None
+
+
 def import_ray():
     """``ray`` with Ray Data, or a :class:`ConfigError` that says how to install it."""
     try:

@@ -55,7 +55,7 @@ import numpy as np
 from ..embedding.executor import Executor, ImageBatch, TowerRef
 from ..errors import ClipevalError, ClusterError, ImageError, listing
 from ..sessions.onnx import open_tower, short_provider
-from .ray_cluster import RayDataLog, data_context, first_line, root_cause
+from .ray_cluster import RayDataLog, cap_threads, data_context, first_line, node_cpus, root_cause
 from .rows import fetch_sources, image_table
 from .shipping import pack_bundle, unpack_bundle
 
@@ -229,17 +229,12 @@ def placement(ray, provider: str, num_threads: int | None) -> Placement:
     gpus = int(resources.get("GPU", 0))
     if gpus and provider != "cpu":
         return Placement({"size": gpus, "num_gpus": 1, "num_cpus": 1}, provider, num_threads or 1)
-    node_cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-    node_cpus = [c for c in node_cpus if c > 0] or [1]
-    largest = max(node_cpus)
-    threads = min(num_threads or min(node_cpus), largest)
-    notes = []
-    if num_threads and threads < num_threads:
-        notes.append(f"{num_threads} threads were asked for; the largest node has {largest} CPUs, so each tower "
-                     f"actor runs {threads}")
+    cpus = node_cpus(ray)
+    threads, capped = cap_threads(num_threads, max(cpus), min(cpus), "tower actor")
+    notes = [capped] if capped else []
     if provider == "cuda":
         notes.append("CUDA was asked for, but the Ray cluster has no GPUs; the towers run on CPU")
-    pool = max(1, sum(c // threads for c in node_cpus))
+    pool = max(1, sum(c // threads for c in cpus))
     # one block at a time per actor: an image that kills its actor then fails only its own block
     # (a block queued behind it would die with the actor and spend its retries too)
     return Placement({"min_size": 1, "max_size": pool, "initial_size": pool, "max_tasks_in_flight_per_actor": 1,

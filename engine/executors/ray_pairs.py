@@ -44,7 +44,7 @@ from ..sessions.bundle import Bundle, load_bundle
 from ..config import EvalConfig
 from ..errors import BundleError, ClipevalError, ClusterError
 from ..progress import Progress
-from .ray_cluster import first_line, root_cause
+from .ray_cluster import cap_threads, first_line, node_cpus, root_cause
 from .shipping import pack_bundle, unpack_bundle
 
 log = logging.getLogger(__name__)
@@ -146,11 +146,10 @@ def _resources(ray, cfg: EvalConfig) -> dict[str, Any]:
     resources = ray.cluster_resources()
     if int(resources.get("GPU", 0)) and cfg.provider != "cpu":
         return {"num_cpus": 1, "num_gpus": 1}
-    largest = max([int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1]) or 1
-    if cfg.num_threads and cfg.num_threads > largest:
-        log.warning("%d threads were asked for; the largest node has %d CPUs, so each pair task runs %d",
-                    cfg.num_threads, largest, largest)
-    return {"num_cpus": min(cfg.num_threads or 1, largest)}
+    threads, capped = cap_threads(cfg.num_threads, max(node_cpus(ray)), 1, "pair task")
+    if capped:
+        log.warning("%s", capped)
+    return {"num_cpus": threads}
 
 
 def task_threads(cfg: EvalConfig, resources: dict[str, Any]) -> int:
